@@ -1,0 +1,70 @@
+package bus
+
+import (
+	"context"
+	"time"
+
+	"github.com/cockroachdb/errors"
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+)
+
+// DefaultTimeout bounds a request whose context carries no deadline: no call
+// in PairDB waits forever.
+const DefaultTimeout = 5 * time.Second
+
+// WithDefaultTimeout returns ctx unchanged when it has a deadline, else a
+// child with DefaultTimeout.
+func WithDefaultTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, DefaultTimeout)
+}
+
+// Request sends req to subject as protobuf and decodes the reply into resp.
+// A reply carrying an error becomes a typed *Error; "no responders" becomes
+// UNAVAILABLE (still matching nats.ErrNoResponders), a missed deadline
+// DEADLINE_EXCEEDED.
+func Request(ctx context.Context, nc *nats.Conn, subject string, req, resp proto.Message) error {
+	ctx, cancel := WithDefaultTimeout(ctx)
+	defer cancel()
+	data, err := proto.Marshal(req)
+	if err != nil {
+		return Wrap(pb.ErrorCode_INTERNAL, err, "encode request for %s", subject)
+	}
+	msg, err := nc.RequestWithContext(ctx, subject, data)
+	if err != nil {
+		return classifyRequestError(subject, err)
+	}
+	return decodeReply(subject, msg, resp)
+}
+
+func classifyRequestError(subject string, err error) error {
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return Wrap(pb.ErrorCode_UNAVAILABLE, err, "nothing is serving %s", subject)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return Wrap(pb.ErrorCode_DEADLINE_EXCEEDED, err, "no reply from %s before the deadline", subject)
+	}
+	return Wrap(CodeOf(err), err, "request to %s", subject)
+}
+
+func decodeReply(subject string, msg *nats.Msg, resp proto.Message) error {
+	if err := proto.Unmarshal(msg.Data, resp); err != nil {
+		return Wrap(pb.ErrorCode_INTERNAL, err, "malformed reply from %s", subject)
+	}
+	if e := getError(resp); e != nil {
+		return FromProto(e)
+	}
+	if code := msg.Header.Get("Nats-Service-Error-Code"); code != "" {
+		c := pb.ErrorCode(pb.ErrorCode_value[code])
+		if c == pb.ErrorCode_ERROR_CODE_UNSPECIFIED {
+			c = pb.ErrorCode_INTERNAL
+		}
+		return &Error{Code: c, Message: msg.Header.Get("Nats-Service-Error")}
+	}
+	return nil
+}

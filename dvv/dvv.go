@@ -1,0 +1,213 @@
+// Package dvv implements dotted version vectors: the per-key version model of
+// PairDB (DESIGN.md §5). It is pure: no I/O, no clocks, nothing of ours.
+//
+// An Object is a set of siblings, each created by one event named by a Dot,
+// plus a version vector (VV) that covers every dot the object has seen. A
+// sibling is dropped only when the other side has seen its dot and no longer
+// holds it, so concurrent writes are never lost by accident.
+package dvv
+
+import (
+	"bytes"
+	"slices"
+)
+
+// Dot names one write event: the actor (a storage node incarnation) and that
+// actor's counter for the key.
+type Dot struct {
+	Actor   string
+	Counter uint64
+}
+
+// Less orders dots by actor, then counter; it is the canonical sibling order.
+func (d Dot) Less(o Dot) bool {
+	if d.Actor != o.Actor {
+		return d.Actor < o.Actor
+	}
+	return d.Counter < o.Counter
+}
+
+// VV is a version vector: actor → highest counter seen. A nil VV is empty.
+type VV map[string]uint64
+
+// Covers reports whether the event d is included in v.
+func (v VV) Covers(d Dot) bool { return v[d.Actor] >= d.Counter }
+
+// Descends reports whether v has seen everything o has (v ≥ o pointwise).
+func (v VV) Descends(o VV) bool {
+	for a, c := range o {
+		if v[a] < c {
+			return false
+		}
+	}
+	return true
+}
+
+// Equal reports whether both vectors hold the same counters (a zero entry
+// counts as absent).
+func (v VV) Equal(o VV) bool { return v.Descends(o) && o.Descends(v) }
+
+// Join returns the pointwise maximum of v and o as a new vector.
+func (v VV) Join(o VV) VV {
+	out := make(VV, max(len(v), len(o)))
+	for a, c := range v {
+		if c > 0 {
+			out[a] = c
+		}
+	}
+	for a, c := range o {
+		if c > out[a] {
+			out[a] = c
+		}
+	}
+	return out
+}
+
+// Clone returns an independent copy.
+func (v VV) Clone() VV { return v.Join(nil) }
+
+// Sibling is one value (or tombstone) of a key.
+type Sibling struct {
+	Value     []byte
+	Tombstone bool
+	Dot       Dot
+	// TimestampMs is the minting replica's wall clock; it only breaks ties
+	// under LastWriteWins and is shown to clients.
+	TimestampMs int64
+}
+
+// Object is everything a replica holds for one key.
+type Object struct {
+	// Siblings are kept sorted by Dot (canonical form), at most one per dot.
+	Siblings []Sibling
+	Clock    VV
+}
+
+// Policy decides what concurrent siblings become.
+type Policy int
+
+const (
+	// Siblings keeps every concurrent value; the client resolves them.
+	Siblings Policy = iota
+	// LastWriteWins keeps one winner by (timestamp, actor, counter).
+	LastWriteWins
+)
+
+// Empty reports whether the object holds nothing (never written here).
+func (o Object) Empty() bool { return len(o.Siblings) == 0 && len(o.Clock) == 0 }
+
+// Live returns the siblings that are values, not tombstones.
+func (o Object) Live() []Sibling {
+	var out []Sibling
+	for _, s := range o.Siblings {
+		if !s.Tombstone {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Update mints a new sibling at actor, as the coordinating replica does for
+// a put or delete with causal context ctx: siblings covered by ctx are
+// superseded, the new sibling gets dot (actor, Clock[actor]+1), and the clock
+// becomes Clock ⊔ ctx ⊔ dot. The input object is not modified.
+func Update(o Object, ctx VV, actor string, value []byte, tombstone bool, tsMs int64, p Policy) Object {
+	dot := Dot{Actor: actor, Counter: o.Clock[actor] + 1}
+	out := Object{Clock: o.Clock.Join(ctx)}
+	out.Clock[actor] = dot.Counter
+	for _, s := range o.Siblings {
+		if !ctx.Covers(s.Dot) {
+			out.Siblings = append(out.Siblings, s)
+		}
+	}
+	out.Siblings = append(out.Siblings, Sibling{Value: value, Tombstone: tombstone, Dot: dot, TimestampMs: tsMs})
+	return out.normalize(p)
+}
+
+// Merge combines two replicas' objects. A sibling survives unless the other
+// side's clock covers its dot and the other side no longer holds it. Merge is
+// commutative, associative and idempotent, so it may be replayed in any order.
+func Merge(a, b Object, p Policy) Object {
+	out := Object{Clock: a.Clock.Join(b.Clock)}
+	keep := func(from, other Object) {
+		for _, s := range from.Siblings {
+			if !other.Clock.Covers(s.Dot) || other.holds(s.Dot) {
+				out.Siblings = append(out.Siblings, s)
+			}
+		}
+	}
+	keep(a, b)
+	keep(b, a)
+	return out.normalize(p)
+}
+
+// Equal reports whether two objects are the same version: equal clocks and
+// the same siblings.
+func Equal(a, b Object) bool {
+	if !a.Clock.Equal(b.Clock) || len(a.Siblings) != len(b.Siblings) {
+		return false
+	}
+	as, bs := sorted(a.Siblings), sorted(b.Siblings)
+	for i := range as {
+		if !sameSibling(as[i], bs[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// Behind reports whether replica r is missing something merged m has, so it
+// needs repair. It is false when r already equals Merge(r, m).
+func Behind(r, m Object, p Policy) bool { return !Equal(r, Merge(r, m, p)) }
+
+func (o Object) holds(d Dot) bool {
+	for _, s := range o.Siblings {
+		if s.Dot == d {
+			return true
+		}
+	}
+	return false
+}
+
+// normalize sorts siblings by dot, drops duplicate dots and applies the
+// policy, so equal versions have identical representations.
+func (o Object) normalize(p Policy) Object {
+	o.Siblings = sorted(o.Siblings)
+	o.Siblings = slices.CompactFunc(o.Siblings, func(x, y Sibling) bool { return x.Dot == y.Dot })
+	if p == LastWriteWins && len(o.Siblings) > 1 {
+		w := o.Siblings[0]
+		for _, s := range o.Siblings[1:] {
+			if wins(s, w) {
+				w = s
+			}
+		}
+		o.Siblings = []Sibling{w}
+	}
+	return o
+}
+
+// wins orders siblings for LastWriteWins: later timestamp, then larger dot.
+func wins(s, over Sibling) bool {
+	if s.TimestampMs != over.TimestampMs {
+		return s.TimestampMs > over.TimestampMs
+	}
+	return over.Dot.Less(s.Dot)
+}
+
+func sorted(ss []Sibling) []Sibling {
+	out := slices.Clone(ss)
+	slices.SortStableFunc(out, func(x, y Sibling) int {
+		switch {
+		case x.Dot.Less(y.Dot):
+			return -1
+		case y.Dot.Less(x.Dot):
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+func sameSibling(x, y Sibling) bool {
+	return x.Dot == y.Dot && x.Tombstone == y.Tombstone && x.TimestampMs == y.TimestampMs && bytes.Equal(x.Value, y.Value)
+}
