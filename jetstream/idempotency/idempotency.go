@@ -1,0 +1,396 @@
+// Package idempotency makes retried writes apply once. Records live in a
+// JetStream KV bucket with a TTL, one per (tenant, idempotency key).
+//
+// Protocol (DESIGN §6):
+//
+//  1. Begin claims the key by creating a PENDING record with the request hash
+//     (create-if-absent, atomic at the stream leader, so of any number of
+//     concurrent coordinators exactly one claims it).
+//  2. The claimer executes the write and then Completes the claim (the record
+//     becomes DONE with the encoded response) or Aborts it when the write
+//     failed (the record is removed, so the client's retry runs again).
+//  3. A duplicate with the same hash that finds DONE gets the stored response;
+//     one that finds PENDING waits for DONE or removal. A duplicate with a
+//     different hash is IDEMPOTENCY_KEY_CONFLICT.
+//  4. A PENDING record older than Config.PendingTimeout is presumed abandoned
+//     by a crashed coordinator and is taken over (compare-and-swap on its
+//     revision, so only one waiter takes it over).
+//
+// Scope: records are per (tenant, idempotency key), not per (tenant, data
+// key, idempotency key). The request hash covers the data key, so reusing an
+// idempotency key for a write to another key is IDEMPOTENCY_KEY_CONFLICT
+// rather than a silent second record: an idempotency key names one logical
+// request, as in most HTTP idempotency schemes. Tenants never share records:
+// the tenant is part of the KV key, so two tenants may use the same
+// idempotency key independently.
+package idempotency
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"time"
+
+	"github.com/cockroachdb/errors"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/jetstream/jsbucket"
+	"github.com/pairdb/pairdb/keyspace"
+	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+)
+
+const (
+	// DefaultBucket is the bucket name when Config.Bucket is empty.
+	DefaultBucket = "pairdb_idempotency"
+	// DefaultTTL is how long a record is kept after its last change; a
+	// retry later than this runs again.
+	DefaultTTL = 24 * time.Hour
+	// DefaultPendingTimeout is how old a PENDING record must be before it
+	// is presumed abandoned. It must exceed the longest write a
+	// coordinator can be executing (its request deadline), or a slow but
+	// alive coordinator's write could be executed a second time.
+	DefaultPendingTimeout = 30 * time.Second
+	// MaxKeyBytes bounds a client's idempotency key. The key is hashed
+	// into the record's name, so the bound is about refusing abuse, not
+	// about storage.
+	MaxKeyBytes = 256
+	// keyHashHexChars is how much of the SHA-256 of the idempotency key
+	// names the record: 160 bits, so a collision between two keys of one
+	// tenant is not a practical concern.
+	keyHashHexChars = 40
+)
+
+// ErrClaimLost marks a Complete or Abort whose claim is no longer the
+// current record: another coordinator took the PENDING record over (this
+// one ran past PendingTimeout) or it expired. The write itself may well have
+// succeeded; the caller should log this and still answer its client.
+var ErrClaimLost = errors.New("idempotency claim lost")
+
+// Config configures the store; the zero value gives the documented
+// defaults for an embedded, single-server NATS.
+type Config struct {
+	// Bucket names the KV bucket; "" means DefaultBucket.
+	Bucket string
+	// TTL is the bucket's MaxAge; 0 means DefaultTTL.
+	TTL time.Duration
+	// Replicas is the bucket's replication; 0 means 1. Use 3 on a cluster.
+	Replicas int
+	// PendingTimeout; 0 means DefaultPendingTimeout. Age is measured from
+	// the record's server-side timestamp, so every coordinator judges it
+	// against one clock (the server's), up to its own clock skew, which
+	// the default dwarfs.
+	PendingTimeout time.Duration
+	// Logger receives takeovers, lost claims and corrupt records; nil
+	// discards them.
+	Logger *zap.Logger
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Bucket == "" {
+		c.Bucket = DefaultBucket
+	}
+	if c.TTL == 0 {
+		c.TTL = DefaultTTL
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.PendingTimeout == 0 {
+		c.PendingTimeout = DefaultPendingTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	switch {
+	case c.TTL < 0 || c.PendingTimeout < 0:
+		return c, errors.Newf("idempotency: TTL (%s) and pending timeout (%s) must be positive", c.TTL, c.PendingTimeout)
+	case c.PendingTimeout >= c.TTL:
+		// A PENDING record would expire before it could be presumed
+		// abandoned, which hides crashes behind silent re-execution.
+		return c, errors.Newf("idempotency: pending timeout (%s) must be shorter than the TTL (%s)", c.PendingTimeout, c.TTL)
+	case c.Replicas < 1 || c.Replicas > 5:
+		return c, errors.Newf("idempotency: replicas must be between 1 and 5, got %d", c.Replicas)
+	}
+	return c, nil
+}
+
+// Store is the idempotency store. It keeps no per-request state, so it is
+// safe for concurrent use; all coordination happens in the bucket.
+type Store struct {
+	kv  jetstream.KeyValue
+	cfg Config
+	log *zap.Logger
+}
+
+// Open creates the bucket, or updates it to cfg, and returns the store.
+// History 1 (only the current state matters) and file storage (a record
+// lost in a server restart would let a retry apply twice).
+func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	kv, err := jsbucket.EnsureKV(ctx, js, jetstream.KeyValueConfig{
+		Bucket:      cfg.Bucket,
+		Description: "PairDB idempotency records (key: tenant.sha256(idempotency key), value: pairdb.v1.IdempotencyRecord)",
+		History:     1,
+		TTL:         cfg.TTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+	})
+	if err != nil {
+		return nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "open idempotency store")
+	}
+	cfg.Logger.Info("idempotency store ready", zap.String("bucket", cfg.Bucket),
+		zap.Duration("ttl", cfg.TTL), zap.Duration("pending_timeout", cfg.PendingTimeout), zap.Int("replicas", cfg.Replicas))
+	return &Store{kv: kv, cfg: cfg, log: cfg.Logger}, nil
+}
+
+// Claim is the outcome of Begin: either a claim to execute the write
+// (Done reports false; call Complete or Abort exactly once) or the stored
+// response of an earlier execution (Done reports true; nothing to do).
+// A Claim is a small value; copies refer to the same record revision.
+type Claim struct {
+	s        *Store
+	key      string // KV key
+	rev      uint64 // revision of our PENDING record
+	hash     []byte
+	done     bool
+	response []byte
+}
+
+// Done returns the stored response and true when the request was already
+// executed; the caller answers with it (duplicate=true) and writes nothing.
+func (c Claim) Done() ([]byte, bool) { return c.response, c.done }
+
+// Begin claims (tenant, idemKey) for a request with the given hash (from
+// RequestHash). It returns an executable claim, the stored response of a
+// completed duplicate, IDEMPOTENCY_KEY_CONFLICT when the key was used with a
+// different payload, or UNAVAILABLE when ctx ends while another coordinator
+// is still executing the same request or NATS cannot be reached.
+func (s *Store) Begin(ctx context.Context, tenant, idemKey string, hash []byte) (Claim, error) {
+	if err := keyspace.ValidateTenantID(tenant); err != nil {
+		return Claim{}, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant")
+	}
+	if idemKey == "" || len(idemKey) > MaxKeyBytes {
+		return Claim{}, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+			"idempotency key must be 1 to %d bytes, got %d", MaxKeyBytes, len(idemKey))
+	}
+	if len(hash) != sha256.Size {
+		return Claim{}, bus.Errorf(pb.ErrorCode_INTERNAL, "request hash must be %d bytes, got %d", sha256.Size, len(hash))
+	}
+	// The claim keeps the hash for Complete; a private copy so a caller
+	// reusing its buffer cannot change what gets recorded.
+	hash = bytes.Clone(hash)
+	key := recordKey(tenant, idemKey)
+	log := s.log.With(zap.String("tenant", tenant), zap.String("record", key))
+	waited := false
+
+	// Each pass either decides, or observes that the record changed (or
+	// may be abandoned) and reads again. Every pass that loops means some
+	// other party made progress or time passed, and ctx bounds the total.
+	for {
+		if err := ctx.Err(); err != nil {
+			if waited {
+				return Claim{}, inProgress(err)
+			}
+			return Claim{}, unavailable(err, "begin idempotent request")
+		}
+		e, err := s.kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			rec, perr := pending(hash)
+			if perr != nil {
+				return Claim{}, perr
+			}
+			rev, cerr := s.kv.Create(ctx, key, rec)
+			if jsbucket.IsConflict(cerr) {
+				continue // another coordinator claimed it first; read its record
+			}
+			if cerr != nil {
+				return Claim{}, unavailable(cerr, "claim idempotency record")
+			}
+			return Claim{s: s, key: key, rev: rev, hash: hash}, nil
+		}
+		if err != nil {
+			return Claim{}, unavailable(err, "read idempotency record")
+		}
+		rec := &pb.IdempotencyRecord{}
+		if err := proto.Unmarshal(e.Value(), rec); err != nil {
+			log.Error("undecodable idempotency record", zap.Uint64("revision", e.Revision()), zap.Error(err))
+			return Claim{}, bus.Wrap(pb.ErrorCode_INTERNAL, err, "decode idempotency record %q", key)
+		}
+		if !bytes.Equal(rec.GetRequestHash(), hash) {
+			return Claim{}, bus.Errorf(pb.ErrorCode_IDEMPOTENCY_KEY_CONFLICT,
+				"idempotency key was already used with a different payload (operation, key, value or context); use a fresh key for a different request")
+		}
+		switch rec.GetState() {
+		case pb.IdempotencyRecord_DONE:
+			return Claim{s: s, key: key, done: true, response: rec.GetResponse()}, nil
+		case pb.IdempotencyRecord_PENDING:
+		default:
+			return Claim{}, bus.Errorf(pb.ErrorCode_INTERNAL, "idempotency record %q has state %v", key, rec.GetState())
+		}
+
+		abandonAt := e.Created().Add(s.cfg.PendingTimeout)
+		if !time.Now().Before(abandonAt) {
+			fresh, perr := pending(hash)
+			if perr != nil {
+				return Claim{}, perr
+			}
+			rev, uerr := s.kv.Update(ctx, key, fresh, e.Revision())
+			if jsbucket.IsConflict(uerr) {
+				continue // completed, aborted or taken over meanwhile
+			}
+			if uerr != nil {
+				return Claim{}, unavailable(uerr, "take over abandoned idempotency record")
+			}
+			log.Warn("took over an abandoned pending idempotency record; the coordinator that claimed it presumably crashed",
+				zap.Time("claimed_at", e.Created()), zap.Duration("pending_timeout", s.cfg.PendingTimeout))
+			return Claim{s: s, key: key, rev: rev, hash: hash}, nil
+		}
+		waited = true
+		if err := s.waitForChange(ctx, key, e.Revision(), abandonAt); err != nil {
+			return Claim{}, err
+		}
+	}
+}
+
+// waitForChange blocks until the record moves past revision rev (completed,
+// aborted, taken over), until abandonAt (then the caller re-reads and may
+// take it over), or until ctx ends. A watch rather than polling: waiters
+// wake on the change itself, and the watch delivers the current state
+// first, so a change between the caller's read and the watch's start is not
+// missed.
+func (s *Store) waitForChange(ctx context.Context, key string, rev uint64, abandonAt time.Time) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, err := s.kv.Watch(wctx, key)
+	if err != nil {
+		if ctx.Err() != nil {
+			return inProgress(ctx.Err())
+		}
+		return unavailable(err, "watch idempotency record")
+	}
+	defer func() { _ = w.Stop() }()
+	timer := time.NewTimer(time.Until(abandonAt))
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return inProgress(ctx.Err())
+		case <-timer.C:
+			return nil
+		case e, ok := <-w.Updates():
+			if !ok {
+				return unavailable(errors.New("watch closed"), "watch idempotency record")
+			}
+			// nil marks the end of the initial values; an entry at our
+			// revision is the state we already know.
+			if e != nil && e.Revision() != rev {
+				return nil
+			}
+		}
+	}
+}
+
+// Complete records the response of the executed write (state DONE), so
+// duplicates get it. It fails with ErrClaimLost when the record is no longer
+// ours; UNAVAILABLE when NATS cannot be reached (the record then stays
+// PENDING until taken over after PendingTimeout).
+func (c Claim) Complete(ctx context.Context, response []byte) error {
+	if err := c.executable("complete"); err != nil {
+		return err
+	}
+	data, err := marshal(&pb.IdempotencyRecord{
+		State:         pb.IdempotencyRecord_DONE,
+		RequestHash:   c.hash,
+		Response:      response,
+		CreatedUnixMs: time.Now().UnixMilli(),
+	})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := jsbucket.WithDefaultTimeout(ctx)
+	defer cancel()
+	_, err = c.s.kv.Update(ctx, c.key, data, c.rev)
+	if jsbucket.IsConflict(err) {
+		c.s.log.Warn("idempotency claim lost before completion; a duplicate may have executed the write again",
+			zap.String("record", c.key), zap.Uint64("revision", c.rev))
+		return errors.Mark(bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "complete idempotency record %q", c.key), ErrClaimLost)
+	}
+	if err != nil {
+		return unavailable(err, "complete idempotency record")
+	}
+	return nil
+}
+
+// Abort removes our PENDING record so the client's retry executes afresh;
+// used when the write failed (for example quorum not reached). It removes
+// the record only if it is still ours (same revision), and fails with
+// ErrClaimLost otherwise. If Abort itself fails the record stays PENDING and
+// is taken over after PendingTimeout, so a failed Abort delays retries but
+// never blocks them. Pass a live context: when the request's own deadline
+// has passed, derive one with context.WithoutCancel plus a timeout.
+func (c Claim) Abort(ctx context.Context) error {
+	if err := c.executable("abort"); err != nil {
+		return err
+	}
+	ctx, cancel := jsbucket.WithDefaultTimeout(ctx)
+	defer cancel()
+	err := c.s.kv.Delete(ctx, c.key, jetstream.LastRevision(c.rev))
+	if jsbucket.IsConflict(err) {
+		return errors.Mark(bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "abort idempotency record %q", c.key), ErrClaimLost)
+	}
+	if err != nil {
+		return unavailable(err, "abort idempotency record")
+	}
+	return nil
+}
+
+func (c Claim) executable(op string) error {
+	switch {
+	case c.s == nil:
+		return bus.Errorf(pb.ErrorCode_INTERNAL, "%s: empty idempotency claim", op)
+	case c.done:
+		return bus.Errorf(pb.ErrorCode_INTERNAL, "%s: the request was already executed; there is nothing to %s", op, op)
+	}
+	return nil
+}
+
+func pending(hash []byte) ([]byte, error) {
+	return marshal(&pb.IdempotencyRecord{
+		State:         pb.IdempotencyRecord_PENDING,
+		RequestHash:   hash,
+		CreatedUnixMs: time.Now().UnixMilli(),
+	})
+}
+
+// recordKey names the record: tenant "." hex(sha256(idemKey))[:40]. Client
+// keys may contain any bytes (including '.', '*', '>' and spaces that KV
+// keys forbid), so the key is hashed; the tenant prefix keeps tenants apart
+// and lets an operator list or purge one tenant's records by subject.
+func recordKey(tenant, idemKey string) string {
+	sum := sha256.Sum256([]byte(idemKey))
+	return tenant + "." + hex.EncodeToString(sum[:])[:keyHashHexChars]
+}
+
+func marshal(rec *pb.IdempotencyRecord) ([]byte, error) {
+	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(rec)
+	if err != nil {
+		return nil, bus.Wrap(pb.ErrorCode_INTERNAL, err, "encode idempotency record")
+	}
+	return data, nil
+}
+
+func inProgress(cause error) error {
+	return bus.Wrap(pb.ErrorCode_UNAVAILABLE, cause,
+		"a request with the same idempotency key is still in progress; retry later")
+}
+
+func unavailable(err error, what string) error {
+	return bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "%s", what)
+}
