@@ -89,7 +89,14 @@ type Policy int
 const (
 	// Siblings keeps every concurrent value; the client resolves them.
 	Siblings Policy = iota
-	// LastWriteWins keeps one winner by (timestamp, actor, counter).
+	// LastWriteWins keeps one winner by (timestamp, actor, counter): the
+	// highest timestamp wins, whatever the contexts say. Filtering by
+	// causality first and then picking the latest is not associative when
+	// clocks are skewed (a causally later write with an older timestamp can
+	// make every value vanish, depending on merge order), so LWW is a plain
+	// maximum over all siblings, which is a lattice join. To keep causal
+	// follow-ups winning, Update stamps a new value later than every
+	// sibling the minting replica holds.
 	LastWriteWins
 )
 
@@ -109,13 +116,24 @@ func (o Object) Live() []Sibling {
 
 // Update mints a new sibling at actor, as the coordinating replica does for
 // a put or delete with causal context ctx: siblings covered by ctx are
-// superseded, the new sibling gets dot (actor, Clock[actor]+1), and the clock
-// becomes Clock ⊔ ctx ⊔ dot. The input object is not modified.
+// superseded, the new sibling gets dot (actor, max(Clock[actor], ctx[actor])+1),
+// and the clock becomes Clock ⊔ ctx ⊔ dot. The input object is not modified.
+//
+// The counter must also pass ctx: a context can be ahead of this replica
+// (its copy was purged after a delete), and a dot the context already covers
+// would be treated as seen, so other replicas and clients holding that
+// context would drop the new write.
 func Update(o Object, ctx VV, actor string, value []byte, tombstone bool, tsMs int64, p Policy) Object {
-	dot := Dot{Actor: actor, Counter: o.Clock[actor] + 1}
+	dot := Dot{Actor: actor, Counter: max(o.Clock[actor], ctx[actor]) + 1}
 	out := Object{Clock: o.Clock.Join(ctx)}
 	out.Clock[actor] = dot.Counter
 	for _, s := range o.Siblings {
+		if p == LastWriteWins {
+			// The new value supersedes everything held here, so it must
+			// also win on time even if this replica's clock is behind.
+			tsMs = max(tsMs, s.TimestampMs+1)
+			continue
+		}
 		if !ctx.Covers(s.Dot) {
 			out.Siblings = append(out.Siblings, s)
 		}
@@ -131,7 +149,9 @@ func Merge(a, b Object, p Policy) Object {
 	out := Object{Clock: a.Clock.Join(b.Clock)}
 	keep := func(from, other Object) {
 		for _, s := range from.Siblings {
-			if !other.Clock.Covers(s.Dot) || other.holds(s.Dot) {
+			// Under LastWriteWins every sibling competes on time (see the
+			// policy's comment); normalize keeps the latest.
+			if p == LastWriteWins || !other.Clock.Covers(s.Dot) || other.holds(s.Dot) {
 				out.Siblings = append(out.Siblings, s)
 			}
 		}
