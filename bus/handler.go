@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
@@ -22,21 +23,32 @@ import (
 // goroutine, up to a cap; past the cap the request is refused at once with
 // UNAVAILABLE rather than queued without bound.
 type Limiter struct {
-	sem chan struct{}
-	wg  sync.WaitGroup
+	sem     chan struct{}
+	mu      sync.Mutex
+	wg      sync.WaitGroup
+	closing bool
 }
 
 // NewLimiter allows up to n concurrent requests.
 func NewLimiter(n int) *Limiter { return &Limiter{sem: make(chan struct{}, max(n, 1))} }
 
-// Go runs fn on a new goroutine if a slot is free; false means overloaded.
+// Go runs fn on a new goroutine if a slot is free and the limiter is not
+// draining; false means the request was refused.
 func (l *Limiter) Go(fn func()) bool {
+	l.mu.Lock()
+	if l.closing {
+		l.mu.Unlock()
+		return false
+	}
 	select {
 	case l.sem <- struct{}{}:
 	default:
+		l.mu.Unlock()
 		return false
 	}
+	// Add under the lock: Drain's Wait never races with an Add at zero.
 	l.wg.Add(1)
+	l.mu.Unlock()
 	go func() {
 		defer func() { <-l.sem; l.wg.Done() }()
 		fn()
@@ -44,8 +56,12 @@ func (l *Limiter) Go(fn func()) bool {
 	return true
 }
 
-// Wait blocks until every started request has finished or ctx ends.
-func (l *Limiter) Wait(ctx context.Context) error {
+// Drain refuses new work and blocks until every started request has
+// finished or ctx ends. It may be called more than once.
+func (l *Limiter) Drain(ctx context.Context) error {
+	l.mu.Lock()
+	l.closing = true
+	l.mu.Unlock()
 	done := make(chan struct{})
 	go func() { l.wg.Wait(); close(done) }()
 	select {
@@ -54,6 +70,29 @@ func (l *Limiter) Wait(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// Draining reports whether Drain has begun.
+func (l *Limiter) Draining() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.closing
+}
+
+// Server is what the endpoints of one service share.
+type Server struct {
+	// Conn publishes replies. Replies are sent on the connection, not through
+	// micro.Request: they leave from a limiter goroutine after the micro
+	// handler returned, and micro reads the request's error state for its
+	// statistics right then, so answering through the request would race.
+	Conn    *nats.Conn
+	Limiter *Limiter
+	// Timeout bounds one request.
+	Timeout time.Duration
+	Log     *zap.Logger
+	// Observe, when set, is called once per request after its reply was
+	// sent, with the endpoint name and the error code ("" on success).
+	Observe func(endpoint string, start time.Time, code string)
 }
 
 // HandlerFunc serves one decoded request. subject is the subject the request
@@ -65,19 +104,17 @@ type HandlerFunc[Req, Resp proto.Message] func(ctx context.Context, subject stri
 // JSON when asked), runs fn under the limiter with a deadline, and answers
 // in the request's encoding. Failures are answered with the typed error in
 // the body's `error` field and in the Nats-Service-Error(-Code) headers.
-func Endpoint[Req, Resp proto.Message](l *Limiter, timeout time.Duration, log *zap.Logger,
-	newReq func() Req, newResp func() Resp, fn HandlerFunc[Req, Resp]) micro.Handler {
+func Endpoint[Req, Resp proto.Message](s *Server, name string, newReq func() Req, newResp func() Resp,
+	fn HandlerFunc[Req, Resp]) micro.Handler {
 	return micro.HandlerFunc(func(r micro.Request) {
-		enc := EncodingOf(nil)
-		if h := r.Headers(); h != nil {
-			enc = EncodingOf(map[string][]string(h))
-		}
-		started := l.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		start := time.Now()
+		enc := requestEncoding(r)
+		ok := s.Limiter.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), s.Timeout)
 			defer cancel()
 			req := newReq()
 			if err := Unmarshal(enc, r.Data(), req); err != nil {
-				reply(log, r, enc, newResp(), err)
+				s.reply(name, start, r, enc, newResp(), err)
 				return
 			}
 			resp, err := fn(ctx, r.Subject(), req)
@@ -87,45 +124,58 @@ func Endpoint[Req, Resp proto.Message](l *Limiter, timeout time.Duration, log *z
 			if isNil(resp) {
 				resp = newResp()
 			}
-			reply(log, r, enc, resp, err)
+			s.reply(name, start, r, enc, resp, err)
 		})
-		if !started {
-			reply(log, r, enc, newResp(), Errorf(pb.ErrorCode_UNAVAILABLE,
-				"too many requests in flight on this server; retry with backoff"))
+		if !ok {
+			msg := "too many requests in flight on this server; retry with backoff"
+			if s.Limiter.Draining() {
+				msg = "this server is shutting down; retry elsewhere"
+			}
+			s.reply(name, start, r, enc, newResp(), Errorf(pb.ErrorCode_UNAVAILABLE, "%s", msg))
 		}
 	})
 }
 
+func requestEncoding(r micro.Request) Encoding {
+	if h := r.Headers(); h != nil {
+		return EncodingOf(nats.Header(h))
+	}
+	return Proto
+}
+
 func isNil(m proto.Message) bool { return m == nil || !m.ProtoReflect().IsValid() }
 
-func reply(log *zap.Logger, r micro.Request, enc Encoding, resp proto.Message, err error) {
-	var opts []micro.RespondOpt
+func (s *Server) reply(name string, start time.Time, r micro.Request, enc Encoding, resp proto.Message, err error) {
+	msg := &nats.Msg{Subject: r.Reply(), Header: nats.Header{}}
 	if enc == JSON {
-		opts = append(opts, micro.WithHeaders(micro.Headers{HeaderContentType: []string{ContentTypeJSON}}))
+		msg.Header.Set(HeaderContentType, ContentTypeJSON)
 	}
+	code := ""
 	if err != nil {
 		pe := ToProto(err)
+		code = pe.GetCode().String()
 		if serr := setError(resp, pe); serr != nil {
-			log.Error("cannot set error on response", zap.Error(serr))
-		}
-		body, merr := Marshal(enc, resp)
-		if merr != nil {
-			log.Error("encode error response", zap.Error(merr))
+			s.Log.Error("cannot set error on response", zap.Error(serr))
 		}
 		// Header values must be one line.
-		desc := strings.ReplaceAll(pe.GetMessage(), "\n", " ")
-		if rerr := r.Error(pe.GetCode().String(), desc, body, opts...); rerr != nil {
-			log.Debug("reply failed", zap.String("subject", r.Subject()), zap.Error(rerr))
-		}
-		return
+		msg.Header.Set(micro.ErrorHeader, strings.ReplaceAll(pe.GetMessage(), "\n", " "))
+		msg.Header.Set(micro.ErrorCodeHeader, code)
 	}
 	body, merr := Marshal(enc, resp)
 	if merr != nil {
-		log.Error("encode response", zap.Error(merr))
-		_ = r.Error(pb.ErrorCode_INTERNAL.String(), "cannot encode response", nil, opts...)
-		return
+		s.Log.Error("encode response", zap.String("subject", r.Subject()), zap.Error(merr))
+		code = pb.ErrorCode_INTERNAL.String()
+		msg.Header.Set(micro.ErrorHeader, "cannot encode response")
+		msg.Header.Set(micro.ErrorCodeHeader, code)
+		body = nil
 	}
-	if rerr := r.Respond(body, opts...); rerr != nil {
-		log.Debug("reply failed", zap.String("subject", r.Subject()), zap.Error(rerr))
+	msg.Data = body
+	if msg.Subject == "" {
+		s.Log.Debug("request without reply subject", zap.String("subject", r.Subject()))
+	} else if perr := s.Conn.PublishMsg(msg); perr != nil {
+		s.Log.Debug("reply failed", zap.String("subject", r.Subject()), zap.Error(perr))
+	}
+	if s.Observe != nil {
+		s.Observe(name, start, code)
 	}
 }

@@ -1,0 +1,44 @@
+package client
+
+import (
+	"context"
+
+	"github.com/pairdb/pairdb/bus"
+	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+)
+
+// CreateTenant creates a tenant; zero fields take the server's defaults.
+func (c *Client) CreateTenant(ctx context.Context, req *pb.CreateTenantRequest) (*pb.Tenant, error) {
+	resp := new(pb.TenantResponse)
+	err := c.call(ctx, c.subjects.Admin("tenants", "create"), req, resp)
+	return resp.GetTenant(), err
+}
+
+// GetTenant reads a tenant.
+func (c *Client) GetTenant(ctx context.Context, id string) (*pb.Tenant, error) {
+	resp := new(pb.TenantResponse)
+	err := c.call(ctx, c.subjects.Admin("tenants", "get"), &pb.GetTenantRequest{TenantId: id}, resp)
+	return resp.GetTenant(), err
+}
+
+// UpdateTenant changes the fields set in req.
+func (c *Client) UpdateTenant(ctx context.Context, req *pb.UpdateTenantRequest) (*pb.TenantResponse, error) {
+	resp := new(pb.TenantResponse)
+	return resp, c.call(ctx, c.subjects.Admin("tenants", "update"), req, resp)
+}
+
+// ListTenants returns one page of tenants and the token of the next ("" at
+// the end).
+func (c *Client) ListTenants(ctx context.Context, pageSize uint32, pageToken string) ([]*pb.Tenant, string, error) {
+	resp := new(pb.ListTenantsResponse)
+	err := c.call(ctx, c.subjects.Admin("tenants", "list"), &pb.ListTenantsRequest{PageSize: pageSize, PageToken: pageToken}, resp)
+	return resp.GetTenants(), resp.GetNextPageToken(), err
+}
+
+// DeleteTenant removes a tenant record.
+func (c *Client) DeleteTenant(ctx context.Context, id string) error {
+	return c.call(ctx, c.subjects.Admin("tenants", "delete"), &pb.DeleteTenantRequest{TenantId: id}, new(pb.TenantResponse))
+}
+
+// IsCode reports whether err is a PairDB error with the given code.
+func IsCode(err error, code pb.ErrorCode) bool { return bus.Is(err, code) }

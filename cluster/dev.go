@@ -1,0 +1,237 @@
+package cluster
+
+import (
+	"context"
+	"path/filepath"
+	"slices"
+	"sync"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/cockroachdb/errors"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/pairdb/pairdb/bus/embedded"
+	"github.com/pairdb/pairdb/coordinator"
+	"github.com/pairdb/pairdb/jetstream/tenantkv"
+	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
+)
+
+// DevConfig describes an all-in-one cluster.
+type DevConfig struct {
+	// Listen is the embedded NATS address; "" picks a free port.
+	Listen string
+	// DataDir holds nats/ and one directory per storage node.
+	DataDir string
+	// Nodes is the number of storage nodes (default 3).
+	Nodes int
+	// NoSync skips fsync on storage nodes (benchmarks only).
+	NoSync bool
+	// DefaultTenantRF is the replication factor of tenant "default",
+	// created if absent (default min(3, Nodes)).
+	DefaultTenantRF uint32
+	Coordinator     CoordinatorConfig
+	Logger          *zap.Logger
+	Metrics         *metrics.Set
+}
+
+// Dev is a running development cluster: an embedded NATS server, storage
+// nodes and coordinators in one process, each part on its own connection as
+// it would be in production.
+type Dev struct {
+	cfg    DevConfig
+	Server *server.Server
+	mu     sync.Mutex
+	nodes  map[string]*devNode
+	coords []*devCoordinator
+}
+
+type devNode struct {
+	nc   *nats.Conn
+	node *storagenode.Node
+}
+
+type devCoordinator struct {
+	nc  *nats.Conn
+	svc *coordinator.Service
+}
+
+// StartDev starts the whole system. Close stops it.
+func StartDev(ctx context.Context, cfg DevConfig) (*Dev, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("dev cluster needs a data directory")
+	}
+	if cfg.Nodes <= 0 {
+		cfg.Nodes = 3
+	}
+	if cfg.DefaultTenantRF == 0 {
+		cfg.DefaultTenantRF = uint32(min(3, cfg.Nodes))
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.NewSet()
+	}
+	srv, err := embedded.Start(embedded.Config{Listen: cfg.Listen, StoreDir: filepath.Join(cfg.DataDir, "nats"), ServerName: "pairdb-dev"})
+	if err != nil {
+		return nil, err
+	}
+	d := &Dev{cfg: cfg, Server: srv, nodes: map[string]*devNode{}}
+	if err := d.start(ctx); err != nil {
+		_ = d.Close(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *Dev) start(ctx context.Context) error {
+	for _, id := range NodeIDs(d.cfg.Nodes) {
+		if err := d.StartNode(id); err != nil {
+			return err
+		}
+	}
+	nc, err := d.connect("pairdb-dev-setup")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return errors.Wrap(err, "open JetStream")
+	}
+	store, err := tenantkv.Open(ctx, js, tenantkv.Config{Replicas: 1})
+	if err != nil {
+		return err
+	}
+	if err := EnsureTenant(ctx, store, "default", d.cfg.DefaultTenantRF); err != nil {
+		return err
+	}
+	_, err = d.StartCoordinator(ctx)
+	return err
+}
+
+// ClientURL is where clients connect.
+func (d *Dev) ClientURL() string { return d.Server.ClientURL() }
+
+// NodeIDs lists the configured storage nodes.
+func (d *Dev) NodeIDs() []string { return NodeIDs(d.cfg.Nodes) }
+
+func (d *Dev) connect(name string) (*nats.Conn, error) {
+	nc, err := nats.Connect(d.Server.ClientURL(), nats.Name(name), nats.MaxReconnects(-1))
+	if err != nil {
+		return nil, errors.Wrapf(err, "connect %s to NATS", name)
+	}
+	return nc, nil
+}
+
+// StartNode starts (or restarts) storage node id on its data directory.
+func (d *Dev) StartNode(id string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.nodes[id]; ok {
+		return errors.Newf("storage node %s is already running", id)
+	}
+	nc, err := d.connect("pairdb-storagenode-" + id)
+	if err != nil {
+		return err
+	}
+	n, err := storagenode.Start(nc, storagenode.Config{
+		ID:       id,
+		DataDir:  filepath.Join(d.cfg.DataDir, id),
+		Sync:     !d.cfg.NoSync,
+		Subjects: d.cfg.Coordinator.Subjects,
+		Logger:   d.cfg.Logger.Named(id),
+		Metrics:  d.cfg.Metrics,
+	})
+	if err != nil {
+		nc.Close()
+		return errors.Wrapf(err, "start storage node %s", id)
+	}
+	d.nodes[id] = &devNode{nc: nc, node: n}
+	return nil
+}
+
+// StopNode stops storage node id, keeping its data.
+func (d *Dev) StopNode(ctx context.Context, id string) error {
+	d.mu.Lock()
+	n, ok := d.nodes[id]
+	delete(d.nodes, id)
+	d.mu.Unlock()
+	if !ok {
+		return errors.Newf("storage node %s is not running", id)
+	}
+	err := n.node.Stop(ctx)
+	n.nc.Close()
+	return err
+}
+
+// StartCoordinator adds a coordinator to the queue group.
+func (d *Dev) StartCoordinator(ctx context.Context) (*coordinator.Service, error) {
+	nc, err := d.connect("pairdb-coordinator")
+	if err != nil {
+		return nil, err
+	}
+	cfg := d.cfg.Coordinator
+	cfg.Nodes = d.NodeIDs()
+	cfg.StreamReplicas = 1
+	if cfg.Logger == nil {
+		cfg.Logger = d.cfg.Logger.Named("coordinator")
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = d.cfg.Metrics
+	}
+	svc, err := StartCoordinator(ctx, nc, cfg)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	d.mu.Lock()
+	d.coords = append(d.coords, &devCoordinator{nc: nc, svc: svc})
+	d.mu.Unlock()
+	return svc, nil
+}
+
+// StopCoordinator stops one coordinator started by this cluster.
+func (d *Dev) StopCoordinator(ctx context.Context, svc *coordinator.Service) error {
+	d.mu.Lock()
+	i := slices.IndexFunc(d.coords, func(c *devCoordinator) bool { return c.svc == svc })
+	if i < 0 {
+		d.mu.Unlock()
+		return errors.New("coordinator is not part of this cluster")
+	}
+	c := d.coords[i]
+	d.coords = slices.Delete(d.coords, i, i+1)
+	d.mu.Unlock()
+	err := c.svc.Stop(ctx)
+	c.nc.Close()
+	return err
+}
+
+// Close stops coordinators first (no new requests), then storage nodes
+// (flushing Pebble), then NATS.
+func (d *Dev) Close(ctx context.Context) error {
+	var errs error
+	d.mu.Lock()
+	coords := d.coords
+	d.coords = nil
+	d.mu.Unlock()
+	for _, c := range coords {
+		errs = errors.CombineErrors(errs, c.svc.Stop(ctx))
+		c.nc.Close()
+	}
+	d.mu.Lock()
+	ids := make([]string, 0, len(d.nodes))
+	for id := range d.nodes {
+		ids = append(ids, id)
+	}
+	d.mu.Unlock()
+	for _, id := range ids {
+		errs = errors.CombineErrors(errs, d.StopNode(ctx, id))
+	}
+	d.Server.Shutdown()
+	d.Server.WaitForShutdown()
+	return errs
+}

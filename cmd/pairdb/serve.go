@@ -1,0 +1,167 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/pairdb/pairdb/cluster"
+	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
+)
+
+const shutdownGrace = 15 * time.Second
+
+func newDevCmd(g *globals) *cobra.Command {
+	var (
+		listen, data string
+		nodes        int
+		noSync       bool
+	)
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run an embedded NATS server, a coordinator and storage nodes in one process",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			defer func() { _ = log.Sync() }()
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			d, err := cluster.StartDev(ctx, cluster.DevConfig{
+				Listen: listen, DataDir: data, Nodes: nodes, NoSync: noSync,
+				Coordinator: cluster.CoordinatorConfig{Subjects: g.subjects()},
+				Logger:      log, Metrics: metrics.NewSet(),
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Printf("PairDB dev cluster is up: NATS at %s, %d storage nodes (%s), data in %s\n",
+				d.ClientURL(), nodes, strings.Join(d.NodeIDs(), ", "), data)
+			fmt.Printf("Try:\n  go run ./cmd/pairdb --server %s put hello world\n  go run ./cmd/pairdb --server %s get hello\n",
+				d.ClientURL(), d.ClientURL())
+			fmt.Printf("  nats --server %s req pairdb.v1.kv.default.get '{\"key\":\"hello\"}' -H Content-Type:application/json\n", d.ClientURL())
+			fmt.Println("Ctrl-C stops it; the data stays for the next start.")
+			sctx, scancel := untilSignal(log, shutdownGrace)
+			defer scancel()
+			return d.Close(sctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&listen, "listen", "127.0.0.1:4222", "address of the embedded NATS server")
+	f.StringVar(&data, "data", "./pairdb-data", "data directory (NATS JetStream and one dir per storage node)")
+	f.IntVar(&nodes, "nodes", 3, "number of storage nodes")
+	f.BoolVar(&noSync, "no-sync", false, "skip fsync on storage nodes (benchmarks only: acknowledged writes can be lost on a crash)")
+	return cmd
+}
+
+func newCoordinatorCmd(g *globals) *cobra.Command {
+	var (
+		nodes          string
+		vnodes         int
+		streamReplicas int
+		idemTTL        time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "coordinator",
+		Short: "Run a coordinator against an external NATS server",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			defer func() { _ = log.Sync() }()
+			nc, err := g.connect("pairdb-coordinator")
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			svc, err := cluster.StartCoordinator(ctx, nc, cluster.CoordinatorConfig{
+				Nodes: splitList(nodes), VirtualNodes: vnodes, Subjects: g.subjects(),
+				StreamReplicas: streamReplicas, IdempotencyTTL: idemTTL, Logger: log, Metrics: metrics.NewSet(),
+			})
+			if err != nil {
+				return err
+			}
+			log.Info("coordinator serving", zap.String("nats", nc.ConnectedUrlRedacted()), zap.Strings("nodes", splitList(nodes)))
+			sctx, scancel := untilSignal(log, shutdownGrace)
+			defer scancel()
+			return svc.Stop(sctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&nodes, "nodes", envOr("PAIRDB_NODES", "node-1,node-2,node-3"), "comma-separated storage node ids (env PAIRDB_NODES)")
+	f.IntVar(&vnodes, "virtual-nodes", 150, "virtual nodes per storage node on the ring")
+	f.IntVar(&streamReplicas, "stream-replicas", 1, "JetStream replicas of the control-plane buckets (3 on a NATS cluster)")
+	f.DurationVar(&idemTTL, "idempotency-ttl", 24*time.Hour, "how long idempotency records are kept")
+	return cmd
+}
+
+func newStorageNodeCmd(g *globals) *cobra.Command {
+	var (
+		id, data string
+		noSync   bool
+	)
+	cmd := &cobra.Command{
+		Use:   "storagenode",
+		Short: "Run a storage node against an external NATS server",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			defer func() { _ = log.Sync() }()
+			if id == "" || data == "" {
+				return fmt.Errorf("--id and --data are required")
+			}
+			nc, err := g.connect("pairdb-storagenode-" + id)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			n, err := storagenode.Start(nc, storagenode.Config{
+				ID: id, DataDir: data, Sync: !noSync, Subjects: g.subjects(), Logger: log.Named(id), Metrics: metrics.NewSet(),
+			})
+			if err != nil {
+				return err
+			}
+			log.Info("storage node serving", zap.String("id", id), zap.String("incarnation", n.Incarnation()), zap.String("data", data))
+			sctx, scancel := untilSignal(log, shutdownGrace)
+			defer scancel()
+			return n.Stop(sctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&id, "id", os.Getenv("PAIRDB_NODE_ID"), "storage node id (env PAIRDB_NODE_ID)")
+	f.StringVar(&data, "data", "", "data directory")
+	f.BoolVar(&noSync, "no-sync", false, "skip fsync (benchmarks only: acknowledged writes can be lost on a crash)")
+	return cmd
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}

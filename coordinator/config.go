@@ -1,0 +1,116 @@
+// Package coordinator is PairDB's stateless request router: a NATS micro
+// service in one queue group that serves put/get/delete and the tenant admin
+// API, routes keys on the ring, gathers quorums and repairs stale replicas.
+// Run any number of them; they share nothing but NATS.
+package coordinator
+
+import (
+	"context"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/cockroachdb/errors"
+	"go.uber.org/zap"
+
+	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/coordinator/ring"
+	"github.com/pairdb/pairdb/tenant"
+)
+
+// QueueGroup is the NATS queue group every coordinator joins, so each request
+// is served by exactly one of them.
+const QueueGroup = "pairdb-coordinators"
+
+// ServiceName is the micro service name `nats micro ls` shows.
+const ServiceName = "pairdb"
+
+// Version is the micro service version.
+const Version = "0.1.0"
+
+// Idempotency is what the write path needs from the idempotency store.
+// Implementations must be safe for concurrent use and honour ctx.
+type Idempotency interface {
+	// Begin claims (tenant, key) for a request whose payload hashes to hash.
+	// It returns a claim to execute, or a claim whose Done reports the
+	// stored response of an earlier identical request; a different payload
+	// under the same key is IDEMPOTENCY_KEY_CONFLICT.
+	Begin(ctx context.Context, tenant, key string, hash []byte) (IdempotencyClaim, error)
+}
+
+// IdempotencyClaim is one request's hold on an idempotency key.
+type IdempotencyClaim interface {
+	// Done returns the stored response when an earlier request finished.
+	Done() ([]byte, bool)
+	// Complete stores the response of a successful write.
+	Complete(ctx context.Context, response []byte) error
+	// Abort releases the claim of a failed write so a retry can run.
+	Abort(ctx context.Context) error
+}
+
+// Config configures a coordinator. Zero durations and sizes take defaults.
+type Config struct {
+	Subjects bus.Subjects
+	// Ring supplies placement; it is swapped atomically when membership
+	// changes.
+	Ring *ring.Holder
+	// Tenants is the metadata store (JetStream KV or PostgreSQL).
+	Tenants tenant.Store
+	// Idempotency dedupes writes that carry an idempotency key.
+	Idempotency Idempotency
+	// RequestTimeout bounds a whole client request (default 5s).
+	RequestTimeout time.Duration
+	// ReplicaTimeout bounds one call to one storage node (default 2s).
+	ReplicaTimeout time.Duration
+	// MaxConcurrent bounds in-flight client requests (default 4096).
+	MaxConcurrent int
+	// TenantCacheTTL is the backstop for a lost invalidation (default 30s).
+	TenantCacheTTL time.Duration
+	// HeartbeatTimeout marks a node suspect when it has not been heard from
+	// for this long (default 3s; nodes beat every second).
+	HeartbeatTimeout time.Duration
+	// RepairWorkers and RepairQueue bound read repair (default 4 and 1024).
+	RepairWorkers int
+	RepairQueue   int
+	Logger        *zap.Logger
+	Metrics       *metrics.Set
+}
+
+func (c *Config) setDefaults() error {
+	if c.Ring == nil {
+		return errors.New("coordinator: Config.Ring is required")
+	}
+	if c.Tenants == nil {
+		return errors.New("coordinator: Config.Tenants is required")
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = 5 * time.Second
+	}
+	if c.ReplicaTimeout <= 0 {
+		c.ReplicaTimeout = 2 * time.Second
+	}
+	if c.ReplicaTimeout > c.RequestTimeout {
+		c.ReplicaTimeout = c.RequestTimeout
+	}
+	if c.MaxConcurrent <= 0 {
+		c.MaxConcurrent = 4096
+	}
+	if c.TenantCacheTTL <= 0 {
+		c.TenantCacheTTL = 30 * time.Second
+	}
+	if c.HeartbeatTimeout <= 0 {
+		c.HeartbeatTimeout = 3 * time.Second
+	}
+	if c.RepairWorkers <= 0 {
+		c.RepairWorkers = 4
+	}
+	if c.RepairQueue <= 0 {
+		c.RepairQueue = 1024
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.Metrics == nil {
+		c.Metrics = metrics.NewSet()
+	}
+	return nil
+}

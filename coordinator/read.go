@@ -1,0 +1,119 @@
+package coordinator
+
+import (
+	"context"
+	"time"
+
+	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/dvv"
+	"github.com/pairdb/pairdb/dvv/dvvpb"
+	"github.com/pairdb/pairdb/keyspace"
+	"github.com/pairdb/pairdb/quorum"
+	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+)
+
+// readReply is one replica's answer to a read.
+type readReply struct {
+	node string
+	obj  dvv.Object
+	err  error
+}
+
+// get sends the read to all N replicas, answers after R replies (not-found
+// is a valid reply), and hands the rest of the replies to read repair.
+func (s *Service) get(ctx context.Context, subject string, req *pb.GetRequest) (resp *pb.GetResponse, err error) {
+	start, level := time.Now(), "invalid"
+	defer func() { s.m.request(bus.OpGet, level, start, errLabel(err)) }()
+	t, err := s.tenantOf(ctx, subject)
+	if err != nil {
+		return nil, err
+	}
+	if err := keyspace.ValidateKey(req.GetKey()); err != nil {
+		return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad key")
+	}
+	l, err := levelOf(t, req.GetConsistency())
+	if err != nil {
+		return nil, err
+	}
+	level = l.String()
+
+	r := s.cfg.Ring.Load()
+	tid, n := t.GetTenantId(), int(t.GetReplicationFactor())
+	if r.Size() < n {
+		return nil, bus.Errorf(pb.ErrorCode_UNAVAILABLE,
+			"tenant %q needs %d replicas but the ring has %d storage nodes", tid, n, r.Size())
+	}
+	prefs := r.Preference(keyspace.Hash(tid, req.GetKey()), n)
+	need := quorum.Required(l, n)
+	rr := &pb.ReadRequest{TenantId: tid, Key: req.GetKey(), Epoch: r.Epoch()}
+	replies := make(chan readReply, n)
+	for _, node := range prefs {
+		s.background.Add(1)
+		go func() {
+			defer s.background.Done()
+			out := new(pb.ReadResponse)
+			err := s.callNode(context.Background(), node, bus.OpRead, rr, out)
+			s.m.replica("reads", node, err)
+			replies <- readReply{node: node, obj: dvvpb.ObjectFromProto(out.GetObject()), err: err}
+		}()
+	}
+
+	tally := quorum.NewTally(need, n)
+	var got []readReply
+	for tally.Outcome() == quorum.Pending {
+		select {
+		case rep := <-replies:
+			got = append(got, rep)
+			if rep.err == nil {
+				tally.Ack()
+			} else {
+				tally.Fail()
+			}
+		case <-ctx.Done():
+			s.m.quorumFailure(bus.OpGet, level)
+			return nil, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
+				"read got %d of %d replicas before the deadline; %s needs %d", tally.Acks(), n, l, need)
+		}
+	}
+	if tally.Outcome() == quorum.Lost {
+		s.m.quorumFailure(bus.OpGet, level)
+		return nil, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
+			"read got %d of %d replicas; %s needs %d", tally.Acks(), n, l, need)
+	}
+
+	policy := dvvpb.PolicyFromProto(policyOf(t))
+	merged := mergeReplies(got, policy)
+	s.repairs.enqueue(repairJob{
+		tenant: tid, key: req.GetKey(), policy: policyOf(t), epoch: r.Epoch(),
+		got: got, rest: replies, pending: n - len(got),
+	})
+
+	live := merged.Live()
+	resp = &pb.GetResponse{
+		Key: req.GetKey(), Found: len(live) > 0, VectorClock: dvvpb.ClockToProto(merged.Clock), Consistency: level,
+	}
+	for _, sib := range live {
+		resp.Siblings = append(resp.Siblings, &pb.Sibling{Value: sib.Value, TimestampMs: sib.TimestampMs})
+	}
+	switch {
+	case len(live) == 0:
+		// The body still carries vector_clock: a delete's tombstone context.
+		return resp, bus.Errorf(pb.ErrorCode_KEY_NOT_FOUND, "key %q not found in tenant %q", req.GetKey(), tid)
+	case len(live) == 1:
+		resp.Value = live[0].Value
+	default:
+		s.m.conflicts.Inc()
+	}
+	return resp, nil
+}
+
+// mergeReplies folds the successful replies into one object.
+func mergeReplies(replies []readReply, p dvv.Policy) dvv.Object {
+	var out dvv.Object
+	for _, r := range replies {
+		if r.err == nil {
+			out = dvv.Merge(out, r.obj, p)
+		}
+	}
+	return out
+}

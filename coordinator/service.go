@@ -1,0 +1,158 @@
+package coordinator
+
+import (
+	"context"
+	"sync"
+
+	"github.com/cockroachdb/errors"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/pairdb/pairdb/bus"
+	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+)
+
+// Service is a running coordinator.
+type Service struct {
+	cfg      Config
+	nc       *nats.Conn
+	log      *zap.Logger
+	m        *serviceMetrics
+	svc      micro.Service
+	limiter  *bus.Limiter
+	tenants  *tenantCache
+	liveness *liveness
+	repairs  *repairer
+	// background owns goroutines that outlive a request (replica calls that
+	// finish after the quorum answered).
+	background sync.WaitGroup
+	stopOnce   sync.Once
+	stopErr    error
+	subs       []*nats.Subscription
+}
+
+// Start registers the coordinator's endpoints and starts its background
+// work. Stop releases everything.
+func Start(nc *nats.Conn, cfg Config) (*Service, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	s := &Service{
+		cfg:     cfg,
+		nc:      nc,
+		log:     cfg.Logger,
+		m:       newServiceMetrics(cfg.Metrics),
+		limiter: bus.NewLimiter(cfg.MaxConcurrent),
+	}
+	s.tenants = newTenantCache(cfg.Tenants, cfg.TenantCacheTTL, s.m)
+	s.liveness = newLiveness(cfg.HeartbeatTimeout)
+	s.repairs = newRepairer(s, cfg.RepairWorkers, cfg.RepairQueue)
+
+	sub, err := nc.Subscribe(cfg.Subjects.Events(tenantEvents), func(m *nats.Msg) {
+		s.tenants.invalidate(string(m.Data))
+	})
+	if err != nil {
+		s.repairs.stop()
+		return nil, errors.Wrap(err, "subscribe to tenant invalidations")
+	}
+	s.subs = append(s.subs, sub)
+	sub, err = nc.Subscribe(cfg.Subjects.Heartbeat("*"), s.onHeartbeat)
+	if err != nil {
+		s.unsubscribe()
+		s.repairs.stop()
+		return nil, errors.Wrap(err, "subscribe to heartbeats")
+	}
+	s.subs = append(s.subs, sub)
+
+	if err := s.addEndpoints(); err != nil {
+		s.unsubscribe()
+		s.repairs.stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Service) addEndpoints() error {
+	svc, err := micro.AddService(s.nc, micro.Config{
+		Name:        ServiceName,
+		Version:     Version,
+		Description: "PairDB coordinator: key-value and tenant admin API",
+		QueueGroup:  QueueGroup,
+	})
+	if err != nil {
+		return errors.Wrap(err, "register coordinator micro service")
+	}
+	s.svc = svc
+	sub := s.cfg.Subjects
+	srv := &bus.Server{Conn: s.nc, Limiter: s.limiter, Timeout: s.cfg.RequestTimeout, Log: s.log}
+	type ep struct {
+		name, subject string
+		h             micro.Handler
+	}
+	eps := []ep{
+		{"put", sub.KVAny(bus.OpPut), bus.Endpoint(srv, "put", newMsg[*pb.PutRequest], newMsg[*pb.PutResponse], s.put)},
+		{"get", sub.KVAny(bus.OpGet), bus.Endpoint(srv, "get", newMsg[*pb.GetRequest], newMsg[*pb.GetResponse], s.get)},
+		{"delete", sub.KVAny(bus.OpDelete), bus.Endpoint(srv, "delete", newMsg[*pb.DeleteRequest], newMsg[*pb.DeleteResponse], s.delete)},
+		{"tenants-create", sub.Admin("tenants", "create"), bus.Endpoint(srv, "tenants-create", newMsg[*pb.CreateTenantRequest], newMsg[*pb.TenantResponse], s.createTenant)},
+		{"tenants-get", sub.Admin("tenants", "get"), bus.Endpoint(srv, "tenants-get", newMsg[*pb.GetTenantRequest], newMsg[*pb.TenantResponse], s.getTenant)},
+		{"tenants-update", sub.Admin("tenants", "update"), bus.Endpoint(srv, "tenants-update", newMsg[*pb.UpdateTenantRequest], newMsg[*pb.TenantResponse], s.updateTenant)},
+		{"tenants-list", sub.Admin("tenants", "list"), bus.Endpoint(srv, "tenants-list", newMsg[*pb.ListTenantsRequest], newMsg[*pb.ListTenantsResponse], s.listTenants)},
+		{"tenants-delete", sub.Admin("tenants", "delete"), bus.Endpoint(srv, "tenants-delete", newMsg[*pb.DeleteTenantRequest], newMsg[*pb.TenantResponse], s.deleteTenant)},
+	}
+	for _, e := range eps {
+		if err := svc.AddEndpoint(e.name, e.h, micro.WithEndpointSubject(e.subject)); err != nil {
+			_ = svc.Stop()
+			return errors.Wrapf(err, "add endpoint %s on %s", e.name, e.subject)
+		}
+	}
+	return nil
+}
+
+// newMsg allocates a fresh message of type M (M is a pointer to a
+// generated struct).
+func newMsg[M proto.Message]() M {
+	var m M
+	return m.ProtoReflect().Type().New().Interface().(M)
+}
+
+// Stop stops taking requests, waits for in-flight ones and background
+// replica calls (bounded by ctx), then stops read repair. It is idempotent.
+func (s *Service) Stop(ctx context.Context) error {
+	s.stopOnce.Do(func() {
+		var errs error
+		if s.svc != nil {
+			errs = errors.CombineErrors(errs, s.svc.Stop())
+		}
+		s.unsubscribe()
+		errs = errors.CombineErrors(errs, s.limiter.Drain(ctx))
+		done := make(chan struct{})
+		go func() { s.background.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			errs = errors.CombineErrors(errs, errors.Wrap(ctx.Err(), "waiting for replica calls"))
+		}
+		s.repairs.stop()
+		s.stopErr = errs
+	})
+	return s.stopErr
+}
+
+func (s *Service) unsubscribe() {
+	for _, sub := range s.subs {
+		_ = sub.Unsubscribe()
+	}
+	s.subs = nil
+}
+
+// Served is how many requests this coordinator's endpoints have received
+// (from the micro service statistics).
+func (s *Service) Served() int {
+	n := 0
+	for _, e := range s.svc.Stats().Endpoints {
+		n += e.NumRequests
+	}
+	return n
+}

@@ -1,0 +1,175 @@
+package coordinator
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/keyspace"
+	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/tenant"
+)
+
+// tenantEvents is the events subject kind on which a coordinator that
+// changed a tenant publishes its id; every coordinator drops its cached copy.
+const tenantEvents = "tenants"
+
+// tenantCache keeps tenant records for the data path. Entries are dropped
+// on an invalidation message and expire after ttl as a backstop for a lost
+// one. Records are never mutated in place: an update replaces the pointer.
+type tenantCache struct {
+	store tenant.Store
+	ttl   time.Duration
+	m     *serviceMetrics
+	mu    sync.Mutex
+	items map[string]cachedTenant
+}
+
+type cachedTenant struct {
+	t       *pb.Tenant
+	expires time.Time
+}
+
+func newTenantCache(store tenant.Store, ttl time.Duration, m *serviceMetrics) *tenantCache {
+	return &tenantCache{store: store, ttl: ttl, m: m, items: map[string]cachedTenant{}}
+}
+
+func (c *tenantCache) get(ctx context.Context, id string) (*pb.Tenant, error) {
+	if err := keyspace.ValidateTenantID(id); err != nil {
+		return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad tenant in subject")
+	}
+	now := time.Now()
+	c.mu.Lock()
+	it, ok := c.items[id]
+	c.mu.Unlock()
+	if ok && now.Before(it.expires) {
+		c.m.tenantHits.Inc()
+		return it.t, nil
+	}
+	c.m.tenantMisses.Inc()
+	t, err := c.store.Get(ctx, id)
+	if err != nil {
+		// A cached copy beats an outage of the metadata store: serve it
+		// rather than fail traffic for a known tenant.
+		if ok && bus.CodeOf(err) != pb.ErrorCode_TENANT_NOT_FOUND {
+			return it.t, nil
+		}
+		return nil, err
+	}
+	c.mu.Lock()
+	c.items[id] = cachedTenant{t: t, expires: now.Add(c.ttl)}
+	c.mu.Unlock()
+	return t, nil
+}
+
+func (c *tenantCache) invalidate(id string) {
+	c.mu.Lock()
+	delete(c.items, id)
+	c.mu.Unlock()
+}
+
+// announce tells every coordinator (this one included) to drop id.
+func (s *Service) announce(id string) {
+	s.tenants.invalidate(id)
+	if err := s.nc.Publish(s.cfg.Subjects.Events(tenantEvents), []byte(id)); err != nil {
+		s.log.Warn("tenant invalidation not published; other coordinators see the change within the cache TTL",
+			zap.String("tenant", id), zap.Error(err))
+	}
+}
+
+// checkRF refuses a replication factor the ring cannot place.
+func (s *Service) checkRF(rf uint32) error {
+	if n := s.cfg.Ring.Load().Size(); int(rf) > n {
+		return bus.Errorf(pb.ErrorCode_INVALID_REPLICATION_FACTOR,
+			"replication factor %d is more than the %d storage nodes in the ring", rf, n)
+	}
+	return nil
+}
+
+func (s *Service) createTenant(ctx context.Context, _ string, req *pb.CreateTenantRequest) (*pb.TenantResponse, error) {
+	t, err := tenant.FromCreate(req, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.checkRF(t.GetReplicationFactor()); err != nil {
+		return nil, err
+	}
+	if err := s.cfg.Tenants.Create(ctx, t); err != nil {
+		return nil, err
+	}
+	s.announce(t.GetTenantId())
+	return &pb.TenantResponse{Tenant: t}, nil
+}
+
+func (s *Service) getTenant(ctx context.Context, _ string, req *pb.GetTenantRequest) (*pb.TenantResponse, error) {
+	if err := keyspace.ValidateTenantID(req.GetTenantId()); err != nil {
+		return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad tenant_id")
+	}
+	t, err := s.cfg.Tenants.Get(ctx, req.GetTenantId())
+	if err != nil {
+		return nil, err
+	}
+	return &pb.TenantResponse{Tenant: t}, nil
+}
+
+func (s *Service) updateTenant(ctx context.Context, _ string, req *pb.UpdateTenantRequest) (*pb.TenantResponse, error) {
+	if err := keyspace.ValidateTenantID(req.GetTenantId()); err != nil {
+		return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad tenant_id")
+	}
+	if req.ReplicationFactor != nil {
+		if err := s.checkRF(req.GetReplicationFactor()); err != nil {
+			return nil, err
+		}
+	}
+	// Read-modify-write with optimistic concurrency; without an expected
+	// version from the caller, retry a few times on a concurrent update.
+	for attempt := 0; ; attempt++ {
+		cur, err := s.cfg.Tenants.Get(ctx, req.GetTenantId())
+		if err != nil {
+			return nil, err
+		}
+		if v := req.GetExpectedVersion(); v != 0 && v != cur.GetVersion() {
+			return nil, bus.Errorf(pb.ErrorCode_VERSION_CONFLICT,
+				"tenant %q is at version %d, not %d; read it again and retry", cur.GetTenantId(), cur.GetVersion(), v)
+		}
+		next, err := tenant.ApplyUpdate(cur, req, time.Now())
+		if err != nil {
+			return nil, err
+		}
+		err = s.cfg.Tenants.Update(ctx, next)
+		if err == nil {
+			s.announce(next.GetTenantId())
+			return &pb.TenantResponse{Tenant: next, OldReplicationFactor: cur.GetReplicationFactor()}, nil
+		}
+		if !bus.Is(err, pb.ErrorCode_VERSION_CONFLICT) || req.GetExpectedVersion() != 0 || attempt >= 4 {
+			return nil, err
+		}
+	}
+}
+
+func (s *Service) listTenants(ctx context.Context, _ string, req *pb.ListTenantsRequest) (*pb.ListTenantsResponse, error) {
+	ts, next, err := s.cfg.Tenants.List(ctx, int(req.GetPageSize()), req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	return &pb.ListTenantsResponse{Tenants: ts, NextPageToken: next}, nil
+}
+
+func (s *Service) deleteTenant(ctx context.Context, _ string, req *pb.DeleteTenantRequest) (*pb.TenantResponse, error) {
+	if err := keyspace.ValidateTenantID(req.GetTenantId()); err != nil {
+		return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad tenant_id")
+	}
+	t, err := s.cfg.Tenants.Get(ctx, req.GetTenantId())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.cfg.Tenants.Delete(ctx, req.GetTenantId()); err != nil {
+		return nil, err
+	}
+	s.announce(req.GetTenantId())
+	return &pb.TenantResponse{Tenant: proto.Clone(t).(*pb.Tenant)}, nil
+}

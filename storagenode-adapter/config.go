@@ -1,0 +1,117 @@
+package storagenode
+
+import (
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/cockroachdb/errors"
+	"go.uber.org/zap"
+
+	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/keyspace"
+	"github.com/pairdb/pairdb/storagenode-adapter/engine"
+)
+
+// Defaults applied by Start to zero-valued Config fields.
+const (
+	// DefaultMaxConcurrent bounds requests in flight. It must be well above
+	// one: concurrent writes are what lets Pebble share one fsync among many
+	// commits. Past it, requests are refused with UNAVAILABLE, not queued.
+	DefaultMaxConcurrent = 256
+	// DefaultRequestTimeout bounds one request's handler.
+	DefaultRequestTimeout = 5 * time.Second
+	// DefaultHeartbeatInterval is how often the node announces itself;
+	// coordinators mark a node suspect after a few missed beats.
+	DefaultHeartbeatInterval = time.Second
+)
+
+// Config configures a storage node. Zero-valued optional fields take the
+// defaults above; see DefaultConfig for a production starting point.
+type Config struct {
+	// ID names the node in subjects (<prefix>.v1.node.<ID>.<op>), so it
+	// follows the tenant id rule [A-Za-z0-9_-]{1,64}. Required.
+	ID string
+	// DataDir holds Pebble and the incarnation id. Required.
+	DataDir string
+	// Sync fsyncs every write before it is acknowledged. DESIGN.md §7
+	// requires it; false exists for benchmarks only, because a crash can
+	// then lose acknowledged writes. Note the zero value is false: start
+	// from DefaultConfig.
+	Sync bool
+	// Subjects names the subjects served and published.
+	Subjects bus.Subjects
+	// MaxConcurrent bounds requests in flight (default 256).
+	MaxConcurrent int
+	// RequestTimeout bounds one request (default 5s).
+	RequestTimeout time.Duration
+	// HeartbeatInterval is the heartbeat period (default 1s).
+	HeartbeatInterval time.Duration
+	// CacheBytes sizes Pebble's block cache (default 64 MiB).
+	CacheBytes int64
+	// Logger receives the node's logs; nil discards them.
+	Logger *zap.Logger
+	// Metrics receives the node's metrics; nil uses a private set nobody
+	// exports.
+	Metrics *metrics.Set
+}
+
+// DefaultConfig returns a Config for node id storing in dataDir, with every
+// default spelled out and Sync on.
+func DefaultConfig(id, dataDir string) Config {
+	return Config{
+		ID:                id,
+		DataDir:           dataDir,
+		Sync:              true,
+		MaxConcurrent:     DefaultMaxConcurrent,
+		RequestTimeout:    DefaultRequestTimeout,
+		HeartbeatInterval: DefaultHeartbeatInterval,
+		CacheBytes:        engine.DefaultCacheBytes,
+	}
+}
+
+// Validate reports the first setting that cannot work. Zero values of the
+// optional fields are valid (they mean "default").
+func (c Config) Validate() error {
+	if err := keyspace.ValidateTenantID(c.ID); err != nil {
+		return errors.Wrap(err, "storage node: node id is a subject token and follows the tenant id rule")
+	}
+	switch {
+	case c.DataDir == "":
+		return errors.New("storage node: DataDir must be set")
+	case c.MaxConcurrent < 0:
+		return errors.Newf("storage node: MaxConcurrent must not be negative, got %d", c.MaxConcurrent)
+	case c.RequestTimeout < 0:
+		return errors.Newf("storage node: RequestTimeout must not be negative, got %s", c.RequestTimeout)
+	case c.HeartbeatInterval < 0:
+		return errors.Newf("storage node: HeartbeatInterval must not be negative, got %s", c.HeartbeatInterval)
+	case c.CacheBytes < 0:
+		return errors.Newf("storage node: CacheBytes must not be negative, got %d", c.CacheBytes)
+	}
+	return nil
+}
+
+// withDefaults validates c and fills its zero-valued optional fields.
+func (c Config) withDefaults() (Config, error) {
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	if c.MaxConcurrent == 0 {
+		c.MaxConcurrent = DefaultMaxConcurrent
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = DefaultRequestTimeout
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if c.CacheBytes == 0 {
+		c.CacheBytes = engine.DefaultCacheBytes
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.Metrics == nil {
+		c.Metrics = metrics.NewSet()
+	}
+	return c, nil
+}

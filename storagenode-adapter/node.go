@@ -1,0 +1,292 @@
+// Package storagenode is the storage-node adapter: a NATS micro service in
+// front of one Pebble engine (DESIGN.md §2, §7). It serves apply (mint a
+// version), merge (fold in a replicated object) and read on the node's own
+// subjects, and publishes heartbeats.
+package storagenode
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/errors"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/dvv/dvvpb"
+	"github.com/pairdb/pairdb/keyspace"
+	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/storagenode-adapter/engine"
+)
+
+const (
+	// ServiceName and ServiceVersion identify nodes in `nats micro ls`.
+	ServiceName    = "pairdb-node"
+	ServiceVersion = "0.1.0"
+)
+
+// Node is a running storage node. Create it with Start; stop it with Stop.
+// Its methods may be called from any goroutine.
+type Node struct {
+	cfg       Config
+	log       *zap.Logger
+	nc        *nats.Conn
+	eng       *engine.Engine
+	svc       micro.Service
+	lim       *bus.Limiter
+	met       *nodeMetrics
+	hbSubject string
+	hbStop    chan struct{}
+	hbDone    chan struct{}
+
+	stopMu  sync.Mutex
+	stopped bool
+	stopErr error
+}
+
+// Start opens the node's engine, registers its endpoints and starts its
+// heartbeat. nc stays owned by the caller and must outlive the node.
+func Start(nc *nats.Conn, cfg Config) (*Node, error) {
+	if nc == nil {
+		return nil, errors.New("storage node: a NATS connection is required")
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Logger.With(zap.String("node", cfg.ID))
+	if !cfg.Sync {
+		log.Warn("sync is off: acknowledged writes can be lost on a crash; use this only for benchmarks")
+	}
+	eng, err := engine.Open(cfg.DataDir, engine.Options{Sync: cfg.Sync, CacheBytes: cfg.CacheBytes, Logger: log.Named("engine")})
+	if err != nil {
+		return nil, errors.Wrapf(err, "storage node %s", cfg.ID)
+	}
+	n := &Node{
+		cfg:       cfg,
+		log:       log,
+		nc:        nc,
+		eng:       eng,
+		lim:       bus.NewLimiter(cfg.MaxConcurrent),
+		met:       newNodeMetrics(cfg.Metrics, cfg.ID, bus.OpApply, bus.OpMerge, bus.OpRead),
+		hbSubject: cfg.Subjects.Heartbeat(cfg.ID),
+		hbStop:    make(chan struct{}),
+		hbDone:    make(chan struct{}),
+	}
+	if err := n.register(); err != nil {
+		return nil, errors.CombineErrors(errors.Wrapf(err, "storage node %s: register service", cfg.ID), eng.Close())
+	}
+	go n.heartbeats()
+	log.Info("storage node started", zap.String("incarnation", eng.Incarnation()),
+		zap.String("subjects", cfg.Subjects.Node(cfg.ID, "*")))
+	return n, nil
+}
+
+func (n *Node) register() error {
+	svc, err := micro.AddService(n.nc, micro.Config{
+		Name:        ServiceName,
+		Version:     ServiceVersion,
+		Description: "PairDB storage node",
+		Metadata:    map[string]string{"node_id": n.cfg.ID, "incarnation": n.eng.Incarnation()},
+		// Each node's subjects are its own, so a queue group only matters
+		// if two processes are misconfigured with one id; then it makes
+		// exactly one of them handle each request, instead of both minting
+		// a version for the same write.
+		QueueGroup: "pairdb-node-" + n.cfg.ID,
+		ErrorHandler: func(_ micro.Service, e *micro.NATSError) {
+			n.log.Error("service subscription error", zap.String("subject", e.Subject), zap.String("error", e.Description))
+		},
+	})
+	if err != nil {
+		return err
+	}
+	// Requests that arrive after Stop began (micro subscriptions drain
+	// asynchronously) are refused by the draining limiter with UNAVAILABLE.
+	srv := &bus.Server{Conn: n.nc, Limiter: n.lim, Timeout: n.cfg.RequestTimeout, Log: n.log, Observe: n.met.observe}
+	endpoints := []struct {
+		op string
+		h  micro.Handler
+	}{
+		{bus.OpApply, bus.Endpoint(srv, bus.OpApply,
+			func() *pb.ApplyRequest { return &pb.ApplyRequest{} },
+			func() *pb.ApplyResponse { return &pb.ApplyResponse{} }, n.apply)},
+		{bus.OpMerge, bus.Endpoint(srv, bus.OpMerge,
+			func() *pb.MergeRequest { return &pb.MergeRequest{} },
+			func() *pb.MergeResponse { return &pb.MergeResponse{} }, n.merge)},
+		{bus.OpRead, bus.Endpoint(srv, bus.OpRead,
+			func() *pb.ReadRequest { return &pb.ReadRequest{} },
+			func() *pb.ReadResponse { return &pb.ReadResponse{} }, n.read)},
+	}
+	for _, ep := range endpoints {
+		subject := n.cfg.Subjects.Node(n.cfg.ID, ep.op)
+		if err := svc.AddEndpoint(ep.op, ep.h, micro.WithEndpointSubject(subject)); err != nil {
+			return errors.CombineErrors(errors.Wrapf(err, "add endpoint %s", subject), svc.Stop())
+		}
+	}
+	n.svc = svc
+	return nil
+}
+
+// ID is the node id from the config.
+func (n *Node) ID() string { return n.cfg.ID }
+
+// Incarnation is the engine's incarnation id, the DVV actor of this node.
+func (n *Node) Incarnation() string { return n.eng.Incarnation() }
+
+// Epoch handling: every response echoes epoch 0. Nodes do not yet follow the
+// ring log, so they cannot tell a sender its ring is stale; the epoch check
+// (STALE_EPOCH) lands together with the ring log.
+const currentEpoch = 0
+
+func (n *Node) apply(_ context.Context, _ string, req *pb.ApplyRequest) (*pb.ApplyResponse, error) {
+	if err := validateTarget(req.GetTenantId(), req.GetKey()); err != nil {
+		return nil, err
+	}
+	if req.GetTombstone() && len(req.GetValue()) > 0 {
+		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+			"a tombstone carries no value; send either tombstone=true or a value")
+	}
+	obj, err := n.eng.Apply(req.GetTenantId(), req.GetKey(), dvvpb.ClockFromProto(req.GetContext()),
+		req.GetValue(), req.GetTombstone(), dvvpb.PolicyFromProto(req.GetPolicy()),
+		int(req.GetMaxSiblings()), time.Now().UnixMilli())
+	if err != nil {
+		return nil, n.failed(bus.OpApply, err)
+	}
+	return &pb.ApplyResponse{Object: dvvpb.ObjectToProto(obj), Epoch: currentEpoch}, nil
+}
+
+func (n *Node) merge(_ context.Context, _ string, req *pb.MergeRequest) (*pb.MergeResponse, error) {
+	if err := validateTarget(req.GetTenantId(), req.GetKey()); err != nil {
+		return nil, err
+	}
+	if req.GetObject() == nil {
+		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "merge needs the object to merge")
+	}
+	_, changed, err := n.eng.Merge(req.GetTenantId(), req.GetKey(),
+		dvvpb.ObjectFromProto(req.GetObject()), dvvpb.PolicyFromProto(req.GetPolicy()))
+	if err != nil {
+		return nil, n.failed(bus.OpMerge, err)
+	}
+	if changed {
+		n.met.mergeChanged.Inc()
+	}
+	return &pb.MergeResponse{Epoch: currentEpoch}, nil
+}
+
+// read answers found=false only when nothing is stored. A key holding only
+// tombstones is found here and its object returned: the coordinator needs
+// the tombstones' clock to merge replicas and to delete causally; it decides
+// what a client sees (KEY_NOT_FOUND).
+func (n *Node) read(_ context.Context, _ string, req *pb.ReadRequest) (*pb.ReadResponse, error) {
+	if err := validateTarget(req.GetTenantId(), req.GetKey()); err != nil {
+		return nil, err
+	}
+	obj, found, err := n.eng.Get(req.GetTenantId(), req.GetKey())
+	if err != nil {
+		return nil, n.failed(bus.OpRead, err)
+	}
+	resp := &pb.ReadResponse{Found: found, Epoch: currentEpoch}
+	if found {
+		resp.Object = dvvpb.ObjectToProto(obj)
+	}
+	return resp, nil
+}
+
+// failed logs errors nobody but an operator can act on; typed errors go
+// back to the caller as they are.
+func (n *Node) failed(op string, err error) error {
+	if bus.CodeOf(err) == pb.ErrorCode_INTERNAL {
+		n.log.Error("request failed", zap.String("op", op), zap.Error(err))
+	}
+	return err
+}
+
+func validateTarget(tenant, key string) error {
+	if err := keyspace.ValidateTenantID(tenant); err != nil {
+		return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant_id")
+	}
+	if err := keyspace.ValidateKey(key); err != nil {
+		return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid key")
+	}
+	return nil
+}
+
+// heartbeats is the node's one background goroutine. It beats at once, so
+// a restarted node is seen without waiting a full interval.
+func (n *Node) heartbeats() {
+	defer close(n.hbDone)
+	t := time.NewTicker(n.cfg.HeartbeatInterval)
+	defer t.Stop()
+	failing := false
+	for {
+		err := n.beat()
+		switch {
+		case err != nil && !failing:
+			n.log.Warn("heartbeat failed; will keep trying", zap.Error(err))
+		case err == nil && failing:
+			n.log.Info("heartbeat recovered")
+		}
+		if err != nil {
+			n.met.heartbeatErr.Inc()
+		}
+		failing = err != nil
+		select {
+		case <-n.hbStop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (n *Node) beat() error {
+	st, err := n.eng.Stats()
+	if err != nil {
+		return errors.Wrap(err, "read engine stats")
+	}
+	n.met.diskBytes.Set(float64(st.DiskBytes))
+	data, err := proto.Marshal(&pb.Heartbeat{
+		NodeId:      n.cfg.ID,
+		Incarnation: n.eng.Incarnation(),
+		UnixMs:      time.Now().UnixMilli(),
+		Epoch:       currentEpoch,
+		DiskBytes:   st.DiskBytes,
+	})
+	if err != nil {
+		return errors.Wrap(err, "encode heartbeat")
+	}
+	return errors.Wrapf(n.nc.Publish(n.hbSubject, data), "publish on %s", n.hbSubject)
+}
+
+// Stop shuts the node down in order: heartbeats stop (peers start to
+// suspect it), the service stops taking requests, in-flight requests finish
+// (or ctx ends), then Pebble closes. A second call returns the first one's
+// result. If ctx ends first, Pebble still closes after the requests that
+// are inside the engine, and ctx's error is returned.
+func (n *Node) Stop(ctx context.Context) error {
+	n.stopMu.Lock()
+	defer n.stopMu.Unlock()
+	if n.stopped {
+		return n.stopErr
+	}
+	n.stopped = true
+
+	close(n.hbStop)
+	<-n.hbDone
+	var errs error
+	if err := n.svc.Stop(); err != nil {
+		errs = errors.CombineErrors(errs, errors.Wrap(err, "stop service"))
+	}
+	if err := n.lim.Drain(ctx); err != nil {
+		n.log.Warn("requests still in flight at stop deadline", zap.Error(err))
+		errs = errors.CombineErrors(errs, errors.Wrap(err, "wait for in-flight requests"))
+	}
+	if err := n.eng.Close(); err != nil {
+		errs = errors.CombineErrors(errs, err)
+	}
+	n.stopErr = errs
+	n.log.Info("storage node stopped", zap.Error(errs))
+	return errs
+}
