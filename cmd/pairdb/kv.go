@@ -22,7 +22,13 @@ func newPutCmd(g *globals) *cobra.Command {
 	var wf writeFlags
 	cmd := &cobra.Command{
 		Use:   "put KEY [VALUE]",
-		Short: "Store a value (from the argument, or stdin when omitted)",
+		Short: "Store a value (from the argument, or stdin when omitted), replacing what a read sees now",
+		Long: `Store a value. The value comes from the argument, or from stdin when it is omitted.
+
+By default put first reads the key and writes with that read's vector_clock, so
+the new value replaces every sibling you would have seen. --context gives the
+clock yourself (from an earlier get); --blind writes without any context, so the
+value is concurrent with whatever is stored and becomes a sibling.`,
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var value []byte
@@ -38,11 +44,11 @@ func newPutCmd(g *globals) *cobra.Command {
 				}
 				value = b
 			}
-			opts, err := wf.options()
-			if err != nil {
-				return err
-			}
 			return withClient(cmd.Context(), g, func(ctx context.Context, c *client.Client) error {
+				opts, err := wf.options(ctx, c, args[0])
+				if err != nil {
+					return err
+				}
 				resp, err := c.Put(ctx, args[0], value, opts...)
 				if err != nil {
 					return err
@@ -61,14 +67,14 @@ func newDeleteCmd(g *globals) *cobra.Command {
 	var wf writeFlags
 	cmd := &cobra.Command{
 		Use:   "delete KEY",
-		Short: "Delete a key (pass --context from a get to supersede what you read)",
+		Short: "Delete a key (everything a read sees now, unless --context or --blind)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts, err := wf.options()
-			if err != nil {
-				return err
-			}
 			return withClient(cmd.Context(), g, func(ctx context.Context, c *client.Client) error {
+				opts, err := wf.options(ctx, c, args[0])
+				if err != nil {
+					return err
+				}
 				resp, err := c.Delete(ctx, args[0], opts...)
 				if err != nil {
 					return err
@@ -108,7 +114,7 @@ func newGetCmd(g *globals) *cobra.Command {
 				if len(sibs) == 1 {
 					fmt.Println(string(sibs[0].GetValue()))
 				} else {
-					fmt.Printf("%d siblings (concurrent writes); put with --context to resolve them:\n", len(sibs))
+					fmt.Printf("%d siblings (concurrent writes); the next put replaces them all:\n", len(sibs))
 					for i, s := range sibs {
 						fmt.Printf("  [%d] %s\n", i+1, s.GetValue())
 					}
@@ -126,6 +132,7 @@ func newGetCmd(g *globals) *cobra.Command {
 // writeFlags are the flags of put and delete.
 type writeFlags struct {
 	consistency, context, idemKey string
+	blind                         bool
 }
 
 func (w *writeFlags) register(cmd *cobra.Command) {
@@ -133,19 +140,30 @@ func (w *writeFlags) register(cmd *cobra.Command) {
 	f.StringVarP(&w.consistency, "consistency", "c", "", "one, quorum or all (default: the tenant's)")
 	f.StringVar(&w.context, "context", "", "vector_clock printed by get (actor:counter,...), to supersede what you read")
 	f.StringVar(&w.idemKey, "idempotency-key", "", "idempotency key (default: a fresh random one)")
+	f.BoolVar(&w.blind, "blind", false, "write without a context: concurrent with what is stored (makes siblings)")
+	cmd.MarkFlagsMutuallyExclusive("context", "blind")
 }
 
-func (w *writeFlags) options() ([]client.WriteOption, error) {
+// options builds the write options; without --context or --blind it reads
+// key first (at the write's consistency) and uses that read's context.
+func (w *writeFlags) options(ctx context.Context, c *client.Client, key string) ([]client.WriteOption, error) {
 	opts := []client.WriteOption{client.Consistency(w.consistency)}
 	if w.idemKey != "" {
 		opts = append(opts, client.IdempotencyKey(w.idemKey))
 	}
-	if w.context != "" {
+	switch {
+	case w.context != "":
 		vc, err := parseClock(w.context)
 		if err != nil {
 			return nil, err
 		}
 		opts = append(opts, client.WithContext(vc))
+	case !w.blind:
+		got, err := c.Get(ctx, key, client.ReadConsistency(w.consistency))
+		if err != nil {
+			return nil, fmt.Errorf("read the key's context first (use --blind to skip): %w", err)
+		}
+		opts = append(opts, client.WithContext(got.GetVectorClock()))
 	}
 	return opts, nil
 }
