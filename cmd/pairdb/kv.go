@@ -29,7 +29,7 @@ By default put first reads the key and writes with that read's vector_clock, so
 the new value replaces every sibling you would have seen. --context gives the
 clock yourself (from an earlier get); --blind writes without any context, so the
 value is concurrent with whatever is stored and becomes a sibling.`,
-		Args:  cobra.RangeArgs(1, 2),
+		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var value []byte
 			if len(args) == 2 {
