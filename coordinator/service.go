@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/cockroachdb/errors"
 	"github.com/nats-io/nats.go"
@@ -70,6 +71,13 @@ func Start(nc *nats.Conn, cfg Config) (*Service, error) {
 		s.unsubscribe()
 		s.repairs.stop()
 		return nil, err
+	}
+	// A round trip makes the server register every subscription before
+	// Start returns, so the caller can send requests at once.
+	if err := nc.FlushTimeout(5 * time.Second); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return nil, errors.CombineErrors(errors.Wrap(err, "flush coordinator subscriptions"), s.Stop(ctx))
 	}
 	return s, nil
 }

@@ -79,6 +79,12 @@ func Start(nc *nats.Conn, cfg Config) (*Node, error) {
 	if err := n.register(); err != nil {
 		return nil, errors.CombineErrors(errors.Wrapf(err, "storage node %s: register service", cfg.ID), eng.Close())
 	}
+	// A round trip makes the server register the subscriptions before Start
+	// returns: whoever started the node may send to it at once.
+	if err := nc.FlushTimeout(5 * time.Second); err != nil {
+		return nil, errors.CombineErrors(errors.Wrapf(err, "storage node %s: flush subscriptions", cfg.ID),
+			errors.CombineErrors(n.svc.Stop(), eng.Close()))
+	}
 	go n.heartbeats()
 	log.Info("storage node started", zap.String("incarnation", eng.Incarnation()),
 		zap.String("subjects", cfg.Subjects.Node(cfg.ID, "*")))

@@ -17,6 +17,9 @@ import (
 func TestPutGetDeleteAtEveryLevel(t *testing.T) {
 	h := startCluster(t, 3)
 	ctx := ctxT(t)
+	// Reads pair with writes so that R + W > N: only then must a read see
+	// the write it follows.
+	readAfter := map[string]string{"one": "all", "quorum": "quorum", "all": "one"}
 	for _, level := range []string{"one", "quorum", "all"} {
 		key := "k-" + level
 		put, err := h.c.Put(ctx, key, []byte("v-"+level), client.Consistency(level))
@@ -26,7 +29,7 @@ func TestPutGetDeleteAtEveryLevel(t *testing.T) {
 		require.NotEmpty(t, put.GetVectorClock())
 		require.NotEmpty(t, put.GetIdempotencyKey())
 
-		got, err := h.c.Get(ctx, key, client.ReadConsistency(level))
+		got, err := h.c.Get(ctx, key, client.ReadConsistency(readAfter[level]))
 		require.NoError(t, err)
 		require.True(t, got.GetFound())
 		require.Equal(t, "v-"+level, string(got.GetValue()))
@@ -34,7 +37,7 @@ func TestPutGetDeleteAtEveryLevel(t *testing.T) {
 
 		_, err = h.c.Delete(ctx, key, client.Consistency(level), client.WithContext(got.GetVectorClock()))
 		require.NoError(t, err)
-		got, err = h.c.Get(ctx, key, client.ReadConsistency(level))
+		got, err = h.c.Get(ctx, key, client.ReadConsistency(readAfter[level]))
 		require.NoError(t, err)
 		require.False(t, got.GetFound(), "deleted key must read as not found")
 		require.NotEmpty(t, got.GetVectorClock(), "a deleted key still returns its context")
