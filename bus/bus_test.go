@@ -104,7 +104,9 @@ func TestEndpointAnswersConcurrentlyWithTypedErrors(t *testing.T) {
 
 	// A blocked request does not hold up the next one on the same endpoint.
 	blocked := make(chan error, 1)
-	go func() { blocked <- bus.Request(context.Background(), nc, "test.get", &pb.GetRequest{Key: "block"}, new(pb.GetResponse)) }()
+	go func() {
+		blocked <- bus.Request(context.Background(), nc, "test.get", &pb.GetRequest{Key: "block"}, new(pb.GetResponse))
+	}()
 	resp := new(pb.GetResponse)
 	require.NoError(t, bus.Request(context.Background(), nc, "test.get", &pb.GetRequest{Key: "k"}, resp))
 	require.True(t, resp.GetFound())

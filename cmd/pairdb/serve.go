@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
@@ -62,6 +63,30 @@ func newDevCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+// serve runs one long-lived part against an external NATS server: it
+// connects, starts the part, waits for a signal and stops it in order.
+func serve(g *globals, connName string, start func(ctx context.Context, log *zap.Logger, nc *nats.Conn) (func(context.Context) error, error)) error {
+	log, err := g.logger()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	nc, err := g.connect(connName)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stop, err := start(ctx, log, nc)
+	if err != nil {
+		return err
+	}
+	sctx, scancel := untilSignal(log, shutdownGrace)
+	defer scancel()
+	return stop(sctx)
+}
+
 func newCoordinatorCmd(g *globals) *cobra.Command {
 	var (
 		nodes          string
@@ -73,30 +98,18 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 		Use:   "coordinator",
 		Short: "Run a coordinator against an external NATS server",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := g.logger()
-			if err != nil {
-				return err
-			}
-			defer func() { _ = log.Sync() }()
-			nc, err := g.connect("pairdb-coordinator")
-			if err != nil {
-				return err
-			}
-			defer nc.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-			defer cancel()
-			svc, err := cluster.StartCoordinator(ctx, nc, cluster.CoordinatorConfig{
-				Nodes: splitList(nodes), VirtualNodes: vnodes, Subjects: g.subjects(),
-				StreamReplicas: streamReplicas, IdempotencyTTL: idemTTL, Logger: log, Metrics: metrics.NewSet(),
+		RunE: func(*cobra.Command, []string) error {
+			return serve(g, "pairdb-coordinator", func(ctx context.Context, log *zap.Logger, nc *nats.Conn) (func(context.Context) error, error) {
+				svc, err := cluster.StartCoordinator(ctx, nc, cluster.CoordinatorConfig{
+					Nodes: splitList(nodes), VirtualNodes: vnodes, Subjects: g.subjects(),
+					StreamReplicas: streamReplicas, IdempotencyTTL: idemTTL, Logger: log, Metrics: metrics.NewSet(),
+				})
+				if err != nil {
+					return nil, err
+				}
+				log.Info("coordinator serving", zap.String("nats", nc.ConnectedUrlRedacted()), zap.Strings("nodes", splitList(nodes)))
+				return svc.Stop, nil
 			})
-			if err != nil {
-				return err
-			}
-			log.Info("coordinator serving", zap.String("nats", nc.ConnectedUrlRedacted()), zap.Strings("nodes", splitList(nodes)))
-			sctx, scancel := untilSignal(log, shutdownGrace)
-			defer scancel()
-			return svc.Stop(sctx)
 		},
 	}
 	f := cmd.Flags()
@@ -116,30 +129,20 @@ func newStorageNodeCmd(g *globals) *cobra.Command {
 		Use:   "storagenode",
 		Short: "Run a storage node against an external NATS server",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := g.logger()
-			if err != nil {
-				return err
-			}
-			defer func() { _ = log.Sync() }()
+		RunE: func(*cobra.Command, []string) error {
 			if id == "" || data == "" {
 				return fmt.Errorf("--id and --data are required")
 			}
-			nc, err := g.connect("pairdb-storagenode-" + id)
-			if err != nil {
-				return err
-			}
-			defer nc.Close()
-			n, err := storagenode.Start(nc, storagenode.Config{
-				ID: id, DataDir: data, Sync: !noSync, Subjects: g.subjects(), Logger: log.Named(id), Metrics: metrics.NewSet(),
+			return serve(g, "pairdb-storagenode-"+id, func(_ context.Context, log *zap.Logger, nc *nats.Conn) (func(context.Context) error, error) {
+				n, err := storagenode.Start(nc, storagenode.Config{
+					ID: id, DataDir: data, Sync: !noSync, Subjects: g.subjects(), Logger: log.Named(id), Metrics: metrics.NewSet(),
+				})
+				if err != nil {
+					return nil, err
+				}
+				log.Info("storage node serving", zap.String("id", id), zap.String("incarnation", n.Incarnation()), zap.String("data", data))
+				return n.Stop, nil
 			})
-			if err != nil {
-				return err
-			}
-			log.Info("storage node serving", zap.String("id", id), zap.String("incarnation", n.Incarnation()), zap.String("data", data))
-			sctx, scancel := untilSignal(log, shutdownGrace)
-			defer scancel()
-			return n.Stop(sctx)
 		},
 	}
 	f := cmd.Flags()
