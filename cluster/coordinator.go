@@ -20,6 +20,7 @@ import (
 	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/jetstream/idempotency"
 	"github.com/pairdb/pairdb/jetstream/tenantkv"
+	"github.com/pairdb/pairdb/postgres/tenantpg"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/tenant"
 )
@@ -34,8 +35,12 @@ type CoordinatorConfig struct {
 	// buckets: 1 on a single server, 3 on a cluster.
 	StreamReplicas int
 	IdempotencyTTL time.Duration
+	// PostgresURL keeps tenants in PostgreSQL (migrations are applied at
+	// start); empty keeps them in the JetStream bucket.
+	PostgresURL    string
 	RequestTimeout time.Duration
 	ReplicaTimeout time.Duration
+	TenantCacheTTL time.Duration
 	Logger         *zap.Logger
 	Metrics        *metrics.Set
 }
@@ -49,9 +54,42 @@ func StaticRing(nodes []string, vnodes int) *ring.Holder {
 	return ring.NewHolder(ring.New(1, vnodes, members))
 }
 
-// StartCoordinator opens the coordinator's stores on JetStream and starts
-// the service.
-func StartCoordinator(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig) (*coordinator.Service, error) {
+// Coordinator is a running coordinator with the stores it opened.
+type Coordinator struct {
+	*coordinator.Service
+	closeStore func()
+}
+
+// Stop stops the service, then closes its stores.
+func (c *Coordinator) Stop(ctx context.Context) error {
+	err := c.Service.Stop(ctx)
+	c.closeStore()
+	return err
+}
+
+// OpenTenantStore opens the configured metadata store: PostgreSQL when a URL
+// is set (applying migrations), else the JetStream bucket. close releases it.
+func OpenTenantStore(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig) (store tenant.Store, close func(), err error) {
+	if cfg.PostgresURL != "" {
+		pg, err := tenantpg.Open(ctx, cfg.PostgresURL, tenantpg.Config{Migrate: true, Logger: cfg.Logger.Named("postgres")})
+		if err != nil {
+			return nil, nil, errors.Wrap(err, "open the tenant database")
+		}
+		return pg, pg.Close, nil
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, nil, errors.Wrap(err, "open JetStream")
+	}
+	kv, err := tenantkv.Open(ctx, js, tenantkv.Config{Replicas: cfg.StreamReplicas, Logger: cfg.Logger.Named("tenants")})
+	if err != nil {
+		return nil, nil, errors.Wrap(err, "open the tenants bucket")
+	}
+	return kv, func() {}, nil
+}
+
+// StartCoordinator opens the coordinator's stores and starts the service.
+func StartCoordinator(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig) (*Coordinator, error) {
 	if len(cfg.Nodes) == 0 {
 		return nil, errors.New("a coordinator needs the storage node ids (--nodes)")
 	}
@@ -61,30 +99,38 @@ func StartCoordinator(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig)
 	if cfg.StreamReplicas <= 0 {
 		cfg.StreamReplicas = 1
 	}
+	tenants, closeStore, err := OpenTenantStore(ctx, nc, cfg)
+	if err != nil {
+		return nil, err
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
+		closeStore()
 		return nil, errors.Wrap(err, "open JetStream")
-	}
-	tenants, err := tenantkv.Open(ctx, js, tenantkv.Config{Replicas: cfg.StreamReplicas})
-	if err != nil {
-		return nil, errors.Wrap(err, "open the tenants bucket")
 	}
 	idem, err := idempotency.Open(ctx, js, idempotency.Config{
 		TTL: cfg.IdempotencyTTL, Replicas: cfg.StreamReplicas, Logger: cfg.Logger.Named("idempotency"),
 	})
 	if err != nil {
+		closeStore()
 		return nil, errors.Wrap(err, "open the idempotency bucket")
 	}
-	return coordinator.Start(nc, coordinator.Config{
+	svc, err := coordinator.Start(nc, coordinator.Config{
 		Subjects:       cfg.Subjects,
 		Ring:           StaticRing(cfg.Nodes, cfg.VirtualNodes),
 		Tenants:        tenants,
 		Idempotency:    idempotencyAdapter{idem},
 		RequestTimeout: cfg.RequestTimeout,
 		ReplicaTimeout: cfg.ReplicaTimeout,
+		TenantCacheTTL: cfg.TenantCacheTTL,
 		Logger:         cfg.Logger,
 		Metrics:        cfg.Metrics,
 	})
+	if err != nil {
+		closeStore()
+		return nil, err
+	}
+	return &Coordinator{Service: svc, closeStore: closeStore}, nil
 }
 
 // EnsureTenant creates tenant id with replication factor rf unless it

@@ -10,12 +10,9 @@ import (
 	"github.com/cockroachdb/errors"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/pairdb/pairdb/bus/embedded"
-	"github.com/pairdb/pairdb/coordinator"
-	"github.com/pairdb/pairdb/jetstream/tenantkv"
 	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
 )
 
@@ -55,7 +52,7 @@ type devNode struct {
 
 type devCoordinator struct {
 	nc  *nats.Conn
-	svc *coordinator.Service
+	svc *Coordinator
 }
 
 // StartDev starts the whole system. Close stops it.
@@ -98,14 +95,16 @@ func (d *Dev) start(ctx context.Context) error {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return errors.Wrap(err, "open JetStream")
+	cfg := d.cfg.Coordinator
+	cfg.StreamReplicas = 1
+	if cfg.Logger == nil {
+		cfg.Logger = d.cfg.Logger
 	}
-	store, err := tenantkv.Open(ctx, js, tenantkv.Config{Replicas: 1})
+	store, closeStore, err := OpenTenantStore(ctx, nc, cfg)
 	if err != nil {
 		return err
 	}
+	defer closeStore()
 	if err := EnsureTenant(ctx, store, "default", d.cfg.DefaultTenantRF); err != nil {
 		return err
 	}
@@ -169,7 +168,7 @@ func (d *Dev) StopNode(ctx context.Context, id string) error {
 }
 
 // StartCoordinator adds a coordinator to the queue group.
-func (d *Dev) StartCoordinator(ctx context.Context) (*coordinator.Service, error) {
+func (d *Dev) StartCoordinator(ctx context.Context) (*Coordinator, error) {
 	nc, err := d.connect("pairdb-coordinator")
 	if err != nil {
 		return nil, err
@@ -195,7 +194,7 @@ func (d *Dev) StartCoordinator(ctx context.Context) (*coordinator.Service, error
 }
 
 // StopCoordinator stops one coordinator started by this cluster.
-func (d *Dev) StopCoordinator(ctx context.Context, svc *coordinator.Service) error {
+func (d *Dev) StopCoordinator(ctx context.Context, svc *Coordinator) error {
 	d.mu.Lock()
 	i := slices.IndexFunc(d.coords, func(c *devCoordinator) bool { return c.svc == svc })
 	if i < 0 {
@@ -235,3 +234,17 @@ func (d *Dev) Close(ctx context.Context) error {
 	d.Server.WaitForShutdown()
 	return errs
 }
+
+// Coordinators lists the running coordinators, oldest first.
+func (d *Dev) Coordinators() []*Coordinator {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]*Coordinator, 0, len(d.coords))
+	for _, c := range d.coords {
+		out = append(out, c.svc)
+	}
+	return out
+}
+
+// Metrics is the set every part of this cluster records into.
+func (d *Dev) Metrics() *metrics.Set { return d.cfg.Metrics }

@@ -14,6 +14,7 @@ type serviceMetrics struct {
 	set             *metrics.Set
 	tenantHits      *metrics.Counter
 	tenantMisses    *metrics.Counter
+	tenantStale     *metrics.Counter
 	idempotencyHits *metrics.Counter
 	repairsDropped  *metrics.Counter
 	repairsOK       *metrics.Counter
@@ -26,6 +27,7 @@ func newServiceMetrics(set *metrics.Set) *serviceMetrics {
 		set:             set,
 		tenantHits:      set.GetOrCreateCounter(`coordinator_cache_hits_total{cache_type="tenant"}`),
 		tenantMisses:    set.GetOrCreateCounter(`coordinator_cache_misses_total{cache_type="tenant"}`),
+		tenantStale:     set.GetOrCreateCounter(`coordinator_cache_stale_served_total{cache_type="tenant"}`),
 		idempotencyHits: set.GetOrCreateCounter(`coordinator_cache_hits_total{cache_type="idempotency"}`),
 		repairsDropped:  set.GetOrCreateCounter(`coordinator_repairs_total{status="dropped"}`),
 		repairsOK:       set.GetOrCreateCounter(`coordinator_repairs_total{status="ok"}`),

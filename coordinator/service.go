@@ -164,3 +164,27 @@ func (s *Service) Served() int {
 	}
 	return n
 }
+
+// Pinger is implemented by metadata stores that can report whether they are
+// reachable (readiness).
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// Ready reports why this coordinator cannot serve everything, or nil: the
+// NATS connection, the ring, and the metadata store (admin calls need it;
+// key-value traffic for cached tenants does not).
+func (s *Service) Ready(ctx context.Context) error {
+	if !s.nc.IsConnected() {
+		return bus.Errorf(pb.ErrorCode_UNAVAILABLE, "not connected to NATS (status %s)", s.nc.Status())
+	}
+	if s.cfg.Ring.Load().Size() == 0 {
+		return bus.Errorf(pb.ErrorCode_UNAVAILABLE, "the ring has no storage nodes")
+	}
+	if p, ok := s.cfg.Tenants.(Pinger); ok {
+		if err := p.Ping(ctx); err != nil {
+			return bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "tenant metadata store")
+		}
+	}
+	return nil
+}

@@ -18,6 +18,15 @@ import (
 // changed a tenant publishes its id; every coordinator drops its cached copy.
 const tenantEvents = "tenants"
 
+const (
+	// staleRefreshTimeout bounds a refresh when an expired copy could be
+	// served instead.
+	staleRefreshTimeout = time.Second
+	// staleRetryAfter is how long an expired copy is served again after the
+	// metadata store failed to answer.
+	staleRetryAfter = 5 * time.Second
+)
+
 // tenantCache keeps tenant records for the data path. Entries are dropped
 // on an invalidation message and expire after ttl as a backstop for a lost
 // one. Records are never mutated in place: an update replaces the pointer.
@@ -51,11 +60,26 @@ func (c *tenantCache) get(ctx context.Context, id string) (*pb.Tenant, error) {
 		return it.t, nil
 	}
 	c.m.tenantMisses.Inc()
-	t, err := c.store.Get(ctx, id)
+	lookup := ctx
+	if ok {
+		// With a copy in hand, do not let a slow metadata store eat the
+		// request's whole deadline.
+		var cancel context.CancelFunc
+		lookup, cancel = context.WithTimeout(ctx, staleRefreshTimeout)
+		defer cancel()
+	}
+	t, err := c.store.Get(lookup, id)
 	if err != nil {
-		// A cached copy beats an outage of the metadata store: serve it
-		// rather than fail traffic for a known tenant.
 		if ok && bus.CodeOf(err) != pb.ErrorCode_TENANT_NOT_FOUND {
+			// The metadata store is unreachable: keep serving the copy we
+			// have (key-value traffic must not depend on it) and ask again
+			// only after a pause, so an outage is not hammered per request.
+			c.mu.Lock()
+			if cur, still := c.items[id]; still && cur.t == it.t {
+				c.items[id] = cachedTenant{t: it.t, expires: now.Add(min(c.ttl, staleRetryAfter))}
+			}
+			c.mu.Unlock()
+			c.m.tenantStale.Inc()
 			return it.t, nil
 		}
 		return nil, err

@@ -128,7 +128,13 @@ func TestTenantAdmin(t *testing.T) {
 }
 
 func TestTenantChangeSeenByOtherCoordinator(t *testing.T) {
-	h := startCluster(t, 3)
+	checkTenantChangeSeenByOtherCoordinator(t, startCluster(t, 3))
+}
+
+// checkTenantChangeSeenByOtherCoordinator changes a tenant's replication
+// factor through one coordinator and expects the other to use it on its
+// next requests.
+func checkTenantChangeSeenByOtherCoordinator(t *testing.T, h *harness) {
 	ctx := ctxT(t)
 	_, err := h.dev.StartCoordinator(ctx)
 	require.NoError(t, err)

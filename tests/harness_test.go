@@ -36,15 +36,22 @@ func startCluster(t *testing.T, nodes int) *harness {
 
 func startClusterIn(t *testing.T, dir string, nodes int) *harness {
 	t.Helper()
+	return startClusterWith(t, cluster.DevConfig{DataDir: dir, Nodes: nodes})
+}
+
+// startClusterWith starts a dev cluster from cfg; DataDir defaults to a
+// temporary directory and the logger to the test's.
+func startClusterWith(t *testing.T, cfg cluster.DevConfig) *harness {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	d, err := cluster.StartDev(ctx, cluster.DevConfig{
-		DataDir: dir,
-		Nodes:   nodes,
-		Logger:  zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
-	})
+	if cfg.DataDir == "" {
+		cfg.DataDir = t.TempDir()
+	}
+	cfg.Logger = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	d, err := cluster.StartDev(ctx, cfg)
 	require.NoError(t, err)
-	h := &harness{t: t, dev: d, dir: dir}
+	h := &harness{t: t, dev: d, dir: cfg.DataDir}
 	t.Cleanup(func() { h.close() })
 	h.nc, err = nats.Connect(d.ClientURL())
 	require.NoError(t, err)

@@ -55,7 +55,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.AddCommand(
 		newDevCmd(g), newCoordinatorCmd(g), newStorageNodeCmd(g),
-		newPutCmd(g), newGetCmd(g), newDeleteCmd(g), newTenantCmd(g),
+		newPutCmd(g), newGetCmd(g), newDeleteCmd(g), newTenantCmd(g), newMigrateCmd(g),
 	)
 	return root
 }

@@ -20,9 +20,9 @@ const shutdownGrace = 15 * time.Second
 
 func newDevCmd(g *globals) *cobra.Command {
 	var (
-		listen, data string
-		nodes        int
-		noSync       bool
+		listen, data, pgURL string
+		nodes               int
+		noSync              bool
 	)
 	cmd := &cobra.Command{
 		Use:   "dev",
@@ -38,7 +38,7 @@ func newDevCmd(g *globals) *cobra.Command {
 			defer cancel()
 			d, err := cluster.StartDev(ctx, cluster.DevConfig{
 				Listen: listen, DataDir: data, Nodes: nodes, NoSync: noSync,
-				Coordinator: cluster.CoordinatorConfig{Subjects: g.subjects()},
+				Coordinator: cluster.CoordinatorConfig{Subjects: g.subjects(), PostgresURL: pgURL},
 				Logger:      log, Metrics: metrics.NewSet(),
 			})
 			if err != nil {
@@ -60,6 +60,7 @@ func newDevCmd(g *globals) *cobra.Command {
 	f.StringVar(&data, "data", "./pairdb-data", "data directory (NATS JetStream and one dir per storage node)")
 	f.IntVar(&nodes, "nodes", 3, "number of storage nodes")
 	f.BoolVar(&noSync, "no-sync", false, "skip fsync on storage nodes (benchmarks only: acknowledged writes can be lost on a crash)")
+	f.StringVar(&pgURL, "postgres-url", os.Getenv("PAIRDB_POSTGRES_URL"), "keep tenants in this PostgreSQL database instead of JetStream (env PAIRDB_POSTGRES_URL)")
 	return cmd
 }
 
@@ -89,7 +90,7 @@ func serve(g *globals, connName string, start func(ctx context.Context, log *zap
 
 func newCoordinatorCmd(g *globals) *cobra.Command {
 	var (
-		nodes          string
+		nodes, pgURL   string
 		vnodes         int
 		streamReplicas int
 		idemTTL        time.Duration
@@ -102,7 +103,8 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 			return serve(g, "pairdb-coordinator", func(ctx context.Context, log *zap.Logger, nc *nats.Conn) (func(context.Context) error, error) {
 				svc, err := cluster.StartCoordinator(ctx, nc, cluster.CoordinatorConfig{
 					Nodes: splitList(nodes), VirtualNodes: vnodes, Subjects: g.subjects(),
-					StreamReplicas: streamReplicas, IdempotencyTTL: idemTTL, Logger: log, Metrics: metrics.NewSet(),
+					StreamReplicas: streamReplicas, IdempotencyTTL: idemTTL, PostgresURL: pgURL,
+					Logger: log, Metrics: metrics.NewSet(),
 				})
 				if err != nil {
 					return nil, err
@@ -117,6 +119,8 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 	f.IntVar(&vnodes, "virtual-nodes", 150, "virtual nodes per storage node on the ring")
 	f.IntVar(&streamReplicas, "stream-replicas", 1, "JetStream replicas of the control-plane buckets (3 on a NATS cluster)")
 	f.DurationVar(&idemTTL, "idempotency-ttl", 24*time.Hour, "how long idempotency records are kept")
+	f.StringVar(&pgURL, "postgres-url", os.Getenv("PAIRDB_POSTGRES_URL"),
+		"keep tenants in this PostgreSQL database, applying migrations at start (env PAIRDB_POSTGRES_URL); empty: the JetStream bucket")
 	return cmd
 }
 

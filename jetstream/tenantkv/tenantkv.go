@@ -296,3 +296,13 @@ func versionConflict(id string, stored, proposed uint64) error {
 func unavailable(err error, format string, args ...any) error {
 	return bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, format, args...)
 }
+
+// Ping reports whether the bucket answers (readiness).
+func (s *Store) Ping(ctx context.Context) error {
+	ctx, cancel := jsbucket.WithDefaultTimeout(ctx)
+	defer cancel()
+	if _, err := s.kv.Status(ctx); err != nil {
+		return unavailable(err, "tenants bucket status")
+	}
+	return nil
+}
