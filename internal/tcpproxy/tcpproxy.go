@@ -1,6 +1,6 @@
 // Package tcpproxy is a TCP forwarder for tests that need a dependency to
-// fail and come back (a database outage) without stopping the real server,
-// which other tests may be using.
+// fail and come back (a database outage, a partition) without stopping the
+// real server, which other tests may be using.
 package tcpproxy
 
 import (
@@ -8,105 +8,130 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
 
-// Proxy forwards connections from its own address to a target.
+// Mode is what the proxy does with connections.
+type Mode int
+
+const (
+	Forward   Mode = iota // pass bytes both ways
+	Refuse                // close every connection at once (server down, port closed)
+	Blackhole             // accept and never answer (packets dropped, host gone)
+)
+
+// Proxy is a TCP forwarder between the store and PostgreSQL that a test can
+// cut and heal, like a network partition. The listener stays open in every
+// mode so the address never changes; Refuse closes accepted connections
+// immediately, which the client sees the same way as a dead server.
 type Proxy struct {
 	ln     net.Listener
 	target string
-	mu     sync.Mutex
-	cut    bool
-	conns  map[net.Conn]struct{}
-	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	mode  Mode
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
 }
 
-// Start listens on 127.0.0.1 on a free port, forwarding to target; it stops
-// at test cleanup.
 func Start(t testing.TB, target string) *Proxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
-	p.wg.Add(1)
-	go p.accept()
-	t.Cleanup(p.close)
+	p.wg.Go(p.acceptLoop)
+	t.Cleanup(func() {
+		_ = ln.Close()
+		p.closeAll()
+		p.wg.Wait()
+	})
 	return p
 }
 
-// Addr is host:port of the proxy.
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
-// Cut drops every open connection and refuses new ones (they are accepted
-// and closed at once, like a server that went away).
-func (p *Proxy) Cut() {
+// Set switches mode and drops every open connection: entering an outage
+// breaks the connections that crossed it (as a partition would), and
+// healing one breaks the connections the black hole was holding, which
+// would otherwise hang until the client's connect timeout.
+func (p *Proxy) Set(m Mode) {
+	p.mu.Lock()
+	p.mode = m
+	p.mu.Unlock()
+	p.closeAll()
+}
+
+func (p *Proxy) closeAll() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.cut = true
 	for c := range p.conns {
 		_ = c.Close()
 	}
+	clear(p.conns)
 }
 
-// Heal forwards new connections again.
-func (p *Proxy) Heal() {
+// track registers c so closeAll reaches it; false if the mode changed to
+// one that must not carry it.
+func (p *Proxy) track(c net.Conn, want Mode) bool {
 	p.mu.Lock()
-	p.cut = false
-	p.mu.Unlock()
+	defer p.mu.Unlock()
+	if p.mode != want {
+		return false
+	}
+	p.conns[c] = struct{}{}
+	return true
 }
 
-func (p *Proxy) accept() {
-	defer p.wg.Done()
+func (p *Proxy) acceptLoop() {
 	for {
 		c, err := p.ln.Accept()
 		if err != nil {
-			return
+			return // listener closed at cleanup
 		}
 		p.mu.Lock()
-		if p.cut {
-			p.mu.Unlock()
-			_ = c.Close()
-			continue
-		}
-		p.conns[c] = struct{}{}
+		m := p.mode
 		p.mu.Unlock()
-		p.wg.Add(1)
-		go p.forward(c)
+		switch m {
+		case Refuse:
+			_ = c.Close()
+		case Blackhole:
+			if !p.track(c, Blackhole) {
+				_ = c.Close()
+			}
+		case Forward:
+			p.wg.Go(func() { p.pipe(c) })
+		}
 	}
 }
 
-func (p *Proxy) forward(c net.Conn) {
-	defer p.wg.Done()
-	defer p.drop(c)
-	up, err := net.Dial("tcp", p.target)
+func (p *Proxy) pipe(c net.Conn) {
+	up, err := net.DialTimeout("tcp", p.target, 5*time.Second)
 	if err != nil {
+		_ = c.Close()
 		return
 	}
-	p.mu.Lock()
-	if p.cut {
-		p.mu.Unlock()
+	if !p.track(c, Forward) || !p.track(up, Forward) {
+		_ = c.Close()
 		_ = up.Close()
 		return
 	}
-	p.conns[up] = struct{}{}
-	p.mu.Unlock()
-	defer p.drop(up)
-	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
-	<-done
+	var wg sync.WaitGroup
+	// Either direction ending (EOF or a close by closeAll) ends both.
+	for _, dir := range [][2]net.Conn{{up, c}, {c, up}} {
+		wg.Go(func() {
+			_, _ = io.Copy(dir[0], dir[1])
+			_ = dir[0].Close()
+			_ = dir[1].Close()
+		})
+	}
+	wg.Wait()
 }
 
-func (p *Proxy) drop(c net.Conn) {
-	_ = c.Close()
-	p.mu.Lock()
-	delete(p.conns, c)
-	p.mu.Unlock()
-}
+// Cut makes the target look down: open connections break, new ones are
+// closed at once.
+func (p *Proxy) Cut() { p.Set(Refuse) }
 
-func (p *Proxy) close() {
-	_ = p.ln.Close()
-	p.Cut()
-	p.wg.Wait()
-}
+// Heal forwards again.
+func (p *Proxy) Heal() { p.Set(Forward) }
