@@ -21,7 +21,7 @@ type Service struct {
 	nc       *nats.Conn
 	log      *zap.Logger
 	m        *serviceMetrics
-	svc      micro.Service
+	svc      *bus.Service
 	limiter  *bus.Limiter
 	tenants  *tenantCache
 	liveness *liveness
@@ -83,14 +83,14 @@ func Start(nc *nats.Conn, cfg Config) (*Service, error) {
 }
 
 func (s *Service) addEndpoints() error {
-	svc, err := micro.AddService(s.nc, micro.Config{
+	svc, err := bus.AddService(s.nc, micro.Config{
 		Name:        ServiceName,
 		Version:     Version,
 		Description: "PairDB coordinator: key-value and tenant admin API",
 		QueueGroup:  QueueGroup,
 	})
 	if err != nil {
-		return errors.Wrap(err, "register coordinator micro service")
+		return err
 	}
 	s.svc = svc
 	sub := s.cfg.Subjects
@@ -111,8 +111,7 @@ func (s *Service) addEndpoints() error {
 	}
 	for _, e := range eps {
 		if err := svc.AddEndpoint(e.name, e.h, micro.WithEndpointSubject(e.subject)); err != nil {
-			_ = svc.Stop()
-			return errors.Wrapf(err, "add endpoint %s on %s", e.name, e.subject)
+			return errors.CombineErrors(errors.Wrapf(err, "on %s", e.subject), svc.Stop(context.Background()))
 		}
 	}
 	return nil
@@ -131,7 +130,7 @@ func (s *Service) Stop(ctx context.Context) error {
 	s.stopOnce.Do(func() {
 		var errs error
 		if s.svc != nil {
-			errs = errors.CombineErrors(errs, s.svc.Stop())
+			errs = errors.CombineErrors(errs, s.svc.Stop(ctx))
 		}
 		s.unsubscribe()
 		errs = errors.CombineErrors(errs, s.limiter.Drain(ctx))

@@ -35,7 +35,7 @@ type Node struct {
 	log       *zap.Logger
 	nc        *nats.Conn
 	eng       *engine.Engine
-	svc       micro.Service
+	svc       *bus.Service
 	lim       *bus.Limiter
 	met       *nodeMetrics
 	hbSubject string
@@ -83,7 +83,7 @@ func Start(nc *nats.Conn, cfg Config) (*Node, error) {
 	// returns: whoever started the node may send to it at once.
 	if err := nc.FlushTimeout(5 * time.Second); err != nil {
 		return nil, errors.CombineErrors(errors.Wrapf(err, "storage node %s: flush subscriptions", cfg.ID),
-			errors.CombineErrors(n.svc.Stop(), eng.Close()))
+			errors.CombineErrors(n.svc.Stop(context.Background()), eng.Close()))
 	}
 	go n.heartbeats()
 	log.Info("storage node started", zap.String("incarnation", eng.Incarnation()),
@@ -92,7 +92,7 @@ func Start(nc *nats.Conn, cfg Config) (*Node, error) {
 }
 
 func (n *Node) register() error {
-	svc, err := micro.AddService(n.nc, micro.Config{
+	svc, err := bus.AddService(n.nc, micro.Config{
 		Name:        ServiceName,
 		Version:     ServiceVersion,
 		Description: "PairDB storage node",
@@ -129,7 +129,7 @@ func (n *Node) register() error {
 	for _, ep := range endpoints {
 		subject := n.cfg.Subjects.Node(n.cfg.ID, ep.op)
 		if err := svc.AddEndpoint(ep.op, ep.h, micro.WithEndpointSubject(subject)); err != nil {
-			return errors.CombineErrors(errors.Wrapf(err, "add endpoint %s", subject), svc.Stop())
+			return errors.CombineErrors(errors.Wrapf(err, "on %s", subject), svc.Stop(context.Background()))
 		}
 	}
 	n.svc = svc
@@ -282,7 +282,7 @@ func (n *Node) Stop(ctx context.Context) error {
 	close(n.hbStop)
 	<-n.hbDone
 	var errs error
-	if err := n.svc.Stop(); err != nil {
+	if err := n.svc.Stop(ctx); err != nil {
 		errs = errors.CombineErrors(errs, errors.Wrap(err, "stop service"))
 	}
 	if err := n.lim.Drain(ctx); err != nil {
