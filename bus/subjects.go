@@ -62,3 +62,9 @@ const (
 	OpMerge = "merge"
 	OpRead  = "read"
 )
+
+// Range transfer and anti-entropy operations of a storage node.
+const (
+	OpScan   = "scan"
+	OpDigest = "digest"
+)

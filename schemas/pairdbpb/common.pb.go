@@ -43,6 +43,9 @@ const (
 	ErrorCode_VERSION_CONFLICT           ErrorCode = 14
 	ErrorCode_STALE_EPOCH                ErrorCode = 15
 	ErrorCode_DEADLINE_EXCEEDED          ErrorCode = 16
+	// Another membership or replication-factor change is running.
+	ErrorCode_CHANGE_IN_PROGRESS ErrorCode = 17
+	ErrorCode_NODE_NOT_FOUND     ErrorCode = 18
 )
 
 // Enum value maps for ErrorCode.
@@ -65,6 +68,8 @@ var (
 		14: "VERSION_CONFLICT",
 		15: "STALE_EPOCH",
 		16: "DEADLINE_EXCEEDED",
+		17: "CHANGE_IN_PROGRESS",
+		18: "NODE_NOT_FOUND",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":     0,
@@ -84,6 +89,8 @@ var (
 		"VERSION_CONFLICT":           14,
 		"STALE_EPOCH":                15,
 		"DEADLINE_EXCEEDED":          16,
+		"CHANGE_IN_PROGRESS":         17,
+		"NODE_NOT_FOUND":             18,
 	}
 )
 
@@ -232,7 +239,7 @@ const file_pairdb_v1_common_proto_rawDesc = "" +
 	"\n" +
 	"ClockEntry\x12\x14\n" +
 	"\x05actor\x18\x01 \x01(\tR\x05actor\x12\x18\n" +
-	"\acounter\x18\x02 \x01(\x04R\acounter*\x82\x03\n" +
+	"\acounter\x18\x02 \x01(\x04R\acounter*\xae\x03\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\x01\x12\x14\n" +
@@ -251,7 +258,9 @@ const file_pairdb_v1_common_proto_rawDesc = "" +
 	"\bINTERNAL\x10\r\x12\x14\n" +
 	"\x10VERSION_CONFLICT\x10\x0e\x12\x0f\n" +
 	"\vSTALE_EPOCH\x10\x0f\x12\x15\n" +
-	"\x11DEADLINE_EXCEEDED\x10\x10B+Z)github.com/pairdb/pairdb/schemas/pairdbpbb\x06proto3"
+	"\x11DEADLINE_EXCEEDED\x10\x10\x12\x16\n" +
+	"\x12CHANGE_IN_PROGRESS\x10\x11\x12\x12\n" +
+	"\x0eNODE_NOT_FOUND\x10\x12B+Z)github.com/pairdb/pairdb/schemas/pairdbpbb\x06proto3"
 
 var (
 	file_pairdb_v1_common_proto_rawDescOnce sync.Once

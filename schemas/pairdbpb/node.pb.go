@@ -715,12 +715,16 @@ func (x *ReadResponse) GetError() *Error {
 }
 
 type Heartbeat struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	Incarnation   string                 `protobuf:"bytes,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
-	UnixMs        int64                  `protobuf:"varint,3,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	DiskBytes     uint64                 `protobuf:"varint,5,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	NodeId      string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Incarnation string                 `protobuf:"bytes,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	UnixMs      int64                  `protobuf:"varint,3,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
+	Epoch       uint64                 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	DiskBytes   uint64                 `protobuf:"varint,5,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
+	// Approximate number of keys stored.
+	Keys uint64 `protobuf:"varint,6,opt,name=keys,proto3" json:"keys,omitempty"`
+	// NORMAL, JOINING, ... as this node's ring log fold says.
+	State         string `protobuf:"bytes,7,opt,name=state,proto3" json:"state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -788,6 +792,20 @@ func (x *Heartbeat) GetDiskBytes() uint64 {
 		return x.DiskBytes
 	}
 	return 0
+}
+
+func (x *Heartbeat) GetKeys() uint64 {
+	if x != nil {
+		return x.Keys
+	}
+	return 0
+}
+
+func (x *Heartbeat) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
 }
 
 // IdempotencyRecord is stored in the idempotency bucket.
@@ -908,14 +926,16 @@ const file_pairdb_v1_node_proto_rawDesc = "" +
 	"\x05found\x18\x01 \x01(\bR\x05found\x12)\n" +
 	"\x06object\x18\x02 \x01(\v2\x11.pairdb.v1.ObjectR\x06object\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12&\n" +
-	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"\x94\x01\n" +
+	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"\xbe\x01\n" +
 	"\tHeartbeat\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12 \n" +
 	"\vincarnation\x18\x02 \x01(\tR\vincarnation\x12\x17\n" +
 	"\aunix_ms\x18\x03 \x01(\x03R\x06unixMs\x12\x14\n" +
 	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12\x1d\n" +
 	"\n" +
-	"disk_bytes\x18\x05 \x01(\x04R\tdiskBytes\"\xeb\x01\n" +
+	"disk_bytes\x18\x05 \x01(\x04R\tdiskBytes\x12\x12\n" +
+	"\x04keys\x18\x06 \x01(\x04R\x04keys\x12\x14\n" +
+	"\x05state\x18\a \x01(\tR\x05state\"\xeb\x01\n" +
 	"\x11IdempotencyRecord\x128\n" +
 	"\x05state\x18\x01 \x01(\x0e2\".pairdb.v1.IdempotencyRecord.StateR\x05state\x12!\n" +
 	"\frequest_hash\x18\x02 \x01(\fR\vrequestHash\x12\x1a\n" +

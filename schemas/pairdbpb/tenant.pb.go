@@ -457,9 +457,12 @@ type TenantResponse struct {
 	Tenant *Tenant                `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	// Set by update: the replication factor before the change.
 	OldReplicationFactor uint32 `protobuf:"varint,2,opt,name=old_replication_factor,json=oldReplicationFactor,proto3" json:"old_replication_factor,omitempty"`
-	Error                *Error `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Set when a replication-factor change started a data migration; the
+	// record shows the new factor once the migration completes.
+	MigrationId   string `protobuf:"bytes,3,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	Error         *Error `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TenantResponse) Reset() {
@@ -504,6 +507,13 @@ func (x *TenantResponse) GetOldReplicationFactor() uint32 {
 		return x.OldReplicationFactor
 	}
 	return 0
+}
+
+func (x *TenantResponse) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
 }
 
 func (x *TenantResponse) GetError() *Error {
@@ -617,10 +627,11 @@ const file_pairdb_v1_tenant_proto_rawDesc = "" +
 	"\x12ListTenantsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tR\tpageToken\"\x99\x01\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\xbc\x01\n" +
 	"\x0eTenantResponse\x12)\n" +
 	"\x06tenant\x18\x01 \x01(\v2\x11.pairdb.v1.TenantR\x06tenant\x124\n" +
-	"\x16old_replication_factor\x18\x02 \x01(\rR\x14oldReplicationFactor\x12&\n" +
+	"\x16old_replication_factor\x18\x02 \x01(\rR\x14oldReplicationFactor\x12!\n" +
+	"\fmigration_id\x18\x03 \x01(\tR\vmigrationId\x12&\n" +
 	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"\x92\x01\n" +
 	"\x13ListTenantsResponse\x12+\n" +
 	"\atenants\x18\x01 \x03(\v2\x11.pairdb.v1.TenantR\atenants\x12&\n" +

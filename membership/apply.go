@@ -1,0 +1,226 @@
+package membership
+
+import (
+	"maps"
+	"slices"
+
+	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/coordinator/ring"
+	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+)
+
+// Apply folds the event at log sequence seq. An event that is not valid in
+// this state (the log is append-only, and a racing or buggy writer could
+// still have put one there) is skipped, identically on every folder; skipped
+// reports it.
+func (s *State) Apply(seq uint64, ev *pb.RingEvent) (next *State, skipped error) {
+	n := s.clone()
+	n.Seq = seq
+	var err error
+	switch e := ev.GetEvent().(type) {
+	case *pb.RingEvent_Registered:
+		n.register(seq, e.Registered)
+	case *pb.RingEvent_Started:
+		if err = s.CheckStart(e.Started); err == nil {
+			n.start(seq, ev.GetUnixMs(), e.Started)
+		}
+	case *pb.RingEvent_TransferDone:
+		err = n.transferDone(seq, ev.GetUnixMs(), e.TransferDone)
+	default:
+		err = bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "ring event %d is of no known kind", seq)
+	}
+	if err != nil {
+		s2 := *s
+		s2.Seq = seq
+		return &s2, err
+	}
+	return n, nil
+}
+
+func (s *State) register(seq uint64, r *pb.NodeRegistered) {
+	cur, ok := s.Nodes[r.GetNodeId()]
+	switch {
+	case !ok:
+		s.Nodes[r.GetNodeId()] = Node{ID: r.GetNodeId(), Incarnation: r.GetIncarnation(), State: Registered}
+	case cur.Incarnation == r.GetIncarnation():
+	case cur.State == ring.Normal || cur.State == ring.Leaving:
+		// The node lost its data (a new incarnation under a known id): it
+		// must not serve reads until it is filled again, but it takes writes
+		// at once. An add of the node refills it.
+		cur.Incarnation, cur.State = r.GetIncarnation(), ring.Joining
+		s.Nodes[cur.ID] = cur
+		s.placementChanged(seq)
+	default:
+		cur.Incarnation = r.GetIncarnation()
+		s.Nodes[cur.ID] = cur
+	}
+}
+
+// CheckStart reports whether a change may start in this state. Admins call
+// it before appending; Apply calls it again, so a change that lost a race
+// is skipped by every folder.
+func (s *State) CheckStart(c *pb.ChangeStarted) error {
+	if s.Change != nil {
+		return bus.Errorf(pb.ErrorCode_CHANGE_IN_PROGRESS,
+			"migration %s (%s) is still running; wait for it (pairdb migration watch %s)", s.Change.ID, ChangeTypeName(s.Change.Type), s.Change.ID)
+	}
+	if c.GetMigrationId() == "" {
+		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "a change needs a migration id")
+	}
+	nodes := c.GetNodeIds()
+	switch c.GetType() {
+	case pb.ChangeType_BOOTSTRAP:
+		if len(s.Normal()) > 0 {
+			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "the ring already has members; add nodes one at a time")
+		}
+		if len(nodes) == 0 {
+			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "bootstrap needs at least one node")
+		}
+		for _, id := range nodes {
+			if err := s.registered(id); err != nil {
+				return err
+			}
+		}
+	case pb.ChangeType_ADD_NODE:
+		if len(nodes) != 1 {
+			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "add one node at a time")
+		}
+		if err := s.registered(nodes[0]); err != nil {
+			return err
+		}
+		if st := s.Nodes[nodes[0]].State; st == ring.Normal || st == ring.Leaving {
+			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "node %s is already %s", nodes[0], st)
+		}
+	case pb.ChangeType_REMOVE_NODE, pb.ChangeType_FORCE_REMOVE_NODE:
+		if len(nodes) != 1 {
+			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "remove one node at a time")
+		}
+		n, ok := s.Nodes[nodes[0]]
+		if !ok || n.State != ring.Normal {
+			return bus.Errorf(pb.ErrorCode_NODE_NOT_FOUND, "node %s is not a NORMAL member of the ring", nodes[0])
+		}
+		if len(s.Normal()) == 1 {
+			return bus.Errorf(pb.ErrorCode_NODE_IN_USE, "node %s is the last member of the ring", nodes[0])
+		}
+	case pb.ChangeType_REPLICATION_FACTOR:
+		if c.GetTenantId() == "" {
+			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "a replication factor change needs a tenant")
+		}
+		if _, ok := c.GetTenantRf()[c.GetTenantId()]; !ok {
+			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "the change's tenant snapshot lacks %s", c.GetTenantId())
+		}
+		if int(c.GetReplicationFactor()) > len(s.Normal()) || c.GetReplicationFactor() == 0 {
+			return bus.Errorf(pb.ErrorCode_INVALID_REPLICATION_FACTOR,
+				"replication factor %d does not fit the %d NORMAL storage nodes", c.GetReplicationFactor(), len(s.Normal()))
+		}
+	default:
+		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "unknown change type %v", c.GetType())
+	}
+	return nil
+}
+
+func (s *State) registered(id string) error {
+	if _, ok := s.Nodes[id]; !ok {
+		return bus.Errorf(pb.ErrorCode_NODE_NOT_FOUND,
+			"node %s has not registered: start it (pairdb storagenode --id %s) and retry", id, id)
+	}
+	return nil
+}
+
+func (s *State) start(seq uint64, unixMs int64, c *pb.ChangeStarted) {
+	ch := &Change{
+		ID: c.GetMigrationId(), Type: c.GetType(), Nodes: slices.Clone(c.GetNodeIds()),
+		Tenant: c.GetTenantId(), RF: c.GetReplicationFactor(), TenantRF: maps.Clone(c.GetTenantRf()),
+		StartSeq: seq, StartedMs: unixMs, Targets: map[string]bool{}, Done: map[string]uint64{},
+	}
+	if ch.TenantRF == nil {
+		ch.TenantRF = map[string]uint32{}
+	}
+	switch ch.Type {
+	case pb.ChangeType_BOOTSTRAP:
+		for _, id := range ch.Nodes {
+			n := s.Nodes[id]
+			n.State = ring.Normal
+			s.Nodes[id] = n
+		}
+	case pb.ChangeType_ADD_NODE:
+		n := s.Nodes[ch.Nodes[0]]
+		n.State = ring.Joining
+		s.Nodes[n.ID] = n
+	case pb.ChangeType_REMOVE_NODE, pb.ChangeType_FORCE_REMOVE_NODE:
+		n := s.Nodes[ch.Nodes[0]]
+		n.State = ring.Leaving
+		s.Nodes[n.ID] = n
+	case pb.ChangeType_REPLICATION_FACTOR:
+		// The old factor is the snapshot's (overridden by an earlier change).
+		if rf, ok := s.RF[ch.Tenant]; ok {
+			ch.TenantRF[ch.Tenant] = rf
+		}
+	}
+	s.Change = ch
+	s.placementChanged(seq)
+	for _, mv := range moves(s.cur, s.next, ch) {
+		for _, g := range mv.Gainers() {
+			ch.Targets[g] = true
+		}
+	}
+	if len(ch.Targets) == 0 {
+		s.finish(seq, unixMs)
+	}
+}
+
+func (s *State) transferDone(seq uint64, unixMs int64, d *pb.TransferDone) error {
+	c := s.Change
+	if c == nil || c.ID != d.GetMigrationId() {
+		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "migration %s is not running", d.GetMigrationId())
+	}
+	if !c.Targets[d.GetNodeId()] {
+		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "node %s is not a target of migration %s", d.GetNodeId(), c.ID)
+	}
+	c.Done[d.GetNodeId()] = d.GetKeys()
+	if len(c.Done) == len(c.Targets) {
+		s.finish(seq, unixMs)
+	}
+	return nil
+}
+
+// finish is the cutover: the next placement becomes the current one.
+func (s *State) finish(seq uint64, unixMs int64) {
+	c := s.Change
+	switch c.Type {
+	case pb.ChangeType_ADD_NODE:
+		n := s.Nodes[c.Nodes[0]]
+		n.State = ring.Normal
+		s.Nodes[n.ID] = n
+	case pb.ChangeType_REMOVE_NODE, pb.ChangeType_FORCE_REMOVE_NODE:
+		n := s.Nodes[c.Nodes[0]]
+		n.State = ring.Removed
+		s.Nodes[n.ID] = n
+	case pb.ChangeType_REPLICATION_FACTOR:
+		s.RF[c.Tenant] = c.RF
+	}
+	s.History = append(s.History, Record{Change: *c, EndedMs: unixMs, EndSeq: seq})
+	if len(s.History) > historyLimit {
+		s.History = s.History[len(s.History)-historyLimit:]
+	}
+	s.Change = nil
+	s.placementChanged(seq)
+}
+
+func (s *State) placementChanged(seq uint64) {
+	s.Epoch = seq
+	s.rebuild()
+}
+
+// Migration returns a change by id: the running one or a finished one.
+func (s *State) Migration(id string) (Record, bool, bool) {
+	if s.Change != nil && s.Change.ID == id {
+		return Record{Change: *s.Change}, true, true
+	}
+	for i := len(s.History) - 1; i >= 0; i-- {
+		if s.History[i].ID == id {
+			return s.History[i], false, true
+		}
+	}
+	return Record{}, false, false
+}
