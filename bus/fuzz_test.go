@@ -12,13 +12,17 @@ import (
 )
 
 // fuzzRequests are the request bodies the servers decode with Unmarshal:
-// the coordinator's KV and tenant endpoints and the storage node endpoints.
+// the coordinator's KV and tenant endpoints, the storage node endpoints, and
+// the range transfer and node admin requests of the membership schema.
 func fuzzRequests() []proto.Message {
 	return []proto.Message{
 		&pb.PutRequest{}, &pb.GetRequest{}, &pb.DeleteRequest{},
 		&pb.CreateTenantRequest{}, &pb.GetTenantRequest{}, &pb.UpdateTenantRequest{},
 		&pb.DeleteTenantRequest{}, &pb.ListTenantsRequest{},
 		&pb.ApplyRequest{}, &pb.MergeRequest{}, &pb.ReadRequest{},
+		&pb.ScanRequest{}, &pb.DigestRequest{},
+		&pb.AddNodesRequest{}, &pb.RemoveNodeRequest{}, &pb.ListNodesRequest{},
+		&pb.GetMigrationRequest{}, &pb.ListMigrationsRequest{},
 	}
 }
 
@@ -28,6 +32,9 @@ func fuzzResponses() []proto.Message {
 		&pb.PutResponse{}, &pb.GetResponse{}, &pb.DeleteResponse{},
 		&pb.TenantResponse{}, &pb.ListTenantsResponse{},
 		&pb.ApplyResponse{}, &pb.MergeResponse{}, &pb.ReadResponse{},
+		&pb.ScanResponse{}, &pb.DigestResponse{},
+		&pb.NodeChangeResponse{}, &pb.ListNodesResponse{},
+		&pb.MigrationResponse{}, &pb.ListMigrationsResponse{},
 	}
 }
 
@@ -52,6 +59,12 @@ func fuzzSeedRequests() []proto.Message {
 			Policy: pb.ConflictPolicy_LAST_WRITE_WINS, MaxSiblings: 8, Epoch: 7},
 		&pb.MergeRequest{TenantId: "acme", Key: "k", Object: obj, Policy: pb.ConflictPolicy_SIBLINGS, Epoch: 7},
 		&pb.ReadRequest{TenantId: "acme", Key: "k", Epoch: 7},
+		&pb.ScanRequest{TenantId: "acme", Range: &pb.HashRange{Start: 1 << 63, End: 5}, AfterHash: 9,
+			AfterKey: "k", HasAfter: true, Limit: 100, Epoch: 7},
+		&pb.DigestRequest{TenantId: "acme", Range: &pb.HashRange{}, Epoch: 7},
+		&pb.AddNodesRequest{NodeIds: []string{"node-4", "node-5"}},
+		&pb.RemoveNodeRequest{NodeId: "node-2", Force: true},
+		&pb.GetMigrationRequest{MigrationId: "m-1"},
 	}
 }
 
@@ -133,7 +146,8 @@ func FuzzDecodeReply(f *testing.F) {
 	ok := &pb.PutResponse{Key: "k", VectorClock: fuzzClock, ReplicaCount: 3, Consistency: "QUORUM"}
 	failed := &pb.GetResponse{Error: &pb.Error{Code: pb.ErrorCode_KEY_NOT_FOUND, Message: "no such key"}}
 	read := &pb.ReadResponse{Found: true, Object: &pb.Object{Clock: fuzzClock}, Epoch: 2}
-	for _, m := range []proto.Message{ok, failed, read, &pb.ListTenantsResponse{}} {
+	scan := &pb.ScanResponse{Items: []*pb.ScanItem{{Key: "k", Hash: 42, Object: &pb.Object{Clock: fuzzClock}}}, Done: true}
+	for _, m := range []proto.Message{ok, failed, read, scan, &pb.ListTenantsResponse{}} {
 		b, err := proto.Marshal(m)
 		if err != nil {
 			f.Fatal(err)

@@ -148,10 +148,11 @@ func Update(o Object, ctx VV, actor string, value []byte, tombstone bool, tsMs i
 func Merge(a, b Object, p Policy) Object {
 	out := Object{Clock: a.Clock.Join(b.Clock)}
 	keep := func(from, other Object) {
+		holds := other.holder()
 		for _, s := range from.Siblings {
 			// Under LastWriteWins every sibling competes on time (see the
 			// policy's comment); normalize keeps the latest.
-			if p == LastWriteWins || !other.Clock.Covers(s.Dot) || other.holds(s.Dot) {
+			if p == LastWriteWins || !other.Clock.Covers(s.Dot) || holds(s.Dot) {
 				out.Siblings = append(out.Siblings, s)
 			}
 		}
@@ -187,6 +188,20 @@ func (o Object) holds(d Dot) bool {
 		}
 	}
 	return false
+}
+
+// holder returns holds for the few siblings a key normally has and a set
+// lookup for more, so merging large (or hostile) objects stays linear
+// instead of quadratic in the sibling count.
+func (o Object) holder() func(Dot) bool {
+	if len(o.Siblings) <= 8 {
+		return o.holds
+	}
+	set := make(map[Dot]struct{}, len(o.Siblings))
+	for _, s := range o.Siblings {
+		set[s.Dot] = struct{}{}
+	}
+	return func(d Dot) bool { _, ok := set[d]; return ok }
 }
 
 // normalize sorts siblings by dot, drops duplicate dots and applies the

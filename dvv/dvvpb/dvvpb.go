@@ -2,6 +2,9 @@
 package dvvpb
 
 import (
+	"slices"
+	"strings"
+
 	"github.com/pairdb/pairdb/dvv"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 )
@@ -66,10 +69,8 @@ func PolicyFromProto(p pb.ConflictPolicy) dvv.Policy {
 	return dvv.Siblings
 }
 
+// sortEntries sorts by actor in O(n log n): a clock decoded from the wire
+// may hold any number of actors.
 func sortEntries(es []*pb.ClockEntry) {
-	for i := 1; i < len(es); i++ {
-		for j := i; j > 0 && es[j].Actor < es[j-1].Actor; j-- {
-			es[j], es[j-1] = es[j-1], es[j]
-		}
-	}
+	slices.SortFunc(es, func(a, b *pb.ClockEntry) int { return strings.Compare(a.Actor, b.Actor) })
 }
