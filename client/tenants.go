@@ -42,3 +42,36 @@ func (c *Client) DeleteTenant(ctx context.Context, id string) error {
 
 // IsCode reports whether err is a PairDB error with the given code.
 func IsCode(err error, code pb.ErrorCode) bool { return bus.Is(err, code) }
+
+// AddNodes adds registered storage nodes to the ring (several only when the
+// ring is empty); the response names the migration that moves the data.
+func (c *Client) AddNodes(ctx context.Context, ids ...string) (*pb.NodeChangeResponse, error) {
+	resp := new(pb.NodeChangeResponse)
+	return resp, c.call(ctx, c.subjects.Admin("nodes", "add"), &pb.AddNodesRequest{NodeIds: ids}, resp)
+}
+
+// RemoveNode removes a storage node; force gives up on a dead one.
+func (c *Client) RemoveNode(ctx context.Context, id string, force bool) (*pb.NodeChangeResponse, error) {
+	resp := new(pb.NodeChangeResponse)
+	return resp, c.call(ctx, c.subjects.Admin("nodes", "remove"), &pb.RemoveNodeRequest{NodeId: id, Force: force}, resp)
+}
+
+// ListNodes lists the storage nodes the ring log knows.
+func (c *Client) ListNodes(ctx context.Context) (*pb.ListNodesResponse, error) {
+	resp := new(pb.ListNodesResponse)
+	return resp, c.call(ctx, c.subjects.Admin("nodes", "list"), &pb.ListNodesRequest{}, resp)
+}
+
+// GetMigration reads one migration's state and progress.
+func (c *Client) GetMigration(ctx context.Context, id string) (*pb.Migration, error) {
+	resp := new(pb.MigrationResponse)
+	err := c.call(ctx, c.subjects.Admin("migrations", "get"), &pb.GetMigrationRequest{MigrationId: id}, resp)
+	return resp.GetMigration(), err
+}
+
+// ListMigrations lists migrations, the running one first.
+func (c *Client) ListMigrations(ctx context.Context) ([]*pb.Migration, error) {
+	resp := new(pb.ListMigrationsResponse)
+	err := c.call(ctx, c.subjects.Admin("migrations", "list"), &pb.ListMigrationsRequest{}, resp)
+	return resp.GetMigrations(), err
+}

@@ -17,18 +17,17 @@ import (
 
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/coordinator"
-	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/jetstream/idempotency"
 	"github.com/pairdb/pairdb/jetstream/tenantkv"
 	"github.com/pairdb/pairdb/postgres/tenantpg"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
 	"github.com/pairdb/pairdb/tenant"
 )
 
 // CoordinatorConfig is what a coordinator process needs beyond NATS.
 type CoordinatorConfig struct {
-	// Nodes is the static membership until the ring log lands.
-	Nodes        []string
+	// VirtualNodes per storage node on the ring (default 150).
 	VirtualNodes int
 	Subjects     bus.Subjects
 	// StreamReplicas is the JetStream replica count of the control-plane
@@ -45,24 +44,17 @@ type CoordinatorConfig struct {
 	Metrics        *metrics.Set
 }
 
-// StaticRing builds a ring of NORMAL nodes at epoch 1.
-func StaticRing(nodes []string, vnodes int) *ring.Holder {
-	members := make([]ring.Member, 0, len(nodes))
-	for _, id := range nodes {
-		members = append(members, ring.Member{ID: id, State: ring.Normal})
-	}
-	return ring.NewHolder(ring.New(1, vnodes, members))
-}
-
 // Coordinator is a running coordinator with the stores it opened.
 type Coordinator struct {
 	*coordinator.Service
+	Ring       *Ring
 	closeStore func()
 }
 
 // Stop stops the service, then closes its stores.
 func (c *Coordinator) Stop(ctx context.Context) error {
 	err := c.Service.Stop(ctx)
+	c.Ring.Close()
 	c.closeStore()
 	return err
 }
@@ -90,9 +82,6 @@ func OpenTenantStore(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig) 
 
 // StartCoordinator opens the coordinator's stores and starts the service.
 func StartCoordinator(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig) (*Coordinator, error) {
-	if len(cfg.Nodes) == 0 {
-		return nil, errors.New("a coordinator needs the storage node ids (--nodes)")
-	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
@@ -108,16 +97,30 @@ func StartCoordinator(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig)
 		closeStore()
 		return nil, errors.Wrap(err, "open JetStream")
 	}
+	// A claim is presumed abandoned once no request could still be running
+	// under it: a few request deadlines.
+	reqTimeout := cfg.RequestTimeout
+	if reqTimeout <= 0 {
+		reqTimeout = 5 * time.Second
+	}
 	idem, err := idempotency.Open(ctx, js, idempotency.Config{
-		TTL: cfg.IdempotencyTTL, Replicas: cfg.StreamReplicas, Logger: cfg.Logger.Named("idempotency"),
+		TTL: cfg.IdempotencyTTL, Replicas: cfg.StreamReplicas, PendingTimeout: 3 * reqTimeout,
+		Logger: cfg.Logger.Named("idempotency"),
 	})
 	if err != nil {
 		closeStore()
 		return nil, errors.Wrap(err, "open the idempotency bucket")
 	}
+	ring, err := OpenRing(ctx, nc, RingConfig{
+		Subjects: cfg.Subjects, StreamReplicas: cfg.StreamReplicas, VirtualNodes: cfg.VirtualNodes, Logger: cfg.Logger.Named("ring"),
+	})
+	if err != nil {
+		closeStore()
+		return nil, err
+	}
 	svc, err := coordinator.Start(nc, coordinator.Config{
 		Subjects:       cfg.Subjects,
-		Ring:           StaticRing(cfg.Nodes, cfg.VirtualNodes),
+		Membership:     ring,
 		Tenants:        tenants,
 		Idempotency:    idempotencyAdapter{idem},
 		RequestTimeout: cfg.RequestTimeout,
@@ -127,10 +130,11 @@ func StartCoordinator(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig)
 		Metrics:        cfg.Metrics,
 	})
 	if err != nil {
+		ring.Close()
 		closeStore()
 		return nil, err
 	}
-	return &Coordinator{Service: svc, closeStore: closeStore}, nil
+	return &Coordinator{Service: svc, Ring: ring, closeStore: closeStore}, nil
 }
 
 // EnsureTenant creates tenant id with replication factor rf unless it
@@ -144,6 +148,39 @@ func EnsureTenant(ctx context.Context, store tenant.Store, id string, rf uint32)
 		return errors.Wrapf(err, "create tenant %q", id)
 	}
 	return nil
+}
+
+// StartStorageNode follows the ring log on nc and starts a storage node.
+func StartStorageNode(ctx context.Context, nc *nats.Conn, cfg storagenode.Config, streamReplicas, vnodes int) (*StorageNode, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	ring, err := OpenRing(ctx, nc, RingConfig{
+		Subjects: cfg.Subjects, StreamReplicas: streamReplicas, VirtualNodes: vnodes, Logger: cfg.Logger.Named("ring"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	cfg.Membership = ring
+	n, err := storagenode.Start(nc, cfg)
+	if err != nil {
+		ring.Close()
+		return nil, err
+	}
+	return &StorageNode{Node: n, ring: ring}, nil
+}
+
+// StorageNode is a running storage node with its ring follower.
+type StorageNode struct {
+	*storagenode.Node
+	ring *Ring
+}
+
+// Stop stops the node, then its ring follower.
+func (n *StorageNode) Stop(ctx context.Context) error {
+	err := n.Node.Stop(ctx)
+	n.ring.Close()
+	return err
 }
 
 // NodeIDs names n storage nodes node-1 … node-n.

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/cockroachdb/errors"
@@ -26,6 +27,9 @@ type DevConfig struct {
 	Nodes int
 	// NoSync skips fsync on storage nodes (benchmarks only).
 	NoSync bool
+	// CleanupGrace is how long storage nodes keep ranges they lost (0: the
+	// node's default).
+	CleanupGrace time.Duration
 	// DefaultTenantRF is the replication factor of tenant "default",
 	// created if absent (default min(3, Nodes)).
 	DefaultTenantRF uint32
@@ -47,7 +51,7 @@ type Dev struct {
 
 type devNode struct {
 	nc   *nats.Conn
-	node *storagenode.Node
+	node *StorageNode
 }
 
 type devCoordinator struct {
@@ -105,11 +109,15 @@ func (d *Dev) start(ctx context.Context) error {
 		return err
 	}
 	defer closeStore()
-	if err := EnsureTenant(ctx, store, "default", d.cfg.DefaultTenantRF); err != nil {
+	c, err := d.StartCoordinator(ctx)
+	if err != nil {
 		return err
 	}
-	_, err = d.StartCoordinator(ctx)
-	return err
+	// A new data directory: the configured nodes become the first members.
+	if err := c.Ring.Bootstrap(ctx, d.NodeIDs()); err != nil {
+		return err
+	}
+	return EnsureTenant(ctx, store, "default", d.cfg.DefaultTenantRF)
 }
 
 // ClientURL is where clients connect.
@@ -137,14 +145,17 @@ func (d *Dev) StartNode(id string) error {
 	if err != nil {
 		return err
 	}
-	n, err := storagenode.Start(nc, storagenode.Config{
-		ID:       id,
-		DataDir:  filepath.Join(d.cfg.DataDir, id),
-		Sync:     !d.cfg.NoSync,
-		Subjects: d.cfg.Coordinator.Subjects,
-		Logger:   d.cfg.Logger.Named(id),
-		Metrics:  d.cfg.Metrics,
-	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n, err := StartStorageNode(ctx, nc, storagenode.Config{
+		ID:           id,
+		DataDir:      filepath.Join(d.cfg.DataDir, id),
+		Sync:         !d.cfg.NoSync,
+		Subjects:     d.cfg.Coordinator.Subjects,
+		CleanupGrace: d.cfg.CleanupGrace,
+		Logger:       d.cfg.Logger.Named(id),
+		Metrics:      d.cfg.Metrics,
+	}, 1, d.cfg.Coordinator.VirtualNodes)
 	if err != nil {
 		nc.Close()
 		return errors.Wrapf(err, "start storage node %s", id)
@@ -174,7 +185,6 @@ func (d *Dev) StartCoordinator(ctx context.Context) (*Coordinator, error) {
 		return nil, err
 	}
 	cfg := d.cfg.Coordinator
-	cfg.Nodes = d.NodeIDs()
 	cfg.StreamReplicas = 1
 	if cfg.Logger == nil {
 		cfg.Logger = d.cfg.Logger.Named("coordinator")

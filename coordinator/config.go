@@ -13,7 +13,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pairdb/pairdb/bus"
-	"github.com/pairdb/pairdb/coordinator/ring"
+	"github.com/pairdb/pairdb/membership"
+	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/tenant"
 )
 
@@ -45,14 +46,32 @@ type IdempotencyClaim interface {
 	Complete(ctx context.Context, response []byte) error
 	// Abort releases the claim of a failed write so a retry can run.
 	Abort(ctx context.Context) error
+	// Retry reports that an earlier attempt failed or was abandoned and may
+	// have been applied in part.
+	Retry() bool
+}
+
+// Membership is what the coordinator needs of the ring log. Implementations
+// are safe for concurrent use; waits honour ctx.
+type Membership interface {
+	// State is the latest fold (immutable).
+	State() *membership.State
+	// WaitForEpoch blocks until the fold reaches epoch.
+	WaitForEpoch(ctx context.Context, epoch uint64) error
+	// WaitFor blocks until the fold reaches log sequence seq.
+	WaitFor(ctx context.Context, seq uint64) error
+	// Append adds an event if the log is still at expectedSeq
+	// (VERSION_CONFLICT otherwise).
+	Append(ctx context.Context, expectedSeq uint64, ev *pb.RingEvent) (uint64, error)
+	// Progress returns the last progress report of each node of migration id.
+	Progress(ctx context.Context, id string, nodes []string) map[string]*pb.MigrationProgress
 }
 
 // Config configures a coordinator. Zero durations and sizes take defaults.
 type Config struct {
 	Subjects bus.Subjects
-	// Ring supplies placement; it is swapped atomically when membership
-	// changes.
-	Ring *ring.Holder
+	// Membership is the folded ring log: placement, epochs, changes.
+	Membership Membership
 	// Tenants is the metadata store (JetStream KV or PostgreSQL).
 	Tenants tenant.Store
 	// Idempotency dedupes writes that carry an idempotency key.
@@ -76,8 +95,8 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() error {
-	if c.Ring == nil {
-		return errors.New("coordinator: Config.Ring is required")
+	if c.Membership == nil {
+		return errors.New("coordinator: Config.Membership is required")
 	}
 	if c.Tenants == nil {
 		return errors.New("coordinator: Config.Tenants is required")

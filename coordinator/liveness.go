@@ -19,18 +19,28 @@ type liveness struct {
 	timeout time.Duration
 	mu      sync.Mutex
 	seen    map[string]time.Time
+	beats   map[string]*pb.Heartbeat
 	suspect map[string]bool
 }
 
 func newLiveness(timeout time.Duration) *liveness {
-	return &liveness{timeout: timeout, seen: map[string]time.Time{}, suspect: map[string]bool{}}
+	return &liveness{timeout: timeout, seen: map[string]time.Time{}, beats: map[string]*pb.Heartbeat{}, suspect: map[string]bool{}}
 }
 
-func (l *liveness) heartbeat(node string, at time.Time) {
+func (l *liveness) heartbeat(hb *pb.Heartbeat, at time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.seen[node] = at
-	delete(l.suspect, node)
+	l.seen[hb.GetNodeId()] = at
+	l.beats[hb.GetNodeId()] = hb
+	delete(l.suspect, hb.GetNodeId())
+}
+
+// last is the node's latest heartbeat and when it arrived.
+func (l *liveness) last(node string) (*pb.Heartbeat, time.Time, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	hb, ok := l.beats[node]
+	return hb, l.seen[node], ok
 }
 
 func (l *liveness) markSuspect(node string) {
@@ -68,9 +78,9 @@ func (l *liveness) order(nodes []string) []string {
 }
 
 func (s *Service) onHeartbeat(m *nats.Msg) {
-	var hb pb.Heartbeat
-	if err := proto.Unmarshal(m.Data, &hb); err != nil || hb.GetNodeId() == "" {
+	hb := new(pb.Heartbeat)
+	if err := proto.Unmarshal(m.Data, hb); err != nil || hb.GetNodeId() == "" {
 		return
 	}
-	s.liveness.heartbeat(hb.GetNodeId(), time.Now())
+	s.liveness.heartbeat(hb, time.Now())
 }

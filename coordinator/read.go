@@ -14,9 +14,10 @@ import (
 
 // readReply is one replica's answer to a read.
 type readReply struct {
-	node string
-	obj  dvv.Object
-	err  error
+	node  string
+	obj   dvv.Object
+	err   error
+	epoch uint64
 }
 
 // get sends the read to all N replicas, answers after R replies (not-found
@@ -37,55 +38,33 @@ func (s *Service) get(ctx context.Context, subject string, req *pb.GetRequest) (
 	}
 	level = l.String()
 
-	r := s.cfg.Ring.Load()
-	tid, n := t.GetTenantId(), int(t.GetReplicationFactor())
-	if r.Size() < n {
-		return nil, bus.Errorf(pb.ErrorCode_UNAVAILABLE,
-			"tenant %q needs %d replicas but the ring has %d storage nodes", tid, n, r.Size())
-	}
-	prefs := r.Preference(keyspace.Hash(tid, req.GetKey()), n)
-	need := quorum.Required(l, n)
-	rr := &pb.ReadRequest{TenantId: tid, Key: req.GetKey(), Epoch: r.Epoch()}
-	replies := make(chan readReply, n)
-	for _, node := range prefs {
-		s.background.Add(1)
-		go func() {
-			defer s.background.Done()
-			out := new(pb.ReadResponse)
-			err := s.callNode(context.Background(), node, bus.OpRead, rr, out)
-			s.m.replica("reads", node, err)
-			replies <- readReply{node: node, obj: dvvpb.ObjectFromProto(out.GetObject()), err: err}
-		}()
-	}
-
-	tally := quorum.NewTally(need, n)
-	var got []readReply
-	for tally.Outcome() == quorum.Pending {
-		select {
-		case rep := <-replies:
-			got = append(got, rep)
-			if rep.err == nil {
-				tally.Ack()
-			} else {
-				tally.Fail()
-			}
-		case <-ctx.Done():
+	var (
+		got     []readReply
+		replies <-chan readReply
+		pending int
+		epoch   uint64
+	)
+	for attempt := 0; ; attempt++ {
+		var stale uint64
+		got, replies, pending, epoch, stale, err = s.readQuorum(ctx, t, req.GetKey(), l)
+		if err == nil {
+			break
+		}
+		if stale == 0 || attempt >= maxEpochRetries {
 			s.m.quorumFailure(bus.OpGet, level)
-			return nil, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
-				"read got %d of %d replicas before the deadline; %s needs %d", tally.Acks(), n, l, need)
+			return nil, err
+		}
+		if err := s.catchUp(ctx, stale); err != nil {
+			return nil, err
 		}
 	}
-	if tally.Outcome() == quorum.Lost {
-		s.m.quorumFailure(bus.OpGet, level)
-		return nil, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
-			"read got %d of %d replicas; %s needs %d", tally.Acks(), n, l, need)
-	}
+	tid := t.GetTenantId()
 
 	policy := dvvpb.PolicyFromProto(policyOf(t))
 	merged := mergeReplies(got, policy)
 	s.repairs.enqueue(repairJob{
-		tenant: tid, key: req.GetKey(), policy: policyOf(t), epoch: r.Epoch(),
-		got: got, rest: replies, pending: n - len(got),
+		tenant: tid, key: req.GetKey(), policy: policyOf(t), epoch: epoch,
+		got: got, rest: replies, pending: pending,
 	})
 
 	live := merged.Live()
@@ -105,6 +84,55 @@ func (s *Service) get(ctx context.Context, subject string, req *pb.GetRequest) (
 		s.m.conflicts.Inc()
 	}
 	return resp, nil
+}
+
+// readQuorum sends the read to the key's current replicas and returns once
+// R replied. pending replies keep arriving on the channel (for repair). A
+// failed quorum reports the newest epoch a replica refused with, if any.
+func (s *Service) readQuorum(ctx context.Context, t *pb.Tenant, key string, l quorum.Level) (
+	got []readReply, rest <-chan readReply, pending int, epoch, stale uint64, err error) {
+	st := s.cfg.Membership.State()
+	p, err := placeFor(st, t, keyspace.Hash(t.GetTenantId(), key))
+	if err != nil {
+		return nil, nil, 0, 0, 0, err
+	}
+	n := len(p.cur)
+	need := quorum.Required(l, n)
+	rr := &pb.ReadRequest{TenantId: t.GetTenantId(), Key: key, Epoch: st.Epoch}
+	replies := make(chan readReply, n)
+	for _, node := range p.cur {
+		s.background.Add(1)
+		go func() {
+			defer s.background.Done()
+			out := new(pb.ReadResponse)
+			err := s.callNode(context.Background(), node, bus.OpRead, rr, out)
+			s.m.replica("reads", node, err)
+			replies <- readReply{node: node, obj: dvvpb.ObjectFromProto(out.GetObject()), err: err, epoch: out.GetEpoch()}
+		}()
+	}
+	tally := quorum.NewTally(need, n)
+	for tally.Outcome() == quorum.Pending {
+		select {
+		case rep := <-replies:
+			got = append(got, rep)
+			if rep.err == nil {
+				tally.Ack()
+				continue
+			}
+			tally.Fail()
+			if bus.Is(rep.err, pb.ErrorCode_STALE_EPOCH) {
+				stale = max(stale, rep.epoch, st.Epoch+1)
+			}
+		case <-ctx.Done():
+			return nil, nil, 0, 0, stale, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
+				"read got %d of %d replicas before the deadline; %s needs %d", tally.Acks(), n, l, need)
+		}
+	}
+	if tally.Outcome() == quorum.Lost {
+		return nil, nil, 0, 0, stale, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
+			"read got %d of %d replicas; %s needs %d", tally.Acks(), n, l, need)
+	}
+	return got, replies, n - len(got), st.Epoch, 0, nil
 }
 
 // mergeReplies folds the successful replies into one object.

@@ -108,6 +108,11 @@ func (s *Service) addEndpoints() error {
 		{"tenants-update", sub.Admin("tenants", "update"), bus.Endpoint(srv, "tenants-update", newMsg[*pb.UpdateTenantRequest], newMsg[*pb.TenantResponse], s.updateTenant)},
 		{"tenants-list", sub.Admin("tenants", "list"), bus.Endpoint(srv, "tenants-list", newMsg[*pb.ListTenantsRequest], newMsg[*pb.ListTenantsResponse], s.listTenants)},
 		{"tenants-delete", sub.Admin("tenants", "delete"), bus.Endpoint(srv, "tenants-delete", newMsg[*pb.DeleteTenantRequest], newMsg[*pb.TenantResponse], s.deleteTenant)},
+		{"nodes-add", sub.Admin("nodes", "add"), bus.Endpoint(srv, "nodes-add", newMsg[*pb.AddNodesRequest], newMsg[*pb.NodeChangeResponse], s.addNodes)},
+		{"nodes-remove", sub.Admin("nodes", "remove"), bus.Endpoint(srv, "nodes-remove", newMsg[*pb.RemoveNodeRequest], newMsg[*pb.NodeChangeResponse], s.removeNode)},
+		{"nodes-list", sub.Admin("nodes", "list"), bus.Endpoint(srv, "nodes-list", newMsg[*pb.ListNodesRequest], newMsg[*pb.ListNodesResponse], s.listNodes)},
+		{"migrations-get", sub.Admin("migrations", "get"), bus.Endpoint(srv, "migrations-get", newMsg[*pb.GetMigrationRequest], newMsg[*pb.MigrationResponse], s.getMigration)},
+		{"migrations-list", sub.Admin("migrations", "list"), bus.Endpoint(srv, "migrations-list", newMsg[*pb.ListMigrationsRequest], newMsg[*pb.ListMigrationsResponse], s.listMigrations)},
 	}
 	for _, e := range eps {
 		if err := svc.AddEndpoint(e.name, e.h, micro.WithEndpointSubject(e.subject)); err != nil {
@@ -177,7 +182,7 @@ func (s *Service) Ready(ctx context.Context) error {
 	if !s.nc.IsConnected() {
 		return bus.Errorf(pb.ErrorCode_UNAVAILABLE, "not connected to NATS (status %s)", s.nc.Status())
 	}
-	if s.cfg.Ring.Load().Size() == 0 {
+	if s.cfg.Membership.State().Current().Size() == 0 {
 		return bus.Errorf(pb.ErrorCode_UNAVAILABLE, "the ring has no storage nodes")
 	}
 	if p, ok := s.cfg.Tenants.(Pinger); ok {

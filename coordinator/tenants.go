@@ -107,9 +107,9 @@ func (s *Service) announce(id string) {
 
 // checkRF refuses a replication factor the ring cannot place.
 func (s *Service) checkRF(rf uint32) error {
-	if n := s.cfg.Ring.Load().Size(); int(rf) > n {
+	if n := len(s.cfg.Membership.State().Normal()); int(rf) > n {
 		return bus.Errorf(pb.ErrorCode_INVALID_REPLICATION_FACTOR,
-			"replication factor %d is more than the %d storage nodes in the ring", rf, n)
+			"replication factor %d is more than the %d NORMAL storage nodes in the ring", rf, n)
 	}
 	return nil
 }
@@ -140,6 +140,10 @@ func (s *Service) getTenant(ctx context.Context, _ string, req *pb.GetTenantRequ
 	return &pb.TenantResponse{Tenant: t}, nil
 }
 
+// updateTenant changes a tenant's settings. A new replication factor is a
+// data migration: it starts a change in the ring log (the tenant's data is
+// copied to its new replicas before they serve reads), and the response
+// carries its migration_id.
 func (s *Service) updateTenant(ctx context.Context, _ string, req *pb.UpdateTenantRequest) (*pb.TenantResponse, error) {
 	if err := keyspace.ValidateTenantID(req.GetTenantId()); err != nil {
 		return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad tenant_id")
@@ -164,10 +168,24 @@ func (s *Service) updateTenant(ctx context.Context, _ string, req *pb.UpdateTena
 		if err != nil {
 			return nil, err
 		}
+		oldRF, _ := s.cfg.Membership.State().TenantRF(cur.GetTenantId(), cur.GetReplicationFactor())
+		migration := ""
+		if req.ReplicationFactor != nil && req.GetReplicationFactor() != oldRF {
+			// The change goes first: once it is in the log, writes reach the
+			// new replicas; the stored factor follows.
+			if migration, err = s.changeRF(ctx, cur, req.GetReplicationFactor()); err != nil {
+				return nil, err
+			}
+		}
 		err = s.cfg.Tenants.Update(ctx, next)
 		if err == nil {
 			s.announce(next.GetTenantId())
-			return &pb.TenantResponse{Tenant: next, OldReplicationFactor: cur.GetReplicationFactor()}, nil
+			return &pb.TenantResponse{Tenant: next, OldReplicationFactor: oldRF, MigrationId: migration}, nil
+		}
+		if migration != "" {
+			// The migration runs and its outcome overrides the stored factor;
+			// report the other fields' failure.
+			return nil, bus.Wrap(bus.CodeOf(err), err, "migration %s started, but the tenant record was not updated", migration)
 		}
 		if !bus.Is(err, pb.ErrorCode_VERSION_CONFLICT) || req.GetExpectedVersion() != 0 || attempt >= 4 {
 			return nil, err

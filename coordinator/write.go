@@ -2,12 +2,15 @@ package coordinator
 
 import (
 	"context"
+	"crypto/sha256"
 	"time"
 
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/dvv"
+	"github.com/pairdb/pairdb/dvv/dvvpb"
 	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/quorum"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
@@ -23,6 +26,10 @@ type writeReq struct {
 	context   []*pb.ClockEntry
 	level     quorum.Level
 	idemKey   string
+	// origin names the request on the siblings it writes (from the
+	// idempotency key); retry says an earlier attempt may have landed.
+	origin []byte
+	retry  bool
 }
 
 func (s *Service) put(ctx context.Context, subject string, req *pb.PutRequest) (resp *pb.PutResponse, err error) {
@@ -87,7 +94,11 @@ func (s *Service) prepareWrite(ctx context.Context, subject, op, key string, val
 	if len(idemKey) > 256 {
 		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "idempotency_key is %d bytes; the limit is 256", len(idemKey))
 	}
-	return &writeReq{op: op, tenant: t, key: key, value: value, context: vc, level: level, idemKey: idemKey}, nil
+	w := &writeReq{op: op, tenant: t, key: key, value: value, context: vc, level: level, idemKey: idemKey}
+	if idemKey != "" {
+		w.origin = originOf(t.GetTenantId(), idemKey)
+	}
+	return w, nil
 }
 
 func (s *Service) tenantOf(ctx context.Context, subject string) (*pb.Tenant, error) {
@@ -120,6 +131,7 @@ func (s *Service) runIdempotent(ctx context.Context, w *writeReq, resp proto.Mes
 	if err != nil {
 		return err
 	}
+	w.retry = claim.Retry()
 	if stored, ok := claim.Done(); ok {
 		if err := proto.Unmarshal(stored, resp); err != nil {
 			return bus.Wrap(pb.ErrorCode_INTERNAL, err, "stored idempotent response is unreadable")
@@ -159,94 +171,221 @@ func (w *writeReq) hash() []byte {
 
 // write runs the replica protocol: the first reachable replica mints the
 // version (apply), the others merge its result, and the answer goes out as
-// soon as W replicas hold it. Merges still running then finish in the
-// background under their own deadline.
+// soon as W replicas hold it — in the current replica set and, while a
+// membership change runs, in the next one too. A replica that has folded a
+// newer ring epoch refuses (STALE_EPOCH): the coordinator catches up and
+// sends the same object to the replicas the newer ring adds. Merges still
+// running at the answer finish in the background under their own deadline.
 func (s *Service) write(ctx context.Context, w *writeReq) (*pb.Object, int, error) {
-	r := s.cfg.Ring.Load()
 	tid := w.tenant.GetTenantId()
-	n := int(w.tenant.GetReplicationFactor())
-	if r.Size() < n {
-		return nil, 0, bus.Errorf(pb.ErrorCode_UNAVAILABLE,
-			"tenant %q needs %d replicas but the ring has %d storage nodes", tid, n, r.Size())
-	}
-	prefs := r.Preference(keyspace.Hash(tid, w.key), n)
-	need := quorum.Required(w.level, n)
-	apply := &pb.ApplyRequest{
-		TenantId: tid, Key: w.key, Value: w.value, Tombstone: w.tombstone, Context: w.context,
-		Policy: policyOf(w.tenant), MaxSiblings: w.tenant.GetMaxSiblings(), Epoch: r.Epoch(),
-	}
 	var (
 		obj     *pb.Object
 		coord   string
-		lastErr error
+		sent    = map[string]bool{}
+		acked   = map[string]bool{}
+		failed  = map[string]bool{}
+		results = make(chan replicaResult, maxSends) // every sender finds room, even after the answer
+		pending int
 	)
-	for _, node := range s.liveness.order(prefs) {
+	hash := keyspace.Hash(tid, w.key)
+	policy := policyOf(w.tenant)
+	for attempt := 0; ; attempt++ {
+		st := s.cfg.Membership.State()
+		p, err := placeFor(st, w.tenant, hash)
+		if err != nil {
+			return nil, 0, err
+		}
+		if obj == nil && w.retry {
+			// An earlier attempt may have written the value on some replica:
+			// finish that write instead of writing it a second time.
+			if obj = s.recoverAttempt(ctx, w, p, st.Epoch); obj != nil {
+				s.log.Info("retry found its earlier attempt on a replica; completing it", zap.String("tenant", tid))
+			}
+		}
+		if obj == nil {
+			var stale uint64
+			obj, coord, stale, err = s.applyFirst(ctx, w, p, st.Epoch)
+			if err != nil {
+				return nil, 0, err
+			}
+			if obj == nil {
+				if stale > 0 && attempt < maxEpochRetries {
+					if err := s.catchUp(ctx, stale); err != nil {
+						return nil, 0, err
+					}
+					continue
+				}
+				s.m.quorumFailure(w.op, w.level.String())
+				return nil, 0, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
+					"no replica of key %q could take the write", w.key)
+			}
+			sent[coord], acked[coord] = true, true
+		}
+		merge := &pb.MergeRequest{TenantId: tid, Key: w.key, Object: obj, Policy: policy, Epoch: st.Epoch}
+		for _, node := range p.all {
+			if sent[node] {
+				continue
+			}
+			sent[node] = true
+			pending++
+			s.background.Add(1)
+			go func() {
+				defer s.background.Done()
+				resp := new(pb.MergeResponse)
+				err := s.callNode(context.Background(), node, bus.OpMerge, merge, resp)
+				s.m.replica("writes", node, err)
+				if err != nil {
+					// Hinted handoff takes these over; until then anti-entropy
+					// and read repair close the gap.
+					s.log.Debug("replica missed a write", zap.String("node", node), zap.String("tenant", tid), zap.Error(err))
+				}
+				results <- replicaResult{node: node, err: err, epoch: resp.GetEpoch()}
+			}()
+		}
+		var stale uint64
+		for {
+			switch p.outcome(w.level, acked, failed) {
+			case quorum.Won:
+				return obj, len(acked), nil
+			case quorum.Pending:
+			case quorum.Lost:
+				if pending > 0 && stale == 0 {
+					break // a stale refusal may still arrive
+				}
+				if stale > 0 && attempt < maxEpochRetries {
+					goto refresh
+				}
+				s.m.quorumFailure(w.op, w.level.String())
+				return nil, 0, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
+					"write reached %d of its replicas; %s needs %s (it may still be applied: retry with the same idempotency key)",
+					len(acked), w.level, p.need(w.level))
+			}
+			if pending == 0 {
+				if stale > 0 && attempt < maxEpochRetries {
+					goto refresh
+				}
+				s.m.quorumFailure(w.op, w.level.String())
+				return nil, 0, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
+					"write reached %d of its replicas; %s needs %s", len(acked), w.level, p.need(w.level))
+			}
+			select {
+			case r := <-results:
+				pending--
+				switch {
+				case r.err == nil:
+					acked[r.node] = true
+				case bus.Is(r.err, pb.ErrorCode_STALE_EPOCH):
+					stale = max(stale, r.epoch)
+					// Resent under the newer ring.
+					delete(sent, r.node)
+				default:
+					failed[r.node] = true
+				}
+			case <-ctx.Done():
+				s.m.quorumFailure(w.op, w.level.String())
+				return nil, 0, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
+					"write reached %d of its replicas before the deadline; %s needs %s (it may still be applied: retry with the same idempotency key)",
+					len(acked), w.level, p.need(w.level))
+			}
+		}
+	refresh:
+		if err := s.catchUp(ctx, stale); err != nil {
+			return nil, 0, err
+		}
+	}
+}
+
+// maxEpochRetries bounds how often one request follows a newer ring.
+const maxEpochRetries = 3
+
+type replicaResult struct {
+	node  string
+	err   error
+	epoch uint64
+}
+
+// applyFirst asks the replicas in turn (healthy first) to mint the version.
+// It returns the object and who minted it; or nil and, if a replica knew a
+// newer ring, that epoch.
+func (s *Service) applyFirst(ctx context.Context, w *writeReq, p placement, epoch uint64) (*pb.Object, string, uint64, error) {
+	apply := &pb.ApplyRequest{
+		TenantId: w.tenant.GetTenantId(), Key: w.key, Value: w.value, Tombstone: w.tombstone, Context: w.context,
+		Policy: policyOf(w.tenant), MaxSiblings: w.tenant.GetMaxSiblings(), Epoch: epoch, Origin: w.origin,
+	}
+	var stale uint64
+	for _, node := range s.liveness.order(p.all) {
 		resp := new(pb.ApplyResponse)
 		err := s.callNode(ctx, node, bus.OpApply, apply, resp)
 		s.m.replica("writes", node, err)
-		if err == nil {
-			obj, coord = resp.GetObject(), node
-			break
+		switch {
+		case err == nil:
+			return resp.GetObject(), node, 0, nil
+		case bus.Is(err, pb.ErrorCode_STALE_EPOCH):
+			return nil, "", max(resp.GetEpoch(), epoch+1), nil
+		case !retryElsewhere(err):
+			return nil, "", 0, err
 		}
-		if !retryElsewhere(err) {
-			return nil, 0, err
-		}
-		lastErr = err
 		if ctx.Err() != nil {
 			break
 		}
 	}
-	if obj == nil {
-		s.m.quorumFailure(w.op, w.level.String())
-		return nil, 0, bus.Wrap(pb.ErrorCode_QUORUM_NOT_REACHED, lastErr,
-			"no replica of key %q could take the write (tried %d)", w.key, n)
-	}
+	return nil, "", stale, nil
+}
 
-	tally := quorum.NewTally(need, n)
-	tally.Ack()
-	// Buffered for every sender: a merge finishing after the answer never
-	// blocks, and its goroutine is owned by s.background.
-	results := make(chan error, n)
-	merge := &pb.MergeRequest{TenantId: tid, Key: w.key, Object: obj, Policy: apply.Policy, Epoch: r.Epoch()}
-	for _, node := range prefs {
-		if node == coord {
-			continue
-		}
+// recoverAttempt reads the key from every replica that answers in time and
+// returns the merged object if any replica holds a sibling written by this
+// request's earlier attempt; nil otherwise. (A replica that holds it but does
+// not answer now can still make the value appear twice; the window is the
+// retry of a failed write to an unreachable replica.)
+func (s *Service) recoverAttempt(ctx context.Context, w *writeReq, p placement, epoch uint64) *pb.Object {
+	rr := &pb.ReadRequest{TenantId: w.tenant.GetTenantId(), Key: w.key, Epoch: epoch}
+	type reply struct {
+		obj dvv.Object
+		err error
+	}
+	replies := make(chan reply, len(p.all))
+	for _, node := range p.all {
 		s.background.Add(1)
 		go func() {
 			defer s.background.Done()
-			err := s.callNode(context.Background(), node, bus.OpMerge, merge, new(pb.MergeResponse))
-			s.m.replica("writes", node, err)
-			if err != nil {
-				// Hinted handoff takes these over; until then anti-entropy
-				// and read repair close the gap.
-				s.log.Debug("replica missed a write", zap.String("node", node), zap.String("tenant", tid), zap.Error(err))
-			}
-			results <- err
+			out := new(pb.ReadResponse)
+			err := s.callNode(ctx, node, bus.OpRead, rr, out)
+			replies <- reply{obj: dvvpb.ObjectFromProto(out.GetObject()), err: err}
 		}()
 	}
-	for tally.Outcome() == quorum.Pending {
-		select {
-		case err := <-results:
-			if err == nil {
-				tally.Ack()
-			} else {
-				tally.Fail()
-			}
-		case <-ctx.Done():
-			s.m.quorumFailure(w.op, w.level.String())
-			return nil, 0, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
-				"write reached %d of %d replicas before the deadline; %s needs %d (it may still be applied: retry with the same idempotency key)",
-				tally.Acks(), n, w.level, need)
+	policy := dvvpb.PolicyFromProto(policyOf(w.tenant))
+	var merged dvv.Object
+	for range p.all {
+		r := <-replies
+		if r.err == nil {
+			merged = dvv.Merge(merged, r.obj, policy)
 		}
 	}
-	if tally.Outcome() == quorum.Lost {
-		s.m.quorumFailure(w.op, w.level.String())
-		return nil, 0, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
-			"write reached %d of %d replicas; %s needs %d (it may still be applied: retry with the same idempotency key)",
-			tally.Acks(), n, w.level, need)
+	if !merged.HasOrigin(w.origin) {
+		return nil
 	}
-	return obj, tally.Acks(), nil
+	return dvvpb.ObjectToProto(merged)
+}
+
+// originOf names the request with idempotency key idemKey in tenant: the
+// same for every attempt, distinct across keys and tenants.
+func originOf(tenant, idemKey string) []byte {
+	h := sha256.New()
+	h.Write([]byte("pairdb.origin.v1\x00"))
+	h.Write([]byte(tenant))
+	h.Write([]byte{0})
+	h.Write([]byte(idemKey))
+	return h.Sum(nil)[:16]
+}
+
+// catchUp waits (bounded) until this coordinator has folded epoch.
+func (s *Service) catchUp(ctx context.Context, epoch uint64) error {
+	wctx, cancel := context.WithTimeout(ctx, s.cfg.ReplicaTimeout)
+	defer cancel()
+	if err := s.cfg.Membership.WaitForEpoch(wctx, epoch); err != nil {
+		return bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "a replica is at ring epoch %d and this coordinator could not catch up", epoch)
+	}
+	return nil
 }
 
 // errLabel is the error_type metric label of err ("" for success).

@@ -74,6 +74,9 @@ type Sibling struct {
 	// TimestampMs is the minting replica's wall clock; it only breaks ties
 	// under LastWriteWins and is shown to clients.
 	TimestampMs int64
+	// Origin names the request that wrote the sibling (opaque; empty when
+	// the write carried no idempotency key). It travels with the dot.
+	Origin []byte
 }
 
 // Object is everything a replica holds for one key.
@@ -175,6 +178,19 @@ func Equal(a, b Object) bool {
 		}
 	}
 	return true
+}
+
+// HasOrigin reports whether a sibling written by request origin is held.
+func (o Object) HasOrigin(origin []byte) bool {
+	if len(origin) == 0 {
+		return false
+	}
+	for _, s := range o.Siblings {
+		if bytes.Equal(s.Origin, origin) {
+			return true
+		}
+	}
+	return false
 }
 
 // Behind reports whether replica r is missing something merged m has, so it

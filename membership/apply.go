@@ -109,6 +109,9 @@ func (s *State) CheckStart(c *pb.ChangeStarted) error {
 		if _, ok := c.GetTenantRf()[c.GetTenantId()]; !ok {
 			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "the change's tenant snapshot lacks %s", c.GetTenantId())
 		}
+		if old := c.GetTenantRf()[c.GetTenantId()]; old == c.GetReplicationFactor() {
+			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %s already has replication factor %d", c.GetTenantId(), old)
+		}
 		if int(c.GetReplicationFactor()) > len(s.Normal()) || c.GetReplicationFactor() == 0 {
 			return bus.Errorf(pb.ErrorCode_INVALID_REPLICATION_FACTOR,
 				"replication factor %d does not fit the %d NORMAL storage nodes", c.GetReplicationFactor(), len(s.Normal()))
@@ -151,11 +154,6 @@ func (s *State) start(seq uint64, unixMs int64, c *pb.ChangeStarted) {
 		n := s.Nodes[ch.Nodes[0]]
 		n.State = ring.Leaving
 		s.Nodes[n.ID] = n
-	case pb.ChangeType_REPLICATION_FACTOR:
-		// The old factor is the snapshot's (overridden by an earlier change).
-		if rf, ok := s.RF[ch.Tenant]; ok {
-			ch.TenantRF[ch.Tenant] = rf
-		}
 	}
 	s.Change = ch
 	s.placementChanged(seq)
@@ -197,7 +195,7 @@ func (s *State) finish(seq uint64, unixMs int64) {
 		n.State = ring.Removed
 		s.Nodes[n.ID] = n
 	case pb.ChangeType_REPLICATION_FACTOR:
-		s.RF[c.Tenant] = c.RF
+		s.RF[c.Tenant] = RFChange{From: c.TenantRF[c.Tenant], To: c.RF}
 	}
 	s.History = append(s.History, Record{Change: *c, EndedMs: unixMs, EndSeq: seq})
 	if len(s.History) > historyLimit {

@@ -61,10 +61,13 @@ type State struct {
 	Seq uint64
 	// Epoch is the sequence of the last event that changed placement;
 	// replica messages carry it.
-	Epoch   uint64
-	VNodes  int
-	Nodes   map[string]Node
-	RF      map[string]uint32
+	Epoch  uint64
+	VNodes int
+	Nodes  map[string]Node
+	// RF holds the outcome of finished replication-factor changes: tenant →
+	// {old, new}. The tenant store is updated when a change starts; this
+	// covers a store update that failed.
+	RF      map[string]RFChange
 	Change  *Change
 	History []Record
 	cur     *ring.Ring
@@ -73,7 +76,7 @@ type State struct {
 
 // New is the state of an empty log.
 func New(vnodes int) *State {
-	s := &State{VNodes: vnodes, Nodes: map[string]Node{}, RF: map[string]uint32{}}
+	s := &State{VNodes: vnodes, Nodes: map[string]Node{}, RF: map[string]RFChange{}}
 	s.rebuild()
 	return s
 }
@@ -96,19 +99,21 @@ func (s *State) Normal() []string {
 	return out
 }
 
+// RFChange is a finished replication-factor change.
+type RFChange struct{ From, To uint32 }
+
 // TenantRF is a tenant's replication factor now and after the change in
-// progress; storeRF is what the tenant store says. A finished RF change
-// overrides the store until the store has caught up.
+// progress; storeRF is what the tenant store says. While the tenant's RF
+// change runs, reads keep the old factor and writes also reach the new
+// replicas; a finished change wins over a store still at the old factor.
 func (s *State) TenantRF(tenant string, storeRF uint32) (cur, next uint32) {
-	cur = storeRF
-	if rf, ok := s.RF[tenant]; ok {
-		cur = rf
-	}
-	next = cur
 	if c := s.Change; c != nil && c.Type == pb.ChangeType_REPLICATION_FACTOR && c.Tenant == tenant {
-		next = c.RF
+		return c.TenantRF[tenant], c.RF
 	}
-	return cur, next
+	if rc, ok := s.RF[tenant]; ok && storeRF == rc.From {
+		return rc.To, rc.To
+	}
+	return storeRF, storeRF
 }
 
 // ReplicaSets are a key's replicas now (reads) and after the change (writes

@@ -56,10 +56,9 @@ const (
 )
 
 // Check reports whether one dependency is usable: nil means healthy, an
-// error says why not, in words an operator can act on. A Check must return
-// once ctx is done; it may be called concurrently with itself only if a
-// previous call already returned (the server never overlaps two calls of one
-// check, see Server.readyz).
+// error says why not, in words an operator can act on. A Check should return
+// once ctx is done. Different checks run concurrently; the server never runs
+// two calls of the same check at once (see runChecks).
 type Check func(ctx context.Context) error
 
 // Config configures the server. Zero values take the defaults above.

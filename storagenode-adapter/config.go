@@ -1,6 +1,7 @@
 package storagenode
 
 import (
+	"context"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -23,6 +24,20 @@ const (
 	// DefaultHeartbeatInterval is how often the node announces itself;
 	// coordinators mark a node suspect after a few missed beats.
 	DefaultHeartbeatInterval = time.Second
+	// DefaultCleanupGrace is how long a node keeps ranges it lost after the
+	// cutover that took them away, so requests routed on the old ring still
+	// find the data while every coordinator catches up.
+	DefaultCleanupGrace = 10 * time.Minute
+	// DefaultReconcileInterval is how often the membership driver rechecks
+	// its work (transfers, re-add requests, cleanup) besides waking on every
+	// ring log event.
+	DefaultReconcileInterval = time.Second
+	// DefaultTransferPageSize is how many keys one scan page of a range
+	// transfer carries (pages are also bounded by the NATS payload limit).
+	DefaultTransferPageSize = 256
+	// DefaultEpochWait bounds how long a request that carries a newer epoch
+	// than the node's waits for the node to fold it.
+	DefaultEpochWait = 2 * time.Second
 )
 
 // Config configures a storage node. Zero-valued optional fields take the
@@ -53,6 +68,26 @@ type Config struct {
 	// Metrics receives the node's metrics; nil uses a private set nobody
 	// exports.
 	Metrics *metrics.Set
+
+	// Membership is the ring log as this node follows it. nil is static
+	// mode: no registration, no epoch checks (responses carry epoch 0), no
+	// transfers and no cleanup.
+	Membership Membership
+	// CleanupGrace is how long after a cutover the node deletes the ranges
+	// it no longer replicates (default 10m).
+	CleanupGrace time.Duration
+	// ReconcileInterval is the membership driver's recheck period
+	// (default 1s).
+	ReconcileInterval time.Duration
+	// TransferPageSize is the number of keys per transfer page (default 256).
+	TransferPageSize int
+	// EpochWait bounds the wait for a newer epoch a request carries
+	// (default 2s).
+	EpochWait time.Duration
+
+	// transferHook, set by tests only, runs before every transfer page
+	// this node pulls.
+	transferHook func(ctx context.Context, pages int)
 }
 
 // DefaultConfig returns a Config for node id storing in dataDir, with every
@@ -66,6 +101,10 @@ func DefaultConfig(id, dataDir string) Config {
 		RequestTimeout:    DefaultRequestTimeout,
 		HeartbeatInterval: DefaultHeartbeatInterval,
 		CacheBytes:        engine.DefaultCacheBytes,
+		CleanupGrace:      DefaultCleanupGrace,
+		ReconcileInterval: DefaultReconcileInterval,
+		TransferPageSize:  DefaultTransferPageSize,
+		EpochWait:         DefaultEpochWait,
 	}
 }
 
@@ -86,6 +125,14 @@ func (c Config) Validate() error {
 		return errors.Newf("storage node: HeartbeatInterval must not be negative, got %s", c.HeartbeatInterval)
 	case c.CacheBytes < 0:
 		return errors.Newf("storage node: CacheBytes must not be negative, got %d", c.CacheBytes)
+	case c.CleanupGrace < 0:
+		return errors.Newf("storage node: CleanupGrace must not be negative, got %s", c.CleanupGrace)
+	case c.ReconcileInterval < 0:
+		return errors.Newf("storage node: ReconcileInterval must not be negative, got %s", c.ReconcileInterval)
+	case c.TransferPageSize < 0:
+		return errors.Newf("storage node: TransferPageSize must not be negative, got %d", c.TransferPageSize)
+	case c.EpochWait < 0:
+		return errors.Newf("storage node: EpochWait must not be negative, got %s", c.EpochWait)
 	}
 	return nil
 }
@@ -106,6 +153,18 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.CacheBytes == 0 {
 		c.CacheBytes = engine.DefaultCacheBytes
+	}
+	if c.CleanupGrace == 0 {
+		c.CleanupGrace = DefaultCleanupGrace
+	}
+	if c.ReconcileInterval == 0 {
+		c.ReconcileInterval = DefaultReconcileInterval
+	}
+	if c.TransferPageSize == 0 {
+		c.TransferPageSize = DefaultTransferPageSize
+	}
+	if c.EpochWait == 0 {
+		c.EpochWait = DefaultEpochWait
 	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()

@@ -18,7 +18,12 @@ type nodeMetrics struct {
 
 	mergeChanged *metrics.Counter
 	diskBytes    *metrics.Gauge
+	keys         *metrics.Gauge
 	heartbeatErr *metrics.Counter
+
+	keysTransferred *metrics.Counter
+	cleanupDeleted  *metrics.Counter
+	staleEpoch      *metrics.Counter
 }
 
 func newNodeMetrics(set *metrics.Set, node string, ops ...string) *nodeMetrics {
@@ -29,7 +34,12 @@ func newNodeMetrics(set *metrics.Set, node string, ops ...string) *nodeMetrics {
 		duration:     make(map[string]*metrics.PrometheusHistogram, len(ops)),
 		mergeChanged: set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_merge_changed_total{node=%q}`, node)),
 		diskBytes:    set.GetOrCreateGauge(fmt.Sprintf(`pairdb_node_disk_bytes{node=%q}`, node), nil),
+		keys:         set.GetOrCreateGauge(fmt.Sprintf(`pairdb_node_keys{node=%q}`, node), nil),
 		heartbeatErr: set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_heartbeat_errors_total{node=%q}`, node)),
+
+		keysTransferred: set.GetOrCreateCounter(fmt.Sprintf(`pairdb_migration_keys_transferred_total{node=%q}`, node)),
+		cleanupDeleted:  set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_cleanup_deleted_keys_total{node=%q}`, node)),
+		staleEpoch:      set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_stale_epoch_total{node=%q}`, node)),
 	}
 	for _, op := range ops {
 		m.requests[op] = set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_requests_total{node=%q,op=%q}`, node, op))
@@ -57,4 +67,16 @@ func (m *nodeMetrics) observe(op string, start time.Time, code string) {
 	if code != "" {
 		m.requestError(op, code)
 	}
+}
+
+// Transfer outcomes, per (tenant, arc) a target pulls.
+const (
+	transferVerified = "verified" // digests matched, or a full pass found nothing new
+	transferResumed  = "resumed"  // started from a checkpoint left by an earlier run
+	transferFailed   = "failed"   // every source failed or the passes did not converge; retried
+)
+
+// transfer counts one transfer outcome (a closed set of statuses).
+func (m *nodeMetrics) transfer(status string) {
+	m.set.GetOrCreateCounter(fmt.Sprintf(`pairdb_migration_transfers_total{node=%q,status=%q}`, m.node, status)).Inc()
 }

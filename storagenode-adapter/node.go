@@ -1,7 +1,10 @@
 // Package storagenode is the storage-node adapter: a NATS micro service in
 // front of one Pebble engine (DESIGN.md §2, §7). It serves apply (mint a
 // version), merge (fold in a replicated object) and read on the node's own
-// subjects, and publishes heartbeats.
+// subjects, serves scan and digest for range transfers, and publishes
+// heartbeats. With a Membership it follows the ring log: it registers
+// itself, checks the epoch of every request, pulls the ranges it gains in a
+// change and deletes the ranges it lost after a grace period.
 package storagenode
 
 import (
@@ -42,6 +45,15 @@ type Node struct {
 	hbStop    chan struct{}
 	hbDone    chan struct{}
 
+	// mem is nil in static mode. drv is the membership driver (nil in
+	// static mode).
+	mem Membership
+	drv *driver
+	// placeMu orders local writes against cleanup: apply and merge hold it
+	// shared, a range deletion exclusively after rechecking that the ring
+	// has not moved, so a write routed on a newer ring is never deleted.
+	placeMu sync.RWMutex
+
 	stopMu  sync.Mutex
 	stopped bool
 	stopErr error
@@ -71,7 +83,8 @@ func Start(nc *nats.Conn, cfg Config) (*Node, error) {
 		nc:        nc,
 		eng:       eng,
 		lim:       bus.NewLimiter(cfg.MaxConcurrent),
-		met:       newNodeMetrics(cfg.Metrics, cfg.ID, bus.OpApply, bus.OpMerge, bus.OpRead),
+		met:       newNodeMetrics(cfg.Metrics, cfg.ID, bus.OpApply, bus.OpMerge, bus.OpRead, bus.OpScan, bus.OpDigest),
+		mem:       cfg.Membership,
 		hbSubject: cfg.Subjects.Heartbeat(cfg.ID),
 		hbStop:    make(chan struct{}),
 		hbDone:    make(chan struct{}),
@@ -85,9 +98,17 @@ func Start(nc *nats.Conn, cfg Config) (*Node, error) {
 		return nil, errors.CombineErrors(errors.Wrapf(err, "storage node %s: flush subscriptions", cfg.ID),
 			errors.CombineErrors(n.svc.Stop(context.Background()), eng.Close()))
 	}
+	if n.mem != nil {
+		// Registered before the first heartbeat when the log is reachable;
+		// otherwise the driver keeps trying.
+		if err := n.registerSelf(context.Background()); err != nil {
+			log.Warn("registration failed; retrying in the background", zap.Error(err))
+		}
+		n.startDriver()
+	}
 	go n.heartbeats()
 	log.Info("storage node started", zap.String("incarnation", eng.Incarnation()),
-		zap.String("subjects", cfg.Subjects.Node(cfg.ID, "*")))
+		zap.String("subjects", cfg.Subjects.Node(cfg.ID, "*")), zap.Bool("membership", n.mem != nil))
 	return n, nil
 }
 
@@ -125,6 +146,12 @@ func (n *Node) register() error {
 		{bus.OpRead, bus.Endpoint(srv, bus.OpRead,
 			func() *pb.ReadRequest { return &pb.ReadRequest{} },
 			func() *pb.ReadResponse { return &pb.ReadResponse{} }, n.read)},
+		{bus.OpScan, bus.Endpoint(srv, bus.OpScan,
+			func() *pb.ScanRequest { return &pb.ScanRequest{} },
+			func() *pb.ScanResponse { return &pb.ScanResponse{} }, n.scan)},
+		{bus.OpDigest, bus.Endpoint(srv, bus.OpDigest,
+			func() *pb.DigestRequest { return &pb.DigestRequest{} },
+			func() *pb.DigestResponse { return &pb.DigestResponse{} }, n.digest)},
 	}
 	for _, ep := range endpoints {
 		subject := n.cfg.Subjects.Node(n.cfg.ID, ep.op)
@@ -142,12 +169,13 @@ func (n *Node) ID() string { return n.cfg.ID }
 // Incarnation is the engine's incarnation id, the DVV actor of this node.
 func (n *Node) Incarnation() string { return n.eng.Incarnation() }
 
-// Epoch handling: every response echoes epoch 0. Nodes do not yet follow the
-// ring log, so they cannot tell a sender its ring is stale; the epoch check
-// (STALE_EPOCH) lands together with the ring log.
-const currentEpoch = 0
+// Keys approximates the keys this node stores (see engine.Keys).
+func (n *Node) Keys() uint64 { return n.eng.Keys() }
 
-func (n *Node) apply(_ context.Context, _ string, req *pb.ApplyRequest) (*pb.ApplyResponse, error) {
+// Every response carries the node's epoch (0 in static mode); see
+// checkEpoch for how a request's epoch is judged.
+
+func (n *Node) apply(ctx context.Context, _ string, req *pb.ApplyRequest) (*pb.ApplyResponse, error) {
 	if err := validateTarget(req.GetTenantId(), req.GetKey()); err != nil {
 		return nil, err
 	}
@@ -155,46 +183,62 @@ func (n *Node) apply(_ context.Context, _ string, req *pb.ApplyRequest) (*pb.App
 		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 			"a tombstone carries no value; send either tombstone=true or a value")
 	}
+	epoch, err := n.checkEpoch(ctx, bus.OpApply, req.GetEpoch())
+	if err != nil {
+		return &pb.ApplyResponse{Epoch: epoch}, err
+	}
+	n.placeMu.RLock()
+	defer n.placeMu.RUnlock()
 	obj, err := n.eng.Apply(req.GetTenantId(), req.GetKey(), dvvpb.ClockFromProto(req.GetContext()),
 		req.GetValue(), req.GetTombstone(), dvvpb.PolicyFromProto(req.GetPolicy()),
-		int(req.GetMaxSiblings()), time.Now().UnixMilli())
+		int(req.GetMaxSiblings()), time.Now().UnixMilli(), req.GetOrigin())
 	if err != nil {
-		return nil, n.failed(bus.OpApply, err)
+		return &pb.ApplyResponse{Epoch: epoch}, n.failed(bus.OpApply, err)
 	}
-	return &pb.ApplyResponse{Object: dvvpb.ObjectToProto(obj), Epoch: currentEpoch}, nil
+	return &pb.ApplyResponse{Object: dvvpb.ObjectToProto(obj), Epoch: epoch}, nil
 }
 
-func (n *Node) merge(_ context.Context, _ string, req *pb.MergeRequest) (*pb.MergeResponse, error) {
+func (n *Node) merge(ctx context.Context, _ string, req *pb.MergeRequest) (*pb.MergeResponse, error) {
 	if err := validateTarget(req.GetTenantId(), req.GetKey()); err != nil {
 		return nil, err
 	}
 	if req.GetObject() == nil {
 		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "merge needs the object to merge")
 	}
+	epoch, err := n.checkEpoch(ctx, bus.OpMerge, req.GetEpoch())
+	if err != nil {
+		return &pb.MergeResponse{Epoch: epoch}, err
+	}
+	n.placeMu.RLock()
+	defer n.placeMu.RUnlock()
 	_, changed, err := n.eng.Merge(req.GetTenantId(), req.GetKey(),
 		dvvpb.ObjectFromProto(req.GetObject()), dvvpb.PolicyFromProto(req.GetPolicy()))
 	if err != nil {
-		return nil, n.failed(bus.OpMerge, err)
+		return &pb.MergeResponse{Epoch: epoch}, n.failed(bus.OpMerge, err)
 	}
 	if changed {
 		n.met.mergeChanged.Inc()
 	}
-	return &pb.MergeResponse{Epoch: currentEpoch}, nil
+	return &pb.MergeResponse{Epoch: epoch}, nil
 }
 
 // read answers found=false only when nothing is stored. A key holding only
 // tombstones is found here and its object returned: the coordinator needs
 // the tombstones' clock to merge replicas and to delete causally; it decides
 // what a client sees (KEY_NOT_FOUND).
-func (n *Node) read(_ context.Context, _ string, req *pb.ReadRequest) (*pb.ReadResponse, error) {
+func (n *Node) read(ctx context.Context, _ string, req *pb.ReadRequest) (*pb.ReadResponse, error) {
 	if err := validateTarget(req.GetTenantId(), req.GetKey()); err != nil {
 		return nil, err
 	}
+	epoch, err := n.checkEpoch(ctx, bus.OpRead, req.GetEpoch())
+	if err != nil {
+		return &pb.ReadResponse{Epoch: epoch}, err
+	}
 	obj, found, err := n.eng.Get(req.GetTenantId(), req.GetKey())
 	if err != nil {
-		return nil, n.failed(bus.OpRead, err)
+		return &pb.ReadResponse{Epoch: epoch}, n.failed(bus.OpRead, err)
 	}
-	resp := &pb.ReadResponse{Found: found, Epoch: currentEpoch}
+	resp := &pb.ReadResponse{Found: found, Epoch: epoch}
 	if found {
 		resp.Object = dvvpb.ObjectToProto(obj)
 	}
@@ -220,8 +264,8 @@ func validateTarget(tenant, key string) error {
 	return nil
 }
 
-// heartbeats is the node's one background goroutine. It beats at once, so
-// a restarted node is seen without waiting a full interval.
+// heartbeats publishes the node's heartbeat. It beats at once, so a
+// restarted node is seen without waiting a full interval.
 func (n *Node) heartbeats() {
 	defer close(n.hbDone)
 	t := time.NewTicker(n.cfg.HeartbeatInterval)
@@ -253,21 +297,23 @@ func (n *Node) beat() error {
 		return errors.Wrap(err, "read engine stats")
 	}
 	n.met.diskBytes.Set(float64(st.DiskBytes))
-	data, err := proto.Marshal(&pb.Heartbeat{
+	hb := &pb.Heartbeat{
 		NodeId:      n.cfg.ID,
 		Incarnation: n.eng.Incarnation(),
 		UnixMs:      time.Now().UnixMilli(),
-		Epoch:       currentEpoch,
 		DiskBytes:   st.DiskBytes,
-	})
+	}
+	n.heartbeatState(hb)
+	data, err := proto.Marshal(hb)
 	if err != nil {
 		return errors.Wrap(err, "encode heartbeat")
 	}
 	return errors.Wrapf(n.nc.Publish(n.hbSubject, data), "publish on %s", n.hbSubject)
 }
 
-// Stop shuts the node down in order: heartbeats stop (peers start to
-// suspect it), the service stops taking requests, in-flight requests finish
+// Stop shuts the node down in order: the membership driver stops (a
+// transfer in progress keeps its checkpoint), heartbeats stop (peers start
+// to suspect it), the service stops taking requests, in-flight requests finish
 // (or ctx ends), then Pebble closes. A second call returns the first one's
 // result. If ctx ends first, Pebble still closes after the requests that
 // are inside the engine, and ctx's error is returned.
@@ -279,6 +325,9 @@ func (n *Node) Stop(ctx context.Context) error {
 	}
 	n.stopped = true
 
+	if n.drv != nil {
+		n.drv.stop()
+	}
 	close(n.hbStop)
 	<-n.hbDone
 	var errs error

@@ -326,3 +326,34 @@ func TestLargeValue(t *testing.T) {
 	_, err = h.c.Put(ctx, "too-big", append(big, 0))
 	requireCode(t, err, pb.ErrorCode_VALUE_TOO_LARGE)
 }
+
+// TestRetryAfterFailedWriteAppliesOnce: a write that failed its quorum may
+// still have landed on some replicas; its retry (same idempotency key)
+// finishes that write instead of adding the value a second time.
+func TestRetryAfterFailedWriteAppliesOnce(t *testing.T) {
+	h := startCluster(t, 3)
+	ctx := ctxT(t)
+	h.stopNode("node-3")
+	_, err := h.c.Put(ctx, "partial", []byte("v"), client.Consistency("all"), client.IdempotencyKey("once"))
+	requireCode(t, err, pb.ErrorCode_QUORUM_NOT_REACHED)
+	landed := 0
+	for _, n := range []string{"node-1", "node-2"} {
+		if _, found := h.readNode(n, "default", "partial"); found {
+			landed++
+		}
+	}
+	require.Positive(t, landed, "the failed write reached some replicas")
+
+	resp, err := h.c.Put(ctx, "partial", []byte("v"), client.Consistency("quorum"), client.IdempotencyKey("once"))
+	require.NoError(t, err)
+	require.False(t, resp.GetDuplicate())
+	h.startNode("node-3")
+	got, err := h.c.Get(ctx, "partial", client.ReadConsistency("all"))
+	require.NoError(t, err)
+	require.Equal(t, []string{"v"}, values(got), "the value must not appear twice")
+
+	// And the finished retry is now a plain duplicate.
+	again, err := h.c.Put(ctx, "partial", []byte("v"), client.IdempotencyKey("once"))
+	require.NoError(t, err)
+	require.True(t, again.GetDuplicate())
+}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/cockroachdb/errors"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -25,7 +26,10 @@ import (
 	"github.com/pairdb/pairdb/bus/embedded"
 	"github.com/pairdb/pairdb/client"
 	"github.com/pairdb/pairdb/cluster"
+	"github.com/pairdb/pairdb/jetstream/idempotency"
+	"github.com/pairdb/pairdb/jetstream/ringlog"
 	"github.com/pairdb/pairdb/jetstream/tenantkv"
+	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
 )
 
@@ -139,7 +143,7 @@ func (c *natsCluster) waitJetStream() {
 	}, natsClusterWait, 20*time.Millisecond, "JetStream meta group did not form over all servers")
 }
 
-// restart shuts server i down and starts it again with the same name, store
+// shutdown stops server i; start brings it back with the same name, store
 // directory, client and cluster ports.
 func (c *natsCluster) shutdown(i int) {
 	c.mu.Lock()
@@ -211,15 +215,22 @@ func startWriteLoad(t *testing.T, c *client.Client, writers int) *writeLoad {
 				key := fmt.Sprintf("load-%d-%d", w, i)
 				value := "v-" + key
 				idem := client.NewIdempotencyKey()
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				resp, err := c.Put(ctx, key, []byte(value), client.Consistency("quorum"), client.IdempotencyKey(idem))
-				cancel()
-				if err != nil {
-					// Not acknowledged: nothing to check; the outage makes
-					// some of these expected.
+				// A failed write may still be applied somewhere: retry it
+				// with the same idempotency key, as a real client would.
+				var resp *pb.PutResponse
+				var err error
+				for attempt := 0; attempt < 5; attempt++ {
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					resp, err = c.Put(ctx, key, []byte(value), client.Consistency("quorum"), client.IdempotencyKey(idem))
+					cancel()
+					if err == nil {
+						break
+					}
 					l.fails.Add(1)
-					t.Logf("put %s: %v", key, err)
-					continue
+					t.Logf("put %s (attempt %d): %v", key, attempt+1, err)
+				}
+				if err != nil {
+					continue // never acknowledged: nothing to check
 				}
 				raw, err := proto.Marshal(resp)
 				if err != nil {
@@ -252,17 +263,18 @@ func TestNATSClusterRestartUnderLoad(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	begin := time.Now()
 	nc := startNATSCluster(t)
 	const restarted = 0 // s1: one storage node and one coordinator live there
 
-	// Storage node i on server i.
+	// Storage node i on server i, following a three-replica ring log.
 	nodes := cluster.NodeIDs(3)
 	for i, id := range nodes {
 		conn := nc.connect("pairdb-storagenode-"+id, i)
-		n, err := storagenode.Start(conn, storagenode.Config{
+		n, err := cluster.StartStorageNode(ctx, conn, storagenode.Config{
 			ID: id, DataDir: filepath.Join(t.TempDir(), id), Sync: true,
 			Logger: log.Named(id), Metrics: metrics.NewSet(),
-		})
+		}, 3, 0)
 		require.NoError(t, err)
 		t.Cleanup(func() {
 			sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -271,21 +283,14 @@ func TestNATSClusterRestartUnderLoad(t *testing.T) {
 		})
 	}
 
-	// Tenant "default" in a three-replica bucket.
-	setup := nc.connect("pairdb-setup", 1)
-	js, err := jetstream.New(setup)
-	require.NoError(t, err)
-	store, err := tenantkv.Open(ctx, js, tenantkv.Config{Replicas: 3, Logger: log.Named("tenants")})
-	require.NoError(t, err)
-	require.NoError(t, cluster.EnsureTenant(ctx, store, "default", 3))
-
 	// Two coordinators, on s1 and s2, so one keeps serving while the other's
 	// server restarts.
+	var coords []*cluster.Coordinator
 	for i := range 2 {
 		conn := nc.connect(fmt.Sprintf("pairdb-coordinator-%d", i+1), i)
 		coord, err := cluster.StartCoordinator(ctx, conn, cluster.CoordinatorConfig{
-			Nodes: nodes, StreamReplicas: 3,
-			Logger: log.Named(fmt.Sprintf("coordinator-%d", i+1)), Metrics: metrics.NewSet(),
+			StreamReplicas: 3,
+			Logger:         log.Named(fmt.Sprintf("coordinator-%d", i+1)), Metrics: metrics.NewSet(),
 		})
 		require.NoError(t, err)
 		t.Cleanup(func() {
@@ -293,8 +298,28 @@ func TestNATSClusterRestartUnderLoad(t *testing.T) {
 			defer scancel()
 			require.NoError(t, coord.Stop(sctx))
 		})
+		coords = append(coords, coord)
 	}
-	requireBucketReplicas(ctx, t, js, 3)
+	// The registered nodes become the first ring; every coordinator sees it.
+	require.NoError(t, coords[0].Ring.Bootstrap(ctx, nodes))
+	for _, c := range coords {
+		require.NoError(t, c.Ring.WaitFor(ctx, coords[0].Ring.State().Seq))
+	}
+
+	// Tenant "default" in a three-replica bucket.
+	setup := nc.connect("pairdb-setup", 1)
+	js, err := jetstream.New(setup)
+	require.NoError(t, err)
+	// JetStream answers 503 while its meta group settles: retry that.
+	require.NoError(t, retryUnavailable(ctx, func() error {
+		store, err := tenantkv.Open(ctx, js, tenantkv.Config{Replicas: 3, Logger: log.Named("tenants")})
+		if err != nil {
+			return err
+		}
+		return cluster.EnsureTenant(ctx, store, "default", 3)
+	}))
+	t.Logf("cluster up after %s", time.Since(begin))
+	requireStreamReplicas(ctx, t, js, 3)
 
 	// The load's connection is on s3; it survives the restart untouched,
 	// while the parts on s1 reconnect.
@@ -318,12 +343,15 @@ func TestNATSClusterRestartUnderLoad(t *testing.T) {
 
 	load.waitAcks(t, 50, "before the restart")
 	nc.shutdown(restarted)
+	t.Logf("s1 down after %s", time.Since(begin))
 	down := load.count()
 	load.waitAcks(t, down+50, "while s1 is down")
 	nc.start(restarted)
 	nc.waitJetStream()
+	t.Logf("s1 back after %s", time.Since(begin))
 	up := load.count()
 	load.waitAcks(t, up+50, "after the restart")
+	t.Logf("50 writes after the restart by %s", time.Since(begin))
 
 	// Writes through the restarted server itself.
 	viaRestarted := client.New(nc.connect("pairdb-after-restart", restarted), client.WithTenant("default"))
@@ -336,27 +364,80 @@ func TestNATSClusterRestartUnderLoad(t *testing.T) {
 	load.mu.Lock()
 	acked := load.acked
 	load.mu.Unlock()
-	t.Logf("%d writes acknowledged, %d failed around the restart", len(acked), load.fails.Load())
+	t.Logf("%d writes acknowledged, %d attempts failed around the restart", len(acked), load.fails.Load())
 	require.Greater(t, len(acked), 150)
 
-	// Every acknowledged write is readable at QUORUM, through s1 again.
+	// Every acknowledged write is readable at QUORUM, through s1 again, and
+	// was applied once: each key was written by one put (with the client's
+	// own retries under one idempotency key), so a second sibling means the
+	// write was applied twice.
+	var duplicated []string
 	for _, w := range acked {
 		got, err := viaRestarted.Get(ctx, w.key, client.ReadConsistency("quorum"))
 		require.NoError(t, err, "get %s", w.key)
 		require.True(t, got.GetFound(), "acknowledged write %s lost", w.key)
-		require.Equal(t, w.value, string(got.GetValue()), "key %s", w.key)
+		vals := values(got)
+		require.Contains(t, vals, w.value, "acknowledged write %s lost", w.key)
+		if len(vals) > 1 {
+			duplicated = append(duplicated, fmt.Sprintf("%s (%d siblings)", w.key, len(vals)))
+		}
 	}
+	require.Empty(t, duplicated, "writes applied more than once (an idempotency record did not hold across the restart)")
 
 	// Idempotency records survived: the pre-restart put and a sample of the
 	// load's puts are answered as duplicates with their original clocks.
 	again, err := viaRestarted.Put(ctx, "idem", []byte("first"), client.Consistency("quorum"), client.IdempotencyKey("idem-before-restart"))
 	require.NoError(t, err)
 	require.True(t, again.GetDuplicate(), "idempotency record lost in the restart")
-	require.True(t, proto.Equal(&pbClock{before.GetVectorClock()}, &pbClock{again.GetVectorClock()}) || clocksEqual(before, again))
+	requireSameClock(t, before.GetVectorClock(), again.GetVectorClock())
 	for i := 0; i < len(acked); i += max(1, len(acked)/20) {
 		w := acked[i]
 		resp, err := viaRestarted.Put(ctx, w.key, []byte(w.value), client.Consistency("quorum"), client.IdempotencyKey(w.idemKey))
 		require.NoError(t, err, "retry of %s", w.key)
 		require.True(t, resp.GetDuplicate(), "retry of %s applied twice", w.key)
+		first := new(pb.PutResponse)
+		require.NoError(t, proto.Unmarshal(w.resp, first))
+		requireSameClock(t, first.GetVectorClock(), resp.GetVectorClock())
+	}
+}
+
+func requireSameClock(t *testing.T, want, got []*pb.ClockEntry) {
+	t.Helper()
+	require.Len(t, got, len(want))
+	for i := range want {
+		require.True(t, proto.Equal(want[i], got[i]), "clock entry %d: want %v, got %v", i, want[i], got[i])
+	}
+}
+
+// requireStreamReplicas checks the control-plane buckets and streams are
+// replicated on every server of the cluster.
+func requireStreamReplicas(ctx context.Context, t *testing.T, js jetstream.JetStream, replicas int) {
+	t.Helper()
+	for _, bucket := range []string{"KV_" + tenantkv.DefaultBucket, "KV_" + idempotency.DefaultBucket, ringlog.DefaultStream, ringlog.MigrationsStream} {
+		st, err := js.Stream(ctx, bucket)
+		require.NoError(t, err, "bucket %s", bucket)
+		info, err := st.Info(ctx)
+		require.NoError(t, err)
+		require.Equal(t, replicas, info.Config.Replicas, "bucket %s", bucket)
+		require.NotNil(t, info.Cluster, "bucket %s", bucket)
+		require.Len(t, info.Cluster.Replicas, replicas-1, "bucket %s: followers besides the leader", bucket)
+	}
+}
+
+// retryUnavailable runs f until it succeeds, fails with something other
+// than JetStream's 503 "temporarily unavailable", or ctx is done.
+func retryUnavailable(ctx context.Context, f func() error) error {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := f()
+		if err == nil || !strings.Contains(err.Error(), "temporarily unavailable") {
+			return err
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return errors.Wrap(err, "JetStream still unavailable")
+		}
 	}
 }

@@ -56,6 +56,7 @@ func newRoot() *cobra.Command {
 	root.AddCommand(
 		newDevCmd(g), newCoordinatorCmd(g), newStorageNodeCmd(g),
 		newPutCmd(g), newGetCmd(g), newDeleteCmd(g), newTenantCmd(g), newMigrateCmd(g),
+		newNodeCmd(g), newMigrationCmd(g),
 	)
 	return root
 }

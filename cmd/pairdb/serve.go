@@ -90,7 +90,7 @@ func serve(g *globals, connName string, start func(ctx context.Context, log *zap
 
 func newCoordinatorCmd(g *globals) *cobra.Command {
 	var (
-		nodes, pgURL   string
+		pgURL          string
 		vnodes         int
 		streamReplicas int
 		idemTTL        time.Duration
@@ -102,20 +102,21 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 		RunE: func(*cobra.Command, []string) error {
 			return serve(g, "pairdb-coordinator", func(ctx context.Context, log *zap.Logger, nc *nats.Conn) (func(context.Context) error, error) {
 				svc, err := cluster.StartCoordinator(ctx, nc, cluster.CoordinatorConfig{
-					Nodes: splitList(nodes), VirtualNodes: vnodes, Subjects: g.subjects(),
+					VirtualNodes: vnodes, Subjects: g.subjects(),
 					StreamReplicas: streamReplicas, IdempotencyTTL: idemTTL, PostgresURL: pgURL,
 					Logger: log, Metrics: metrics.NewSet(),
 				})
 				if err != nil {
 					return nil, err
 				}
-				log.Info("coordinator serving", zap.String("nats", nc.ConnectedUrlRedacted()), zap.Strings("nodes", splitList(nodes)))
+				st := svc.Ring.State()
+				log.Info("coordinator serving", zap.String("nats", nc.ConnectedUrlRedacted()),
+					zap.Uint64("epoch", st.Epoch), zap.Strings("normal_nodes", st.Normal()))
 				return svc.Stop, nil
 			})
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&nodes, "nodes", envOr("PAIRDB_NODES", "node-1,node-2,node-3"), "comma-separated storage node ids (env PAIRDB_NODES)")
 	f.IntVar(&vnodes, "virtual-nodes", 150, "virtual nodes per storage node on the ring")
 	f.IntVar(&streamReplicas, "stream-replicas", 1, "JetStream replicas of the control-plane buckets (3 on a NATS cluster)")
 	f.DurationVar(&idemTTL, "idempotency-ttl", 24*time.Hour, "how long idempotency records are kept")
@@ -126,8 +127,10 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 
 func newStorageNodeCmd(g *globals) *cobra.Command {
 	var (
-		id, data string
-		noSync   bool
+		id, data       string
+		noSync         bool
+		grace          time.Duration
+		streamReplicas int
 	)
 	cmd := &cobra.Command{
 		Use:   "storagenode",
@@ -137,10 +140,11 @@ func newStorageNodeCmd(g *globals) *cobra.Command {
 			if id == "" || data == "" {
 				return fmt.Errorf("--id and --data are required")
 			}
-			return serve(g, "pairdb-storagenode-"+id, func(_ context.Context, log *zap.Logger, nc *nats.Conn) (func(context.Context) error, error) {
-				n, err := storagenode.Start(nc, storagenode.Config{
-					ID: id, DataDir: data, Sync: !noSync, Subjects: g.subjects(), Logger: log.Named(id), Metrics: metrics.NewSet(),
-				})
+			return serve(g, "pairdb-storagenode-"+id, func(ctx context.Context, log *zap.Logger, nc *nats.Conn) (func(context.Context) error, error) {
+				n, err := cluster.StartStorageNode(ctx, nc, storagenode.Config{
+					ID: id, DataDir: data, Sync: !noSync, Subjects: g.subjects(), CleanupGrace: grace,
+					Logger: log.Named(id), Metrics: metrics.NewSet(),
+				}, streamReplicas, 0)
 				if err != nil {
 					return nil, err
 				}
@@ -153,22 +157,7 @@ func newStorageNodeCmd(g *globals) *cobra.Command {
 	f.StringVar(&id, "id", os.Getenv("PAIRDB_NODE_ID"), "storage node id (env PAIRDB_NODE_ID)")
 	f.StringVar(&data, "data", "", "data directory")
 	f.BoolVar(&noSync, "no-sync", false, "skip fsync (benchmarks only: acknowledged writes can be lost on a crash)")
+	f.DurationVar(&grace, "cleanup-grace", 10*time.Minute, "how long ranges this node no longer replicates are kept after a change")
+	f.IntVar(&streamReplicas, "stream-replicas", 1, "JetStream replicas of the control-plane streams (3 on a NATS cluster)")
 	return cmd
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
-func envOr(k, def string) string {
-	if v := os.Getenv(k); v != "" {
-		return v
-	}
-	return def
 }

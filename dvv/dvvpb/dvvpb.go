@@ -42,6 +42,7 @@ func ObjectFromProto(o *pb.Object) dvv.Object {
 			Tombstone:   s.GetTombstone(),
 			Dot:         dvv.Dot{Actor: s.GetDot().GetActor(), Counter: s.GetDot().GetCounter()},
 			TimestampMs: s.GetTimestampMs(),
+			Origin:      s.GetOrigin(),
 		})
 	}
 	return out
@@ -56,6 +57,7 @@ func ObjectToProto(o dvv.Object) *pb.Object {
 			Tombstone:   s.Tombstone,
 			Dot:         &pb.Dot{Actor: s.Dot.Actor, Counter: s.Dot.Counter},
 			TimestampMs: s.TimestampMs,
+			Origin:      s.Origin,
 		})
 	}
 	return out

@@ -161,7 +161,13 @@ type Claim struct {
 	hash     []byte
 	done     bool
 	response []byte
+	retry    bool
 }
+
+// Retry reports whether an earlier attempt of this request failed or was
+// abandoned, so it may have been applied in part: the executor must look
+// for that attempt's effect before writing again.
+func (c Claim) Retry() bool { return c.retry }
 
 // Done returns the stored response and true when the request was already
 // executed; the caller answers with it (duplicate=true) and writes nothing.
@@ -230,6 +236,20 @@ func (s *Store) Begin(ctx context.Context, tenant, idemKey string, hash []byte) 
 		switch rec.GetState() {
 		case pb.IdempotencyRecord_DONE:
 			return Claim{s: s, key: key, done: true, response: rec.GetResponse()}, nil
+		case pb.IdempotencyRecord_RETRY:
+			// A failed attempt released the record: take it at once.
+			fresh, perr := pending(hash)
+			if perr != nil {
+				return Claim{}, perr
+			}
+			rev, uerr := s.kv.Update(ctx, key, fresh, e.Revision())
+			if jsbucket.IsConflict(uerr) {
+				continue
+			}
+			if uerr != nil {
+				return Claim{}, unavailable(uerr, "claim idempotency record for a retry")
+			}
+			return Claim{s: s, key: key, rev: rev, hash: hash, retry: true}, nil
 		case pb.IdempotencyRecord_PENDING:
 		default:
 			return Claim{}, bus.Errorf(pb.ErrorCode_INTERNAL, "idempotency record %q has state %v", key, rec.GetState())
@@ -250,7 +270,7 @@ func (s *Store) Begin(ctx context.Context, tenant, idemKey string, hash []byte) 
 			}
 			log.Warn("took over an abandoned pending idempotency record; the coordinator that claimed it presumably crashed",
 				zap.Time("claimed_at", e.Created()), zap.Duration("pending_timeout", s.cfg.PendingTimeout))
-			return Claim{s: s, key: key, rev: rev, hash: hash}, nil
+			return Claim{s: s, key: key, rev: rev, hash: hash, retry: true}, nil
 		}
 		waited = true
 		if err := s.waitForChange(ctx, key, e.Revision(), abandonAt); err != nil {
@@ -328,20 +348,29 @@ func (c Claim) Complete(ctx context.Context, response []byte) error {
 	return nil
 }
 
-// Abort removes our PENDING record so the client's retry executes afresh;
-// used when the write failed (for example quorum not reached). It removes
-// the record only if it is still ours (same revision), and fails with
-// ErrClaimLost otherwise. If Abort itself fails the record stays PENDING and
-// is taken over after PendingTimeout, so a failed Abort delays retries but
-// never blocks them. Pass a live context: when the request's own deadline
+// Abort releases our PENDING record after a failed write: the record turns
+// RETRY (keeping the request hash, so the key still refuses a different
+// payload) and the next attempt claims it at once, with Retry() true,
+// because the failed attempt may have been applied in part. It acts only if
+// the record is still ours (same revision), failing with ErrClaimLost
+// otherwise. If Abort itself fails the record stays PENDING and is taken over
+// after PendingTimeout. Pass a live context: when the request's own deadline
 // has passed, derive one with context.WithoutCancel plus a timeout.
 func (c Claim) Abort(ctx context.Context) error {
 	if err := c.executable("abort"); err != nil {
 		return err
 	}
+	data, err := marshal(&pb.IdempotencyRecord{
+		State:         pb.IdempotencyRecord_RETRY,
+		RequestHash:   c.hash,
+		CreatedUnixMs: time.Now().UnixMilli(),
+	})
+	if err != nil {
+		return err
+	}
 	ctx, cancel := jsbucket.WithDefaultTimeout(ctx)
 	defer cancel()
-	err := c.s.kv.Delete(ctx, c.key, jetstream.LastRevision(c.rev))
+	_, err = c.s.kv.Update(ctx, c.key, data, c.rev)
 	if jsbucket.IsConflict(err) {
 		return errors.Mark(bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "abort idempotency record %q", c.key), ErrClaimLost)
 	}

@@ -296,4 +296,3 @@ func Progress(ctx context.Context, st jetstream.Stream, subjects bus.Subjects, i
 	}
 	return out
 }
-

@@ -77,6 +77,9 @@ const (
 	IdempotencyRecord_STATE_UNSPECIFIED IdempotencyRecord_State = 0
 	IdempotencyRecord_PENDING           IdempotencyRecord_State = 1
 	IdempotencyRecord_DONE              IdempotencyRecord_State = 2
+	// An attempt failed; it may have been applied in part. The next
+	// attempt looks for its origin on the replicas before writing.
+	IdempotencyRecord_RETRY IdempotencyRecord_State = 3
 )
 
 // Enum value maps for IdempotencyRecord_State.
@@ -85,11 +88,13 @@ var (
 		0: "STATE_UNSPECIFIED",
 		1: "PENDING",
 		2: "DONE",
+		3: "RETRY",
 	}
 	IdempotencyRecord_State_value = map[string]int32{
 		"STATE_UNSPECIFIED": 0,
 		"PENDING":           1,
 		"DONE":              2,
+		"RETRY":             3,
 	}
 )
 
@@ -174,11 +179,15 @@ func (x *Dot) GetCounter() uint64 {
 }
 
 type StoredSibling struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Value         []byte                 `protobuf:"bytes,1,opt,name=value,proto3" json:"value,omitempty"`
-	Tombstone     bool                   `protobuf:"varint,2,opt,name=tombstone,proto3" json:"tombstone,omitempty"`
-	Dot           *Dot                   `protobuf:"bytes,3,opt,name=dot,proto3" json:"dot,omitempty"`
-	TimestampMs   int64                  `protobuf:"varint,4,opt,name=timestamp_ms,json=timestampMs,proto3" json:"timestamp_ms,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Value       []byte                 `protobuf:"bytes,1,opt,name=value,proto3" json:"value,omitempty"`
+	Tombstone   bool                   `protobuf:"varint,2,opt,name=tombstone,proto3" json:"tombstone,omitempty"`
+	Dot         *Dot                   `protobuf:"bytes,3,opt,name=dot,proto3" json:"dot,omitempty"`
+	TimestampMs int64                  `protobuf:"varint,4,opt,name=timestamp_ms,json=timestampMs,proto3" json:"timestamp_ms,omitempty"`
+	// Names the request that wrote this sibling (from its idempotency key), so
+	// a retry whose first attempt's outcome is unknown finds it instead of
+	// writing the value a second time.
+	Origin        []byte `protobuf:"bytes,5,opt,name=origin,proto3" json:"origin,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -239,6 +248,13 @@ func (x *StoredSibling) GetTimestampMs() int64 {
 		return x.TimestampMs
 	}
 	return 0
+}
+
+func (x *StoredSibling) GetOrigin() []byte {
+	if x != nil {
+		return x.Origin
+	}
+	return nil
 }
 
 // Object is what a storage node keeps per key, and what replicas exchange:
@@ -305,8 +321,11 @@ type ApplyRequest struct {
 	Context   []*ClockEntry          `protobuf:"bytes,5,rep,name=context,proto3" json:"context,omitempty"`
 	Policy    ConflictPolicy         `protobuf:"varint,6,opt,name=policy,proto3,enum=pairdb.v1.ConflictPolicy" json:"policy,omitempty"`
 	// 0 means no cap.
-	MaxSiblings   uint32 `protobuf:"varint,7,opt,name=max_siblings,json=maxSiblings,proto3" json:"max_siblings,omitempty"`
-	Epoch         uint64 `protobuf:"varint,8,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	MaxSiblings uint32 `protobuf:"varint,7,opt,name=max_siblings,json=maxSiblings,proto3" json:"max_siblings,omitempty"`
+	Epoch       uint64 `protobuf:"varint,8,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// See StoredSibling.origin: when the stored object already holds a
+	// sibling with this origin, the replica returns it and mints nothing.
+	Origin        []byte `protobuf:"bytes,9,opt,name=origin,proto3" json:"origin,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -395,6 +414,13 @@ func (x *ApplyRequest) GetEpoch() uint64 {
 		return x.Epoch
 	}
 	return 0
+}
+
+func (x *ApplyRequest) GetOrigin() []byte {
+	if x != nil {
+		return x.Origin
+	}
+	return nil
 }
 
 type ApplyResponse struct {
@@ -887,15 +913,16 @@ const file_pairdb_v1_node_proto_rawDesc = "" +
 	"\x14pairdb/v1/node.proto\x12\tpairdb.v1\x1a\x16pairdb/v1/common.proto\"5\n" +
 	"\x03Dot\x12\x14\n" +
 	"\x05actor\x18\x01 \x01(\tR\x05actor\x12\x18\n" +
-	"\acounter\x18\x02 \x01(\x04R\acounter\"\x88\x01\n" +
+	"\acounter\x18\x02 \x01(\x04R\acounter\"\xa0\x01\n" +
 	"\rStoredSibling\x12\x14\n" +
 	"\x05value\x18\x01 \x01(\fR\x05value\x12\x1c\n" +
 	"\ttombstone\x18\x02 \x01(\bR\ttombstone\x12 \n" +
 	"\x03dot\x18\x03 \x01(\v2\x0e.pairdb.v1.DotR\x03dot\x12!\n" +
-	"\ftimestamp_ms\x18\x04 \x01(\x03R\vtimestampMs\"k\n" +
+	"\ftimestamp_ms\x18\x04 \x01(\x03R\vtimestampMs\x12\x16\n" +
+	"\x06origin\x18\x05 \x01(\fR\x06origin\"k\n" +
 	"\x06Object\x124\n" +
 	"\bsiblings\x18\x01 \x03(\v2\x18.pairdb.v1.StoredSiblingR\bsiblings\x12+\n" +
-	"\x05clock\x18\x02 \x03(\v2\x15.pairdb.v1.ClockEntryR\x05clock\"\x8e\x02\n" +
+	"\x05clock\x18\x02 \x03(\v2\x15.pairdb.v1.ClockEntryR\x05clock\"\xa6\x02\n" +
 	"\fApplyRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x14\n" +
@@ -904,7 +931,8 @@ const file_pairdb_v1_node_proto_rawDesc = "" +
 	"\acontext\x18\x05 \x03(\v2\x15.pairdb.v1.ClockEntryR\acontext\x121\n" +
 	"\x06policy\x18\x06 \x01(\x0e2\x19.pairdb.v1.ConflictPolicyR\x06policy\x12!\n" +
 	"\fmax_siblings\x18\a \x01(\rR\vmaxSiblings\x12\x14\n" +
-	"\x05epoch\x18\b \x01(\x04R\x05epoch\"x\n" +
+	"\x05epoch\x18\b \x01(\x04R\x05epoch\x12\x16\n" +
+	"\x06origin\x18\t \x01(\fR\x06origin\"x\n" +
 	"\rApplyResponse\x12)\n" +
 	"\x06object\x18\x01 \x01(\v2\x11.pairdb.v1.ObjectR\x06object\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12&\n" +
@@ -935,16 +963,17 @@ const file_pairdb_v1_node_proto_rawDesc = "" +
 	"\n" +
 	"disk_bytes\x18\x05 \x01(\x04R\tdiskBytes\x12\x12\n" +
 	"\x04keys\x18\x06 \x01(\x04R\x04keys\x12\x14\n" +
-	"\x05state\x18\a \x01(\tR\x05state\"\xeb\x01\n" +
+	"\x05state\x18\a \x01(\tR\x05state\"\xf6\x01\n" +
 	"\x11IdempotencyRecord\x128\n" +
 	"\x05state\x18\x01 \x01(\x0e2\".pairdb.v1.IdempotencyRecord.StateR\x05state\x12!\n" +
 	"\frequest_hash\x18\x02 \x01(\fR\vrequestHash\x12\x1a\n" +
 	"\bresponse\x18\x03 \x01(\fR\bresponse\x12&\n" +
-	"\x0fcreated_unix_ms\x18\x04 \x01(\x03R\rcreatedUnixMs\"5\n" +
+	"\x0fcreated_unix_ms\x18\x04 \x01(\x03R\rcreatedUnixMs\"@\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\v\n" +
 	"\aPENDING\x10\x01\x12\b\n" +
-	"\x04DONE\x10\x02*T\n" +
+	"\x04DONE\x10\x02\x12\t\n" +
+	"\x05RETRY\x10\x03*T\n" +
 	"\x0eConflictPolicy\x12\x1f\n" +
 	"\x1bCONFLICT_POLICY_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bSIBLINGS\x10\x01\x12\x13\n" +

@@ -30,7 +30,7 @@ func BenchmarkApplyParallel(b *testing.B) {
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					key := fmt.Sprintf("key-%d", seq.Add(1))
-					if _, err := e.Apply("bench", key, nil, value, false, dvv.Siblings, 0, 1); err != nil {
+					if _, err := e.Apply("bench", key, nil, value, false, dvv.Siblings, 0, 1, nil); err != nil {
 						b.Error(err)
 						return
 					}
@@ -54,7 +54,7 @@ func BenchmarkApplySerial(b *testing.B) {
 			i := 0
 			for b.Loop() {
 				i++
-				if _, err := e.Apply("bench", fmt.Sprintf("key-%d", i), nil, value, false, dvv.Siblings, 0, 1); err != nil {
+				if _, err := e.Apply("bench", fmt.Sprintf("key-%d", i), nil, value, false, dvv.Siblings, 0, 1, nil); err != nil {
 					b.Fatal(err)
 				}
 			}

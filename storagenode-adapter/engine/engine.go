@@ -13,6 +13,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cockroachdb/errors"
 	"github.com/cockroachdb/pebble/v2"
@@ -101,6 +102,9 @@ type Engine struct {
 	mu     sync.RWMutex
 	db     *pebble.DB
 	closed bool
+
+	// keys approximates the number of stored keys; see Keys.
+	keys atomic.Int64
 }
 
 // Open opens (creating if needed) the store in dir. On first open of an
@@ -150,9 +154,15 @@ func Open(dir string, opts Options) (*Engine, error) {
 	if opts.Sync {
 		wo = pebble.Sync
 	}
+	keys, err := countKeys(db)
+	if err != nil {
+		return nil, errors.CombineErrors(errors.Wrapf(err, "engine: count keys in %s", dir), db.Close())
+	}
 	log.Info("storage engine open", zap.String("dir", dir), zap.String("incarnation", inc),
-		zap.Bool("sync", opts.Sync), zap.Int64("cache_bytes", cacheBytes))
-	return &Engine{log: log, incarnation: inc, writeOpts: wo, db: db}, nil
+		zap.Bool("sync", opts.Sync), zap.Int64("cache_bytes", cacheBytes), zap.Uint64("keys", keys))
+	e := &Engine{log: log, incarnation: inc, writeOpts: wo, db: db}
+	e.keys.Store(int64(keys))
+	return e, nil
 }
 
 // loadOrMintIncarnation returns the stored incarnation, minting one only
@@ -216,8 +226,12 @@ func (e *Engine) Incarnation() string { return e.incarnation }
 // added with this incarnation's next dot. With maxSiblings > 0, a write that
 // would leave more siblings than that fails with TOO_MANY_SIBLINGS and
 // stores nothing. The returned object is what was committed.
+//
+// origin, when set, names the request: if the stored object already holds
+// a sibling with that origin (an earlier attempt of the same request reached
+// this replica), the stored object is returned and nothing is minted.
 func (e *Engine) Apply(tenant, key string, causal dvv.VV, value []byte, tombstone bool,
-	policy dvv.Policy, maxSiblings int, nowMs int64) (dvv.Object, error) {
+	policy dvv.Policy, maxSiblings int, nowMs int64, origin []byte) (dvv.Object, error) {
 	if err := validate(tenant, key); err != nil {
 		return dvv.Object{}, err
 	}
@@ -232,11 +246,22 @@ func (e *Engine) Apply(tenant, key string, causal dvv.VV, value []byte, tombston
 	l.Lock()
 	defer l.Unlock()
 
-	cur, _, err := e.get(k)
+	cur, found, err := e.get(k)
 	if err != nil {
 		return dvv.Object{}, err
 	}
+	if cur.HasOrigin(origin) {
+		return cur, nil
+	}
 	next := dvv.Update(cur, causal, e.incarnation, value, tombstone, nowMs, policy)
+	if len(origin) > 0 {
+		minted := dvv.Dot{Actor: e.incarnation, Counter: next.Clock[e.incarnation]}
+		for i := range next.Siblings {
+			if next.Siblings[i].Dot == minted {
+				next.Siblings[i].Origin = origin
+			}
+		}
+	}
 	if maxSiblings > 0 && len(next.Siblings) > maxSiblings {
 		return dvv.Object{}, bus.Errorf(pb.ErrorCode_TOO_MANY_SIBLINGS,
 			"key %q of tenant %q would have %d siblings, over the tenant's limit of %d; "+
@@ -245,6 +270,9 @@ func (e *Engine) Apply(tenant, key string, causal dvv.VV, value []byte, tombston
 	}
 	if err := e.put(k, next); err != nil {
 		return dvv.Object{}, err
+	}
+	if !found {
+		e.keys.Add(1)
 	}
 	return next, nil
 }
@@ -272,7 +300,7 @@ func (e *Engine) Merge(tenant, key string, obj dvv.Object, policy dvv.Policy) (d
 	l.Lock()
 	defer l.Unlock()
 
-	cur, _, err := e.get(k)
+	cur, found, err := e.get(k)
 	if err != nil {
 		return dvv.Object{}, false, err
 	}
@@ -282,6 +310,9 @@ func (e *Engine) Merge(tenant, key string, obj dvv.Object, policy dvv.Policy) (d
 	}
 	if err := e.put(k, merged); err != nil {
 		return dvv.Object{}, false, err
+	}
+	if !found {
+		e.keys.Add(1)
 	}
 	return merged, true, nil
 }

@@ -31,7 +31,7 @@ func TestApplyGetRoundTrip(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, found, "a key never written is not found")
 
-	obj, err := e.Apply("t1", "k", nil, []byte("v1"), false, dvv.Siblings, 0, 1000)
+	obj, err := e.Apply("t1", "k", nil, []byte("v1"), false, dvv.Siblings, 0, 1000, nil)
 	require.NoError(t, err)
 	require.Equal(t, []dvv.Sibling{{Value: []byte("v1"), Dot: dvv.Dot{Actor: e.Incarnation(), Counter: 1}, TimestampMs: 1000}}, obj.Siblings)
 	require.Equal(t, dvv.VV{e.Incarnation(): 1}, obj.Clock)
@@ -42,7 +42,7 @@ func TestApplyGetRoundTrip(t *testing.T) {
 	require.True(t, dvv.Equal(obj, got), "got %+v want %+v", got, obj)
 
 	// A write with the read context supersedes what it saw.
-	obj2, err := e.Apply("t1", "k", got.Clock, []byte("v2"), false, dvv.Siblings, 0, 2000)
+	obj2, err := e.Apply("t1", "k", got.Clock, []byte("v2"), false, dvv.Siblings, 0, 2000, nil)
 	require.NoError(t, err)
 	require.Len(t, obj2.Siblings, 1)
 	require.Equal(t, []byte("v2"), obj2.Siblings[0].Value)
@@ -56,9 +56,9 @@ func TestApplyGetRoundTrip(t *testing.T) {
 
 func TestTombstoneIsFound(t *testing.T) {
 	e := open(t, t.TempDir())
-	obj, err := e.Apply("t", "k", nil, []byte("v"), false, dvv.Siblings, 0, 1)
+	obj, err := e.Apply("t", "k", nil, []byte("v"), false, dvv.Siblings, 0, 1, nil)
 	require.NoError(t, err)
-	_, err = e.Apply("t", "k", obj.Clock, nil, true, dvv.Siblings, 0, 2)
+	_, err = e.Apply("t", "k", obj.Clock, nil, true, dvv.Siblings, 0, 2, nil)
 	require.NoError(t, err)
 	got, found, err := e.Get("t", "k")
 	require.NoError(t, err)
@@ -73,7 +73,7 @@ func TestReopenKeepsDataAndIncarnation(t *testing.T) {
 	e, err := engine.Open(dir, engine.Options{Sync: true, Logger: zaptest.NewLogger(t)})
 	require.NoError(t, err)
 	inc := e.Incarnation()
-	obj, err := e.Apply("t", "k", nil, []byte("v"), false, dvv.Siblings, 0, 1)
+	obj, err := e.Apply("t", "k", nil, []byte("v"), false, dvv.Siblings, 0, 1, nil)
 	require.NoError(t, err)
 	require.NoError(t, e.Close())
 
@@ -85,7 +85,7 @@ func TestReopenKeepsDataAndIncarnation(t *testing.T) {
 	require.True(t, dvv.Equal(obj, got))
 
 	// The counter continues rather than restarting at 1.
-	obj2, err := e2.Apply("t", "k", nil, []byte("w"), false, dvv.Siblings, 0, 2)
+	obj2, err := e2.Apply("t", "k", nil, []byte("w"), false, dvv.Siblings, 0, 2, nil)
 	require.NoError(t, err)
 	require.Equal(t, uint64(2), obj2.Clock[inc])
 }
@@ -108,14 +108,14 @@ func TestWipedDirGetsNewIncarnation(t *testing.T) {
 func TestSiblingCapRefusesWithoutWriting(t *testing.T) {
 	e := open(t, t.TempDir())
 	for i := range 3 {
-		_, err := e.Apply("t", "k", nil, fmt.Appendf(nil, "v%d", i), false, dvv.Siblings, 3, int64(i))
+		_, err := e.Apply("t", "k", nil, fmt.Appendf(nil, "v%d", i), false, dvv.Siblings, 3, int64(i), nil)
 		require.NoError(t, err)
 	}
 	before, _, err := e.Get("t", "k")
 	require.NoError(t, err)
 	require.Len(t, before.Siblings, 3)
 
-	_, err = e.Apply("t", "k", nil, []byte("one too many"), false, dvv.Siblings, 3, 9)
+	_, err = e.Apply("t", "k", nil, []byte("one too many"), false, dvv.Siblings, 3, 9, nil)
 	require.Error(t, err)
 	require.Equal(t, pb.ErrorCode_TOO_MANY_SIBLINGS, bus.CodeOf(err))
 	require.Contains(t, err.Error(), "vector_clock")
@@ -125,7 +125,7 @@ func TestSiblingCapRefusesWithoutWriting(t *testing.T) {
 	require.True(t, dvv.Equal(before, after), "a refused write must not be stored")
 
 	// Writing with the read context resolves the siblings and is accepted.
-	resolved, err := e.Apply("t", "k", after.Clock, []byte("resolved"), false, dvv.Siblings, 3, 10)
+	resolved, err := e.Apply("t", "k", after.Clock, []byte("resolved"), false, dvv.Siblings, 3, 10, nil)
 	require.NoError(t, err)
 	require.Len(t, resolved.Siblings, 1)
 }
@@ -137,7 +137,7 @@ func TestConcurrentAppliesKeepEverySibling(t *testing.T) {
 	errs := make(chan error, writers)
 	for i := range writers {
 		wg.Go(func() {
-			_, err := e.Apply("t", "hot", nil, fmt.Appendf(nil, "w%d", i), false, dvv.Siblings, 0, int64(i))
+			_, err := e.Apply("t", "hot", nil, fmt.Appendf(nil, "w%d", i), false, dvv.Siblings, 0, int64(i), nil)
 			errs <- err
 		})
 	}
@@ -164,12 +164,12 @@ func TestConcurrentAppliesKeepEverySibling(t *testing.T) {
 
 func TestLastWriteWinsKeepsOne(t *testing.T) {
 	e := open(t, t.TempDir())
-	prev, err := e.Apply("t", "k", nil, []byte("first"), false, dvv.LastWriteWins, 1, 200)
+	prev, err := e.Apply("t", "k", nil, []byte("first"), false, dvv.LastWriteWins, 1, 200, nil)
 	require.NoError(t, err)
 	// A second write without context, stamped earlier (clock skew). Which
 	// value wins is dvv's rule; the engine must store exactly what dvv.Update
 	// mints, and the sibling cap counts what is kept, which under LWW is one.
-	obj, err := e.Apply("t", "k", nil, []byte("second"), false, dvv.LastWriteWins, 1, 100)
+	obj, err := e.Apply("t", "k", nil, []byte("second"), false, dvv.LastWriteWins, 1, 100, nil)
 	require.NoError(t, err)
 	require.Len(t, obj.Siblings, 1)
 	want := dvv.Update(prev, nil, e.Incarnation(), []byte("second"), false, 100, dvv.LastWriteWins)
@@ -183,9 +183,9 @@ func TestMergeIsIdempotentAndConverges(t *testing.T) {
 	a := open(t, t.TempDir())
 	b := open(t, t.TempDir())
 
-	objA, err := a.Apply("t", "k", nil, []byte("from a"), false, dvv.Siblings, 0, 1)
+	objA, err := a.Apply("t", "k", nil, []byte("from a"), false, dvv.Siblings, 0, 1, nil)
 	require.NoError(t, err)
-	objB, err := b.Apply("t", "k", nil, []byte("from b"), false, dvv.Siblings, 0, 2)
+	objB, err := b.Apply("t", "k", nil, []byte("from b"), false, dvv.Siblings, 0, 2, nil)
 	require.NoError(t, err)
 
 	m1, changed, err := b.Merge("t", "k", objA, dvv.Siblings)
@@ -246,7 +246,7 @@ func TestInvalidTenantOrKey(t *testing.T) {
 	for _, tc := range []struct{ tenant, key string }{
 		{"", "k"}, {"a\x00b", "k"}, {"a.b", "k"}, {"t", ""}, {"t", string(make([]byte, 1025))},
 	} {
-		_, err := e.Apply(tc.tenant, tc.key, nil, []byte("v"), false, dvv.Siblings, 0, 1)
+		_, err := e.Apply(tc.tenant, tc.key, nil, []byte("v"), false, dvv.Siblings, 0, 1, nil)
 		require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err), "tenant %q key len %d", tc.tenant, len(tc.key))
 		_, _, err = e.Get(tc.tenant, tc.key)
 		require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err))
@@ -259,7 +259,7 @@ func TestClosedEngine(t *testing.T) {
 	require.NoError(t, e.Close())
 	require.NoError(t, e.Close(), "Close is idempotent")
 
-	_, err = e.Apply("t", "k", nil, []byte("v"), false, dvv.Siblings, 0, 1)
+	_, err = e.Apply("t", "k", nil, []byte("v"), false, dvv.Siblings, 0, 1, nil)
 	require.ErrorIs(t, err, engine.ErrClosed)
 	require.Equal(t, pb.ErrorCode_UNAVAILABLE, bus.CodeOf(err))
 	_, _, err = e.Get("t", "k")
@@ -272,9 +272,25 @@ func TestClosedEngine(t *testing.T) {
 
 func TestStatsReportsDiskUsage(t *testing.T) {
 	e := open(t, t.TempDir())
-	_, err := e.Apply("t", "k", nil, make([]byte, 4096), false, dvv.Siblings, 0, 1)
+	_, err := e.Apply("t", "k", nil, make([]byte, 4096), false, dvv.Siblings, 0, 1, nil)
 	require.NoError(t, err)
 	st, err := e.Stats()
 	require.NoError(t, err)
 	require.Positive(t, st.DiskBytes, "the WAL alone holds the write")
+}
+
+// TestApplyWithOriginIsAppliedOnce: a retried request with the same origin
+// returns what the first attempt stored instead of minting a second value.
+func TestApplyWithOriginIsAppliedOnce(t *testing.T) {
+	e := open(t, t.TempDir())
+	first, err := e.Apply("t", "k", nil, []byte("v"), false, dvv.Siblings, 0, 1, []byte("req-1"))
+	require.NoError(t, err)
+	again, err := e.Apply("t", "k", nil, []byte("v"), false, dvv.Siblings, 0, 2, []byte("req-1"))
+	require.NoError(t, err)
+	require.True(t, dvv.Equal(first, again))
+	require.Len(t, again.Siblings, 1)
+	require.True(t, again.HasOrigin([]byte("req-1")))
+	other, err := e.Apply("t", "k", nil, []byte("v"), false, dvv.Siblings, 0, 3, []byte("req-2"))
+	require.NoError(t, err)
+	require.Len(t, other.Siblings, 2, "another request is another write")
 }

@@ -107,7 +107,7 @@ func FuzzStoredObject(f *testing.F) {
 			if err == nil || bus.CodeOf(err) != pb.ErrorCode_INTERNAL {
 				t.Fatalf("corrupt object read as (%+v, %v, %v), want an INTERNAL error", got, found, err)
 			}
-			_, err := e.Apply(tenant, key, nil, []byte("v"), false, dvv.Siblings, 0, 1)
+			_, err := e.Apply(tenant, key, nil, []byte("v"), false, dvv.Siblings, 0, 1, nil)
 			if err == nil || bus.CodeOf(err) != pb.ErrorCode_INTERNAL {
 				t.Fatalf("write over a corrupt object gave %v, want an INTERNAL error", err)
 			}
@@ -127,7 +127,7 @@ func FuzzStoredObject(f *testing.F) {
 		if !dvv.Equal(got, dvvpb.ObjectFromProto(&want)) {
 			t.Fatalf("read %+v, stored %v", got, &want)
 		}
-		next, err := e.Apply(tenant, key, got.Clock, []byte("v"), false, dvv.Siblings, 0, 2)
+		next, err := e.Apply(tenant, key, got.Clock, []byte("v"), false, dvv.Siblings, 0, 2, nil)
 		if err != nil {
 			t.Fatalf("write over a decodable object: %v", err)
 		}

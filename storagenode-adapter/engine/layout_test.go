@@ -40,7 +40,7 @@ func TestTenantSpansAreContiguousAndDisjoint(t *testing.T) {
 	keys := []string{"k1", "k2", "k3", "x"}
 	for _, tn := range tenants {
 		for _, k := range keys {
-			_, err := e.Apply(tn, k, nil, []byte(tn+"/"+k), false, dvv.Siblings, 0, 1)
+			_, err := e.Apply(tn, k, nil, []byte(tn+"/"+k), false, dvv.Siblings, 0, 1, nil)
 			require.NoError(t, err)
 		}
 	}
@@ -91,7 +91,7 @@ func TestDataWithoutIncarnationIsRefused(t *testing.T) {
 	dir := t.TempDir()
 	e, err := Open(dir, Options{Sync: true, Logger: zaptest.NewLogger(t)})
 	require.NoError(t, err)
-	_, err = e.Apply("t", "k", nil, []byte("v"), false, dvv.Siblings, 0, 1)
+	_, err = e.Apply("t", "k", nil, []byte("v"), false, dvv.Siblings, 0, 1, nil)
 	require.NoError(t, err)
 	require.NoError(t, e.db.Delete(metaIncarnation, pebble.Sync))
 	require.NoError(t, e.Close())

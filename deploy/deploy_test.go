@@ -1,0 +1,573 @@
+package deploy
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/pairdb/pairdb/ops"
+)
+
+// Names the manifests must agree on.
+const (
+	namespace       = "pairdb"
+	coordinatorName = "pairdb-coordinator"
+	storageName     = "pairdb-storage"
+	postgresName    = "pairdb-postgres"
+	secretName      = "pairdb-secrets"
+	opsPortName     = "ops"
+	imageRepo       = "ghcr.io/pairdb/pairdb"
+)
+
+// object is one Kubernetes manifest, decoded into the few fields checked.
+type object struct {
+	APIVersion string `yaml:"apiVersion"`
+	Kind       string `yaml:"kind"`
+	Metadata   struct {
+		Name        string            `yaml:"name"`
+		Namespace   string            `yaml:"namespace"`
+		Labels      map[string]string `yaml:"labels"`
+		Annotations map[string]string `yaml:"annotations"`
+	} `yaml:"metadata"`
+	Spec       spec              `yaml:"spec"`
+	StringData map[string]string `yaml:"stringData"`
+	file       string
+}
+
+type spec struct {
+	// Deployment, StatefulSet.
+	Replicas    *int   `yaml:"replicas"`
+	ServiceName string `yaml:"serviceName"`
+	Selector    struct {
+		MatchLabels map[string]string `yaml:"matchLabels"`
+	} `yaml:"selector"`
+	Template struct {
+		Metadata struct {
+			Labels      map[string]string `yaml:"labels"`
+			Annotations map[string]string `yaml:"annotations"`
+		} `yaml:"metadata"`
+		Spec podSpec `yaml:"spec"`
+	} `yaml:"template"`
+	VolumeClaimTemplates []struct {
+		Metadata struct {
+			Name string `yaml:"name"`
+		} `yaml:"metadata"`
+	} `yaml:"volumeClaimTemplates"`
+	// Service (its selector is a plain map: decoded separately).
+	ClusterIP string        `yaml:"clusterIP"`
+	Ports     []servicePort `yaml:"ports"`
+	// HorizontalPodAutoscaler.
+	ScaleTargetRef struct {
+		Kind string `yaml:"kind"`
+		Name string `yaml:"name"`
+	} `yaml:"scaleTargetRef"`
+	MinReplicas int `yaml:"minReplicas"`
+}
+
+type podSpec struct {
+	SecurityContext struct {
+		RunAsNonRoot bool `yaml:"runAsNonRoot"`
+		RunAsUser    int  `yaml:"runAsUser"`
+	} `yaml:"securityContext"`
+	Containers []container `yaml:"containers"`
+}
+
+type container struct {
+	Name  string   `yaml:"name"`
+	Image string   `yaml:"image"`
+	Args  []string `yaml:"args"`
+	Env   []struct {
+		Name      string `yaml:"name"`
+		Value     string `yaml:"value"`
+		ValueFrom *struct {
+			FieldRef *struct {
+				FieldPath string `yaml:"fieldPath"`
+			} `yaml:"fieldRef"`
+			SecretKeyRef *struct {
+				Name string `yaml:"name"`
+				Key  string `yaml:"key"`
+			} `yaml:"secretKeyRef"`
+		} `yaml:"valueFrom"`
+	} `yaml:"env"`
+	Ports []struct {
+		Name          string `yaml:"name"`
+		ContainerPort int    `yaml:"containerPort"`
+	} `yaml:"ports"`
+	StartupProbe    *probe `yaml:"startupProbe"`
+	LivenessProbe   *probe `yaml:"livenessProbe"`
+	ReadinessProbe  *probe `yaml:"readinessProbe"`
+	SecurityContext struct {
+		AllowPrivilegeEscalation *bool `yaml:"allowPrivilegeEscalation"`
+	} `yaml:"securityContext"`
+	VolumeMounts []struct {
+		Name      string `yaml:"name"`
+		MountPath string `yaml:"mountPath"`
+	} `yaml:"volumeMounts"`
+}
+
+type probe struct {
+	HTTPGet *struct {
+		Path string    `yaml:"path"`
+		Port yaml.Node `yaml:"port"`
+	} `yaml:"httpGet"`
+}
+
+type servicePort struct {
+	Name       string    `yaml:"name"`
+	Port       int       `yaml:"port"`
+	TargetPort yaml.Node `yaml:"targetPort"`
+}
+
+// manifests holds every parsed deploy/ file.
+type manifests struct {
+	objects []*object
+	// selectors of Services and PodDisruptionBudgets, by kind/name.
+	selectors map[string]map[string]string
+	values    map[string]any // deploy/nats/values.yaml
+	dashboard map[string]any // deploy/grafana/pairdb-dashboard.json
+}
+
+func (m *manifests) get(t *testing.T, kind, name string) *object {
+	t.Helper()
+	for _, o := range m.objects {
+		if o.Kind == kind && o.Metadata.Name == name {
+			return o
+		}
+	}
+	require.Failf(t, "missing manifest", "%s %s is in no file under deploy/", kind, name)
+	return nil
+}
+
+func (m *manifests) kind(kind string) []*object {
+	var out []*object
+	for _, o := range m.objects {
+		if o.Kind == kind {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// load parses every YAML (multi-document) and JSON file under deploy/.
+func load(t *testing.T) *manifests {
+	t.Helper()
+	m := &manifests{selectors: map[string]map[string]string{}}
+	parsed := 0
+	err := filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		raw, err := os.ReadFile(path)
+		require.NoError(t, err)
+		switch filepath.Ext(path) {
+		case ".yaml", ".yml":
+			parsed++
+			m.loadYAML(t, path, raw)
+		case ".json":
+			parsed++
+			var v map[string]any
+			require.NoError(t, json.Unmarshal(raw, &v), "%s is not valid JSON", path)
+			if path == filepath.Join("grafana", "pairdb-dashboard.json") {
+				m.dashboard = v
+			}
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, parsed, 7, "fewer manifest files than expected under deploy/")
+	require.NotNil(t, m.values, "nats/values.yaml not found")
+	require.NotNil(t, m.dashboard, "grafana/pairdb-dashboard.json not found")
+	return m
+}
+
+func (m *manifests) loadYAML(t *testing.T, path string, raw []byte) {
+	t.Helper()
+	if path == filepath.Join("nats", "values.yaml") {
+		require.NoError(t, yaml.Unmarshal(raw, &m.values), path)
+		return
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	for i := 0; ; i++ {
+		var node yaml.Node
+		err := dec.Decode(&node)
+		if err == io.EOF {
+			break
+		}
+		require.NoError(t, err, "%s: document %d", path, i)
+		o := &object{file: path}
+		require.NoError(t, node.Decode(o), "%s: document %d", path, i)
+		require.NotEmpty(t, o.Kind, "%s: document %d has no kind", path, i)
+		require.NotEmpty(t, o.APIVersion, "%s: document %d has no apiVersion", path, i)
+		if o.Kind == "Kustomization" {
+			continue
+		}
+		require.NotEmpty(t, o.Metadata.Name, "%s: document %d has no name", path, i)
+		if o.Kind != "Namespace" {
+			require.Equal(t, namespace, o.Metadata.Namespace, "%s %s", o.Kind, o.Metadata.Name)
+		}
+		if o.Kind == "Service" || o.Kind == "PodDisruptionBudget" {
+			var sel struct {
+				Spec struct {
+					Selector yaml.Node `yaml:"selector"`
+				} `yaml:"spec"`
+			}
+			require.NoError(t, node.Decode(&sel))
+			labels := map[string]string{}
+			var pdb struct {
+				MatchLabels map[string]string `yaml:"matchLabels"`
+			}
+			if o.Kind == "Service" {
+				require.NoError(t, sel.Spec.Selector.Decode(&labels))
+			} else {
+				require.NoError(t, sel.Spec.Selector.Decode(&pdb))
+				labels = pdb.MatchLabels
+			}
+			m.selectors[o.Kind+"/"+o.Metadata.Name] = labels
+		}
+		m.objects = append(m.objects, o)
+	}
+}
+
+// portOf resolves a probe or Service target port (a name or a number)
+// against a container's ports; ok is false when it names no port.
+func portOf(c container, n yaml.Node) (int, bool) {
+	if p, err := strconv.Atoi(n.Value); err == nil {
+		return p, slices.ContainsFunc(c.Ports, func(cp struct {
+			Name          string `yaml:"name"`
+			ContainerPort int    `yaml:"containerPort"`
+		}) bool {
+			return cp.ContainerPort == p
+		})
+	}
+	for _, cp := range c.Ports {
+		if cp.Name == n.Value {
+			return cp.ContainerPort, true
+		}
+	}
+	return 0, false
+}
+
+func selects(selector, labels map[string]string) bool {
+	if len(selector) == 0 {
+		return false
+	}
+	for k, v := range selector {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func pairdbContainer(t *testing.T, o *object) container {
+	t.Helper()
+	for _, c := range o.Spec.Template.Spec.Containers {
+		if strings.HasPrefix(c.Image, imageRepo+":") {
+			return c
+		}
+	}
+	require.Failf(t, "no PairDB container", "%s %s runs no %s image", o.Kind, o.Metadata.Name, imageRepo)
+	return container{}
+}
+
+func (c container) env(name string) (value string, secretKey string, fieldPath string, index int) {
+	for i, e := range c.Env {
+		if e.Name != name {
+			continue
+		}
+		if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+			secretKey = e.ValueFrom.SecretKeyRef.Name + "/" + e.ValueFrom.SecretKeyRef.Key
+		}
+		if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
+			fieldPath = e.ValueFrom.FieldRef.FieldPath
+		}
+		return e.Value, secretKey, fieldPath, i
+	}
+	return "", "", "", -1
+}
+
+// flag returns the value after --name in args.
+func flag(args []string, name string) (string, bool) {
+	i := slices.Index(args, "--"+name)
+	if i < 0 || i+1 >= len(args) {
+		return "", false
+	}
+	return args[i+1], true
+}
+
+// TestWorkloadsPortsAndProbes checks every PairDB workload serves the ops
+// port of the code, probes /healthz and /readyz on it, is scraped there and
+// runs as non-root; and that Services, HPAs and PDBs point at real pods and
+// ports.
+func TestWorkloadsPortsAndProbes(t *testing.T) {
+	m := load(t)
+	workloads := []*object{m.get(t, "Deployment", coordinatorName), m.get(t, "StatefulSet", storageName)}
+	for _, w := range workloads {
+		c := pairdbContainer(t, w)
+		what := w.Kind + " " + w.Metadata.Name
+		port, ok := portOf(c, yaml.Node{Value: opsPortName})
+		require.True(t, ok, "%s: no container port named %q", what, opsPortName)
+		require.Equal(t, ops.DefaultPort, port, "%s: ops port", what)
+
+		probes := []struct {
+			name string
+			p    *probe
+			path string
+		}{{"liveness", c.LivenessProbe, ops.PathHealthz}, {"readiness", c.ReadinessProbe, ops.PathReadyz}, {"startup", c.StartupProbe, ops.PathHealthz}}
+		for _, pr := range probes {
+			if pr.p == nil && pr.name == "startup" {
+				continue
+			}
+			require.NotNil(t, pr.p, "%s: no %s probe", what, pr.name)
+			require.NotNil(t, pr.p.HTTPGet, "%s: %s probe is not an HTTP GET", what, pr.name)
+			require.Equal(t, pr.path, pr.p.HTTPGet.Path, "%s: %s probe path", what, pr.name)
+			got, ok := portOf(c, pr.p.HTTPGet.Port)
+			require.True(t, ok, "%s: %s probe port %q is no container port", what, pr.name, pr.p.HTTPGet.Port.Value)
+			require.Equal(t, ops.DefaultPort, got, "%s: %s probe port", what, pr.name)
+		}
+
+		ann := w.Spec.Template.Metadata.Annotations
+		require.Equal(t, "true", ann["prometheus.io/scrape"], what)
+		require.Equal(t, strconv.Itoa(ops.DefaultPort), ann["prometheus.io/port"], what)
+		require.Equal(t, ops.PathMetrics, ann["prometheus.io/path"], what)
+
+		require.True(t, w.Spec.Template.Spec.SecurityContext.RunAsNonRoot, "%s must run as non-root", what)
+		require.NotZero(t, w.Spec.Template.Spec.SecurityContext.RunAsUser, "%s: runAsUser", what)
+		require.NotNil(t, c.SecurityContext.AllowPrivilegeEscalation, what)
+		require.False(t, *c.SecurityContext.AllowPrivilegeEscalation, what)
+		require.True(t, selects(w.Spec.Selector.MatchLabels, w.Spec.Template.Metadata.Labels), "%s: selector does not match its pods", what)
+	}
+
+	// Every Service selects pods, and its target ports are their ports.
+	for _, svc := range m.kind("Service") {
+		sel := m.selectors["Service/"+svc.Metadata.Name]
+		var matched []*object
+		for _, o := range m.objects {
+			if (o.Kind == "Deployment" || o.Kind == "StatefulSet") && selects(sel, o.Spec.Template.Metadata.Labels) {
+				matched = append(matched, o)
+			}
+		}
+		require.NotEmpty(t, matched, "Service %s selects no pods", svc.Metadata.Name)
+		for _, sp := range svc.Spec.Ports {
+			for _, o := range matched {
+				found := false
+				for _, c := range o.Spec.Template.Spec.Containers {
+					if p, ok := portOf(c, sp.TargetPort); ok {
+						found = true
+						if sp.Name == opsPortName {
+							require.Equal(t, ops.DefaultPort, p, "Service %s port %s", svc.Metadata.Name, sp.Name)
+							require.Equal(t, ops.DefaultPort, sp.Port, "Service %s port %s", svc.Metadata.Name, sp.Name)
+						}
+					}
+				}
+				require.True(t, found, "Service %s targets port %q, which %s %s does not have", svc.Metadata.Name, sp.TargetPort.Value, o.Kind, o.Metadata.Name)
+			}
+		}
+	}
+
+	for _, hpa := range m.kind("HorizontalPodAutoscaler") {
+		target := m.get(t, hpa.Spec.ScaleTargetRef.Kind, hpa.Spec.ScaleTargetRef.Name)
+		require.GreaterOrEqual(t, hpa.Spec.MinReplicas, 2, "HPA %s: one coordinator is a single point of failure", hpa.Metadata.Name)
+		require.Equal(t, "Deployment", target.Kind)
+	}
+	for _, pdb := range m.kind("PodDisruptionBudget") {
+		sel := m.selectors["PodDisruptionBudget/"+pdb.Metadata.Name]
+		require.True(t, slices.ContainsFunc(workloads, func(w *object) bool { return selects(sel, w.Spec.Template.Metadata.Labels) }),
+			"PodDisruptionBudget %s selects no PairDB pods", pdb.Metadata.Name)
+	}
+	require.Len(t, m.kind("HorizontalPodAutoscaler"), 1)
+	require.Len(t, m.kind("PodDisruptionBudget"), 2)
+}
+
+// storageNodeIDs are the StatefulSet's pod names, which are the node ids.
+func storageNodeIDs(t *testing.T, m *manifests) []string {
+	t.Helper()
+	sts := m.get(t, "StatefulSet", storageName)
+	require.NotNil(t, sts.Spec.Replicas)
+	ids := make([]string, *sts.Spec.Replicas)
+	for i := range ids {
+		ids[i] = sts.Metadata.Name + "-" + strconv.Itoa(i)
+	}
+	return ids
+}
+
+// TestStorageNodeIdentityAndVolume checks node ids come from the pod name and
+// the data directory is the claimed volume.
+func TestStorageNodeIdentityAndVolume(t *testing.T) {
+	m := load(t)
+	sts := m.get(t, "StatefulSet", storageName)
+	c := pairdbContainer(t, sts)
+	require.Equal(t, "storagenode", c.Args[0])
+
+	_, _, fieldPath, idIndex := c.env("PAIRDB_NODE_ID")
+	require.Equal(t, "metadata.name", fieldPath, "PAIRDB_NODE_ID must be the pod name: stable across restarts and rescheduling")
+
+	data, ok := flag(c.Args, "data")
+	require.True(t, ok, "storagenode needs --data")
+	var claims []string
+	for _, v := range sts.Spec.VolumeClaimTemplates {
+		claims = append(claims, v.Metadata.Name)
+	}
+	mounted := false
+	for _, vm := range c.VolumeMounts {
+		if vm.MountPath == data {
+			require.Contains(t, claims, vm.Name, "--data %s is mounted from %q, not from a volumeClaimTemplate", data, vm.Name)
+			mounted = true
+		}
+	}
+	require.True(t, mounted, "--data %s is not a volume mount", data)
+
+	headless := m.get(t, "Service", sts.Spec.ServiceName)
+	require.Equal(t, "None", headless.Spec.ClusterIP, "the StatefulSet's serviceName must be a headless Service")
+
+	// NATS_URL names the node's own NATS user; Kubernetes expands $(VAR)
+	// only from variables defined before it.
+	natsURL, _, _, urlIndex := c.env("NATS_URL")
+	require.Contains(t, natsURL, "$(PAIRDB_NODE_ID):$(NATS_NODE_PASSWORD)@")
+	_, secret, _, pwIndex := c.env("NATS_NODE_PASSWORD")
+	require.Equal(t, secretName+"/nats-node-password", secret)
+	require.Greater(t, urlIndex, idIndex)
+	require.Greater(t, urlIndex, pwIndex)
+}
+
+// TestCoordinatorConfiguration checks the coordinators' storage node list,
+// secrets and replica settings agree with the other manifests.
+func TestCoordinatorConfiguration(t *testing.T) {
+	m := load(t)
+	dep := m.get(t, "Deployment", coordinatorName)
+	c := pairdbContainer(t, dep)
+	require.Equal(t, "coordinator", c.Args[0])
+
+	// Both parts create control-plane streams: with as many replicas as
+	// the NATS cluster has servers.
+	natsReplicas := strconv.Itoa(natsValue(t, m.values, "config", "cluster", "replicas").(int))
+	for _, w := range []*object{dep, m.get(t, "StatefulSet", storageName)} {
+		replicas, ok := flag(pairdbContainer(t, w).Args, "stream-replicas")
+		require.True(t, ok, "%s needs --stream-replicas", w.Metadata.Name)
+		require.Equal(t, natsReplicas, replicas, "%s: --stream-replicas must equal the NATS cluster size", w.Metadata.Name)
+	}
+
+	secret := m.get(t, "Secret", secretName)
+	for _, name := range []string{"PAIRDB_POSTGRES_URL", "NATS_URL"} {
+		value, ref, _, i := c.env(name)
+		require.GreaterOrEqual(t, i, 0, "coordinator env %s", name)
+		require.Empty(t, value, "%s holds credentials: take it from a Secret", name)
+		require.True(t, strings.HasPrefix(ref, secretName+"/"), "%s: from secret %q", name, ref)
+		require.Contains(t, secret.StringData, strings.TrimPrefix(ref, secretName+"/"), "%s: key missing from the example Secret", name)
+	}
+	for _, arg := range c.Args {
+		require.NotContains(t, arg, "postgres://", "no database URL in args: it would show in the pod spec")
+	}
+
+	// The example database URL points at the reference PostgreSQL.
+	u, err := url.Parse(secret.StringData["postgres-url"])
+	require.NoError(t, err)
+	require.Equal(t, postgresName, u.Hostname())
+	pgSvc := m.get(t, "Service", postgresName)
+	require.Equal(t, u.Port(), strconv.Itoa(pgSvc.Spec.Ports[0].Port))
+	pg := pgSvc.Spec.Ports[0]
+	require.Equal(t, "postgres", pg.Name)
+	pgc := m.get(t, "StatefulSet", postgresName).Spec.Template.Spec.Containers[0]
+	db, _, _, _ := pgc.env("POSTGRES_DB")
+	user, _, _, _ := pgc.env("POSTGRES_USER")
+	require.Equal(t, "/"+db, u.Path)
+	require.Equal(t, user, u.User.Username())
+
+	// Both NATS URLs reach the chart's client Service on the NATS port.
+	nu, err := url.Parse(secret.StringData["nats-coordinator-url"])
+	require.NoError(t, err)
+	require.Equal(t, "nats:4222", nu.Host)
+	storageURL, _, _, _ := pairdbContainer(t, m.get(t, "StatefulSet", storageName)).env("NATS_URL")
+	require.True(t, strings.HasSuffix(storageURL, "@nats:4222"), storageURL)
+}
+
+func natsValue(t *testing.T, v any, path ...string) any {
+	t.Helper()
+	for _, k := range path {
+		mv, ok := v.(map[string]any)
+		require.True(t, ok, "nats values: %s is not a map", k)
+		v, ok = mv[k]
+		require.True(t, ok, "nats values: no %s in %v", k, path)
+	}
+	return v
+}
+
+// TestNATSHelmValues checks the chart values: a three-server cluster,
+// JetStream on files, every write synced, the accounts included.
+func TestNATSHelmValues(t *testing.T) {
+	m := load(t)
+	require.Equal(t, true, natsValue(t, m.values, "config", "cluster", "enabled"))
+	require.Equal(t, 3, natsValue(t, m.values, "config", "cluster", "replicas"))
+	require.Equal(t, true, natsValue(t, m.values, "config", "jetstream", "enabled"))
+	require.Equal(t, true, natsValue(t, m.values, "config", "jetstream", "fileStore", "enabled"))
+	require.Equal(t, true, natsValue(t, m.values, "config", "jetstream", "fileStore", "pvc", "enabled"))
+	require.Equal(t, "always", natsValue(t, m.values, "config", "jetstream", "merge", "sync_interval"))
+	include := natsValue(t, m.values, "config", "merge", "$include").(string)
+	require.Equal(t, "accounts.conf", filepath.Base(include))
+	_, err := os.Stat(filepath.Join("nats", "accounts.conf"))
+	require.NoError(t, err)
+	// Every password the accounts reference is given to the NATS container.
+	env := natsValue(t, m.values, "container", "env").(map[string]any)
+	conf, err := os.ReadFile(filepath.Join("nats", "accounts.conf"))
+	require.NoError(t, err)
+	for _, v := range regexp.MustCompile(`password:\s*\$([A-Z0-9_]+)`).FindAllStringSubmatch(string(conf), -1) {
+		require.Contains(t, env, v[1], "accounts.conf needs %s in the NATS pods' environment", v[1])
+	}
+}
+
+// TestDockerfile checks the build targets exist and the image serves the
+// ops port, runs as non-root and health-checks /healthz there.
+func TestDockerfile(t *testing.T) {
+	raw, err := os.ReadFile("Dockerfile")
+	require.NoError(t, err)
+	df := strings.ReplaceAll(string(raw), "\\\n", " ")
+
+	builds := regexp.MustCompile(`go build [^&\n]*?-o (\S+) (\./\S+)`).FindAllStringSubmatch(df, -1)
+	require.Len(t, builds, 2)
+	require.Equal(t, "./cmd/pairdb", builds[0][2])
+	for _, b := range builds {
+		requireMainPackage(t, filepath.Join("..", b[2]))
+	}
+	require.Contains(t, df, "CGO_ENABLED=0")
+
+	stages := regexp.MustCompile(`(?m)^FROM (\S+)`).FindAllStringSubmatch(df, -1)
+	require.Len(t, stages, 2, "multi-stage build")
+	require.True(t, strings.HasPrefix(stages[1][1], "gcr.io/distroless/static"), "runtime image %s", stages[1][1])
+
+	user := regexp.MustCompile(`(?m)^USER (\S+)`).FindStringSubmatch(df)
+	require.NotNil(t, user)
+	require.NotContains(t, []string{"root", "0", "0:0"}, user[1])
+	require.Regexp(t, `(?m)^EXPOSE `+strconv.Itoa(ops.DefaultPort)+`$`, df)
+	hc := regexp.MustCompile(`(?m)^HEALTHCHECK .*$`).FindString(df)
+	require.Contains(t, hc, "pairdb-healthcheck")
+	require.Contains(t, hc, "127.0.0.1:"+strconv.Itoa(ops.DefaultPort)+ops.PathHealthz)
+}
+
+func requireMainPackage(t *testing.T, dir string) {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, "*.go"))
+	require.NoError(t, err)
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		src, err := os.ReadFile(f)
+		require.NoError(t, err)
+		if regexp.MustCompile(`(?m)^package main$`).Match(src) {
+			return
+		}
+	}
+	require.Failf(t, "not a command", "the Dockerfile builds %s, which has no package main", dir)
+}

@@ -1,0 +1,131 @@
+package storagenode
+
+import (
+	"context"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/membership"
+	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+)
+
+// Membership is the ring log as a node uses it: the folded state, live
+// notifications, conditional appends and migration progress. The wiring
+// (cluster/, cmd/) adapts jetstream/ringlog's Log and Follower to it.
+type Membership interface {
+	// State is the latest fold of the ring log (immutable).
+	State() *membership.State
+	// Changed returns a channel closed at the next folded event.
+	Changed() <-chan struct{}
+	// WaitForEpoch blocks until the fold's epoch is at least epoch.
+	WaitForEpoch(ctx context.Context, epoch uint64) error
+	// Register announces (id, incarnation) unless the log already knows it.
+	Register(ctx context.Context, id, incarnation string) error
+	// Append adds ev if the log's last sequence is still expectedSeq; a
+	// lost race is VERSION_CONFLICT.
+	Append(ctx context.Context, expectedSeq uint64, ev *pb.RingEvent) (uint64, error)
+	// WaitFor blocks until the fold has reached log sequence seq.
+	WaitFor(ctx context.Context, seq uint64) error
+	// PublishProgress records a target's transfer progress.
+	PublishProgress(ctx context.Context, p *pb.MigrationProgress) error
+}
+
+// registerTimeout bounds one registration attempt.
+const registerTimeout = 5 * time.Second
+
+// stateRegistered is the heartbeat state of a node that is known to the
+// log but not a ring member.
+const stateRegistered = "REGISTERED"
+
+// register announces this node's (id, incarnation), bounded by a timeout.
+// Start calls it once; on failure the driver keeps retrying.
+func (n *Node) registerSelf(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, registerTimeout)
+	defer cancel()
+	if err := n.mem.Register(ctx, n.cfg.ID, n.eng.Incarnation()); err != nil {
+		return bus.Wrap(bus.CodeOf(err), err, "register node %s (incarnation %s) in the ring log", n.cfg.ID, n.eng.Incarnation())
+	}
+	return nil
+}
+
+// registered reports whether st knows this node under its incarnation.
+func (n *Node) registered(st *membership.State) bool {
+	me, ok := st.Nodes[n.cfg.ID]
+	return ok && me.Incarnation == n.eng.Incarnation()
+}
+
+// epochOf is the node's epoch (0 in static mode).
+func (n *Node) epochOf() uint64 {
+	if n.mem == nil {
+		return 0
+	}
+	return n.mem.State().Epoch
+}
+
+// ringState is this node's state as its fold says: JOINING, NORMAL, ...,
+// REGISTERED when it is known but not a member (or not yet known under its
+// incarnation), and "" in static mode.
+func (n *Node) ringState() string {
+	if n.mem == nil {
+		return ""
+	}
+	st := n.mem.State()
+	me, ok := st.Nodes[n.cfg.ID]
+	if !ok || me.Incarnation != n.eng.Incarnation() || me.State == membership.Registered {
+		return stateRegistered
+	}
+	return me.State.String()
+}
+
+// checkEpoch compares a request's epoch with the node's. A request from an
+// older ring (epoch > 0 and below the node's) is STALE_EPOCH: the sender
+// refreshes and retries. A request from a newer ring waits, bounded, until
+// the node has folded it, so that e.g. a transfer source knows about the
+// change before it serves a scan and rejects stale writes from then on.
+// It returns the node's epoch, which every response carries.
+func (n *Node) checkEpoch(ctx context.Context, op string, epoch uint64) (uint64, error) {
+	if n.mem == nil {
+		return 0, nil
+	}
+	st := n.mem.State()
+	if epoch > st.Epoch {
+		wctx, cancel := context.WithTimeout(ctx, n.cfg.EpochWait)
+		err := n.mem.WaitForEpoch(wctx, epoch)
+		cancel()
+		if err != nil {
+			return st.Epoch, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err,
+				"%s: node %s is at epoch %d and has not caught up with the sender's epoch %d yet; retry", op, n.cfg.ID, st.Epoch, epoch)
+		}
+		st = n.mem.State()
+	}
+	if epoch > 0 && epoch < st.Epoch {
+		n.met.staleEpoch.Inc()
+		return st.Epoch, bus.Errorf(pb.ErrorCode_STALE_EPOCH,
+			"%s at epoch %d is stale: node %s is at epoch %d; refresh the ring and retry", op, epoch, n.cfg.ID, st.Epoch)
+	}
+	return st.Epoch, nil
+}
+
+// heartbeatState fills the membership fields of a heartbeat.
+func (n *Node) heartbeatState(hb *pb.Heartbeat) {
+	hb.Epoch = n.epochOf()
+	hb.State = n.ringState()
+	hb.Keys = n.eng.Keys()
+	n.met.keys.Set(float64(hb.Keys))
+}
+
+// logStateOnce logs this node's ring state when it changes.
+func (d *driver) logState(st *membership.State) {
+	me := st.Nodes[d.n.cfg.ID]
+	if me.State == d.lastState {
+		return
+	}
+	d.lastState = me.State
+	name := me.State.String()
+	if me.State == membership.Registered {
+		name = stateRegistered
+	}
+	d.n.log.Info("ring state", zap.String("state", name), zap.Uint64("epoch", st.Epoch))
+}

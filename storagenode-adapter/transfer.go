@@ -1,0 +1,352 @@
+package storagenode
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/cockroachdb/errors"
+	"go.uber.org/zap"
+
+	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/dvv"
+	"github.com/pairdb/pairdb/dvv/dvvpb"
+	"github.com/pairdb/pairdb/membership"
+	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/storagenode-adapter/engine"
+)
+
+// Range transfer, target side (DESIGN.md §7). For every (tenant, arc) this
+// node gains in the running change it pulls scan pages from a live current
+// replica and merges them, checkpointing after each page; then it compares
+// the source's digest with its own. Live writes reach both sides through the
+// coordinator while the transfer runs, so digests may differ for a moment:
+// a mismatch triggers another full pass, and the arc is accepted when the
+// digests match or a full pass merged nothing new (this node's copy then
+// descends the source's for every key). When every arc is verified the node
+// appends TransferDone.
+
+const (
+	checkpointPrefix = "xfer/"
+	// maxPasses bounds the verification passes of one arc per attempt; the
+	// driver retries the arc later from its checkpoint.
+	maxPasses = 4
+	// progressEvery spaces progress messages.
+	progressEvery = 250 * time.Millisecond
+	// peerTimeout bounds one scan or digest request.
+	peerTimeout = 30 * time.Second
+)
+
+// checkpoint is the durable progress of one (migration, tenant, arc).
+type checkpoint struct {
+	HasAfter  bool   `json:"has_after,omitempty"`
+	AfterHash uint64 `json:"after_hash,omitempty"`
+	AfterKey  string `json:"after_key,omitempty"`
+	// Keys counts keys pulled so far (across passes and restarts).
+	Keys     uint64 `json:"keys"`
+	Verified bool   `json:"verified,omitempty"`
+}
+
+func checkpointName(migration string, mv membership.TenantMove) string {
+	return fmt.Sprintf("%s%s/%s/%d-%d", checkpointPrefix, migration, mv.Tenant, mv.Arc.Start, mv.Arc.End)
+}
+
+func (n *Node) loadCheckpoint(name string) (checkpoint, error) {
+	var ck checkpoint
+	v, found, err := n.eng.GetMeta(name)
+	if err != nil || !found {
+		return ck, err
+	}
+	if err := json.Unmarshal(v, &ck); err != nil {
+		// A corrupt checkpoint only costs a restart of its arc.
+		n.log.Warn("unreadable transfer checkpoint; restarting its range", zap.String("checkpoint", name), zap.Error(err))
+		return checkpoint{}, nil
+	}
+	return ck, nil
+}
+
+func (n *Node) saveCheckpoint(name string, ck checkpoint) error {
+	v, err := json.Marshal(ck)
+	if err != nil {
+		return errors.Wrap(err, "encode transfer checkpoint")
+	}
+	return n.eng.PutMeta(name, v)
+}
+
+// progress publishes a target's transfer progress, rate limited.
+type progress struct {
+	n           *Node
+	migration   string
+	transferred uint64
+	total       uint64
+	last        time.Time
+}
+
+func (p *progress) publish(ctx context.Context, done bool, failure error, force bool) {
+	if !force && time.Since(p.last) < progressEvery {
+		return
+	}
+	p.last = time.Now()
+	msg := &pb.MigrationProgress{
+		MigrationId: p.migration, NodeId: p.n.cfg.ID, KeysTransferred: p.transferred,
+		KeysTotal: max(p.total, p.transferred), Done: done, UnixMs: p.last.UnixMilli(),
+	}
+	if failure != nil {
+		msg.Error = failure.Error()
+	}
+	pctx, cancel := context.WithTimeout(ctx, adminTimeout)
+	defer cancel()
+	if err := p.n.mem.PublishProgress(pctx, msg); err != nil && ctx.Err() == nil {
+		p.n.log.Debug("publish migration progress", zap.String("migration", p.migration), zap.Error(err))
+	}
+}
+
+// transfer runs this node's part of the change in st.
+func (d *driver) transfer(ctx context.Context, st *membership.State) error {
+	n := d.n
+	c := st.Change
+	var moves []membership.TenantMove
+	for _, mv := range st.Moves() {
+		if slices.Contains(mv.Gainers(), n.cfg.ID) {
+			moves = append(moves, mv)
+		}
+	}
+	p := &progress{n: n, migration: c.ID}
+	totalKey := fmt.Sprintf("%s@%d", c.ID, st.Epoch)
+	total, known := d.totals[totalKey]
+	cks := make([]checkpoint, len(moves))
+	for i, mv := range moves {
+		ck, err := n.loadCheckpoint(checkpointName(c.ID, mv))
+		if err != nil {
+			return err
+		}
+		cks[i] = ck
+		p.transferred += ck.Keys
+		if !known {
+			if ck.Verified {
+				total += ck.Keys
+			} else if _, keys, _, err := d.sourceDigest(ctx, st, mv); err == nil {
+				total += keys
+			}
+		}
+	}
+	d.totals[totalKey] = total
+	p.total = total
+	n.log.Info("transfer starting", zap.String("migration", c.ID), zap.Int("ranges", len(moves)),
+		zap.Uint64("keys_total", total), zap.Uint64("keys_done", p.transferred))
+	p.publish(ctx, false, nil, true)
+	start := time.Now()
+	for i, mv := range moves {
+		if err := d.transferMove(ctx, st, mv, cks[i], p); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err() // stopping: the checkpoint resumes it
+			}
+			n.met.transfer(transferFailed)
+			p.publish(ctx, false, err, true)
+			return errors.Wrapf(err, "migration %s: tenant %s range (%d, %d]", c.ID, mv.Tenant, mv.Arc.Start, mv.Arc.End)
+		}
+	}
+	p.publish(ctx, true, nil, true)
+	n.log.Info("transfer verified", zap.String("migration", c.ID), zap.Int("ranges", len(moves)),
+		zap.Uint64("keys", p.transferred), zap.Duration("took", time.Since(start)))
+	return d.reportDone(ctx, st, p.transferred)
+}
+
+// sources are the live current replicas of mv to pull from, in preference
+// order.
+func (d *driver) sources(st *membership.State, mv membership.TenantMove) []string {
+	var out []string
+	for _, id := range mv.From {
+		if id != d.n.cfg.ID && id != st.Dead() {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// sourceDigest asks the sources in turn for the arc's digest.
+func (d *driver) sourceDigest(ctx context.Context, st *membership.State, mv membership.TenantMove) ([]byte, uint64, string, error) {
+	var errs error
+	for _, src := range d.sources(st, mv) {
+		resp := &pb.DigestResponse{}
+		rctx, cancel := context.WithTimeout(ctx, peerTimeout)
+		err := bus.Request(rctx, d.n.nc, d.n.cfg.Subjects.Node(src, bus.OpDigest), &pb.DigestRequest{
+			TenantId: mv.Tenant, Range: &pb.HashRange{Start: mv.Arc.Start, End: mv.Arc.End}, Epoch: st.Epoch,
+		}, resp)
+		cancel()
+		if err == nil {
+			return resp.GetDigest(), resp.GetKeys(), src, nil
+		}
+		errs = errors.CombineErrors(errs, errors.Wrapf(err, "digest from %s", src))
+	}
+	if errs == nil {
+		errs = errors.New("no live source replica")
+	}
+	return nil, 0, "", errs
+}
+
+// transferMove pulls and verifies one (tenant, arc).
+func (d *driver) transferMove(ctx context.Context, st *membership.State, mv membership.TenantMove, ck checkpoint, p *progress) error {
+	n := d.n
+	name := checkpointName(st.Change.ID, mv)
+	if ck.Verified {
+		return nil
+	}
+	if ck.HasAfter || ck.Keys > 0 {
+		n.met.transfer(transferResumed)
+		n.log.Info("resuming a range transfer from its checkpoint", zap.String("tenant", mv.Tenant),
+			zap.Uint64("start", mv.Arc.Start), zap.Uint64("end", mv.Arc.End), zap.Uint64("keys_done", ck.Keys))
+	}
+	for pass := 0; pass < maxPasses; pass++ {
+		full := !ck.HasAfter
+		merged, err := d.pull(ctx, st, mv, name, &ck, p)
+		if err != nil {
+			return err
+		}
+		remote, _, _, err := d.sourceDigest(ctx, st, mv)
+		if err != nil {
+			return err
+		}
+		local, _, err := n.eng.Digest(mv.Tenant, mv.Arc)
+		if err != nil {
+			return errors.Wrap(err, "local digest")
+		}
+		if slices.Equal(remote, local) || (full && merged == 0) {
+			ck.Verified = true
+			n.met.transfer(transferVerified)
+			return n.saveCheckpoint(name, ck)
+		}
+		// Writes in flight, or a source switch mid-pass: another full pass.
+		ck.HasAfter, ck.AfterHash, ck.AfterKey = false, 0, ""
+		if err := n.saveCheckpoint(name, ck); err != nil {
+			return err
+		}
+	}
+	return errors.Newf("digests still differ after %d passes (live writes keep changing the range); will retry", maxPasses)
+}
+
+// pull runs one pass from the checkpoint to the end of the arc, trying the
+// sources in turn; it returns how many keys changed locally.
+func (d *driver) pull(ctx context.Context, st *membership.State, mv membership.TenantMove, name string,
+	ck *checkpoint, p *progress) (int, error) {
+	n := d.n
+	sources := d.sources(st, mv)
+	if len(sources) == 0 {
+		return 0, errors.Newf("no live source replica among %v", mv.From)
+	}
+	merged := 0
+	var errs error
+	for _, src := range sources {
+		done, changed, err := d.pullFrom(ctx, st, mv, src, name, ck, p)
+		merged += changed
+		if err == nil && done {
+			return merged, nil
+		}
+		if ctx.Err() != nil {
+			return merged, errors.Wrap(ctx.Err(), "transfer interrupted")
+		}
+		n.log.Warn("transfer source failed; trying the next one", zap.String("source", src),
+			zap.String("tenant", mv.Tenant), zap.Error(err))
+		errs = errors.CombineErrors(errs, errors.Wrapf(err, "pull from %s", src))
+	}
+	return merged, errs
+}
+
+func (d *driver) pullFrom(ctx context.Context, st *membership.State, mv membership.TenantMove, src, name string,
+	ck *checkpoint, p *progress) (done bool, merged int, err error) {
+	n := d.n
+	subject := n.cfg.Subjects.Node(src, bus.OpScan)
+	for page := 0; ; page++ {
+		if h := n.cfg.transferHook; h != nil {
+			h(ctx, page)
+		}
+		if err := ctx.Err(); err != nil {
+			return false, merged, err
+		}
+		req := &pb.ScanRequest{
+			TenantId: mv.Tenant, Range: &pb.HashRange{Start: mv.Arc.Start, End: mv.Arc.End},
+			HasAfter: ck.HasAfter, AfterHash: ck.AfterHash, AfterKey: ck.AfterKey,
+			Limit: uint32(n.cfg.TransferPageSize), Epoch: st.Epoch,
+		}
+		resp := &pb.ScanResponse{}
+		rctx, cancel := context.WithTimeout(ctx, peerTimeout)
+		err := bus.Request(rctx, n.nc, subject, req, resp)
+		cancel()
+		if err != nil {
+			return false, merged, err
+		}
+		items := make([]engine.MergeItem, 0, len(resp.GetItems()))
+		for _, it := range resp.GetItems() {
+			items = append(items, engine.MergeItem{Key: it.GetKey(), Object: dvvpb.ObjectFromProto(it.GetObject())})
+		}
+		// Scan items carry no tenant policy: merging as siblings never
+		// drops a write; an LWW tenant's next write or read resolves them.
+		changed, err := n.eng.MergeBatch(mv.Tenant, items, dvv.Siblings)
+		if err != nil {
+			return false, merged, errors.Wrap(err, "merge transferred page")
+		}
+		merged += changed
+		if k := len(resp.GetItems()); k > 0 {
+			last := resp.GetItems()[k-1]
+			ck.HasAfter, ck.AfterHash, ck.AfterKey = true, last.GetHash(), last.GetKey()
+			ck.Keys += uint64(k)
+			p.transferred += uint64(k)
+			n.met.keysTransferred.Add(k)
+		}
+		if resp.GetDone() {
+			// The pass is complete; the position restarts at the next pass.
+			return true, merged, n.saveCheckpoint(name, *ck)
+		}
+		if len(resp.GetItems()) == 0 {
+			return false, merged, errors.Newf("source %s sent an empty page that is not the last", src)
+		}
+		if err := n.saveCheckpoint(name, *ck); err != nil {
+			return false, merged, err
+		}
+		p.publish(ctx, false, nil, false)
+	}
+}
+
+// reportDone appends TransferDone for this node, retrying lost races while
+// the change still runs and still waits for this node.
+func (d *driver) reportDone(ctx context.Context, st *membership.State, keys uint64) error {
+	n := d.n
+	id := st.Change.ID
+	for {
+		cur := n.mem.State()
+		c := cur.Change
+		if c == nil || c.ID != id || !c.Targets[n.cfg.ID] {
+			return nil
+		}
+		if _, done := c.Done[n.cfg.ID]; done {
+			return nil
+		}
+		if cur.Epoch != st.Epoch {
+			// Placement moved mid-change (a node re-registered): the arcs
+			// this node gains may differ; the next reconcile recomputes them
+			// and keeps the verified ones.
+			return errors.Wrap(errPlacementMoved, "transfer done not reported")
+		}
+		actx, cancel := context.WithTimeout(ctx, adminTimeout)
+		seq, err := n.mem.Append(actx, cur.Seq, &pb.RingEvent{Event: &pb.RingEvent_TransferDone{
+			TransferDone: &pb.TransferDone{MigrationId: id, NodeId: n.cfg.ID, Keys: keys},
+		}})
+		if err == nil {
+			err = n.mem.WaitFor(actx, seq)
+			cancel()
+			n.log.Info("transfer done reported", zap.String("migration", id), zap.Uint64("seq", seq), zap.Uint64("keys", keys))
+			return errors.Wrap(err, "fold own transfer done")
+		}
+		if !bus.Is(err, pb.ErrorCode_VERSION_CONFLICT) {
+			cancel()
+			return errors.Wrap(err, "append transfer done")
+		}
+		err = n.mem.WaitFor(actx, cur.Seq+1)
+		cancel()
+		if err != nil {
+			return errors.Wrap(err, "fold the event that won the race")
+		}
+	}
+}

@@ -1,0 +1,289 @@
+package tests
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/client"
+	"github.com/pairdb/pairdb/cluster"
+	"github.com/pairdb/pairdb/keyspace"
+	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+)
+
+func startMembershipCluster(t *testing.T, nodes int) *harness {
+	return startClusterWith(t, cluster.DevConfig{Nodes: nodes, CleanupGrace: 50 * time.Millisecond})
+}
+
+// load writes unique keys at QUORUM from several clients until stopped and
+// remembers every acknowledged one.
+type load struct {
+	mu    sync.Mutex
+	acked map[string]string
+	stop  chan struct{}
+	wg    sync.WaitGroup
+	ops   atomic.Int64
+}
+
+func startLoad(t *testing.T, h *harness, tenant string, clients int) *load {
+	l := &load{acked: map[string]string{}, stop: make(chan struct{})}
+	for w := range clients {
+		c := client.New(h.nc, client.WithTenant(tenant), client.WithRetries(3))
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				key, val := fmt.Sprintf("w%d-%d", w, i), fmt.Sprintf("v%d-%d", w, i)
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				_, err := c.Put(ctx, key, []byte(val), client.Consistency("quorum"))
+				cancel()
+				if err == nil {
+					l.mu.Lock()
+					l.acked[key] = val
+					l.mu.Unlock()
+				}
+				l.ops.Add(1)
+			}
+		}()
+	}
+	return l
+}
+
+// waitOps waits until the load has done n more operations.
+func (l *load) waitOps(t *testing.T, n int64) {
+	start := l.ops.Load()
+	require.Eventually(t, func() bool { return l.ops.Load() >= start+n }, 30*time.Second, 5*time.Millisecond)
+}
+
+func (l *load) finish() map[string]string {
+	close(l.stop)
+	l.wg.Wait()
+	return l.acked
+}
+
+// waitMigration waits until migration id completes.
+func (h *harness) waitMigration(id string) *pb.Migration {
+	h.t.Helper()
+	var m *pb.Migration
+	require.Eventually(h.t, func() bool {
+		var err error
+		m, err = h.c.GetMigration(ctxT(h.t), id)
+		return err == nil && m.GetState() == "completed"
+	}, 60*time.Second, 20*time.Millisecond, "migration %s did not complete", id)
+	return m
+}
+
+// waitRegistered waits until the ring log knows node id.
+func (h *harness) waitRegistered(id string) {
+	h.t.Helper()
+	require.Eventually(h.t, func() bool {
+		resp, err := h.c.ListNodes(ctxT(h.t))
+		if err != nil {
+			return false
+		}
+		for _, n := range resp.GetNodes() {
+			if n.GetNodeId() == id {
+				return true
+			}
+		}
+		return false
+	}, 10*time.Second, 10*time.Millisecond)
+}
+
+// requireEverywhere checks every acknowledged key: readable at QUORUM, and
+// held by every replica of its current replica set.
+func (h *harness) requireEverywhere(tenant string, rf uint32, acked map[string]string) {
+	h.t.Helper()
+	c := client.New(h.nc, client.WithTenant(tenant))
+	st := h.dev.Coordinators()[0].Ring.State()
+	for key, val := range acked {
+		got, err := c.Get(ctxT(h.t), key, client.ReadConsistency("quorum"))
+		require.NoError(h.t, err, key)
+		require.Contains(h.t, values(got), val, "acknowledged %s=%s lost", key, val)
+		cur, _ := st.ReplicaSets(tenant, rf, keyspace.Hash(tenant, key))
+		require.Len(h.t, cur, int(rf))
+		for _, node := range cur {
+			require.Eventually(h.t, func() bool {
+				obj, found := h.readNode(node, tenant, key)
+				if !found {
+					return false
+				}
+				for _, s := range obj.Live() {
+					if string(s.Value) == val {
+						return true
+					}
+				}
+				return false
+			}, 5*time.Second, 10*time.Millisecond, "replica %s lacks %s", node, key)
+		}
+	}
+}
+
+func TestAddThenRemoveNodeUnderLoad(t *testing.T) {
+	h := startMembershipCluster(t, 3)
+	for i := range 500 {
+		_, err := h.c.Put(ctxT(t), fmt.Sprintf("pre-%d", i), []byte("x"))
+		require.NoError(t, err)
+	}
+	l := startLoad(t, h, "default", 2)
+	l.waitOps(t, 50)
+
+	h.startNode("node-4")
+	h.waitRegistered("node-4")
+	resp, err := h.c.AddNodes(ctxT(t), "node-4")
+	require.NoError(t, err)
+	m := h.waitMigration(resp.GetMigrationId())
+	require.Equal(t, "node_addition", m.GetType())
+	require.Positive(t, m.GetKeysTransferred())
+	l.waitOps(t, 50)
+
+	resp, err = h.c.RemoveNode(ctxT(t), "node-2", false)
+	require.NoError(t, err)
+	h.waitMigration(resp.GetMigrationId())
+	l.waitOps(t, 50)
+	acked := l.finish()
+	require.NotEmpty(t, acked)
+	for i := range 500 {
+		acked[fmt.Sprintf("pre-%d", i)] = "x"
+	}
+	h.requireEverywhere("default", 3, acked)
+
+	nodes, err := h.c.ListNodes(ctxT(t))
+	require.NoError(t, err)
+	states := map[string]string{}
+	for _, n := range nodes.GetNodes() {
+		states[n.GetNodeId()] = n.GetState()
+	}
+	require.Equal(t, map[string]string{"node-1": "NORMAL", "node-2": "REMOVED", "node-3": "NORMAL", "node-4": "NORMAL"}, states)
+}
+
+func TestTransferSurvivesSourceRestart(t *testing.T) {
+	h := startMembershipCluster(t, 3)
+	acked := map[string]string{}
+	for i := range 3000 {
+		k := fmt.Sprintf("k-%d", i)
+		_, err := h.c.Put(ctxT(t), k, []byte(k), client.Consistency("all"))
+		require.NoError(t, err)
+		acked[k] = k
+	}
+	h.startNode("node-4")
+	h.waitRegistered("node-4")
+	resp, err := h.c.AddNodes(ctxT(t), "node-4")
+	require.NoError(t, err)
+	// Stop a source once the transfer is under way, then bring it back.
+	require.Eventually(t, func() bool {
+		m, err := h.c.GetMigration(ctxT(t), resp.GetMigrationId())
+		return err == nil && (m.GetKeysTransferred() > 0 || m.GetState() == "completed")
+	}, 30*time.Second, time.Millisecond)
+	h.stopNode("node-1")
+	h.startNode("node-1")
+	h.waitMigration(resp.GetMigrationId())
+	h.requireEverywhere("default", 3, acked)
+}
+
+func TestForceRemoveDeadNode(t *testing.T) {
+	h := startMembershipCluster(t, 4)
+	acked := map[string]string{}
+	for i := range 300 {
+		k := fmt.Sprintf("k-%d", i)
+		_, err := h.c.Put(ctxT(t), k, []byte(k), client.Consistency("all"))
+		require.NoError(t, err)
+		acked[k] = k
+	}
+	h.stopNode("node-3")
+	resp, err := h.c.RemoveNode(ctxT(t), "node-3", true)
+	require.NoError(t, err)
+	require.Contains(t, resp.GetMessage(), "forced")
+	h.waitMigration(resp.GetMigrationId())
+	h.requireEverywhere("default", 3, acked)
+}
+
+func TestRemoveRefusedWhenReplicationFactorWouldNotFit(t *testing.T) {
+	h := startMembershipCluster(t, 3)
+	_, err := h.c.RemoveNode(ctxT(t), "node-1", false)
+	requireCode(t, err, pb.ErrorCode_NODE_IN_USE)
+}
+
+func TestReplicationFactorTwoThreeTwo(t *testing.T) {
+	h := startMembershipCluster(t, 3)
+	ctx := ctxT(t)
+	_, err := h.c.CreateTenant(ctx, &pb.CreateTenantRequest{TenantId: "rf", ReplicationFactor: 2})
+	require.NoError(t, err)
+	c := client.New(h.nc, client.WithTenant("rf"))
+	acked := map[string]string{}
+	for i := range 300 {
+		k := fmt.Sprintf("k-%d", i)
+		_, err := c.Put(ctx, k, []byte(k), client.Consistency("all"))
+		require.NoError(t, err)
+		acked[k] = k
+	}
+	upd, err := h.c.UpdateTenant(ctx, &pb.UpdateTenantRequest{TenantId: "rf", ReplicationFactor: ptr[uint32](3)})
+	require.NoError(t, err)
+	require.NotEmpty(t, upd.GetMigrationId())
+	require.EqualValues(t, 2, upd.GetOldReplicationFactor())
+	h.waitMigration(upd.GetMigrationId())
+	h.requireEverywhere("rf", 3, acked)
+
+	upd, err = h.c.UpdateTenant(ctx, &pb.UpdateTenantRequest{TenantId: "rf", ReplicationFactor: ptr[uint32](2)})
+	require.NoError(t, err)
+	h.waitMigration(upd.GetMigrationId())
+	h.requireEverywhere("rf", 2, acked)
+	// The dropped replicas delete the data after the grace period.
+	st := h.dev.Coordinators()[0].Ring.State()
+	require.Eventually(t, func() bool {
+		for key := range acked {
+			cur, _ := st.ReplicaSets("rf", 2, keyspace.Hash("rf", key))
+			for _, n := range h.dev.NodeIDs() {
+				if _, found := h.readNode(n, "rf", key); found && !contains(cur, n) {
+					return false
+				}
+			}
+		}
+		return true
+	}, 20*time.Second, 50*time.Millisecond, "dropped replicas keep data")
+}
+
+func TestRacingRingChangesOneWins(t *testing.T) {
+	h := startMembershipCluster(t, 4)
+	h.startNode("node-5")
+	h.waitRegistered("node-5")
+	var (
+		wg   sync.WaitGroup
+		errs [2]error
+	)
+	wg.Add(2)
+	go func() { defer wg.Done(); _, errs[0] = h.c.AddNodes(ctxT(t), "node-5") }()
+	go func() { defer wg.Done(); _, errs[1] = h.c.RemoveNode(ctxT(t), "node-1", false) }()
+	wg.Wait()
+	won := 0
+	for _, err := range errs {
+		if err == nil {
+			won++
+			continue
+		}
+		require.True(t, bus.Is(err, pb.ErrorCode_CHANGE_IN_PROGRESS), "the loser is told a change runs: %v", err)
+	}
+	require.Equal(t, 1, won, "exactly one change wins: %v", errs)
+}
+
+func contains(s []string, x string) bool {
+	for _, v := range s {
+		if v == x {
+			return true
+		}
+	}
+	return false
+}
+
+func ptr[T any](v T) *T { return &v }
