@@ -93,6 +93,24 @@ type Server struct {
 	// Observe, when set, is called once per request after its reply was
 	// sent, with the endpoint name and the error code ("" on success).
 	Observe func(endpoint string, start time.Time, code string)
+	// Faults, when set, is asked about every request before it is handled:
+	// fault-injection tests drop, delay and duplicate requests with it.
+	// Production leaves it nil.
+	Faults Faults
+}
+
+// Faults decides what happens to one incoming request.
+type Faults interface {
+	Inject(subject string) Fault
+}
+
+// Fault is what to do to one request: drop it (no reply, not handled, as
+// if lost on the wire), delay it, or handle it twice (a duplicate delivery;
+// the sender sees one reply).
+type Fault struct {
+	Drop      bool
+	Delay     time.Duration
+	Duplicate bool
 }
 
 // HandlerFunc serves one decoded request. subject is the subject the request
@@ -109,13 +127,32 @@ func Endpoint[Req, Resp proto.Message](s *Server, name string, newReq func() Req
 	return micro.HandlerFunc(func(r micro.Request) {
 		start := time.Now()
 		enc := requestEncoding(r)
+		var fault Fault
+		if s.Faults != nil {
+			if fault = s.Faults.Inject(r.Subject()); fault.Drop {
+				return
+			}
+		}
 		ok := s.Limiter.Go(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), s.Timeout)
 			defer cancel()
+			if fault.Delay > 0 {
+				select {
+				case <-time.After(fault.Delay):
+				case <-ctx.Done():
+				}
+			}
 			req := newReq()
 			if err := Unmarshal(enc, r.Data(), req); err != nil {
 				s.reply(name, start, r, enc, newResp(), err)
 				return
+			}
+			if fault.Duplicate {
+				// The first delivery's effect, then the real one.
+				dup := newReq()
+				if Unmarshal(enc, r.Data(), dup) == nil {
+					_, _ = fn(ctx, r.Subject(), dup)
+				}
 			}
 			resp, err := fn(ctx, r.Subject(), req)
 			if err == nil && isNil(resp) {

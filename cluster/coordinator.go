@@ -17,6 +17,7 @@ import (
 
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/coordinator"
+	"github.com/pairdb/pairdb/jetstream/hints"
 	"github.com/pairdb/pairdb/jetstream/idempotency"
 	"github.com/pairdb/pairdb/jetstream/tenantkv"
 	"github.com/pairdb/pairdb/postgres/tenantpg"
@@ -40,6 +41,7 @@ type CoordinatorConfig struct {
 	RequestTimeout time.Duration
 	ReplicaTimeout time.Duration
 	TenantCacheTTL time.Duration
+	Faults         bus.Faults
 	Logger         *zap.Logger
 	Metrics        *metrics.Set
 }
@@ -126,6 +128,7 @@ func StartCoordinator(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig)
 		RequestTimeout: cfg.RequestTimeout,
 		ReplicaTimeout: cfg.ReplicaTimeout,
 		TenantCacheTTL: cfg.TenantCacheTTL,
+		Faults:         cfg.Faults,
 		Logger:         cfg.Logger,
 		Metrics:        cfg.Metrics,
 	})
@@ -150,10 +153,36 @@ func EnsureTenant(ctx context.Context, store tenant.Store, id string, rf uint32)
 	return nil
 }
 
-// StartStorageNode follows the ring log on nc and starts a storage node.
+// hintsConfig fills the wiring defaults of a hints stream config.
+func hintsConfig(c hints.Config, subjects bus.Subjects, replicas int, log *zap.Logger) hints.Config {
+	if c.Subjects == (bus.Subjects{}) {
+		c.Subjects = subjects
+	}
+	if c.Replicas == 0 {
+		c.Replicas = replicas
+	}
+	if c.Logger == nil {
+		c.Logger = log.Named("hints")
+	}
+	return c
+}
+
+// StartStorageNode follows the ring log on nc and starts a storage node
+// that replays its hints (unless cfg.Hints is already set).
 func StartStorageNode(ctx context.Context, nc *nats.Conn, cfg storagenode.Config, streamReplicas, vnodes int) (*StorageNode, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Hints == nil {
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return nil, errors.Wrap(err, "open JetStream")
+		}
+		in, err := hints.OpenInbox(ctx, js, hintsConfig(hints.Config{}, cfg.Subjects, streamReplicas, cfg.Logger), cfg.ID)
+		if err != nil {
+			return nil, errors.Wrapf(err, "open the hint inbox of storage node %s", cfg.ID)
+		}
+		cfg.Hints = hintInbox{in}
 	}
 	ring, err := OpenRing(ctx, nc, RingConfig{
 		Subjects: cfg.Subjects, StreamReplicas: streamReplicas, VirtualNodes: vnodes, Logger: cfg.Logger.Named("ring"),
@@ -202,4 +231,20 @@ func (a idempotencyAdapter) Begin(ctx context.Context, tenant, key string, hash 
 		return nil, err
 	}
 	return c, nil
+}
+
+// hintInbox narrows a node's JetStream hint consumer to the node's
+// interface.
+type hintInbox struct{ in *hints.Inbox }
+
+func (a hintInbox) Fetch(ctx context.Context, max int) ([]storagenode.Hint, error) {
+	hs, err := a.in.Fetch(ctx, max)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]storagenode.Hint, len(hs))
+	for i, h := range hs {
+		out[i] = h
+	}
+	return out, nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
+	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/bus/embedded"
 	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
 )
@@ -30,12 +31,17 @@ type DevConfig struct {
 	// CleanupGrace is how long storage nodes keep ranges they lost (0: the
 	// node's default).
 	CleanupGrace time.Duration
+	// HintRate paces each storage node's hint replay in hints per second
+	// (0: the node's default).
+	HintRate float64
 	// DefaultTenantRF is the replication factor of tenant "default",
 	// created if absent (default min(3, Nodes)).
 	DefaultTenantRF uint32
 	Coordinator     CoordinatorConfig
-	Logger          *zap.Logger
-	Metrics         *metrics.Set
+	// Faults injects message faults into every part's endpoints (tests).
+	Faults  bus.Faults
+	Logger  *zap.Logger
+	Metrics *metrics.Set
 }
 
 // Dev is a running development cluster: an embedded NATS server, storage
@@ -153,6 +159,7 @@ func (d *Dev) StartNode(id string) error {
 		Sync:         !d.cfg.NoSync,
 		Subjects:     d.cfg.Coordinator.Subjects,
 		CleanupGrace: d.cfg.CleanupGrace,
+		Faults:       d.cfg.Faults,
 		Logger:       d.cfg.Logger.Named(id),
 		Metrics:      d.cfg.Metrics,
 	}, 1, d.cfg.Coordinator.VirtualNodes)
@@ -186,6 +193,9 @@ func (d *Dev) StartCoordinator(ctx context.Context) (*Coordinator, error) {
 	}
 	cfg := d.cfg.Coordinator
 	cfg.StreamReplicas = 1
+	if cfg.Faults == nil {
+		cfg.Faults = d.cfg.Faults
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = d.cfg.Logger.Named("coordinator")
 	}

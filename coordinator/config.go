@@ -67,6 +67,14 @@ type Membership interface {
 	Progress(ctx context.Context, id string, nodes []string) map[string]*pb.MigrationProgress
 }
 
+// HintQueue stores hints: the merges a replica missed, for that node to
+// replay when it is back (jetstream/hints). Add may block up to ctx's
+// deadline; calls may overlap.
+type HintQueue interface {
+	// Add durably appends m to node's hints.
+	Add(ctx context.Context, node string, m *pb.MergeRequest) error
+}
+
 // Config configures a coordinator. Zero durations and sizes take defaults.
 type Config struct {
 	Subjects bus.Subjects
@@ -87,11 +95,21 @@ type Config struct {
 	// HeartbeatTimeout marks a node suspect when it has not been heard from
 	// for this long (default 3s; nodes beat every second).
 	HeartbeatTimeout time.Duration
+	// DownAfter marks a node down when it has not been heard from for this
+	// long (default 3 × HeartbeatTimeout). "No responders" marks it down
+	// at once.
+	DownAfter time.Duration
+	// Hints stores the merges replicas miss (hinted handoff); nil disables
+	// it, and then a down node is still called for every write.
+	Hints HintQueue
 	// RepairWorkers and RepairQueue bound read repair (default 4 and 1024).
 	RepairWorkers int
 	RepairQueue   int
 	Logger        *zap.Logger
 	Metrics       *metrics.Set
+	// Faults injects message faults into this coordinator's endpoints
+	// (tests only; nil in production).
+	Faults bus.Faults
 }
 
 func (c *Config) setDefaults() error {
@@ -118,6 +136,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.HeartbeatTimeout <= 0 {
 		c.HeartbeatTimeout = 3 * time.Second
+	}
+	if c.DownAfter <= 0 {
+		c.DownAfter = 3 * c.HeartbeatTimeout
+	}
+	if c.DownAfter < c.HeartbeatTimeout {
+		return errors.Newf("coordinator: DownAfter (%s) must not be shorter than HeartbeatTimeout (%s)", c.DownAfter, c.HeartbeatTimeout)
 	}
 	if c.RepairWorkers <= 0 {
 		c.RepairWorkers = 4

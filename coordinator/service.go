@@ -48,7 +48,7 @@ func Start(nc *nats.Conn, cfg Config) (*Service, error) {
 		limiter: bus.NewLimiter(cfg.MaxConcurrent),
 	}
 	s.tenants = newTenantCache(cfg.Tenants, cfg.TenantCacheTTL, s.m)
-	s.liveness = newLiveness(cfg.HeartbeatTimeout)
+	s.liveness = newLiveness(cfg.HeartbeatTimeout, cfg.DownAfter)
 	s.repairs = newRepairer(s, cfg.RepairWorkers, cfg.RepairQueue)
 
 	sub, err := nc.Subscribe(cfg.Subjects.Events(tenantEvents), func(m *nats.Msg) {
@@ -94,7 +94,7 @@ func (s *Service) addEndpoints() error {
 	}
 	s.svc = svc
 	sub := s.cfg.Subjects
-	srv := &bus.Server{Conn: s.nc, Limiter: s.limiter, Timeout: s.cfg.RequestTimeout, Log: s.log}
+	srv := &bus.Server{Conn: s.nc, Limiter: s.limiter, Timeout: s.cfg.RequestTimeout, Log: s.log, Faults: s.cfg.Faults}
 	type ep struct {
 		name, subject string
 		h             micro.Handler

@@ -38,6 +38,12 @@ const (
 	// DefaultEpochWait bounds how long a request that carries a newer epoch
 	// than the node's waits for the node to fold it.
 	DefaultEpochWait = 2 * time.Second
+	// DefaultHintRate paces hint replay (hints per second), so a node back
+	// from a long outage catches up without starving client traffic.
+	DefaultHintRate = 2000
+	// DefaultHintBatch is how many hints one fetch takes (and one commit
+	// per tenant in it holds); never more than a second's worth.
+	DefaultHintBatch = 256
 )
 
 // Config configures a storage node. Zero-valued optional fields take the
@@ -85,9 +91,20 @@ type Config struct {
 	// (default 2s).
 	EpochWait time.Duration
 
+	// Hints is this node's hinted-handoff inbox; nil disables replay.
+	Hints HintInbox
+	// HintRate is the replay pace in hints per second (default 2000).
+	HintRate float64
+	// HintBatch is the number of hints fetched and committed together
+	// (default 256, capped at HintRate).
+	HintBatch int
+
 	// transferHook, set by tests only, runs before every transfer page
 	// this node pulls.
 	transferHook func(ctx context.Context, pages int)
+	// Faults injects message faults into the node's endpoints (tests only;
+	// nil in production).
+	Faults bus.Faults
 }
 
 // DefaultConfig returns a Config for node id storing in dataDir, with every
@@ -105,6 +122,8 @@ func DefaultConfig(id, dataDir string) Config {
 		ReconcileInterval: DefaultReconcileInterval,
 		TransferPageSize:  DefaultTransferPageSize,
 		EpochWait:         DefaultEpochWait,
+		HintRate:          DefaultHintRate,
+		HintBatch:         DefaultHintBatch,
 	}
 }
 
@@ -133,6 +152,10 @@ func (c Config) Validate() error {
 		return errors.Newf("storage node: TransferPageSize must not be negative, got %d", c.TransferPageSize)
 	case c.EpochWait < 0:
 		return errors.Newf("storage node: EpochWait must not be negative, got %s", c.EpochWait)
+	case c.HintRate < 0:
+		return errors.Newf("storage node: HintRate must not be negative, got %g", c.HintRate)
+	case c.HintBatch < 0:
+		return errors.Newf("storage node: HintBatch must not be negative, got %d", c.HintBatch)
 	}
 	return nil
 }
@@ -165,6 +188,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.EpochWait == 0 {
 		c.EpochWait = DefaultEpochWait
+	}
+	if c.HintRate == 0 {
+		c.HintRate = DefaultHintRate
+	}
+	if c.HintBatch == 0 {
+		c.HintBatch = DefaultHintBatch
 	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()

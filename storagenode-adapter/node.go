@@ -49,6 +49,8 @@ type Node struct {
 	// static mode).
 	mem Membership
 	drv *driver
+	// hints drains the node's hinted handoff (nil without an inbox).
+	hints *hintDrainer
 	// placeMu orders local writes against cleanup: apply and merge hold it
 	// shared, a range deletion exclusively after rechecking that the ring
 	// has not moved, so a write routed on a newer ring is never deleted.
@@ -106,6 +108,7 @@ func Start(nc *nats.Conn, cfg Config) (*Node, error) {
 		}
 		n.startDriver()
 	}
+	n.startHints()
 	go n.heartbeats()
 	log.Info("storage node started", zap.String("incarnation", eng.Incarnation()),
 		zap.String("subjects", cfg.Subjects.Node(cfg.ID, "*")), zap.Bool("membership", n.mem != nil))
@@ -132,7 +135,7 @@ func (n *Node) register() error {
 	}
 	// Requests that arrive after Stop began (micro subscriptions drain
 	// asynchronously) are refused by the draining limiter with UNAVAILABLE.
-	srv := &bus.Server{Conn: n.nc, Limiter: n.lim, Timeout: n.cfg.RequestTimeout, Log: n.log, Observe: n.met.observe}
+	srv := &bus.Server{Conn: n.nc, Limiter: n.lim, Timeout: n.cfg.RequestTimeout, Log: n.log, Observe: n.met.observe, Faults: n.cfg.Faults}
 	endpoints := []struct {
 		op string
 		h  micro.Handler
@@ -312,7 +315,8 @@ func (n *Node) beat() error {
 }
 
 // Stop shuts the node down in order: the membership driver stops (a
-// transfer in progress keeps its checkpoint), heartbeats stop (peers start
+// transfer in progress keeps its checkpoint), hint replay stops (unacked
+// hints are delivered again next time), heartbeats stop (peers start
 // to suspect it), the service stops taking requests, in-flight requests finish
 // (or ctx ends), then Pebble closes. A second call returns the first one's
 // result. If ctx ends first, Pebble still closes after the requests that
@@ -327,6 +331,9 @@ func (n *Node) Stop(ctx context.Context) error {
 
 	if n.drv != nil {
 		n.drv.stop()
+	}
+	if n.hints != nil {
+		n.hints.stop()
 	}
 	close(n.hbStop)
 	<-n.hbDone

@@ -1,0 +1,83 @@
+// Package faults injects message faults into PairDB's endpoints for tests:
+// requests dropped (lost on the wire), delayed (so replies reorder) and
+// duplicated, per subject, from a seeded random source so a failing run
+// can be replayed.
+package faults
+
+import (
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pairdb/pairdb/bus"
+)
+
+// Rule applies to requests whose subject contains Match ("" matches all).
+type Rule struct {
+	Match string
+	// Drop, Duplicate and DelayP are probabilities in [0, 1].
+	Drop      float64
+	Duplicate float64
+	DelayP    float64
+	// MaxDelay bounds a delay (uniform in (0, MaxDelay]).
+	MaxDelay time.Duration
+}
+
+// Injector implements bus.Faults. Safe for concurrent use.
+type Injector struct {
+	mu    sync.Mutex
+	rng   *rand.Rand
+	rules []Rule
+	stats Stats
+}
+
+// Stats counts what was injected.
+type Stats struct{ Dropped, Duplicated, Delayed int }
+
+// New returns an injector with no rules, seeded for reproducibility.
+func New(seed uint64) *Injector { return &Injector{rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))} }
+
+// Set replaces the rules.
+func (i *Injector) Set(rules ...Rule) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.rules = rules
+}
+
+// Clear removes every rule: the network heals.
+func (i *Injector) Clear() { i.Set() }
+
+// Stats returns what was injected so far.
+func (i *Injector) Stats() Stats {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.stats
+}
+
+// Inject decides the fate of one request.
+func (i *Injector) Inject(subject string) bus.Fault {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	var f bus.Fault
+	for _, r := range i.rules {
+		if r.Match != "" && !strings.Contains(subject, r.Match) {
+			continue
+		}
+		switch {
+		case i.rng.Float64() < r.Drop:
+			i.stats.Dropped++
+			return bus.Fault{Drop: true}
+		case i.rng.Float64() < r.Duplicate:
+			i.stats.Duplicated++
+			f.Duplicate = true
+		}
+		if r.MaxDelay > 0 && i.rng.Float64() < r.DelayP {
+			i.stats.Delayed++
+			f.Delay = time.Duration(1 + i.rng.Int64N(int64(r.MaxDelay)))
+		}
+	}
+	return f
+}
+
+var _ bus.Faults = (*Injector)(nil)

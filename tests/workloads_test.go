@@ -1,0 +1,405 @@
+package tests
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/client"
+	"github.com/pairdb/pairdb/cluster"
+	"github.com/pairdb/pairdb/dvv"
+	"github.com/pairdb/pairdb/internal/faults"
+	"github.com/pairdb/pairdb/keyspace"
+	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+)
+
+// seedFromEnv returns PAIRDB_SEED or a fresh seed, logged for replay.
+func seedFromEnv(t *testing.T) uint64 {
+	if s := os.Getenv("PAIRDB_SEED"); s != "" {
+		seed, err := strconv.ParseUint(s, 10, 64)
+		require.NoError(t, err, "PAIRDB_SEED")
+		return seed
+	}
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d (replay with PAIRDB_SEED=%d)", seed, seed)
+	return seed
+}
+
+// checkDuration is PAIRDB_CHECK_DURATION (long runs: task check-long), else def.
+func checkDuration(t *testing.T, def time.Duration) time.Duration {
+	if s := os.Getenv("PAIRDB_CHECK_DURATION"); s != "" {
+		d, err := time.ParseDuration(s)
+		require.NoError(t, err, "PAIRDB_CHECK_DURATION")
+		return d
+	}
+	return def
+}
+
+// outcomeOf classifies a client error: a verdict about the request is a
+// failure; anything that may have happened after the write began (a
+// timeout, a lost reply, a quorum not reached) is unknown.
+func outcomeOf(err error) Outcome {
+	switch bus.CodeOf(err) {
+	case pb.ErrorCode_ERROR_CODE_UNSPECIFIED:
+		return OK
+	case pb.ErrorCode_INVALID_ARGUMENT, pb.ErrorCode_TOO_MANY_SIBLINGS, pb.ErrorCode_VALUE_TOO_LARGE,
+		pb.ErrorCode_IDEMPOTENCY_KEY_CONFLICT, pb.ErrorCode_TENANT_NOT_FOUND:
+		return Fail
+	}
+	return Unknown
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+func siblingValues(resp *pb.GetResponse) []string {
+	var out []string
+	for _, s := range resp.GetSiblings() {
+		out = append(out, string(s.GetValue()))
+	}
+	return out
+}
+
+// TestGuaranteesUnderFaults runs seeded workloads against a four-node
+// cluster while messages to storage nodes and coordinators are dropped,
+// delayed and duplicated and storage nodes stop and restart, then heals and
+// checks every claim in the README's guarantees table.
+func TestGuaranteesUnderFaults(t *testing.T) {
+	seed := seedFromEnv(t)
+	dur := checkDuration(t, 12*time.Second)
+	inj := faults.New(seed)
+	h := startClusterWith(t, cluster.DevConfig{Nodes: 4, Faults: inj})
+	ctx := ctxT(t)
+	for _, tn := range []string{"sets", "regs", "dels"} {
+		_, err := h.c.CreateTenant(ctx, &pb.CreateTenantRequest{TenantId: tn, ReplicationFactor: 3, MaxSiblings: 1000})
+		require.NoError(t, err)
+	}
+	hist := &History{}
+	runCtx, stop := context.WithTimeout(context.Background(), dur)
+	defer stop()
+
+	inj.Set(
+		faults.Rule{Match: ".node.", Drop: 0.02, Duplicate: 0.03, DelayP: 0.1, MaxDelay: 40 * time.Millisecond},
+		// Coordinator replies that arrive after the client gave up: a lost
+		// reply, retried by the client with the same idempotency key.
+		faults.Rule{Match: ".kv.", Duplicate: 0.02, DelayP: 0.01, MaxDelay: 4 * time.Second},
+	)
+	var wg sync.WaitGroup
+	for c := range 3 {
+		wg.Go(func() { setUnionClient(runCtx, h, hist, c, fmt.Sprintf("set-%d", c%2)) })
+		wg.Go(func() { registerClient(runCtx, h, hist, 10+c, fmt.Sprintf("reg-%d", c%2)) })
+	}
+	wg.Go(func() { deleteClient(runCtx, h, hist, 20) })
+	wg.Go(func() { nemesis(runCtx, t, h, seed) })
+	wg.Wait()
+
+	inj.Clear()
+	v := &Verdict{}
+	h.heal(hist)
+	checkSetUnion(h, hist, v)
+	checkRegisters(h, hist, v)
+	checkDeletes(h, hist, v)
+	checkConvergence(h, hist, v)
+	t.Logf("%d operations, faults injected: %+v", len(hist.Ops()), inj.Stats())
+	report(t, seed, hist, v)
+}
+
+// nemesis stops a random storage node now and then and brings it back.
+func nemesis(ctx context.Context, t *testing.T, h *harness, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	ids := h.dev.NodeIDs()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Duration(1500+rng.IntN(1500)) * time.Millisecond):
+		}
+		id := ids[rng.IntN(len(ids))]
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := h.dev.StopNode(sctx, id)
+		cancel()
+		if err != nil {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Duration(300+rng.IntN(700)) * time.Millisecond):
+		}
+		if err := h.dev.StartNode(id); err != nil {
+			t.Errorf("restart %s: %v", id, err)
+			return
+		}
+	}
+}
+
+func kvClient(h *harness, tenant string) *client.Client {
+	return client.New(h.nc, client.WithTenant(tenant), client.WithTimeout(3*time.Second), client.WithRetries(2))
+}
+
+// setUnionClient adds unique elements to a set by read-merge-write.
+func setUnionClient(ctx context.Context, h *harness, hist *History, id int, key string) {
+	c := kvClient(h, "sets")
+	for i := 0; ctx.Err() == nil; i++ {
+		elem := fmt.Sprintf("c%d-%d", id, i)
+		op := Op{Client: id, Kind: "add", Key: key, Value: elem, Start: time.Now()}
+		got, err := c.Get(ctx, key, client.ReadConsistency("quorum"))
+		if err != nil {
+			op.Outcome, op.Error, op.End = Fail, "read: "+err.Error(), time.Now()
+			hist.Add(op)
+			continue
+		}
+		set := map[string]bool{elem: true}
+		for _, v := range siblingValues(got) {
+			for _, e := range strings.Split(v, ",") {
+				if e != "" {
+					set[e] = true
+				}
+			}
+		}
+		elems := make([]string, 0, len(set))
+		for e := range set {
+			elems = append(elems, e)
+		}
+		slices.Sort(elems)
+		_, err = c.Put(ctx, key, []byte(strings.Join(elems, ",")), client.Consistency("quorum"), client.WithContext(got.GetVectorClock()))
+		op.Outcome, op.Error, op.End = outcomeOf(err), errText(err), time.Now()
+		hist.Add(op)
+	}
+}
+
+// registerClient writes unique values with the context of its own read, and
+// records each read as well.
+func registerClient(ctx context.Context, h *harness, hist *History, id int, key string) {
+	c := kvClient(h, "regs")
+	for i := 0; ctx.Err() == nil; i++ {
+		start := time.Now()
+		got, err := c.Get(ctx, key, client.ReadConsistency("quorum"))
+		if err != nil {
+			hist.Add(Op{Client: id, Kind: "read", Key: key, Outcome: outcomeOf(err), Error: err.Error(), Start: start, End: time.Now()})
+			continue
+		}
+		seen := siblingValues(got)
+		hist.Add(Op{Client: id, Kind: "read", Key: key, Seen: seen, Outcome: OK, Start: start, End: time.Now()})
+		val := fmt.Sprintf("r%d-%d", id, i)
+		op := Op{Client: id, Kind: "write", Key: key, Value: val, Seen: seen, Start: time.Now()}
+		_, err = c.Put(ctx, key, []byte(val), client.Consistency("quorum"), client.WithContext(got.GetVectorClock()))
+		op.Outcome, op.Error, op.End = outcomeOf(err), errText(err), time.Now()
+		hist.Add(op)
+	}
+}
+
+// deleteClient writes a fresh key, deletes it with the write's context and
+// never writes it again.
+func deleteClient(ctx context.Context, h *harness, hist *History, id int) {
+	c := kvClient(h, "dels")
+	for i := 0; ctx.Err() == nil; i++ {
+		key := fmt.Sprintf("del-%d", i)
+		put, err := c.Put(ctx, key, []byte("doomed"), client.Consistency("quorum"))
+		if err != nil {
+			continue
+		}
+		op := Op{Client: id, Kind: "delete", Key: key, Start: time.Now()}
+		_, err = c.Delete(ctx, key, client.Consistency("quorum"), client.WithContext(put.GetVectorClock()))
+		op.Outcome, op.Error, op.End = outcomeOf(err), errText(err), time.Now()
+		hist.Add(op)
+	}
+}
+
+// heal reads every touched key at ALL until it succeeds (read repair) and
+// waits until every replica of every key holds the same object.
+func (h *harness) heal(hist *History) {
+	h.t.Helper()
+	for _, k := range touchedKeys(hist) {
+		c := client.New(h.nc, client.WithTenant(k.tenant))
+		require.Eventually(h.t, func() bool {
+			_, err := c.Get(ctxT(h.t), k.key, client.ReadConsistency("all"))
+			return err == nil
+		}, 30*time.Second, 20*time.Millisecond, "heal %s/%s", k.tenant, k.key)
+	}
+}
+
+type tenantKey struct{ tenant, key string }
+
+func touchedKeys(hist *History) []tenantKey {
+	seen := map[tenantKey]bool{}
+	var out []tenantKey
+	for _, op := range hist.Ops() {
+		tn := map[string]string{"add": "sets", "write": "regs", "read": "regs", "delete": "dels"}[op.Kind]
+		k := tenantKey{tn, op.Key}
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+func (h *harness) finalValues(tenant, key string) ([]string, bool) {
+	got, err := client.New(h.nc, client.WithTenant(tenant)).Get(ctxT(h.t), key, client.ReadConsistency("all"))
+	require.NoError(h.t, err)
+	return siblingValues(got), got.GetFound()
+}
+
+// checkSetUnion: the final set holds every acknowledged element.
+func checkSetUnion(h *harness, hist *History, v *Verdict) {
+	final := map[string]map[string]bool{}
+	for _, op := range hist.Ops() {
+		if op.Kind != "add" || op.Outcome != OK {
+			continue
+		}
+		if final[op.Key] == nil {
+			vals, _ := h.finalValues("sets", op.Key)
+			final[op.Key] = map[string]bool{}
+			for _, s := range vals {
+				for _, e := range strings.Split(s, ",") {
+					final[op.Key][e] = true
+				}
+			}
+		}
+		if !final[op.Key][op.Value] {
+			v.Failf("set-union: acknowledged element %s of %s is missing", op.Value, op.Key)
+		}
+	}
+}
+
+// checkRegisters: every acknowledged value is in the final sibling set or
+// superseded by a write that saw it; no value appears twice (retries have
+// one effect); a read that started after an acknowledged write returned it
+// or a successor.
+func checkRegisters(h *harness, hist *History, v *Verdict) {
+	ops := hist.Ops()
+	// successors[x] = values of writes whose context saw x.
+	successors := map[string][]string{}
+	for _, op := range ops {
+		if op.Kind == "write" && op.Outcome != Fail {
+			for _, s := range op.Seen {
+				successors[s] = append(successors[s], op.Value)
+			}
+		}
+	}
+	supersededOrSelf := func(x string) map[string]bool {
+		out := map[string]bool{x: true}
+		queue := []string{x}
+		for len(queue) > 0 {
+			cur := queue[0]
+			queue = queue[1:]
+			for _, n := range successors[cur] {
+				if !out[n] {
+					out[n] = true
+					queue = append(queue, n)
+				}
+			}
+		}
+		return out
+	}
+	finals := map[string][]string{}
+	for _, op := range ops {
+		if op.Kind == "write" && finals[op.Key] == nil {
+			vals, _ := h.finalValues("regs", op.Key)
+			finals[op.Key] = append(vals, "")
+			counts := map[string]int{}
+			for _, x := range vals {
+				if counts[x]++; counts[x] == 2 {
+					v.Failf("registers: value %s of %s is stored twice (a retry applied twice)", x, op.Key)
+				}
+			}
+		}
+	}
+	for _, w := range ops {
+		if w.Kind != "write" || w.Outcome != OK {
+			continue
+		}
+		if !slices.Contains(finals[w.Key], w.Value) && len(successors[w.Value]) == 0 {
+			v.Failf("registers: acknowledged %s of %s is neither in the final siblings nor superseded", w.Value, w.Key)
+		}
+		later := supersededOrSelf(w.Value)
+		for _, r := range ops {
+			if r.Kind != "read" || r.Outcome != OK || r.Key != w.Key || !r.Start.After(w.End) {
+				continue
+			}
+			ok := false
+			for _, s := range r.Seen {
+				if later[s] {
+					ok = true
+					break
+				}
+			}
+			if !ok {
+				v.Failf("registers: read of %s at %s saw %v, missing %s acknowledged at %s and all its successors",
+					w.Key, r.Start.Format(time.StampMicro), r.Seen, w.Value, w.End.Format(time.StampMicro))
+			}
+		}
+	}
+}
+
+// checkDeletes: a key whose delete was acknowledged never comes back.
+func checkDeletes(h *harness, hist *History, v *Verdict) {
+	for _, op := range hist.Ops() {
+		if op.Kind != "delete" || op.Outcome != OK {
+			continue
+		}
+		if vals, found := h.finalValues("dels", op.Key); found {
+			v.Failf("deletes: %s came back as %v", op.Key, vals)
+		}
+	}
+}
+
+// checkConvergence: every replica of every touched key holds the same
+// object once healing is done.
+func checkConvergence(h *harness, hist *History, v *Verdict) {
+	st := h.dev.Coordinators()[0].Ring.State()
+	for _, k := range touchedKeys(hist) {
+		cur, _ := st.ReplicaSets(k.tenant, 3, keyspace.Hash(k.tenant, k.key))
+		converged := waitFor(10*time.Second, 20*time.Millisecond, func() bool {
+			objs := make([]dvv.Object, 0, len(cur))
+			for _, n := range cur {
+				o, _ := h.readNode(n, k.tenant, k.key)
+				objs = append(objs, o)
+			}
+			for _, o := range objs[1:] {
+				if !dvv.Equal(objs[0], o) {
+					// Another read at ALL queues another repair.
+					_, _ = client.New(h.nc, client.WithTenant(k.tenant)).Get(ctxT(h.t), k.key, client.ReadConsistency("all"))
+					return false
+				}
+			}
+			return true
+		})
+		if !converged {
+			v.Failf("convergence: replicas %v of %s/%s differ", cur, k.tenant, k.key)
+		}
+	}
+}
+
+// waitFor polls cond every tick until it holds (true) or timeout passes
+// (false); unlike require.Eventually it lets a checker record a violation.
+func waitFor(timeout, tick time.Duration, cond func() bool) bool {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		if cond() {
+			return true
+		}
+		select {
+		case <-deadline.C:
+			return cond()
+		case <-t.C:
+		}
+	}
+}
