@@ -36,7 +36,9 @@ type Injector struct {
 type Stats struct{ Dropped, Duplicated, Delayed int }
 
 // New returns an injector with no rules, seeded for reproducibility.
-func New(seed uint64) *Injector { return &Injector{rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))} }
+func New(seed uint64) *Injector {
+	return &Injector{rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))}
+}
 
 // Set replaces the rules.
 func (i *Injector) Set(rules ...Rule) {
