@@ -221,6 +221,23 @@ func TestNATSConfEnforced(t *testing.T) {
 		require.Fail(t, "subscribing to another node's subjects was not refused")
 	}
 
+	// A tenant cannot reach the admin or node subjects, and a storage node
+	// cannot send client requests.
+	refused := func(nc *nats.Conn, subject, what string) {
+		t.Helper()
+		require.NoError(t, nc.Publish(subject, []byte("x")))
+		require.NoError(t, nc.FlushTimeout(5*time.Second))
+		select {
+		case err := <-violations:
+			require.ErrorContains(t, err, "Permissions Violation", what)
+		case <-ctx.Done():
+			require.Fail(t, what+" was not refused")
+		}
+	}
+	refused(acme, "pairdb.v1.admin.tenants.create", "a tenant calling the admin API")
+	refused(acme, "pairdb.v1.node.pairdb-storage-0.apply", "a tenant writing to a storage node")
+	refused(node, "pairdb.v1.kv.acme.put", "a storage node sending a client request")
+
 	// Wrong password: no connection at all.
 	_, err = nats.Connect(s.ClientURL(), nats.UserInfo("tenant-acme", "wrong"))
 	require.Error(t, err)
