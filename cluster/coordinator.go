@@ -41,9 +41,20 @@ type CoordinatorConfig struct {
 	RequestTimeout time.Duration
 	ReplicaTimeout time.Duration
 	TenantCacheTTL time.Duration
-	Faults         bus.Faults
-	Logger         *zap.Logger
-	Metrics        *metrics.Set
+	// HeartbeatTimeout and DownAfter tune failure detection (0: the
+	// coordinator's defaults, 3s and 3 × HeartbeatTimeout).
+	HeartbeatTimeout time.Duration
+	DownAfter        time.Duration
+	// Hints limits the hints stream (max age, per-node cap, byte cap);
+	// Subjects, Replicas and Logger default to the coordinator's. Every
+	// coordinator must use the same limits.
+	Hints hints.Config
+	// NoHints turns hinted handoff off: missed writes wait for read repair
+	// and anti-entropy.
+	NoHints bool
+	Faults  bus.Faults
+	Logger  *zap.Logger
+	Metrics *metrics.Set
 }
 
 // Coordinator is a running coordinator with the stores it opened.
@@ -120,17 +131,30 @@ func StartCoordinator(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig)
 		closeStore()
 		return nil, err
 	}
+	var hq coordinator.HintQueue
+	if !cfg.NoHints {
+		q, err := hints.Open(ctx, js, hintsConfig(cfg.Hints, cfg.Subjects, cfg.StreamReplicas, cfg.Logger))
+		if err != nil {
+			ring.Close()
+			closeStore()
+			return nil, errors.Wrap(err, "open the hints stream")
+		}
+		hq = q
+	}
 	svc, err := coordinator.Start(nc, coordinator.Config{
-		Subjects:       cfg.Subjects,
-		Membership:     ring,
-		Tenants:        tenants,
-		Idempotency:    idempotencyAdapter{idem},
-		RequestTimeout: cfg.RequestTimeout,
-		ReplicaTimeout: cfg.ReplicaTimeout,
-		TenantCacheTTL: cfg.TenantCacheTTL,
-		Faults:         cfg.Faults,
-		Logger:         cfg.Logger,
-		Metrics:        cfg.Metrics,
+		Subjects:         cfg.Subjects,
+		Membership:       ring,
+		Tenants:          tenants,
+		Idempotency:      idempotencyAdapter{idem},
+		RequestTimeout:   cfg.RequestTimeout,
+		ReplicaTimeout:   cfg.ReplicaTimeout,
+		TenantCacheTTL:   cfg.TenantCacheTTL,
+		HeartbeatTimeout: cfg.HeartbeatTimeout,
+		DownAfter:        cfg.DownAfter,
+		Hints:            hq,
+		Faults:           cfg.Faults,
+		Logger:           cfg.Logger,
+		Metrics:          cfg.Metrics,
 	})
 	if err != nil {
 		ring.Close()

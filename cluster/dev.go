@@ -31,6 +31,9 @@ type DevConfig struct {
 	// CleanupGrace is how long storage nodes keep ranges they lost (0: the
 	// node's default).
 	CleanupGrace time.Duration
+	// HeartbeatInterval is the storage nodes' heartbeat period (0: the
+	// node's default, 1s).
+	HeartbeatInterval time.Duration
 	// HintRate paces each storage node's hint replay in hints per second
 	// (0: the node's default).
 	HintRate float64
@@ -154,14 +157,16 @@ func (d *Dev) StartNode(id string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	n, err := StartStorageNode(ctx, nc, storagenode.Config{
-		ID:           id,
-		DataDir:      filepath.Join(d.cfg.DataDir, id),
-		Sync:         !d.cfg.NoSync,
-		Subjects:     d.cfg.Coordinator.Subjects,
-		CleanupGrace: d.cfg.CleanupGrace,
-		Faults:       d.cfg.Faults,
-		Logger:       d.cfg.Logger.Named(id),
-		Metrics:      d.cfg.Metrics,
+		ID:                id,
+		DataDir:           filepath.Join(d.cfg.DataDir, id),
+		Sync:              !d.cfg.NoSync,
+		Subjects:          d.cfg.Coordinator.Subjects,
+		CleanupGrace:      d.cfg.CleanupGrace,
+		HintRate:          d.cfg.HintRate,
+		HeartbeatInterval: d.cfg.HeartbeatInterval,
+		Faults:            d.cfg.Faults,
+		Logger:            d.cfg.Logger.Named(id),
+		Metrics:           d.cfg.Metrics,
 	}, 1, d.cfg.Coordinator.VirtualNodes)
 	if err != nil {
 		nc.Close()

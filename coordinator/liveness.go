@@ -10,21 +10,58 @@ import (
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 )
 
-// liveness is the coordinator's failure detector. A node is suspect when a
-// call to it found no responders (the fast signal NATS gives for free) or
-// when its heartbeats stopped; its next heartbeat clears it. Suspect nodes
-// are tried last as the coordinating replica, never skipped outright, so a
-// wrong suspicion costs latency, not availability.
+// Health is what this coordinator believes of a storage node.
+type Health int
+
+const (
+	// Up: heard from within HeartbeatTimeout. A node never heard from is
+	// judged by the time since this coordinator started, so a coordinator
+	// that starts during an outage learns of it within DownAfter (or at
+	// its first call to the node).
+	Up Health = iota
+	// Suspect: silent for longer than HeartbeatTimeout. Tried last as the
+	// coordinating replica; still sent every merge.
+	Suspect
+	// Down: silent for longer than DownAfter, or a call to it found no
+	// responders. Skipped as the coordinating replica (unless every replica
+	// is down), and its merges go straight to a hint with no network call.
+	Down
+)
+
+func (h Health) String() string {
+	switch h {
+	case Up:
+		return "UP"
+	case Suspect:
+		return "SUSPECT"
+	case Down:
+		return "DOWN"
+	}
+	return "UNKNOWN"
+}
+
+// liveness is the coordinator's failure detector. Its signals are the
+// nodes' heartbeats (a node beats every second) and NATS "no responders",
+// which a call to a node whose process is gone gets at once. The first
+// heartbeat after either marks the node up again. A wrong verdict costs
+// little: a suspect node is only tried later, and a down node's writes are
+// hinted, so it catches up when it is heard from again.
 type liveness struct {
-	timeout time.Duration
+	suspectAfter, downAfter time.Duration
+	// started stands in for the last beat of a node never heard from.
+	started time.Time
 	mu      sync.Mutex
 	seen    map[string]time.Time
 	beats   map[string]*pb.Heartbeat
-	suspect map[string]bool
+	// gone marks nodes that found no responders since their last beat.
+	gone map[string]bool
 }
 
-func newLiveness(timeout time.Duration) *liveness {
-	return &liveness{timeout: timeout, seen: map[string]time.Time{}, beats: map[string]*pb.Heartbeat{}, suspect: map[string]bool{}}
+func newLiveness(suspectAfter, downAfter time.Duration) *liveness {
+	return &liveness{
+		suspectAfter: suspectAfter, downAfter: downAfter, started: time.Now(),
+		seen: map[string]time.Time{}, beats: map[string]*pb.Heartbeat{}, gone: map[string]bool{},
+	}
 }
 
 func (l *liveness) heartbeat(hb *pb.Heartbeat, at time.Time) {
@@ -32,7 +69,7 @@ func (l *liveness) heartbeat(hb *pb.Heartbeat, at time.Time) {
 	defer l.mu.Unlock()
 	l.seen[hb.GetNodeId()] = at
 	l.beats[hb.GetNodeId()] = hb
-	delete(l.suspect, hb.GetNodeId())
+	delete(l.gone, hb.GetNodeId())
 }
 
 // last is the node's latest heartbeat and when it arrived.
@@ -43,38 +80,73 @@ func (l *liveness) last(node string) (*pb.Heartbeat, time.Time, bool) {
 	return hb, l.seen[node], ok
 }
 
-func (l *liveness) markSuspect(node string) {
+// markDown records that a call to node found no responders.
+func (l *liveness) markDown(node string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.suspect[node] = true
+	l.gone[node] = true
 }
 
-// isSuspect reports whether node should be tried last. A node never heard
-// from is not suspect: a coordinator that just started knows nothing yet.
-func (l *liveness) isSuspect(node string, now time.Time) bool {
+// health judges node at now.
+func (l *liveness) health(node string, now time.Time) Health {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.suspect[node] {
-		return true
+	return l.healthLocked(node, now)
+}
+
+func (l *liveness) healthLocked(node string, now time.Time) Health {
+	if l.gone[node] {
+		return Down
 	}
 	at, ok := l.seen[node]
-	return ok && now.Sub(at) > l.timeout
+	if !ok {
+		at = l.started
+	}
+	switch {
+	case now.Sub(at) > l.downAfter:
+		return Down
+	case now.Sub(at) > l.suspectAfter:
+		return Suspect
+	}
+	return Up
 }
 
-// order returns nodes with healthy ones first, keeping preference order
-// within each group.
+// view judges every node this coordinator has heard of or marked.
+func (l *liveness) view(now time.Time) map[string]Health {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[string]Health, len(l.seen)+len(l.gone))
+	for n := range l.seen {
+		out[n] = l.healthLocked(n, now)
+	}
+	for n := range l.gone {
+		out[n] = Down
+	}
+	return out
+}
+
+// order returns the nodes to try as the coordinating replica: up ones
+// first, then suspect ones, keeping preference order within each; down
+// ones are left out, unless every node is down — then all of them are
+// tried, in preference order, since a wrong verdict must not cost
+// availability.
 func (l *liveness) order(nodes []string) []string {
 	now := time.Now()
 	out := make([]string, 0, len(nodes))
 	var later []string
 	for _, n := range nodes {
-		if l.isSuspect(n, now) {
-			later = append(later, n)
-		} else {
+		switch l.health(n, now) {
+		case Up:
 			out = append(out, n)
+		case Suspect:
+			later = append(later, n)
 		}
 	}
-	return append(out, later...)
+	out = append(out, later...)
+	if len(out) == 0 {
+		return append(out, nodes...)
+	}
+	return out
 }
 
 func (s *Service) onHeartbeat(m *nats.Msg) {
@@ -84,3 +156,10 @@ func (s *Service) onHeartbeat(m *nats.Msg) {
 	}
 	s.liveness.heartbeat(hb, time.Now())
 }
+
+// Health is this coordinator's verdict on a storage node now.
+func (s *Service) Health(node string) Health { return s.liveness.health(node, time.Now()) }
+
+// Liveness is this coordinator's verdict on every node it has heard from or
+// found gone (nodes never heard from are judged by Health, not listed).
+func (s *Service) Liveness() map[string]Health { return s.liveness.view(time.Now()) }

@@ -57,3 +57,13 @@ func (m *serviceMetrics) replica(kind, node string, err error) {
 	}
 	m.set.GetOrCreateCounter(fmt.Sprintf(`coordinator_replica_%s_total{node_id=%q,status=%q}`, kind, node, status)).Inc()
 }
+
+// hint records one hint the coordinator tried to store for node: stored, or
+// failed (the store was unreachable; anti-entropy must heal that write).
+func (m *serviceMetrics) hint(node string, err error) {
+	name := `pairdb_hints_stored_total{node=%q}`
+	if err != nil {
+		name = `pairdb_hints_failed_total{node=%q}`
+	}
+	m.set.GetOrCreateCounter(fmt.Sprintf(name, node)).Inc()
+}

@@ -13,13 +13,13 @@ import (
 )
 
 // callNode sends one request to one storage node, bounded by the replica
-// timeout (and by ctx). "No responders" marks the node suspect at once.
+// timeout (and by ctx). "No responders" marks the node down at once.
 func (s *Service) callNode(ctx context.Context, node, op string, req, resp proto.Message) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ReplicaTimeout)
 	defer cancel()
 	err := bus.Request(ctx, s.nc, s.cfg.Subjects.Node(node, op), req, resp)
 	if errors.Is(err, nats.ErrNoResponders) {
-		s.liveness.markSuspect(node)
+		s.liveness.markDown(node)
 	}
 	return err
 }

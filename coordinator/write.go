@@ -232,14 +232,19 @@ func (s *Service) write(ctx context.Context, w *writeReq) (*pb.Object, int, erro
 			go func() {
 				defer s.background.Done()
 				resp := new(pb.MergeResponse)
-				err := s.callNode(context.Background(), node, bus.OpMerge, merge, resp)
-				s.m.replica("writes", node, err)
-				if err != nil {
-					// Hinted handoff takes these over; until then anti-entropy
-					// and read repair close the gap.
-					s.log.Debug("replica missed a write", zap.String("node", node), zap.String("tenant", tid), zap.Error(err))
+				var err error
+				if s.cfg.Hints != nil && s.liveness.health(node, time.Now()) == Down {
+					// No call: it would find no responders or time out.
+					err = bus.Errorf(pb.ErrorCode_UNAVAILABLE, "node %s is down; its merge is hinted", node)
+				} else {
+					err = s.callNode(context.Background(), node, bus.OpMerge, merge, resp)
+					s.m.replica("writes", node, err)
 				}
 				results <- replicaResult{node: node, err: err, epoch: resp.GetEpoch()}
+				if err != nil && !bus.Is(err, pb.ErrorCode_STALE_EPOCH) {
+					// The answer does not wait for this: results has room.
+					s.missedWrite(node, merge, err)
+				}
 			}()
 		}
 		var stale uint64
@@ -293,6 +298,28 @@ func (s *Service) write(ctx context.Context, w *writeReq) (*pb.Object, int, erro
 			return nil, 0, err
 		}
 	}
+}
+
+// missedWrite hands a merge that node missed to hinted handoff, bounded by
+// the replica timeout. A hint never counts toward W. Without a hint queue,
+// or when storing the hint fails, anti-entropy and read repair close the
+// gap. (A STALE_EPOCH refusal is not a miss: the write is sent again under
+// the newer ring.)
+func (s *Service) missedWrite(node string, merge *pb.MergeRequest, cause error) {
+	log := s.log.With(zap.String("node", node), zap.String("tenant", merge.GetTenantId()))
+	if s.cfg.Hints == nil {
+		log.Debug("replica missed a write", zap.Error(cause))
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ReplicaTimeout)
+	defer cancel()
+	err := s.cfg.Hints.Add(ctx, node, merge)
+	s.m.hint(node, err)
+	if err != nil {
+		log.Warn("replica missed a write and its hint could not be stored", zap.NamedError("miss", cause), zap.Error(err))
+		return
+	}
+	log.Debug("replica missed a write; hinted", zap.Error(cause))
 }
 
 // maxEpochRetries bounds how often one request follows a newer ring.

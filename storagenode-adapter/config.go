@@ -99,6 +99,21 @@ type Config struct {
 	// (default 256, capped at HintRate).
 	HintBatch int
 
+	// AntiEntropyInterval is how often the node compares the arcs it
+	// replicates with their other replicas and repairs what differs
+	// (default 10m; see antientropy.go).
+	AntiEntropyInterval time.Duration
+	// AntiEntropyRate paces anti-entropy in keys per second: keys digested
+	// locally or remotely, pulled and pushed (default 20000).
+	AntiEntropyRate int
+	// TombstoneGrace is how long a tombstone is kept at least before it
+	// may be collected (default 240h). It must not be below HintMaxAge: a
+	// hint still queued could otherwise bring back what was deleted.
+	TombstoneGrace time.Duration
+	// HintMaxAge is the hinted-handoff queue's max age (default 3h); only
+	// TombstoneGrace's check reads it here.
+	HintMaxAge time.Duration
+
 	// transferHook, set by tests only, runs before every transfer page
 	// this node pulls.
 	transferHook func(ctx context.Context, pages int)
@@ -124,6 +139,11 @@ func DefaultConfig(id, dataDir string) Config {
 		EpochWait:         DefaultEpochWait,
 		HintRate:          DefaultHintRate,
 		HintBatch:         DefaultHintBatch,
+
+		AntiEntropyInterval: DefaultAntiEntropyInterval,
+		AntiEntropyRate:     DefaultAntiEntropyRate,
+		TombstoneGrace:      DefaultTombstoneGrace,
+		HintMaxAge:          DefaultHintMaxAge,
 	}
 }
 
@@ -157,7 +177,7 @@ func (c Config) Validate() error {
 	case c.HintBatch < 0:
 		return errors.Newf("storage node: HintBatch must not be negative, got %d", c.HintBatch)
 	}
-	return nil
+	return c.validateHealing()
 }
 
 // withDefaults validates c and fills its zero-valued optional fields.
@@ -195,6 +215,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.HintBatch == 0 {
 		c.HintBatch = DefaultHintBatch
 	}
+	c = c.withHealingDefaults()
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}

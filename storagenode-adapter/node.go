@@ -51,6 +51,8 @@ type Node struct {
 	drv *driver
 	// hints drains the node's hinted handoff (nil without an inbox).
 	hints *hintDrainer
+	// ae is the anti-entropy worker (nil in static mode).
+	ae *antiEntropy
 	// placeMu orders local writes against cleanup: apply and merge hold it
 	// shared, a range deletion exclusively after rechecking that the ring
 	// has not moved, so a write routed on a newer ring is never deleted.
@@ -75,7 +77,7 @@ func Start(nc *nats.Conn, cfg Config) (*Node, error) {
 	if !cfg.Sync {
 		log.Warn("sync is off: acknowledged writes can be lost on a crash; use this only for benchmarks")
 	}
-	eng, err := engine.Open(cfg.DataDir, engine.Options{Sync: cfg.Sync, CacheBytes: cfg.CacheBytes, Logger: log.Named("engine")})
+	eng, err := engine.Open(cfg.DataDir, engine.Options{Sync: cfg.Sync, CacheBytes: cfg.CacheBytes, Logger: log.Named("engine"), Metrics: cfg.Metrics, MetricsNode: cfg.ID})
 	if err != nil {
 		return nil, errors.Wrapf(err, "storage node %s", cfg.ID)
 	}
@@ -85,11 +87,16 @@ func Start(nc *nats.Conn, cfg Config) (*Node, error) {
 		nc:        nc,
 		eng:       eng,
 		lim:       bus.NewLimiter(cfg.MaxConcurrent),
-		met:       newNodeMetrics(cfg.Metrics, cfg.ID, bus.OpApply, bus.OpMerge, bus.OpRead, bus.OpScan, bus.OpDigest),
+		met:       newNodeMetrics(cfg.Metrics, cfg.ID, bus.OpApply, bus.OpMerge, bus.OpRead, bus.OpScan, bus.OpDigest, opDigests, opRepair),
 		mem:       cfg.Membership,
 		hbSubject: cfg.Subjects.Heartbeat(cfg.ID),
 		hbStop:    make(chan struct{}),
 		hbDone:    make(chan struct{}),
+	}
+	if n.mem != nil {
+		// Built before the endpoints are registered: the repair endpoint
+		// queues rounds on it; it starts working with the driver.
+		n.ae = newAntiEntropy(n)
 	}
 	if err := n.register(); err != nil {
 		return nil, errors.CombineErrors(errors.Wrapf(err, "storage node %s: register service", cfg.ID), eng.Close())
@@ -107,6 +114,7 @@ func Start(nc *nats.Conn, cfg Config) (*Node, error) {
 			log.Warn("registration failed; retrying in the background", zap.Error(err))
 		}
 		n.startDriver()
+		n.ae.start()
 	}
 	n.startHints()
 	go n.heartbeats()
@@ -155,6 +163,12 @@ func (n *Node) register() error {
 		{bus.OpDigest, bus.Endpoint(srv, bus.OpDigest,
 			func() *pb.DigestRequest { return &pb.DigestRequest{} },
 			func() *pb.DigestResponse { return &pb.DigestResponse{} }, n.digest)},
+		{opDigests, bus.Endpoint(srv, opDigests,
+			func() *pb.RangeDigestsRequest { return &pb.RangeDigestsRequest{} },
+			func() *pb.RangeDigestsResponse { return &pb.RangeDigestsResponse{} }, n.digests)},
+		{opRepair, bus.Endpoint(srv, opRepair,
+			func() *pb.RepairRequest { return &pb.RepairRequest{} },
+			func() *pb.RepairResponse { return &pb.RepairResponse{} }, n.repair)},
 	}
 	for _, ep := range endpoints {
 		subject := n.cfg.Subjects.Node(n.cfg.ID, ep.op)
@@ -331,6 +345,9 @@ func (n *Node) Stop(ctx context.Context) error {
 
 	if n.drv != nil {
 		n.drv.stop()
+	}
+	if n.ae != nil {
+		n.ae.stop()
 	}
 	if n.hints != nil {
 		n.hints.stop()

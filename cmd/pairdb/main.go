@@ -1,13 +1,13 @@
 // Command pairdb runs PairDB's parts (dev, coordinator, storagenode) and
-// talks to a running cluster (put, get, delete, tenant).
+// talks to a running cluster (put, get, delete, tenant, node, ...).
+//
+// Settings come from flags, PAIRDB_* environment variables, a YAML file
+// (--config) and defaults, in that order; see package config.
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -17,95 +17,142 @@ import (
 
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/client"
+	"github.com/pairdb/pairdb/config"
 )
 
-// globals are the flags every command shares.
+// shutdownGrace bounds the shutdown of parts started without a
+// shutdown_timeout setting (pairdb bench --dev).
+const shutdownGrace = config.DefaultShutdownTimeout
+
+// skipConfig marks commands that run without resolving the settings
+// (config docs must work even when the environment holds a bad value).
+const skipConfig = "pairdb/skip-config"
+
+// globals are the settings every command shares, resolved before any
+// command runs.
 type globals struct {
-	server   string
-	tenant   string
-	timeout  time.Duration
-	prefix   string
-	logLevel string
+	// cfg is bound to the root's persistent flags, then resolved from the
+	// environment and the file by load.
+	cfg config.Global
+	// configPath is --config; PAIRDB_CONFIG when the flag is absent.
+	configPath string
+	env        config.LookupEnv
+	// file is the parsed config file; nil without one. Commands with a
+	// section of their own resolve it from here.
+	file *config.File
+
+	// The resolved values, as the commands read them (copies of cfg).
+	server, tenant, prefix string
+	timeout                time.Duration
 }
 
 func main() {
-	if err := newRoot().Execute(); err != nil {
+	if err := newRoot(os.LookupEnv).Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "pairdb:", err)
 		os.Exit(1)
 	}
 }
 
-func newRoot() *cobra.Command {
-	g := &globals{}
+// newRoot builds the command tree; env is where settings' environment
+// variables are read (os.LookupEnv in production).
+func newRoot(env config.LookupEnv) *cobra.Command {
+	root, _ := newRootWith(env)
+	return root
+}
+
+// newRootWith is newRoot that also returns the globals its commands share.
+func newRootWith(env config.LookupEnv) (*cobra.Command, *globals) {
+	g := &globals{cfg: config.DefaultGlobal(), env: env}
 	root := &cobra.Command{
 		Use:           "pairdb",
 		Short:         "PairDB: a multi-tenant, Dynamo-style replicated key-value store on NATS",
 		SilenceUsage:  true,
 		SilenceErrors: true,
-	}
-	defURL := os.Getenv("NATS_URL")
-	if defURL == "" {
-		defURL = nats.DefaultURL
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.Annotations[skipConfig] != "" || cmd.Name() == "help" || cmd.Name() == cobra.ShellCompRequestCmd {
+				return nil
+			}
+			return g.load(cmd)
+		},
 	}
 	pf := root.PersistentFlags()
-	pf.StringVarP(&g.server, "server", "s", defURL, "NATS server URL (env NATS_URL)")
-	pf.StringVarP(&g.tenant, "tenant", "t", "default", "tenant for key-value commands")
-	pf.DurationVar(&g.timeout, "timeout", 5*time.Second, "deadline for one request")
-	pf.StringVar(&g.prefix, "prefix", bus.DefaultPrefix, "subject prefix")
-	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	pf.StringVar(&g.configPath, config.FileFlag, "", "YAML file of settings (env "+config.FileEnv+"); flags and environment variables override it")
+	config.Bind(pf, config.Top, &g.cfg)
 	root.AddCommand(
 		newDevCmd(g), newCoordinatorCmd(g), newStorageNodeCmd(g),
 		newPutCmd(g), newGetCmd(g), newDeleteCmd(g), newTenantCmd(g), newMigrateCmd(g),
-		newNodeCmd(g), newMigrationCmd(g),
+		newNodeCmd(g), newMigrationCmd(g), newBenchCmd(g), newRepairCmd(g), newConfigCmd(),
 	)
-	return root
+	return root, g
+}
+
+// load reads the config file and resolves the global settings.
+func (g *globals) load(cmd *cobra.Command) error {
+	path := g.configPath
+	if path == "" {
+		path, _ = g.env(config.FileEnv)
+	}
+	if path != "" {
+		f, err := config.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		g.file = f
+	}
+	if err := config.Resolve(cmd.Flags(), config.Top, &g.cfg, g.env, g.file); err != nil {
+		return err
+	}
+	if err := g.cfg.Validate(); err != nil {
+		return err
+	}
+	g.server, g.tenant, g.prefix, g.timeout = g.cfg.Server, g.cfg.Tenant, g.cfg.Prefix, g.cfg.Timeout
+	return nil
+}
+
+// resolve fills a command's own settings (section) from its flags, the
+// environment and the config file, then validates them.
+func (g *globals) resolve(cmd *cobra.Command, section string, cfg interface{ Validate() error }) error {
+	if err := config.Resolve(cmd.Flags(), section, cfg, g.env, g.file); err != nil {
+		return err
+	}
+	return cfg.Validate()
 }
 
 func (g *globals) subjects() bus.Subjects { return bus.Subjects{Prefix: g.prefix} }
 
+// logger builds the process's logger from log_level and log_format.
 func (g *globals) logger() (*zap.Logger, error) {
-	lvl, err := zapcore.ParseLevel(g.logLevel)
+	lvl, err := zapcore.ParseLevel(g.cfg.LogLevel)
 	if err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
+		return nil, fmt.Errorf("log_level: %w", err)
 	}
 	cfg := zap.NewProductionConfig()
 	cfg.Level = zap.NewAtomicLevelAt(lvl)
-	cfg.Encoding = "console"
+	cfg.Encoding = g.cfg.LogFormat
 	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	if g.cfg.LogFormat == config.LogConsole {
+		// Sampling drops repeated lines, which hides the rhythm of a
+		// problem from someone reading a terminal; JSON for machines keeps
+		// zap's production sampling.
+		cfg.Sampling = nil
+		cfg.EncoderConfig.EncodeDuration = zapcore.StringDurationEncoder
+	}
 	return cfg.Build()
 }
 
-// connect opens a NATS connection for a long-running part: it reconnects
-// forever, since NATS servers restart under a running cluster.
-func (g *globals) connect(name string) (*nats.Conn, error) {
-	nc, err := nats.Connect(g.server, nats.Name(name), nats.MaxReconnects(-1))
-	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", g.server, err)
-	}
-	return nc, nil
+// connect opens a NATS connection to the configured server for a
+// long-running part: it reconnects forever, since NATS servers restart under
+// a running cluster, and logs each disconnection and reconnection.
+func (g *globals) connect(name string, log *zap.Logger) (*nats.Conn, error) {
+	return dial(g.server, name, log)
 }
 
 // client opens a connection and a client for one CLI call.
 func (g *globals) client() (*client.Client, func(), error) {
 	nc, err := nats.Connect(g.server, nats.Name("pairdb-cli"), nats.Timeout(g.timeout))
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", g.server, err)
+		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", redactURL(g.server), err)
 	}
 	c := client.New(nc, client.WithTenant(g.tenant), client.WithSubjects(g.subjects()), client.WithTimeout(g.timeout))
 	return c, nc.Close, nil
-}
-
-// untilSignal blocks until SIGINT or SIGTERM, then returns a context for
-// an orderly shutdown bounded by grace. A second signal exits at once.
-func untilSignal(log *zap.Logger, grace time.Duration) (context.Context, context.CancelFunc) {
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	sig := <-sigs
-	log.Info("shutting down; press Ctrl-C again to exit at once", zap.String("signal", sig.String()), zap.Duration("deadline", grace))
-	go func() {
-		<-sigs
-		fmt.Fprintln(os.Stderr, "pairdb: second signal, exiting now")
-		os.Exit(1)
-	}()
-	return context.WithTimeout(context.Background(), grace)
 }

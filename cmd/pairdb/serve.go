@@ -3,161 +3,293 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/cockroachdb/errors"
 	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
 	"github.com/pairdb/pairdb/cluster"
+	"github.com/pairdb/pairdb/config"
+	"github.com/pairdb/pairdb/jetstream/hints"
+	"github.com/pairdb/pairdb/ops"
 	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
 )
 
-const shutdownGrace = 15 * time.Second
-
 func newDevCmd(g *globals) *cobra.Command {
-	var (
-		listen, data, pgURL string
-		nodes               int
-		noSync              bool
-	)
+	cfg := config.DefaultDev()
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run an embedded NATS server, a coordinator and storage nodes in one process",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.resolve(cmd, config.SectionDev, &cfg); err != nil {
+				return err
+			}
 			log, err := g.logger()
 			if err != nil {
 				return err
 			}
 			defer func() { _ = log.Sync() }()
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-			defer cancel()
-			d, err := cluster.StartDev(ctx, cluster.DevConfig{
-				Listen: listen, DataDir: data, Nodes: nodes, NoSync: noSync,
-				Coordinator: cluster.CoordinatorConfig{Subjects: g.subjects(), PostgresURL: pgURL},
-				Logger:      log, Metrics: metrics.NewSet(),
+			set := metrics.NewSet()
+			return run(log, process{
+				name: "dev cluster", settings: cfg.Process, metrics: []*metrics.Set{set},
+				checkNames: []string{checkNATS, checkRing, checkCoordinator, checkStorage},
+				start: func(ctx context.Context) (*part, error) {
+					return startDev(ctx, g, cfg, log, set)
+				},
 			})
-			if err != nil {
-				return err
-			}
-			fmt.Printf("PairDB dev cluster is up: NATS at %s, %d storage nodes (%s), data in %s\n",
-				d.ClientURL(), nodes, strings.Join(d.NodeIDs(), ", "), data)
-			fmt.Printf("Try:\n  go run ./cmd/pairdb --server %s put hello world\n  go run ./cmd/pairdb --server %s get hello\n",
-				d.ClientURL(), d.ClientURL())
-			fmt.Printf("  nats --server %s req pairdb.v1.kv.default.get '{\"key\":\"hello\"}' -H Content-Type:application/json\n", d.ClientURL())
-			fmt.Println("Ctrl-C stops it; the data stays for the next start.")
-			sctx, scancel := untilSignal(log, shutdownGrace)
-			defer scancel()
-			return d.Close(sctx)
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&listen, "listen", "127.0.0.1:4222", "address of the embedded NATS server")
-	f.StringVar(&data, "data", "./pairdb-data", "data directory (NATS JetStream and one dir per storage node)")
-	f.IntVar(&nodes, "nodes", 3, "number of storage nodes")
-	f.BoolVar(&noSync, "no-sync", false, "skip fsync on storage nodes (benchmarks only: acknowledged writes can be lost on a crash)")
-	f.StringVar(&pgURL, "postgres-url", os.Getenv("PAIRDB_POSTGRES_URL"), "keep tenants in this PostgreSQL database instead of JetStream (env PAIRDB_POSTGRES_URL)")
+	config.Bind(cmd.Flags(), config.SectionDev, &cfg)
 	return cmd
 }
 
-// serve runs one long-lived part against an external NATS server: it
-// connects, starts the part, waits for a signal and stops it in order.
-func serve(g *globals, connName string, start func(ctx context.Context, log *zap.Logger, nc *nats.Conn) (func(context.Context) error, error)) error {
-	log, err := g.logger()
+func startDev(ctx context.Context, g *globals, cfg config.Dev, log *zap.Logger, set *metrics.Set) (*part, error) {
+	d, err := cluster.StartDev(ctx, cluster.DevConfig{
+		Listen: cfg.Listen, DataDir: cfg.Data, Nodes: cfg.Nodes, NoSync: cfg.NoSync,
+		Coordinator: cluster.CoordinatorConfig{Subjects: g.subjects(), PostgresURL: cfg.PostgresURL},
+		Logger:      log, Metrics: set,
+	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer func() { _ = log.Sync() }()
-	nc, err := g.connect(connName)
+	closeDev := func(ctx context.Context) error { return d.Close(ctx) }
+	// The process's own connection: readiness watches NATS and the storage
+	// nodes' heartbeats through it.
+	nc, err := dial(d.ClientURL(), "pairdb-dev-ops", log)
 	if err != nil {
-		return err
+		return nil, errors.CombineErrors(err, closeDev(context.WithoutCancel(ctx)))
 	}
-	defer nc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	stop, err := start(ctx, log, nc)
+	want := map[string]string{}
+	for _, id := range d.NodeIDs() {
+		want[id] = ""
+	}
+	hb, err := watchHeartbeats(nc, g.subjects(), want)
 	if err != nil {
-		return err
+		nc.Close()
+		return nil, errors.CombineErrors(err, closeDev(context.WithoutCancel(ctx)))
 	}
-	sctx, scancel := untilSignal(log, shutdownGrace)
-	defer scancel()
-	return stop(sctx)
+	return &part{
+		stop: func(ctx context.Context) error {
+			hb.stop()
+			nc.Close()
+			return closeDev(ctx)
+		},
+		checks: map[string]ops.Check{
+			checkNATS: natsCheck(nc),
+			checkRing: func(ctx context.Context) error {
+				for _, c := range d.Coordinators() {
+					if err := ringCheck(c.Ring)(ctx); err != nil {
+						return err
+					}
+				}
+				return nil
+			},
+			checkCoordinator: func(ctx context.Context) error {
+				cs := d.Coordinators()
+				if len(cs) == 0 {
+					return errors.New("no coordinator running")
+				}
+				for _, c := range cs {
+					if err := c.Ready(ctx); err != nil {
+						return err
+					}
+				}
+				return nil
+			},
+			checkStorage: hb.engineCheck,
+		},
+		ready: func(opsAddr string) {
+			url := d.ClientURL()
+			fmt.Printf("PairDB dev cluster is up: NATS at %s, %d storage nodes (%s), data in %s\n",
+				url, cfg.Nodes, strings.Join(d.NodeIDs(), ", "), cfg.Data)
+			fmt.Printf("Metrics at http://%s%s, health at %s and %s\n", opsAddr, ops.PathMetrics, ops.PathHealthz, ops.PathReadyz)
+			fmt.Printf("Try:\n  go run ./cmd/pairdb --server %s put hello world\n  go run ./cmd/pairdb --server %s get hello\n", url, url)
+			fmt.Printf("  nats --server %s req pairdb.v1.kv.default.get '{\"key\":\"hello\"}' -H Content-Type:application/json\n", url)
+			fmt.Println("Ctrl-C stops it; the data stays for the next start.")
+		},
+	}, nil
 }
 
 func newCoordinatorCmd(g *globals) *cobra.Command {
-	var (
-		pgURL          string
-		vnodes         int
-		streamReplicas int
-		idemTTL        time.Duration
-	)
+	cfg := config.DefaultCoordinator()
 	cmd := &cobra.Command{
 		Use:   "coordinator",
 		Short: "Run a coordinator against an external NATS server",
 		Args:  cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
-			return serve(g, "pairdb-coordinator", func(ctx context.Context, log *zap.Logger, nc *nats.Conn) (func(context.Context) error, error) {
-				svc, err := cluster.StartCoordinator(ctx, nc, cluster.CoordinatorConfig{
-					VirtualNodes: vnodes, Subjects: g.subjects(),
-					StreamReplicas: streamReplicas, IdempotencyTTL: idemTTL, PostgresURL: pgURL,
-					Logger: log, Metrics: metrics.NewSet(),
-				})
-				if err != nil {
-					return nil, err
-				}
-				st := svc.Ring.State()
-				log.Info("coordinator serving", zap.String("nats", nc.ConnectedUrlRedacted()),
-					zap.Uint64("epoch", st.Epoch), zap.Strings("normal_nodes", st.Normal()))
-				return svc.Stop, nil
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.resolve(cmd, config.SectionCoordinator, &cfg); err != nil {
+				return err
+			}
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			defer func() { _ = log.Sync() }()
+			set := metrics.NewSet()
+			return run(log, process{
+				name: "coordinator", settings: cfg.Process, metrics: []*metrics.Set{set},
+				checkNames: []string{checkNATS, checkRing, checkCoordinator},
+				start: func(ctx context.Context) (*part, error) {
+					nc, err := g.connect("pairdb-coordinator", log)
+					if err != nil {
+						return nil, err
+					}
+					svc, err := cluster.StartCoordinator(ctx, nc, cluster.CoordinatorConfig{
+						VirtualNodes: cfg.VirtualNodes, Subjects: g.subjects(), StreamReplicas: cfg.StreamReplicas,
+						IdempotencyTTL: cfg.IdempotencyTTL, PostgresURL: cfg.PostgresURL,
+						RequestTimeout: cfg.RequestTimeout, ReplicaTimeout: cfg.ReplicaTimeout, TenantCacheTTL: cfg.TenantCacheTTL,
+						HeartbeatTimeout: cfg.HeartbeatTimeout, DownAfter: cfg.DownAfter, NoHints: cfg.NoHints,
+						Hints:  hints.Config{MaxAge: cfg.HintMaxAge, MaxPerNode: int64(cfg.HintsPerNode)},
+						Logger: log, Metrics: set,
+					})
+					if err != nil {
+						nc.Close()
+						return nil, err
+					}
+					st := svc.Ring.State()
+					log.Info("coordinator started", zap.String("nats", nc.ConnectedUrlRedacted()),
+						zap.Uint64("epoch", st.Epoch), zap.Strings("normal_nodes", st.Normal()))
+					return &part{
+						stop: func(ctx context.Context) error {
+							err := svc.Stop(ctx)
+							closeConn(ctx, nc)
+							return err
+						},
+						checks: map[string]ops.Check{
+							checkNATS:        natsCheck(nc),
+							checkRing:        ringCheck(svc.Ring),
+							checkCoordinator: svc.Ready,
+						},
+					}, nil
+				},
 			})
 		},
 	}
-	f := cmd.Flags()
-	f.IntVar(&vnodes, "virtual-nodes", 150, "virtual nodes per storage node on the ring")
-	f.IntVar(&streamReplicas, "stream-replicas", 1, "JetStream replicas of the control-plane buckets (3 on a NATS cluster)")
-	f.DurationVar(&idemTTL, "idempotency-ttl", 24*time.Hour, "how long idempotency records are kept")
-	f.StringVar(&pgURL, "postgres-url", os.Getenv("PAIRDB_POSTGRES_URL"),
-		"keep tenants in this PostgreSQL database, applying migrations at start (env PAIRDB_POSTGRES_URL); empty: the JetStream bucket")
+	config.Bind(cmd.Flags(), config.SectionCoordinator, &cfg)
+	// Before the ring log, coordinators took the members from --nodes.
+	cmd.Flags().StringSlice("nodes", nil, "")
+	_ = cmd.Flags().MarkDeprecated("nodes", "it is ignored: members live in the ring log; bootstrap the ring once with `pairdb node add ID...`")
 	return cmd
 }
 
 func newStorageNodeCmd(g *globals) *cobra.Command {
-	var (
-		id, data       string
-		noSync         bool
-		grace          time.Duration
-		streamReplicas int
-	)
+	cfg := config.DefaultStorageNode()
 	cmd := &cobra.Command{
 		Use:   "storagenode",
 		Short: "Run a storage node against an external NATS server",
 		Args:  cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
-			if id == "" || data == "" {
-				return fmt.Errorf("--id and --data are required")
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.resolve(cmd, config.SectionStorageNode, &cfg); err != nil {
+				return err
 			}
-			return serve(g, "pairdb-storagenode-"+id, func(ctx context.Context, log *zap.Logger, nc *nats.Conn) (func(context.Context) error, error) {
-				n, err := cluster.StartStorageNode(ctx, nc, storagenode.Config{
-					ID: id, DataDir: data, Sync: !noSync, Subjects: g.subjects(), CleanupGrace: grace,
-					Logger: log.Named(id), Metrics: metrics.NewSet(),
-				}, streamReplicas, 0)
-				if err != nil {
-					return nil, err
-				}
-				log.Info("storage node serving", zap.String("id", id), zap.String("incarnation", n.Incarnation()), zap.String("data", data))
-				return n.Stop, nil
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			defer func() { _ = log.Sync() }()
+			set := metrics.NewSet()
+			return run(log, process{
+				name: "storage node", settings: cfg.Process, metrics: []*metrics.Set{set},
+				checkNames: []string{checkNATS, checkRing, checkStorage},
+				start: func(ctx context.Context) (*part, error) {
+					return startStorageNode(ctx, g, cfg, log, set)
+				},
 			})
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&id, "id", os.Getenv("PAIRDB_NODE_ID"), "storage node id (env PAIRDB_NODE_ID)")
-	f.StringVar(&data, "data", "", "data directory")
-	f.BoolVar(&noSync, "no-sync", false, "skip fsync (benchmarks only: acknowledged writes can be lost on a crash)")
-	f.DurationVar(&grace, "cleanup-grace", 10*time.Minute, "how long ranges this node no longer replicates are kept after a change")
-	f.IntVar(&streamReplicas, "stream-replicas", 1, "JetStream replicas of the control-plane streams (3 on a NATS cluster)")
+	config.Bind(cmd.Flags(), config.SectionStorageNode, &cfg)
 	return cmd
+}
+
+func startStorageNode(ctx context.Context, g *globals, cfg config.StorageNode, log *zap.Logger, set *metrics.Set) (*part, error) {
+	nc, err := g.connect("pairdb-storagenode-"+cfg.ID, log)
+	if err != nil {
+		return nil, err
+	}
+	// Subscribed before the node starts, so its first heartbeat counts.
+	hb, err := watchHeartbeats(nc, g.subjects(), map[string]string{cfg.ID: ""})
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	sc := storagenode.DefaultConfig(cfg.ID, cfg.Data)
+	sc.Sync = !cfg.NoSync
+	sc.Subjects = g.subjects()
+	sc.CleanupGrace = cfg.CleanupGrace
+	sc.CacheBytes = int64(cfg.CacheBytes)
+	sc.HintRate = float64(cfg.HintRate)
+	sc.AntiEntropyInterval = cfg.AntiEntropyInterval
+	sc.AntiEntropyRate = cfg.AntiEntropyRate
+	sc.TombstoneGrace = cfg.TombstoneGrace
+	sc.HintMaxAge = cfg.HintMaxAge
+	sc.Logger = log.Named(cfg.ID)
+	sc.Metrics = set
+	n, err := cluster.StartStorageNode(ctx, nc, sc, cfg.StreamReplicas, 0)
+	if err != nil {
+		hb.stop()
+		nc.Close()
+		return nil, err
+	}
+	hb.expect(cfg.ID, n.Incarnation())
+	log.Info("storage node started", zap.String("id", cfg.ID), zap.String("incarnation", n.Incarnation()), zap.String("data", cfg.Data))
+	return &part{
+		stop: func(ctx context.Context) error {
+			hb.stop()
+			err := n.Stop(ctx)
+			closeConn(ctx, nc)
+			return err
+		},
+		checks: map[string]ops.Check{
+			checkNATS:    natsCheck(nc),
+			checkRing:    hb.ringCheck,
+			checkStorage: hb.engineCheck,
+		},
+	}, nil
+}
+
+// ringCheck passes when r has folded a ring with storage nodes.
+func ringCheck(r *cluster.Ring) ops.Check {
+	return func(context.Context) error {
+		st := r.State()
+		if st == nil || st.Current() == nil || st.Current().Size() == 0 {
+			return errors.New("the ring has no storage nodes yet; bootstrap it with `pairdb node add ID...`")
+		}
+		return nil
+	}
+}
+
+// dial connects a long-running part to NATS at url; see globals.connect.
+func dial(url, name string, log *zap.Logger) (*nats.Conn, error) {
+	nc, err := nats.Connect(url, nats.Name(name), nats.MaxReconnects(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("disconnected from NATS; reconnecting", zap.String("conn", name), zap.Error(err))
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("reconnected to NATS", zap.String("conn", name), zap.String("server", nc.ConnectedUrlRedacted()))
+		}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s (setting server): %w", redactURL(url), err)
+	}
+	return nc, nil
+}
+
+// closeConn sends what is still buffered (replies of the last requests),
+// within a second and ctx, then closes nc.
+func closeConn(ctx context.Context, nc *nats.Conn) {
+	wait := time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl))
+	}
+	if wait > 0 && nc.IsConnected() {
+		_ = nc.FlushTimeout(wait)
+	}
+	nc.Close()
 }

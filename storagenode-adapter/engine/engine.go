@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/cockroachdb/errors"
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
@@ -62,6 +63,10 @@ type Options struct {
 	// Logger receives Pebble's own log lines and storage events; nil is
 	// silent.
 	Logger *zap.Logger
+	// Metrics receives Pebble's metrics (see metrics.go), labelled with
+	// MetricsNode; nil exports none.
+	Metrics     *metrics.Set
+	MetricsNode string
 }
 
 // Stats is a cheap snapshot of the store's state.
@@ -105,6 +110,11 @@ type Engine struct {
 
 	// keys approximates the number of stored keys; see Keys.
 	keys atomic.Int64
+	// metrics exports Pebble's metrics; nil without Options.Metrics.
+	metrics *pebbleMetrics
+
+	// dots is the node-wide dot sequence Apply mints from (see purge.go).
+	dots *dotCounter
 }
 
 // Open opens (creating if needed) the store in dir. On first open of an
@@ -158,10 +168,15 @@ func Open(dir string, opts Options) (*Engine, error) {
 	if err != nil {
 		return nil, errors.CombineErrors(errors.Wrapf(err, "engine: count keys in %s", dir), db.Close())
 	}
+	dots, err := loadDotCounter(db, inc)
+	if err != nil {
+		return nil, errors.CombineErrors(errors.Wrapf(err, "engine: dot counter of %s", dir), db.Close())
+	}
 	log.Info("storage engine open", zap.String("dir", dir), zap.String("incarnation", inc),
 		zap.Bool("sync", opts.Sync), zap.Int64("cache_bytes", cacheBytes), zap.Uint64("keys", keys))
-	e := &Engine{log: log, incarnation: inc, writeOpts: wo, db: db}
+	e := &Engine{log: log, incarnation: inc, writeOpts: wo, db: db, dots: dots}
 	e.keys.Store(int64(keys))
+	e.metrics = registerMetrics(opts.Metrics, opts.MetricsNode, e.readMetrics)
 	return e, nil
 }
 
@@ -253,7 +268,13 @@ func (e *Engine) Apply(tenant, key string, causal dvv.VV, value []byte, tombston
 	if cur.HasOrigin(origin) {
 		return cur, nil
 	}
-	next := dvv.Update(cur, causal, e.incarnation, value, tombstone, nowMs, policy)
+	// The counter comes from the node-wide sequence, never reused across
+	// keys or restarts, so a key rewritten after its tombstone was purged
+	// is not covered by that tombstone's clock elsewhere (see purge.go).
+	next, err := e.mint(dvv.Update(cur, causal, e.incarnation, value, tombstone, nowMs, policy))
+	if err != nil {
+		return dvv.Object{}, err
+	}
 	if len(origin) > 0 {
 		minted := dvv.Dot{Actor: e.incarnation, Counter: next.Clock[e.incarnation]}
 		for i := range next.Siblings {
@@ -350,6 +371,7 @@ func (e *Engine) Stats() (Stats, error) {
 // Close waits for in-flight operations and closes Pebble. Calling it again
 // is a no-op.
 func (e *Engine) Close() error {
+	e.metrics.unregister()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
