@@ -90,7 +90,7 @@ type Server struct {
 	// Timeout bounds one request.
 	Timeout time.Duration
 	Log     *zap.Logger
-	// Observe, when set, is called once per request after its reply was
+	// Observe, when set, is called once per request just before its reply is
 	// sent, with the endpoint name and the error code ("" on success).
 	Observe func(endpoint string, start time.Time, code string)
 	// Faults, when set, is asked about every request before it is handled:
@@ -207,12 +207,14 @@ func (s *Server) reply(name string, start time.Time, r micro.Request, enc Encodi
 		body = nil
 	}
 	msg.Data = body
+	// Observed before the reply leaves, so whoever got the reply also sees
+	// it counted.
+	if s.Observe != nil {
+		s.Observe(name, start, code)
+	}
 	if msg.Subject == "" {
 		s.Log.Debug("request without reply subject", zap.String("subject", r.Subject()))
 	} else if perr := s.Conn.PublishMsg(msg); perr != nil {
 		s.Log.Debug("reply failed", zap.String("subject", r.Subject()), zap.Error(perr))
-	}
-	if s.Observe != nil {
-		s.Observe(name, start, code)
 	}
 }
