@@ -41,14 +41,8 @@ func (s *Service) put(ctx context.Context, subject string, req *pb.PutRequest) (
 	}
 	level = w.level.String()
 	resp = &pb.PutResponse{Key: w.key, Consistency: level, IdempotencyKey: w.idemKey}
-	err = s.runIdempotent(ctx, w, resp, func() { resp.Duplicate = true }, func() error {
-		obj, acks, err := s.write(ctx, w)
-		if err != nil {
-			return err
-		}
-		resp.VectorClock, resp.ReplicaCount = obj.GetClock(), uint32(acks)
-		return nil
-	})
+	err = s.serveWrite(ctx, w, resp, func(vc []*pb.ClockEntry, acks uint32) { resp.VectorClock, resp.ReplicaCount = vc, acks },
+		func() { resp.Duplicate = true })
 	return resp, err
 }
 
@@ -62,15 +56,23 @@ func (s *Service) delete(ctx context.Context, subject string, req *pb.DeleteRequ
 	w.tombstone = true
 	level = w.level.String()
 	resp = &pb.DeleteResponse{Key: w.key, Consistency: level, IdempotencyKey: w.idemKey}
-	err = s.runIdempotent(ctx, w, resp, func() { resp.Duplicate = true }, func() error {
+	err = s.serveWrite(ctx, w, resp, func(vc []*pb.ClockEntry, acks uint32) { resp.VectorClock, resp.ReplicaCount = vc, acks },
+		func() { resp.Duplicate = true })
+	return resp, err
+}
+
+// serveWrite runs a validated put or delete at most once per idempotency
+// key; fill records the outcome in the response, markDup flags a duplicate.
+func (s *Service) serveWrite(ctx context.Context, w *writeReq, resp proto.Message,
+	fill func(vc []*pb.ClockEntry, acks uint32), markDup func()) error {
+	return s.runIdempotent(ctx, w, resp, markDup, func() error {
 		obj, acks, err := s.write(ctx, w)
 		if err != nil {
 			return err
 		}
-		resp.VectorClock, resp.ReplicaCount = obj.GetClock(), uint32(acks)
+		fill(obj.GetClock(), uint32(acks))
 		return nil
 	})
-	return resp, err
 }
 
 // prepareWrite validates a write and loads its tenant.

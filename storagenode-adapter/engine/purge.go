@@ -331,21 +331,10 @@ func (e *Engine) purgeKeys(tenant string, keys []string, tombstonesBefore int64)
 	defer e.mu.RUnlock()
 
 	hashes := make([]uint64, len(keys))
-	stripes := make([]int, 0, len(keys))
 	for i, k := range keys {
 		hashes[i] = keyspace.Hash(tenant, k)
-		stripes = append(stripes, int(hashes[i]%lockStripes))
 	}
-	slices.Sort(stripes)
-	stripes = slices.Compact(stripes)
-	for _, s := range stripes {
-		e.locks[s].Lock()
-	}
-	defer func() {
-		for _, s := range stripes {
-			e.locks[s].Unlock()
-		}
-	}()
+	defer e.lockAll(hashes)()
 
 	b := e.db.NewBatch()
 	defer func() { _ = b.Close() }()

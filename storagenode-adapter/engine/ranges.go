@@ -360,21 +360,10 @@ func (e *Engine) MergeBatch(tenant string, items []MergeItem, policy dvv.Policy)
 	defer e.mu.RUnlock()
 
 	hashes := make([]uint64, len(items))
-	stripes := make([]int, 0, len(items))
 	for i, it := range items {
 		hashes[i] = keyspace.Hash(tenant, it.Key)
-		stripes = append(stripes, int(hashes[i]%lockStripes))
 	}
-	slices.Sort(stripes)
-	stripes = slices.Compact(stripes)
-	for _, s := range stripes {
-		e.locks[s].Lock()
-	}
-	defer func() {
-		for _, s := range stripes {
-			e.locks[s].Unlock()
-		}
-	}()
+	defer e.lockAll(hashes)()
 
 	b := e.db.NewBatch()
 	defer func() { _ = b.Close() }()
@@ -422,4 +411,24 @@ func (e *Engine) MergeBatch(tenant string, items []MergeItem, policy dvv.Policy)
 		}
 	}
 	return changed, nil
+}
+
+// lockAll takes the per-key stripes of every hash, each once and in stripe
+// order (so two batches, or a batch and single-key writes, cannot deadlock),
+// and returns the unlock.
+func (e *Engine) lockAll(hashes []uint64) (unlock func()) {
+	stripes := make([]int, 0, len(hashes))
+	for _, h := range hashes {
+		stripes = append(stripes, int(h%lockStripes))
+	}
+	slices.Sort(stripes)
+	stripes = slices.Compact(stripes)
+	for _, s := range stripes {
+		e.locks[s].Lock()
+	}
+	return func() {
+		for _, s := range stripes {
+			e.locks[s].Unlock()
+		}
+	}
 }
