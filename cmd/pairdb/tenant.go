@@ -52,7 +52,14 @@ func newTenantCmd(g *globals) *cobra.Command {
 			}
 			return withClient(cmd.Context(), g, func(ctx context.Context, c *client.Client) error {
 				resp, err := c.UpdateTenant(ctx, req)
-				return printMsg(resp.GetTenant(), err)
+				if err := printMsg(resp.GetTenant(), err); err != nil {
+					return err
+				}
+				if id := resp.GetMigrationId(); id != "" {
+					fmt.Printf("replication factor %d -> %d: migration %s moves the data (pairdb migration watch %s)\n",
+						resp.GetOldReplicationFactor(), req.GetReplicationFactor(), id, id)
+				}
+				return nil
 			})
 		},
 	}
