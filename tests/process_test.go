@@ -70,7 +70,8 @@ func (p *nodeProcess) kill() {
 }
 
 // TestStorageNodeProcessesSurviveSIGKILL runs the storage nodes as real
-// processes and SIGKILLs them, one at a time, under a QUORUM write load:
+// processes and SIGKILLs them, one at a time, then pauses one (SIGSTOP),
+// under a QUORUM write load:
 // every acknowledged write stays readable, and once the killed nodes are
 // back (hints replayed) every replica holds it.
 func TestStorageNodeProcessesSurviveSIGKILL(t *testing.T) {
@@ -144,6 +145,14 @@ func TestStorageNodeProcessesSurviveSIGKILL(t *testing.T) {
 			"writes go on at QUORUM with %s killed", n.id)
 		n.start()
 	}
+	// A paused process (SIGSTOP) holds its connections but answers nothing:
+	// calls to it time out, heartbeats stop, and it is routed around.
+	paused := nodes[0]
+	require.NoError(t, paused.cmd.Process.Signal(syscall.SIGSTOP))
+	before := count()
+	require.Eventually(t, func() bool { return count() >= before+20 }, 60*time.Second, 10*time.Millisecond,
+		"writes go on at QUORUM with %s paused", paused.id)
+	require.NoError(t, paused.cmd.Process.Signal(syscall.SIGCONT))
 	close(stop)
 	wg.Wait()
 	require.NotEmpty(t, acked)
@@ -176,5 +185,5 @@ func TestStorageNodeProcessesSurviveSIGKILL(t *testing.T) {
 			return true
 		}, 30*time.Second, 20*time.Millisecond, "replicas of %s converge", k)
 	}
-	t.Logf("%d writes acknowledged across three SIGKILLs", len(acked))
+	t.Logf("%d writes acknowledged across three SIGKILLs and a pause", len(acked))
 }
