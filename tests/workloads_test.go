@@ -279,66 +279,80 @@ func checkSetUnion(h *harness, hist *History, v *Verdict) {
 // checkRegisters: every acknowledged value is in the final sibling set or
 // superseded by a write that saw it; no value appears twice (retries have
 // one effect); a read that started after an acknowledged write returned it
-// or a successor.
+// or a successor. The last check looks, for each read, at the acknowledged
+// writes of its key that finished in the two seconds before it started
+// (and at least the latest one): older writes have been superseded or
+// checked by earlier reads, and bounding the window keeps a long history
+// linear rather than quadratic.
 func checkRegisters(h *harness, hist *History, v *Verdict) {
 	ops := hist.Ops()
 	// successors[x] = values of writes whose context saw x.
 	successors := map[string][]string{}
+	ackedByKey := map[string][]Op{}
 	for _, op := range ops {
 		if op.Kind == "write" && op.Outcome != Fail {
 			for _, s := range op.Seen {
 				successors[s] = append(successors[s], op.Value)
 			}
 		}
+		if op.Kind == "write" && op.Outcome == OK {
+			ackedByKey[op.Key] = append(ackedByKey[op.Key], op)
+		}
 	}
-	supersededOrSelf := func(x string) map[string]bool {
-		out := map[string]bool{x: true}
+	for _, ws := range ackedByKey {
+		slices.SortFunc(ws, func(a, b Op) int { return a.End.Compare(b.End) })
+	}
+	// reaches reports whether x or a write that (transitively) saw x is in
+	// seen: a search forward from x that stops at the first hit.
+	reaches := func(x string, seen map[string]bool) bool {
+		visited := map[string]bool{x: true}
 		queue := []string{x}
 		for len(queue) > 0 {
 			cur := queue[0]
 			queue = queue[1:]
+			if seen[cur] {
+				return true
+			}
 			for _, n := range successors[cur] {
-				if !out[n] {
-					out[n] = true
+				if !visited[n] {
+					visited[n] = true
 					queue = append(queue, n)
 				}
 			}
 		}
-		return out
+		return false
 	}
-	finals := map[string][]string{}
-	for _, op := range ops {
-		if op.Kind == "write" && finals[op.Key] == nil {
-			vals, _ := h.finalValues("regs", op.Key)
-			finals[op.Key] = append(vals, "")
-			counts := map[string]int{}
-			for _, x := range vals {
-				if counts[x]++; counts[x] == 2 {
-					v.Failf("registers: value %s of %s is stored twice (a retry applied twice)", x, op.Key)
-				}
+	for key, ws := range ackedByKey {
+		vals, _ := h.finalValues("regs", key)
+		counts := map[string]int{}
+		for _, x := range vals {
+			if counts[x]++; counts[x] == 2 {
+				v.Failf("registers: value %s of %s is stored twice (a retry applied twice)", x, key)
+			}
+		}
+		for _, w := range ws {
+			if counts[w.Value] == 0 && len(successors[w.Value]) == 0 {
+				v.Failf("registers: acknowledged %s of %s is neither in the final siblings nor superseded", w.Value, key)
 			}
 		}
 	}
-	for _, w := range ops {
-		if w.Kind != "write" || w.Outcome != OK {
+	const window = 2 * time.Second
+	for _, r := range ops {
+		if r.Kind != "read" || r.Outcome != OK {
 			continue
 		}
-		if !slices.Contains(finals[w.Key], w.Value) && len(successors[w.Value]) == 0 {
-			v.Failf("registers: acknowledged %s of %s is neither in the final siblings nor superseded", w.Value, w.Key)
+		ws := ackedByKey[r.Key]
+		n, _ := slices.BinarySearchFunc(ws, r.Start, func(w Op, t time.Time) int { return w.End.Compare(t) })
+		seen := map[string]bool{}
+		for _, s := range r.Seen {
+			seen[s] = true
 		}
-		later := supersededOrSelf(w.Value)
-		for _, r := range ops {
-			if r.Kind != "read" || r.Outcome != OK || r.Key != w.Key || !r.Start.After(w.End) {
-				continue
+		for i := n - 1; i >= 0; i-- {
+			w := ws[i]
+			if i < n-1 && r.Start.Sub(w.End) > window {
+				break
 			}
-			ok := false
-			for _, s := range r.Seen {
-				if later[s] {
-					ok = true
-					break
-				}
-			}
-			if !ok {
+			if !reaches(w.Value, seen) {
 				v.Failf("registers: read of %s at %s saw %v, missing %s acknowledged at %s and all its successors",
 					w.Key, r.Start.Format(time.StampMicro), r.Seen, w.Value, w.End.Format(time.StampMicro))
 			}
