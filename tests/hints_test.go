@@ -33,6 +33,15 @@ func (h *harness) stored(node string) uint64 {
 	return h.counter(fmt.Sprintf(`pairdb_hints_stored_total{node=%q}`, node))
 }
 
+// waitStored waits until exactly n hints were stored for node: hints are
+// stored by the merge goroutines, which may finish after the write answered.
+func (h *harness) waitStored(node string, n uint64) {
+	h.t.Helper()
+	require.Eventually(h.t, func() bool { return h.stored(node) >= n }, hintWait, 5*time.Millisecond,
+		"%s: %d hints stored, want %d", node, h.stored(node), n)
+	require.EqualValues(h.t, n, h.stored(node))
+}
+
 func (h *harness) replayed(node string) uint64 {
 	return h.counter(fmt.Sprintf(`pairdb_hints_replayed_total{node=%q}`, node))
 }
@@ -128,7 +137,7 @@ func TestHintsHealANodeThatWasDown(t *testing.T) {
 	h.stopNode("node-3")
 	keys := h.putKeys("down", 300, "quorum")
 	// RF 3 on 3 nodes: node-3 replicates every key and missed every write.
-	require.EqualValues(t, len(keys), h.stored("node-3"))
+	h.waitStored("node-3", uint64(len(keys)))
 	require.Zero(t, h.counter(`pairdb_hints_failed_total{node="node-3"}`))
 	require.Equal(t, coordinator.Down, h.coordinator().Health("node-3"))
 	require.Equal(t, coordinator.Down, h.coordinator().Liveness()["node-3"])
@@ -189,7 +198,7 @@ func TestHintsSurviveCoordinatorAndNodeRestarts(t *testing.T) {
 	_, js := h.hintQueue()
 	h.stopNode("node-3")
 	keys := h.putKeys("restart", 100, "quorum")
-	require.EqualValues(t, 100, h.stored("node-3"))
+	h.waitStored("node-3", 100)
 	require.NoError(t, h.dev.StopCoordinator(ctxT(t), h.coordinator()))
 
 	in, err := hints.OpenInbox(ctxT(t), js, hints.Config{}, "node-3")
@@ -203,7 +212,7 @@ func TestHintsSurviveCoordinatorAndNodeRestarts(t *testing.T) {
 	// The new coordinator has never heard of node-3: it finds it gone on
 	// its first call and hints that write too.
 	keys = append(keys, h.putKeys("after", 10, "quorum")...)
-	require.EqualValues(t, 110, h.stored("node-3"))
+	h.waitStored("node-3", 110)
 
 	h.startNode("node-3")
 	h.waitReplayedExactly("node-3", 110)
@@ -226,7 +235,7 @@ func TestDownNodeIsHintedWithoutACall(t *testing.T) {
 	h.waitHealth("node-3", coordinator.Down) // heartbeats stopped for DownAfter
 
 	keys := h.putKeys("partitioned", 30, "quorum")
-	require.EqualValues(t, 30, h.stored("node-3"))
+	h.waitStored("node-3", 30)
 	start := time.Now()
 	_, err = h.c.Put(ctxT(t), "all", []byte("x"), client.Consistency("all"))
 	requireCode(t, err, pb.ErrorCode_QUORUM_NOT_REACHED)
