@@ -56,6 +56,13 @@ func (f *fakeInbox) Fetch(ctx context.Context, max int) ([]storagenode.Hint, err
 	return out, nil
 }
 
+// queued is how many hints have not been fetched yet.
+func (f *fakeInbox) queued() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.queue)
+}
+
 func (f *fakeInbox) settle(key, how string) error {
 	f.mu.Lock()
 	f.settled[key] = how
@@ -174,6 +181,9 @@ func TestStopInterruptsAPacedBatch(t *testing.T) {
 	n, err := storagenode.Start(nc, cfg)
 	require.NoError(t, err)
 	inbox.waitSettled(t, 1)
+	// The second hint must be in flight (fetched, waiting on the limiter)
+	// when Stop comes, or there is no batch to cut short.
+	require.Eventually(t, func() bool { return inbox.queued() == 0 }, 10*time.Second, time.Millisecond)
 	start := time.Now()
 	require.NoError(t, n.Stop(context.Background()))
 	require.Less(t, time.Since(start), 900*time.Millisecond, "Stop does not wait for the limiter")
