@@ -247,16 +247,24 @@ func wins(s, over Sibling) bool {
 
 func sorted(ss []Sibling) []Sibling {
 	out := slices.Clone(ss)
-	slices.SortStableFunc(out, func(x, y Sibling) int {
-		switch {
-		case x.Dot.Less(y.Dot):
-			return -1
-		case y.Dot.Less(x.Dot):
-			return 1
-		}
-		return 0
-	})
+	SortSiblings(out)
 	return out
+}
+
+// Compare orders dots like Less: -1, 0 or +1.
+func (d Dot) Compare(o Dot) int {
+	switch {
+	case d.Less(o):
+		return -1
+	case o.Less(d):
+		return 1
+	}
+	return 0
+}
+
+// SortSiblings puts siblings in the canonical order (by dot), in place.
+func SortSiblings(ss []Sibling) {
+	slices.SortStableFunc(ss, func(x, y Sibling) int { return x.Dot.Compare(y.Dot) })
 }
 
 func sameSibling(x, y Sibling) bool {

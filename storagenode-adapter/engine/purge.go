@@ -3,7 +3,6 @@ package engine
 import (
 	"crypto/sha256"
 	"encoding/binary"
-	"slices"
 	"sync"
 
 	"github.com/cockroachdb/errors"
@@ -158,15 +157,7 @@ func (e *Engine) mint(o dvv.Object) (dvv.Object, error) {
 	// No sibling of self lies between the old and the new counter (the
 	// clock covered none), so this keeps the canonical order; sorting again
 	// costs nothing and does not depend on that argument.
-	slices.SortStableFunc(o.Siblings, func(x, y dvv.Sibling) int {
-		switch {
-		case x.Dot.Less(y.Dot):
-			return -1
-		case y.Dot.Less(x.Dot):
-			return 1
-		}
-		return 0
-	})
+	dvv.SortSiblings(o.Siblings)
 	return o, nil
 }
 
