@@ -53,6 +53,12 @@ func classifyRequestError(subject string, err error) error {
 }
 
 func decodeReply(subject string, msg *nats.Msg, resp proto.Message) error {
+	if len(msg.Data) == 0 && msg.Header.Get("Status") == "503" {
+		// The server's "no responders" status, which nats.go's Request
+		// turns into an error itself; a Mux sees it raw when the sender
+		// shares its connection.
+		return Wrap(pb.ErrorCode_UNAVAILABLE, nats.ErrNoResponders, "nothing is serving %s", subject)
+	}
 	if err := proto.Unmarshal(msg.Data, resp); err != nil {
 		return Wrap(pb.ErrorCode_INTERNAL, err, "malformed reply from %s", subject)
 	}

@@ -2,10 +2,53 @@ package coordinator
 
 import (
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 )
+
+// labels are the label values of one series (unused ones empty).
+type labels [3]string
+
+// counterVec caches one metric family's counters by label values, so a
+// request does not format a series name and look it up in the set on every
+// call. Label values come from small closed sets (operations, levels,
+// error codes, node ids), so the cache stays bounded.
+type counterVec struct {
+	set    *metrics.Set
+	format string // fmt format of the full name, one %q per label
+	n      int    // labels used
+	series sync.Map
+}
+
+func (v *counterVec) with(l labels) *metrics.Counter {
+	if c, ok := v.series.Load(l); ok {
+		return c.(*metrics.Counter)
+	}
+	args := make([]any, v.n)
+	for i := range args {
+		args[i] = l[i]
+	}
+	c, _ := v.series.LoadOrStore(l, v.set.GetOrCreateCounter(fmt.Sprintf(v.format, args...)))
+	return c.(*metrics.Counter)
+}
+
+// histogramVec is counterVec for Prometheus histograms of two labels.
+type histogramVec struct {
+	set    *metrics.Set
+	format string
+	series sync.Map
+}
+
+func (v *histogramVec) with(a, b string) *metrics.PrometheusHistogram {
+	l := labels{a, b}
+	if h, ok := v.series.Load(l); ok {
+		return h.(*metrics.PrometheusHistogram)
+	}
+	h, _ := v.series.LoadOrStore(l, v.set.GetOrCreatePrometheusHistogram(fmt.Sprintf(v.format, a, b)))
+	return h.(*metrics.PrometheusHistogram)
+}
 
 // serviceMetrics keeps the original PairDB metric names where they fit
 // (shared/upstream/coordinator.md §8.2). Tenant ids are deliberately not a
@@ -20,6 +63,10 @@ type serviceMetrics struct {
 	repairsOK       *metrics.Counter
 	repairsFailed   *metrics.Counter
 	conflicts       *metrics.Counter
+
+	requests, requestErrors, quorumFailures *counterVec
+	replicaCalls, hintsStored, hintsFailed  *counterVec
+	duration                                *histogramVec
 }
 
 func newServiceMetrics(set *metrics.Set) *serviceMetrics {
@@ -33,20 +80,28 @@ func newServiceMetrics(set *metrics.Set) *serviceMetrics {
 		repairsOK:       set.GetOrCreateCounter(`coordinator_repairs_total{status="ok"}`),
 		repairsFailed:   set.GetOrCreateCounter(`coordinator_repairs_total{status="failed"}`),
 		conflicts:       set.GetOrCreateCounter(`coordinator_conflicts_total`),
+
+		requests:       &counterVec{set: set, n: 2, format: `coordinator_requests_total{operation=%q,consistency=%q}`},
+		requestErrors:  &counterVec{set: set, n: 2, format: `coordinator_request_errors_total{operation=%q,error_type=%q}`},
+		quorumFailures: &counterVec{set: set, n: 2, format: `coordinator_quorum_failures_total{operation=%q,consistency=%q}`},
+		replicaCalls:   &counterVec{set: set, n: 3, format: `coordinator_replica_%s_total{node_id=%q,status=%q}`},
+		hintsStored:    &counterVec{set: set, n: 1, format: `pairdb_hints_stored_total{node=%q}`},
+		hintsFailed:    &counterVec{set: set, n: 1, format: `pairdb_hints_failed_total{node=%q}`},
+		duration:       &histogramVec{set: set, format: `coordinator_request_duration_seconds{operation=%q,consistency=%q}`},
 	}
 }
 
 // request records one client request's outcome and latency.
 func (m *serviceMetrics) request(op, consistency string, start time.Time, code string) {
-	m.set.GetOrCreateCounter(fmt.Sprintf(`coordinator_requests_total{operation=%q,consistency=%q}`, op, consistency)).Inc()
-	m.set.GetOrCreatePrometheusHistogram(fmt.Sprintf(`coordinator_request_duration_seconds{operation=%q,consistency=%q}`, op, consistency)).UpdateDuration(start)
+	m.requests.with(labels{op, consistency}).Inc()
+	m.duration.with(op, consistency).UpdateDuration(start)
 	if code != "" {
-		m.set.GetOrCreateCounter(fmt.Sprintf(`coordinator_request_errors_total{operation=%q,error_type=%q}`, op, code)).Inc()
+		m.requestErrors.with(labels{op, code}).Inc()
 	}
 }
 
 func (m *serviceMetrics) quorumFailure(op, consistency string) {
-	m.set.GetOrCreateCounter(fmt.Sprintf(`coordinator_quorum_failures_total{operation=%q,consistency=%q}`, op, consistency)).Inc()
+	m.quorumFailures.with(labels{op, consistency}).Inc()
 }
 
 // replica records one call to one storage node.
@@ -55,15 +110,15 @@ func (m *serviceMetrics) replica(kind, node string, err error) {
 	if err != nil {
 		status = "error"
 	}
-	m.set.GetOrCreateCounter(fmt.Sprintf(`coordinator_replica_%s_total{node_id=%q,status=%q}`, kind, node, status)).Inc()
+	m.replicaCalls.with(labels{kind, node, status}).Inc()
 }
 
 // hint records one hint the coordinator tried to store for node: stored, or
 // failed (the store was unreachable; anti-entropy must heal that write).
 func (m *serviceMetrics) hint(node string, err error) {
-	name := `pairdb_hints_stored_total{node=%q}`
 	if err != nil {
-		name = `pairdb_hints_failed_total{node=%q}`
+		m.hintsFailed.with(labels{node}).Inc()
+		return
 	}
-	m.set.GetOrCreateCounter(fmt.Sprintf(name, node)).Inc()
+	m.hintsStored.with(labels{node}).Inc()
 }

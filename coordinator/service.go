@@ -26,6 +26,9 @@ type Service struct {
 	tenants  *tenantCache
 	liveness *liveness
 	repairs  *repairer
+	// acks receives the answers of the replicas a minting replica passes a
+	// write on to (see applyFirst).
+	acks *bus.Mux
 	// background owns goroutines that outlive a request (replica calls that
 	// finish after the quorum answered).
 	background sync.WaitGroup
@@ -66,9 +69,15 @@ func Start(nc *nats.Conn, cfg Config) (*Service, error) {
 		return nil, errors.Wrap(err, "subscribe to heartbeats")
 	}
 	s.subs = append(s.subs, sub)
+	if s.acks, err = bus.NewMux(nc); err != nil {
+		s.unsubscribe()
+		s.repairs.stop()
+		return nil, err
+	}
 
 	if err := s.addEndpoints(); err != nil {
 		s.unsubscribe()
+		_ = s.acks.Close()
 		s.repairs.stop()
 		return nil, err
 	}
@@ -146,6 +155,8 @@ func (s *Service) Stop(ctx context.Context) error {
 		case <-ctx.Done():
 			errs = errors.CombineErrors(errs, errors.Wrap(ctx.Err(), "waiting for replica calls"))
 		}
+		// After the background work: it waits for forwarded acks here.
+		errs = errors.CombineErrors(errs, s.acks.Close())
 		s.repairs.stop()
 		s.stopErr = errs
 	})

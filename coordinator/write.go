@@ -154,15 +154,25 @@ func (s *Service) runIdempotent(ctx context.Context, w *writeReq, resp proto.Mes
 		return err
 	}
 	data, err := proto.Marshal(resp)
-	if err == nil {
-		err = claim.Complete(ctx, data)
-	}
 	if err != nil {
-		// The write itself is durable at W replicas; failing the request now
-		// would invite a retry that could apply it twice.
-		s.log.Warn("write applied but its idempotency record was not saved",
-			zap.String("tenant", w.tenant.GetTenantId()), zap.Error(err))
+		return bus.Wrap(pb.ErrorCode_INTERNAL, err, "encode the response for its idempotency record")
 	}
+	// The answer does not wait for the DONE record (one JetStream fsync
+	// less on every keyed write): until it lands, a duplicate finds the
+	// claim PENDING and waits for it; if it never lands, the claim is
+	// abandoned and the retry that takes it over finds this write's origin
+	// on the replicas and completes it instead of writing again
+	// (recoverAttempt). Either way the write has one effect.
+	s.background.Add(1)
+	go func() {
+		defer s.background.Done()
+		cctx, cancel := context.WithTimeout(context.Background(), s.cfg.ReplicaTimeout)
+		defer cancel()
+		if err := claim.Complete(cctx, data); err != nil {
+			s.log.Warn("write applied but its idempotency record was not saved; a retry will find the write on the replicas",
+				zap.String("tenant", w.tenant.GetTenantId()), zap.Error(err))
+		}
+	}()
 	return nil
 }
 
@@ -205,8 +215,11 @@ func (s *Service) write(ctx context.Context, w *writeReq) (*pb.Object, int, erro
 			}
 		}
 		if obj == nil {
-			var stale uint64
-			obj, coord, stale, err = s.applyFirst(ctx, w, p, st.Epoch)
+			var (
+				stale uint64
+				fw    *forwarded
+			)
+			obj, coord, fw, stale, err = s.applyFirst(ctx, w, p, st.Epoch)
 			if err != nil {
 				return nil, 0, err
 			}
@@ -222,6 +235,15 @@ func (s *Service) write(ctx context.Context, w *writeReq) (*pb.Object, int, erro
 					"no replica of key %q could take the write", w.key)
 			}
 			sent[coord], acked[coord] = true, true
+			if fw != nil {
+				for _, node := range fw.nodes {
+					sent[node] = true
+					pending++
+				}
+				s.background.Add(1)
+				go s.collectForwarded(fw,
+					&pb.MergeRequest{TenantId: tid, Key: w.key, Object: obj, Policy: policy, Epoch: st.Epoch}, results)
+			}
 		}
 		merge := &pb.MergeRequest{TenantId: tid, Key: w.key, Object: obj, Policy: policy, Epoch: st.Epoch}
 		for _, node := range p.all {
@@ -333,32 +355,119 @@ type replicaResult struct {
 	epoch uint64
 }
 
-// applyFirst asks the replicas in turn (healthy first) to mint the version.
-// It returns the object and who minted it; or nil and, if a replica knew a
-// newer ring, that epoch.
-func (s *Service) applyFirst(ctx context.Context, w *writeReq, p placement, epoch uint64) (*pb.Object, string, uint64, error) {
+// applyFirst asks the replicas in turn (healthy first) to mint the version
+// and to pass it on to the other replicas of p itself, whose acks come
+// straight back here (fw): a write costs one round of fsyncs and one less
+// hop than minting, answering, then replicating. Replicas known to be down
+// are left out of the forwards; the caller hints them. It returns the
+// object, who minted it and the forwarded writes to collect; or nil and, if
+// a replica knew a newer ring, that epoch.
+func (s *Service) applyFirst(ctx context.Context, w *writeReq, p placement, epoch uint64) (
+	*pb.Object, string, *forwarded, uint64, error) {
 	apply := &pb.ApplyRequest{
 		TenantId: w.tenant.GetTenantId(), Key: w.key, Value: w.value, Tombstone: w.tombstone, Context: w.context,
 		Policy: policyOf(w.tenant), MaxSiblings: w.tenant.GetMaxSiblings(), Epoch: epoch, Origin: w.origin,
 	}
-	var stale uint64
+	now := time.Now()
 	for _, node := range s.liveness.order(p.all) {
+		fw := s.openForwards(p.all, node, now)
+		apply.Forwards = fw.forwards()
 		resp := new(pb.ApplyResponse)
 		err := s.callNode(ctx, node, bus.OpApply, apply, resp)
 		s.m.replica("writes", node, err)
+		if err == nil {
+			return resp.GetObject(), node, fw, 0, nil
+		}
+		// Acks of a failed apply (it may have forwarded before its commit
+		// failed) are not counted: the outcome is reported as unknown or the
+		// write minted again elsewhere, as without forwarding.
+		fw.close()
 		switch {
-		case err == nil:
-			return resp.GetObject(), node, 0, nil
 		case bus.Is(err, pb.ErrorCode_STALE_EPOCH):
-			return nil, "", max(resp.GetEpoch(), epoch+1), nil
+			return nil, "", nil, max(resp.GetEpoch(), epoch+1), nil
 		case !retryElsewhere(err):
-			return nil, "", 0, err
+			return nil, "", nil, 0, err
 		}
 		if ctx.Err() != nil {
 			break
 		}
 	}
-	return nil, "", stale, nil
+	return nil, "", nil, 0, nil
+}
+
+// forwarded is the set of replicas an apply was passed on to and where
+// their acks arrive; nil when there were none.
+type forwarded struct {
+	nodes  []string
+	waiter *bus.MuxWaiter
+}
+
+func (s *Service) openForwards(all []string, minter string, now time.Time) *forwarded {
+	var nodes []string
+	for _, node := range all {
+		if node == minter || (s.cfg.Hints != nil && s.liveness.health(node, now) == Down) {
+			continue
+		}
+		nodes = append(nodes, node)
+	}
+	if len(nodes) == 0 {
+		return nil
+	}
+	return &forwarded{nodes: nodes, waiter: s.acks.Open(len(nodes))}
+}
+
+func (f *forwarded) forwards() []*pb.Forward {
+	if f == nil {
+		return nil
+	}
+	out := make([]*pb.Forward, len(f.nodes))
+	for i, node := range f.nodes {
+		out[i] = &pb.Forward{NodeId: node, Reply: f.waiter.Subject(i)}
+	}
+	return out
+}
+
+func (f *forwarded) close() {
+	if f != nil {
+		f.waiter.Close()
+	}
+}
+
+// collectForwarded turns the acks of forwarded writes into results, as the
+// coordinator's own merge calls do; a replica that has not answered within
+// the replica timeout has missed the write and is hinted. It runs in the
+// background: the answer does not wait for it (results has room).
+func (s *Service) collectForwarded(fw *forwarded, merge *pb.MergeRequest, results chan<- replicaResult) {
+	defer s.background.Done()
+	defer fw.close()
+	timer := time.NewTimer(s.cfg.ReplicaTimeout)
+	defer timer.Stop()
+	answered := make([]bool, len(fw.nodes))
+	report := func(i int, err error, epoch uint64) {
+		answered[i] = true
+		node := fw.nodes[i]
+		s.m.replica("writes", node, err)
+		results <- replicaResult{node: node, err: err, epoch: epoch}
+		if err != nil && !bus.Is(err, pb.ErrorCode_STALE_EPOCH) {
+			s.missedWrite(node, merge, err)
+		}
+	}
+	for left := len(fw.nodes); left > 0; left-- {
+		select {
+		case r := <-fw.waiter.Replies():
+			resp := new(pb.MergeResponse)
+			err := bus.DecodeReply(s.cfg.Subjects.Node(fw.nodes[r.Index], bus.OpMerge), r.Msg, resp)
+			report(r.Index, err, resp.GetEpoch())
+		case <-timer.C:
+			for i, node := range fw.nodes {
+				if !answered[i] {
+					report(i, bus.Errorf(pb.ErrorCode_DEADLINE_EXCEEDED,
+						"no answer to a forwarded write from %s within %s", node, s.cfg.ReplicaTimeout), 0)
+				}
+			}
+			return
+		}
+	}
 }
 
 // recoverAttempt reads the key from every replica that answers in time and

@@ -15,6 +15,7 @@
 //     report otherwise. After SetDraining(true) it answers 503 at once
 //     without running checks, so load balancers stop routing to a process
 //     that is shutting down.
+//   - /debug/pprof/ serves Go's runtime profiles (net/http/pprof).
 package ops
 
 import (
@@ -22,6 +23,7 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -53,6 +55,7 @@ const (
 	PathMetrics = "/metrics"
 	PathHealthz = "/healthz"
 	PathReadyz  = "/readyz"
+	PathPprof   = "/debug/pprof/"
 )
 
 // Check reports whether one dependency is usable: nil means healthy, an
@@ -133,6 +136,14 @@ func Start(cfg Config, sets []*metrics.Set, ready map[string]Check) (*Server, er
 	mux.HandleFunc("GET "+PathMetrics, s.metrics)
 	mux.HandleFunc("GET "+PathHealthz, s.healthz)
 	mux.HandleFunc("GET "+PathReadyz, s.readyz)
+	// Profiles on demand (go tool pprof http://host:9090/debug/pprof/profile):
+	// the way to see where a production process spends its time. They cost
+	// nothing until asked for; the port is the operators' one, not clients'.
+	mux.HandleFunc("GET "+PathPprof, pprof.Index)
+	mux.HandleFunc("GET "+PathPprof+"cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET "+PathPprof+"profile", pprof.Profile)
+	mux.HandleFunc("GET "+PathPprof+"symbol", pprof.Symbol)
+	mux.HandleFunc("GET "+PathPprof+"trace", pprof.Trace)
 	s.http = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,

@@ -17,6 +17,8 @@ type nodeMetrics struct {
 	duration map[string]*metrics.PrometheusHistogram
 
 	mergeChanged *metrics.Counter
+	// forwardErr counts forwarded writes that could not be published.
+	forwardErr   *metrics.Counter
 	diskBytes    *metrics.Gauge
 	keys         *metrics.Gauge
 	heartbeatErr *metrics.Counter
@@ -33,6 +35,7 @@ func newNodeMetrics(set *metrics.Set, node string, ops ...string) *nodeMetrics {
 		requests:     make(map[string]*metrics.Counter, len(ops)),
 		duration:     make(map[string]*metrics.PrometheusHistogram, len(ops)),
 		mergeChanged: set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_merge_changed_total{node=%q}`, node)),
+		forwardErr:   set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_forward_errors_total{node=%q}`, node)),
 		diskBytes:    set.GetOrCreateGauge(fmt.Sprintf(`pairdb_node_disk_bytes{node=%q}`, node), nil),
 		keys:         set.GetOrCreateGauge(fmt.Sprintf(`pairdb_node_keys{node=%q}`, node), nil),
 		heartbeatErr: set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_heartbeat_errors_total{node=%q}`, node)),

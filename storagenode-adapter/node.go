@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/dvv/dvvpb"
 	"github.com/pairdb/pairdb/keyspace"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
@@ -200,19 +201,53 @@ func (n *Node) apply(ctx context.Context, _ string, req *pb.ApplyRequest) (*pb.A
 		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 			"a tombstone carries no value; send either tombstone=true or a value")
 	}
+	for _, f := range req.GetForwards() {
+		if err := keyspace.ValidateTenantID(f.GetNodeId()); err != nil {
+			return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid forward node id")
+		}
+		if f.GetReply() == "" {
+			return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "forward to %s has no reply subject", f.GetNodeId())
+		}
+	}
 	epoch, err := n.checkEpoch(ctx, bus.OpApply, req.GetEpoch())
 	if err != nil {
 		return &pb.ApplyResponse{Epoch: epoch}, err
 	}
+	var forward func(dvv.Object)
+	if len(req.GetForwards()) > 0 {
+		forward = func(obj dvv.Object) { n.forward(req, obj) }
+	}
 	n.placeMu.RLock()
 	defer n.placeMu.RUnlock()
-	obj, err := n.eng.Apply(req.GetTenantId(), req.GetKey(), dvvpb.ClockFromProto(req.GetContext()),
+	obj, err := n.eng.ApplyAndForward(req.GetTenantId(), req.GetKey(), dvvpb.ClockFromProto(req.GetContext()),
 		req.GetValue(), req.GetTombstone(), dvvpb.PolicyFromProto(req.GetPolicy()),
-		int(req.GetMaxSiblings()), time.Now().UnixMilli(), req.GetOrigin())
+		int(req.GetMaxSiblings()), time.Now().UnixMilli(), req.GetOrigin(), forward)
 	if err != nil {
 		return &pb.ApplyResponse{Epoch: epoch}, n.failed(bus.OpApply, err)
 	}
 	return &pb.ApplyResponse{Object: dvvpb.ObjectToProto(obj), Epoch: epoch}, nil
+}
+
+// forward sends a freshly minted object to the replicas the apply names, as
+// merges answered straight to the coordinator. It only publishes (no
+// waiting: it runs under the key's lock); a copy that does not arrive is
+// the coordinator's to notice (no answer by its deadline) and to hint.
+func (n *Node) forward(req *pb.ApplyRequest, obj dvv.Object) {
+	data, err := proto.Marshal(&pb.MergeRequest{
+		TenantId: req.GetTenantId(), Key: req.GetKey(), Object: dvvpb.ObjectToProto(obj),
+		Policy: req.GetPolicy(), Epoch: req.GetEpoch(),
+	})
+	if err != nil {
+		n.log.Error("encode forwarded merge", zap.Error(err))
+		return
+	}
+	for _, f := range req.GetForwards() {
+		msg := &nats.Msg{Subject: n.cfg.Subjects.Node(f.GetNodeId(), bus.OpMerge), Reply: f.GetReply(), Data: data}
+		if err := n.nc.PublishMsg(msg); err != nil {
+			n.met.forwardErr.Inc()
+			n.log.Warn("forwarding a write failed", zap.String("to", f.GetNodeId()), zap.Error(err))
+		}
+	}
 }
 
 func (n *Node) merge(ctx context.Context, _ string, req *pb.MergeRequest) (*pb.MergeResponse, error) {

@@ -122,7 +122,7 @@ func (x IdempotencyRecord_State) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use IdempotencyRecord_State.Descriptor instead.
 func (IdempotencyRecord_State) EnumDescriptor() ([]byte, []int) {
-	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{10, 0}
+	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{11, 0}
 }
 
 // Dot names the event that created a sibling: (actor, counter).
@@ -325,7 +325,12 @@ type ApplyRequest struct {
 	Epoch       uint64 `protobuf:"varint,8,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// See StoredSibling.origin: when the stored object already holds a
 	// sibling with this origin, the replica returns it and mints nothing.
-	Origin        []byte `protobuf:"bytes,9,opt,name=origin,proto3" json:"origin,omitempty"`
+	Origin []byte `protobuf:"bytes,9,opt,name=origin,proto3" json:"origin,omitempty"`
+	// The replicas that minting replica sends the new object to itself, as a
+	// MergeRequest with this request's epoch and policy, as soon as it is
+	// minted (before its own commit): the write then costs one round of
+	// fsyncs, not two. Each answers on its own reply subject.
+	Forwards      []*Forward `protobuf:"bytes,10,rep,name=forwards,proto3" json:"forwards,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -423,6 +428,67 @@ func (x *ApplyRequest) GetOrigin() []byte {
 	return nil
 }
 
+func (x *ApplyRequest) GetForwards() []*Forward {
+	if x != nil {
+		return x.Forwards
+	}
+	return nil
+}
+
+// Forward names one replica an apply is passed on to.
+type Forward struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Where that replica's MergeResponse goes (the coordinator's inbox).
+	Reply         string `protobuf:"bytes,2,opt,name=reply,proto3" json:"reply,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Forward) Reset() {
+	*x = Forward{}
+	mi := &file_pairdb_v1_node_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Forward) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Forward) ProtoMessage() {}
+
+func (x *Forward) ProtoReflect() protoreflect.Message {
+	mi := &file_pairdb_v1_node_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Forward.ProtoReflect.Descriptor instead.
+func (*Forward) Descriptor() ([]byte, []int) {
+	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Forward) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *Forward) GetReply() string {
+	if x != nil {
+		return x.Reply
+	}
+	return ""
+}
+
 type ApplyResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Object        *Object                `protobuf:"bytes,1,opt,name=object,proto3" json:"object,omitempty"`
@@ -434,7 +500,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_pairdb_v1_node_proto_msgTypes[4]
+	mi := &file_pairdb_v1_node_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -446,7 +512,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_node_proto_msgTypes[4]
+	mi := &file_pairdb_v1_node_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -459,7 +525,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{4}
+	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ApplyResponse) GetObject() *Object {
@@ -497,7 +563,7 @@ type MergeRequest struct {
 
 func (x *MergeRequest) Reset() {
 	*x = MergeRequest{}
-	mi := &file_pairdb_v1_node_proto_msgTypes[5]
+	mi := &file_pairdb_v1_node_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -509,7 +575,7 @@ func (x *MergeRequest) String() string {
 func (*MergeRequest) ProtoMessage() {}
 
 func (x *MergeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_node_proto_msgTypes[5]
+	mi := &file_pairdb_v1_node_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -522,7 +588,7 @@ func (x *MergeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeRequest.ProtoReflect.Descriptor instead.
 func (*MergeRequest) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{5}
+	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *MergeRequest) GetTenantId() string {
@@ -570,7 +636,7 @@ type MergeResponse struct {
 
 func (x *MergeResponse) Reset() {
 	*x = MergeResponse{}
-	mi := &file_pairdb_v1_node_proto_msgTypes[6]
+	mi := &file_pairdb_v1_node_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -582,7 +648,7 @@ func (x *MergeResponse) String() string {
 func (*MergeResponse) ProtoMessage() {}
 
 func (x *MergeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_node_proto_msgTypes[6]
+	mi := &file_pairdb_v1_node_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -595,7 +661,7 @@ func (x *MergeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeResponse.ProtoReflect.Descriptor instead.
 func (*MergeResponse) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{6}
+	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *MergeResponse) GetEpoch() uint64 {
@@ -623,7 +689,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_pairdb_v1_node_proto_msgTypes[7]
+	mi := &file_pairdb_v1_node_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -635,7 +701,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_node_proto_msgTypes[7]
+	mi := &file_pairdb_v1_node_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -648,7 +714,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{7}
+	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReadRequest) GetTenantId() string {
@@ -684,7 +750,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_pairdb_v1_node_proto_msgTypes[8]
+	mi := &file_pairdb_v1_node_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -696,7 +762,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_node_proto_msgTypes[8]
+	mi := &file_pairdb_v1_node_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -709,7 +775,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{8}
+	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReadResponse) GetFound() bool {
@@ -757,7 +823,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_pairdb_v1_node_proto_msgTypes[9]
+	mi := &file_pairdb_v1_node_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -769,7 +835,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_node_proto_msgTypes[9]
+	mi := &file_pairdb_v1_node_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -782,7 +848,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{9}
+	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Heartbeat) GetNodeId() string {
@@ -850,7 +916,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_pairdb_v1_node_proto_msgTypes[10]
+	mi := &file_pairdb_v1_node_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -862,7 +928,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_node_proto_msgTypes[10]
+	mi := &file_pairdb_v1_node_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -875,7 +941,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{10}
+	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *IdempotencyRecord) GetState() IdempotencyRecord_State {
@@ -922,7 +988,7 @@ const file_pairdb_v1_node_proto_rawDesc = "" +
 	"\x06origin\x18\x05 \x01(\fR\x06origin\"k\n" +
 	"\x06Object\x124\n" +
 	"\bsiblings\x18\x01 \x03(\v2\x18.pairdb.v1.StoredSiblingR\bsiblings\x12+\n" +
-	"\x05clock\x18\x02 \x03(\v2\x15.pairdb.v1.ClockEntryR\x05clock\"\xa6\x02\n" +
+	"\x05clock\x18\x02 \x03(\v2\x15.pairdb.v1.ClockEntryR\x05clock\"\xd6\x02\n" +
 	"\fApplyRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x14\n" +
@@ -932,7 +998,12 @@ const file_pairdb_v1_node_proto_rawDesc = "" +
 	"\x06policy\x18\x06 \x01(\x0e2\x19.pairdb.v1.ConflictPolicyR\x06policy\x12!\n" +
 	"\fmax_siblings\x18\a \x01(\rR\vmaxSiblings\x12\x14\n" +
 	"\x05epoch\x18\b \x01(\x04R\x05epoch\x12\x16\n" +
-	"\x06origin\x18\t \x01(\fR\x06origin\"x\n" +
+	"\x06origin\x18\t \x01(\fR\x06origin\x12.\n" +
+	"\bforwards\x18\n" +
+	" \x03(\v2\x12.pairdb.v1.ForwardR\bforwards\"8\n" +
+	"\aForward\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
+	"\x05reply\x18\x02 \x01(\tR\x05reply\"x\n" +
 	"\rApplyResponse\x12)\n" +
 	"\x06object\x18\x01 \x01(\v2\x11.pairdb.v1.ObjectR\x06object\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12&\n" +
@@ -992,7 +1063,7 @@ func file_pairdb_v1_node_proto_rawDescGZIP() []byte {
 }
 
 var file_pairdb_v1_node_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_pairdb_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_pairdb_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_pairdb_v1_node_proto_goTypes = []any{
 	(ConflictPolicy)(0),          // 0: pairdb.v1.ConflictPolicy
 	(IdempotencyRecord_State)(0), // 1: pairdb.v1.IdempotencyRecord.State
@@ -1000,35 +1071,37 @@ var file_pairdb_v1_node_proto_goTypes = []any{
 	(*StoredSibling)(nil),        // 3: pairdb.v1.StoredSibling
 	(*Object)(nil),               // 4: pairdb.v1.Object
 	(*ApplyRequest)(nil),         // 5: pairdb.v1.ApplyRequest
-	(*ApplyResponse)(nil),        // 6: pairdb.v1.ApplyResponse
-	(*MergeRequest)(nil),         // 7: pairdb.v1.MergeRequest
-	(*MergeResponse)(nil),        // 8: pairdb.v1.MergeResponse
-	(*ReadRequest)(nil),          // 9: pairdb.v1.ReadRequest
-	(*ReadResponse)(nil),         // 10: pairdb.v1.ReadResponse
-	(*Heartbeat)(nil),            // 11: pairdb.v1.Heartbeat
-	(*IdempotencyRecord)(nil),    // 12: pairdb.v1.IdempotencyRecord
-	(*ClockEntry)(nil),           // 13: pairdb.v1.ClockEntry
-	(*Error)(nil),                // 14: pairdb.v1.Error
+	(*Forward)(nil),              // 6: pairdb.v1.Forward
+	(*ApplyResponse)(nil),        // 7: pairdb.v1.ApplyResponse
+	(*MergeRequest)(nil),         // 8: pairdb.v1.MergeRequest
+	(*MergeResponse)(nil),        // 9: pairdb.v1.MergeResponse
+	(*ReadRequest)(nil),          // 10: pairdb.v1.ReadRequest
+	(*ReadResponse)(nil),         // 11: pairdb.v1.ReadResponse
+	(*Heartbeat)(nil),            // 12: pairdb.v1.Heartbeat
+	(*IdempotencyRecord)(nil),    // 13: pairdb.v1.IdempotencyRecord
+	(*ClockEntry)(nil),           // 14: pairdb.v1.ClockEntry
+	(*Error)(nil),                // 15: pairdb.v1.Error
 }
 var file_pairdb_v1_node_proto_depIdxs = []int32{
 	2,  // 0: pairdb.v1.StoredSibling.dot:type_name -> pairdb.v1.Dot
 	3,  // 1: pairdb.v1.Object.siblings:type_name -> pairdb.v1.StoredSibling
-	13, // 2: pairdb.v1.Object.clock:type_name -> pairdb.v1.ClockEntry
-	13, // 3: pairdb.v1.ApplyRequest.context:type_name -> pairdb.v1.ClockEntry
+	14, // 2: pairdb.v1.Object.clock:type_name -> pairdb.v1.ClockEntry
+	14, // 3: pairdb.v1.ApplyRequest.context:type_name -> pairdb.v1.ClockEntry
 	0,  // 4: pairdb.v1.ApplyRequest.policy:type_name -> pairdb.v1.ConflictPolicy
-	4,  // 5: pairdb.v1.ApplyResponse.object:type_name -> pairdb.v1.Object
-	14, // 6: pairdb.v1.ApplyResponse.error:type_name -> pairdb.v1.Error
-	4,  // 7: pairdb.v1.MergeRequest.object:type_name -> pairdb.v1.Object
-	0,  // 8: pairdb.v1.MergeRequest.policy:type_name -> pairdb.v1.ConflictPolicy
-	14, // 9: pairdb.v1.MergeResponse.error:type_name -> pairdb.v1.Error
-	4,  // 10: pairdb.v1.ReadResponse.object:type_name -> pairdb.v1.Object
-	14, // 11: pairdb.v1.ReadResponse.error:type_name -> pairdb.v1.Error
-	1,  // 12: pairdb.v1.IdempotencyRecord.state:type_name -> pairdb.v1.IdempotencyRecord.State
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	6,  // 5: pairdb.v1.ApplyRequest.forwards:type_name -> pairdb.v1.Forward
+	4,  // 6: pairdb.v1.ApplyResponse.object:type_name -> pairdb.v1.Object
+	15, // 7: pairdb.v1.ApplyResponse.error:type_name -> pairdb.v1.Error
+	4,  // 8: pairdb.v1.MergeRequest.object:type_name -> pairdb.v1.Object
+	0,  // 9: pairdb.v1.MergeRequest.policy:type_name -> pairdb.v1.ConflictPolicy
+	15, // 10: pairdb.v1.MergeResponse.error:type_name -> pairdb.v1.Error
+	4,  // 11: pairdb.v1.ReadResponse.object:type_name -> pairdb.v1.Object
+	15, // 12: pairdb.v1.ReadResponse.error:type_name -> pairdb.v1.Error
+	1,  // 13: pairdb.v1.IdempotencyRecord.state:type_name -> pairdb.v1.IdempotencyRecord.State
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_pairdb_v1_node_proto_init() }
@@ -1043,7 +1116,7 @@ func file_pairdb_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pairdb_v1_node_proto_rawDesc), len(file_pairdb_v1_node_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -247,6 +247,21 @@ func (e *Engine) Incarnation() string { return e.incarnation }
 // this replica), the stored object is returned and nothing is minted.
 func (e *Engine) Apply(tenant, key string, causal dvv.VV, value []byte, tombstone bool,
 	policy dvv.Policy, maxSiblings int, nowMs int64, origin []byte) (dvv.Object, error) {
+	return e.ApplyAndForward(tenant, key, causal, value, tombstone, policy, maxSiblings, nowMs, origin, nil)
+}
+
+// ApplyAndForward is Apply that calls forward (when not nil) with the
+// object to be committed before committing it, still under the key's lock,
+// so the other replicas' fsyncs run alongside this one's. That is safe
+// because the new dot's counter was reserved durably before it was handed
+// out (see dotCounter): a crash before the local commit loses this copy,
+// never reuses the dot for another value. forward must not block long (it
+// runs under the key's lock) and must not touch the engine. If the commit
+// then fails, the forwarded copies stay; the caller reports an unknown
+// outcome. When the origin is already here, nothing is written and
+// forward gets the stored object: the other replicas may still lack it.
+func (e *Engine) ApplyAndForward(tenant, key string, causal dvv.VV, value []byte, tombstone bool,
+	policy dvv.Policy, maxSiblings int, nowMs int64, origin []byte, forward func(dvv.Object)) (dvv.Object, error) {
 	if err := validate(tenant, key); err != nil {
 		return dvv.Object{}, err
 	}
@@ -266,6 +281,9 @@ func (e *Engine) Apply(tenant, key string, causal dvv.VV, value []byte, tombston
 		return dvv.Object{}, err
 	}
 	if cur.HasOrigin(origin) {
+		if forward != nil {
+			forward(cur)
+		}
 		return cur, nil
 	}
 	// The counter comes from the node-wide sequence, never reused across
@@ -288,6 +306,9 @@ func (e *Engine) Apply(tenant, key string, causal dvv.VV, value []byte, tombston
 			"key %q of tenant %q would have %d siblings, over the tenant's limit of %d; "+
 				"read the key and write with its vector_clock to resolve the siblings",
 			key, tenant, len(next.Siblings), maxSiblings)
+	}
+	if forward != nil {
+		forward(next)
 	}
 	if err := e.put(k, next); err != nil {
 		return dvv.Object{}, err

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Runs `pairdb bench` in the deployment-shaped layout of the performance
+# targets: a separate nats-server process (JetStream, fsync on every write),
+# one coordinator process and three storage-node processes (fsync on), each
+# on its own port, in a temporary directory removed afterwards. Arguments go
+# to `pairdb bench` (default: --baseline --load -w put -c quorum). After the
+# run it prints every process's resident memory (RSS).
+#
+#   bench/layout.sh --baseline --load -w put -c quorum --concurrency 16
+#   RUNS=3 bench/layout.sh --baseline -w get --load --concurrency 64
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+work=$(mktemp -d -t pairdb-layout.XXXXXX)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "building pairdb and nats-server into $work/bin" >&2
+go build -o "$work/bin/pairdb" ./cmd/pairdb
+go build -o "$work/bin/nats-server" github.com/nats-io/nats-server/v2
+
+# Free ports from the kernel, so the machine's own server (4222) and other
+# runs are left alone.
+freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(freeport)
+cat >"$work/nats.conf" <<CONF
+listen: 127.0.0.1:$port
+max_payload: 8MB
+jetstream { store_dir: "$work/nats", sync_interval: always }
+CONF
+"$work/bin/nats-server" -c "$work/nats.conf" >"$work/nats.log" 2>&1 &
+pids+=($!)
+server="nats://127.0.0.1:$port"
+export PAIRDB_SERVER="$server" PAIRDB_LOG_LEVEL=warn
+pdb="$work/bin/pairdb"
+for _ in $(seq 50); do "$pdb" tenant list >/dev/null 2>&1 && break || sleep 0.2; done
+
+for i in 1 2 3; do
+	ops[$i]=127.0.0.1:$(freeport)
+	"$pdb" storagenode --id "node-$i" --data "$work/node-$i" ${NODE_FLAGS:-} --ops-addr "${ops[$i]}" >"$work/node-$i.log" 2>&1 &
+	pids+=($!)
+	roles[$!]="storagenode node-$i"
+done
+ops[0]=127.0.0.1:$(freeport)
+"$pdb" coordinator --ops-addr "${ops[0]}" >"$work/coordinator.log" 2>&1 &
+pids+=($!)
+roles[$!]="coordinator"
+roles[${pids[0]}]="nats-server"
+
+# The nodes register themselves when they start; retry until all three have.
+retry() { for _ in $(seq 100); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done; "$@"; }
+retry "$pdb" node add node-1 node-2 node-3 --wait
+
+args=("$@")
+[ ${#args[@]} -eq 0 ] && args=(--baseline --load -w put -c quorum)
+for run in $(seq "${RUNS:-1}"); do
+	echo "=== run $run: pairdb bench ${args[*]}" >&2
+	retry "$pdb" tenant create "bench-$run" --replication-factor 3
+	if [ -n "${PROFILE:-}" ] && [ "$run" = 1 ]; then
+		# CPU profiles of the coordinator and node-1 from second 3 of the
+		# run phase on (after a --load phase of ~1 s), for `go tool pprof`.
+		mkdir -p "$PROFILE"
+		(sleep 4; curl -s -o "$PROFILE/coordinator.pprof" "http://${ops[0]}/debug/pprof/profile?seconds=5") &
+		profilers=($!)
+		(sleep 4; curl -s -o "$PROFILE/node-1.pprof" "http://${ops[1]}/debug/pprof/profile?seconds=5") &
+		profilers+=($!)
+	fi
+	"$pdb" bench --tenant "bench-$run" "${args[@]}" || { tail -20 "$work"/*.log >&2; exit 1; }
+	if [ -n "${PROFILE:-}" ] && [ "$run" = 1 ]; then
+		wait "${profilers[@]}"
+		curl -s -o "$PROFILE/coordinator.metrics" "http://${ops[0]}/metrics"
+		curl -s -o "$PROFILE/node-1.metrics" "http://${ops[1]}/metrics"
+	fi
+done
+
+echo "after the runs:            RSS      CPU time"
+tck=$(getconf CLK_TCK)
+for p in "${pids[@]}"; do
+	printf '  %-22s %6d MiB %8.1f s\n' "${roles[$p]}" $(($(awk '/VmRSS/ {print $2}' "/proc/$p/status") / 1024)) \
+		"$(awk -v t="$tck" '{print ($14+$15)/t}' "/proc/$p/stat")"
+done
