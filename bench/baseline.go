@@ -41,15 +41,18 @@ type Transport struct {
 	lim       *bus.Limiter
 	base      string
 	timeout   time.Duration
-	stopOnce  sync.Once
-	stopErr   error
+	// ownConns: Stop closes the responder's and replicas' connections
+	// (StartTransport dialled them).
+	ownConns bool
+	stopOnce sync.Once
+	stopErr  error
 }
 
 // StartTransport starts the responder and its replicas on connections of
 // their own, subscribed under a private random subject, and uses conn to
 // send requests.
 func StartTransport(conn *nats.Conn, dial Dialer, valueSize int, timeout time.Duration) (*Transport, error) {
-	t := &Transport{client: conn, lim: bus.NewLimiter(transportMaxInFlight), base: "_pairdb_bench." + client.NewIdempotencyKey(), timeout: timeout}
+	t := &Transport{client: conn, lim: bus.NewLimiter(transportMaxInFlight), base: NewTransportBase(), timeout: timeout, ownConns: true}
 	if err := t.start(dial, valueSize); err != nil {
 		_ = t.Stop(context.Background())
 		return nil, err
@@ -57,24 +60,57 @@ func StartTransport(conn *nats.Conn, dial Dialer, valueSize int, timeout time.Du
 	return t, nil
 }
 
+// NewTransportBase is a fresh private subject prefix for a transport.
+func NewTransportBase() string { return "_pairdb_bench." + client.NewIdempotencyKey() }
+
+// ConnectTransport sends requests over conn to a transport whose responder
+// and replicas run elsewhere (ServeTransportPart, in processes of their
+// own, so the baseline pays the same context switches as PairDB's
+// processes) under the subject prefix base.
+func ConnectTransport(conn *nats.Conn, base string, timeout time.Duration) *Transport {
+	return &Transport{client: conn, lim: bus.NewLimiter(transportMaxInFlight), base: base, timeout: timeout}
+}
+
+// Transport roles for ServeTransportPart.
+const (
+	RoleResponder = "responder"
+	RoleReplica   = "replica"
+)
+
+// ServeTransportPart serves one part of the transport baseline on nc under
+// base: the responder, or replica number index (0 to 2). Stop the returned
+// transport to end it; nc stays the caller's.
+func ServeTransportPart(nc *nats.Conn, base, role string, index, valueSize int, timeout time.Duration) (*Transport, error) {
+	t := &Transport{lim: bus.NewLimiter(transportMaxInFlight), base: base, timeout: timeout}
+	var err error
+	switch role {
+	case RoleResponder:
+		t.responder = nc
+		err = t.serveResponder()
+	case RoleReplica:
+		if index < 0 || index >= transportReplicas {
+			return nil, errors.Newf("replica index %d out of range 0..%d", index, transportReplicas-1)
+		}
+		err = t.serveReplica(nc, index, valueSize)
+	default:
+		return nil, errors.Newf("unknown transport role %q (want %s or %s)", role, RoleResponder, RoleReplica)
+	}
+	if err != nil {
+		_ = t.Stop(context.Background())
+		return nil, err
+	}
+	return t, nil
+}
+
 func (t *Transport) start(dial Dialer, valueSize int) error {
-	ack := mustMarshal(&pb.MergeResponse{})
-	value := mustMarshal(&pb.ReadResponse{Object: &pb.Object{Siblings: []*pb.StoredSibling{{Value: make([]byte, valueSize)}}}})
 	for i := range transportReplicas {
 		nc, err := dial("pairdb-bench-replica")
 		if err != nil {
 			return err
 		}
 		t.replicas = append(t.replicas, nc)
-		for op, body := range map[string][]byte{bus.OpPut: ack, bus.OpGet: value} {
-			sub, err := nc.Subscribe(t.replicaSubject(i, op), func(m *nats.Msg) { _ = m.Respond(body) })
-			if err != nil {
-				return errors.Wrap(err, "subscribe baseline replica")
-			}
-			t.subs = append(t.subs, sub)
-		}
-		if err := nc.Flush(); err != nil {
-			return errors.Wrap(err, "flush baseline replica subscriptions")
+		if err := t.serveReplica(nc, i, valueSize); err != nil {
+			return err
 		}
 	}
 	nc, err := dial("pairdb-bench-responder")
@@ -82,14 +118,31 @@ func (t *Transport) start(dial Dialer, valueSize int) error {
 		return err
 	}
 	t.responder = nc
+	return t.serveResponder()
+}
+
+func (t *Transport) serveReplica(nc *nats.Conn, i, valueSize int) error {
+	ack := mustMarshal(&pb.MergeResponse{})
+	value := mustMarshal(&pb.ReadResponse{Object: &pb.Object{Siblings: []*pb.StoredSibling{{Value: make([]byte, valueSize)}}}})
+	for op, body := range map[string][]byte{bus.OpPut: ack, bus.OpGet: value} {
+		sub, err := nc.Subscribe(t.replicaSubject(i, op), func(m *nats.Msg) { _ = m.Respond(body) })
+		if err != nil {
+			return errors.Wrap(err, "subscribe baseline replica")
+		}
+		t.subs = append(t.subs, sub)
+	}
+	return errors.Wrap(nc.Flush(), "flush baseline replica subscriptions")
+}
+
+func (t *Transport) serveResponder() error {
 	for _, op := range []string{bus.OpPut, bus.OpGet} {
-		sub, err := nc.Subscribe(t.subject(op), func(m *nats.Msg) { t.serve(op, m) })
+		sub, err := t.responder.Subscribe(t.subject(op), func(m *nats.Msg) { t.serve(op, m) })
 		if err != nil {
 			return errors.Wrap(err, "subscribe baseline responder")
 		}
 		t.subs = append(t.subs, sub)
 	}
-	return errors.Wrap(nc.Flush(), "flush baseline responder subscriptions")
+	return errors.Wrap(t.responder.Flush(), "flush baseline responder subscriptions")
 }
 
 func mustMarshal(m proto.Message) []byte {
@@ -185,11 +238,13 @@ func (t *Transport) Stop(ctx context.Context) error {
 			}
 		}
 		errs = errors.CombineErrors(errs, t.lim.Drain(ctx))
-		if t.responder != nil {
-			t.responder.Close()
-		}
-		for _, nc := range t.replicas {
-			nc.Close()
+		if t.ownConns {
+			if t.responder != nil {
+				t.responder.Close()
+			}
+			for _, nc := range t.replicas {
+				nc.Close()
+			}
 		}
 		t.stopErr = errs
 	})

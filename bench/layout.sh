@@ -8,6 +8,12 @@
 #
 #   bench/layout.sh --baseline --load -w put -c quorum --concurrency 16
 #   RUNS=3 bench/layout.sh --baseline -w get --load --concurrency 64
+#
+# With --baseline it also starts the transport baseline's responder and
+# replicas as processes of their own (`pairdb bench transport`; set
+# VALUE_SIZE when passing --value-size). NODE_FLAGS go to every storage
+# node (e.g. --no-sync); PROFILE=dir saves CPU profiles and /metrics of the
+# coordinator and node-1 from the first run.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -58,6 +64,22 @@ retry "$pdb" node add node-1 node-2 node-3 --wait
 
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(--baseline --load -w put -c quorum)
+case " ${args[*]} " in
+*" --baseline "*)
+	# The transport baseline once more, laid out like PairDB: its responder
+	# and three replicas in processes of their own.
+	base=_pairdb_bench.layout$$
+	"$pdb" bench transport --role responder --base "$base" >"$work/transport.log" 2>&1 &
+	pids+=($!)
+	roles[$!]="transport responder"
+	for i in 0 1 2; do
+		"$pdb" bench transport --role replica --index "$i" --base "$base" --value-size "${VALUE_SIZE:-128}" >>"$work/transport.log" 2>&1 &
+		pids+=($!)
+		roles[$!]="transport replica $i"
+	done
+	args+=(--transport-base "$base")
+	;;
+esac
 for run in $(seq "${RUNS:-1}"); do
 	echo "=== run $run: pairdb bench ${args[*]}" >&2
 	retry "$pdb" tenant create "bench-$run" --replication-factor 3
@@ -70,7 +92,7 @@ for run in $(seq "${RUNS:-1}"); do
 		(sleep 4; curl -s -o "$PROFILE/node-1.pprof" "http://${ops[1]}/debug/pprof/profile?seconds=5") &
 		profilers+=($!)
 	fi
-	"$pdb" bench --tenant "bench-$run" "${args[@]}" || { tail -20 "$work"/*.log >&2; exit 1; }
+	${BENCH_WRAP:-} "$pdb" bench --tenant "bench-$run" "${args[@]}" || { tail -20 "$work"/*.log >&2; exit 1; }
 	if [ -n "${PROFILE:-}" ] && [ "$run" = 1 ]; then
 		wait "${profilers[@]}"
 		curl -s -o "$PROFILE/coordinator.metrics" "http://${ops[0]}/metrics"

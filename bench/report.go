@@ -74,7 +74,7 @@ func (r *Report) computeRatios() {
 	if !ok {
 		return
 	}
-	for _, name := range []string{PhaseTransport, PhaseKV} {
+	for _, name := range []string{PhaseTransport, PhaseTransportProcs, PhaseKV} {
 		base, ok := r.Phase(name)
 		if !ok {
 			continue

@@ -20,6 +20,11 @@ type SuiteConfig struct {
 	Baseline bool
 	// Dial opens the baseline responder's and replicas' connections.
 	Dial Dialer
+	// TransportBase, when set, is the subject prefix of a transport
+	// baseline whose responder and replicas run in processes of their own
+	// (ServeTransportPart); with Baseline it is measured too, as
+	// PhaseTransportProcs.
+	TransportBase string
 	// KVSync says whether the server fsyncs JetStream writes, for the report.
 	KVSync string
 	// Log, when set, receives a line as each phase starts.
@@ -28,9 +33,10 @@ type SuiteConfig struct {
 
 // Phase names in a report.
 const (
-	PhasePairDB    = "pairdb"
-	PhaseTransport = "baseline-transport"
-	PhaseKV        = "baseline-jetstream-kv"
+	PhasePairDB         = "pairdb"
+	PhaseTransport      = "baseline-transport"
+	PhaseTransportProcs = "baseline-transport-procs"
+	PhaseKV             = "baseline-jetstream-kv"
 )
 
 // RunSuite runs the workload against PairDB over nc and, with Baseline,
@@ -61,6 +67,12 @@ func RunSuite(ctx context.Context, nc *nats.Conn, cfg SuiteConfig) (*Report, err
 	}
 	if err != nil {
 		return rep, err
+	}
+	if cfg.TransportBase != "" {
+		ext := ConnectTransport(nc, cfg.TransportBase, cfg.Phase.Timeout)
+		if err := rep.runStore(ctx, cfg, PhaseTransportProcs, ext, false); err != nil {
+			return rep, err
+		}
 	}
 	kv, err := NewKV(ctx, nc)
 	if err != nil {

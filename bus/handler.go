@@ -22,15 +22,26 @@ import (
 // serialises the endpoint. The Limiter runs each request on its own
 // goroutine, up to a cap; past the cap the request is refused at once with
 // UNAVAILABLE rather than queued without bound.
+//
+// Finished goroutines wait a moment for the next request instead of
+// exiting: a fresh goroutine starts with a small stack and grows it on
+// every request that goes deep (Pebble, protobuf), which showed up as several
+// percent of a storage node's CPU.
 type Limiter struct {
 	sem     chan struct{}
+	idle    chan func() // unbuffered: a send succeeds only if a worker waits
 	mu      sync.Mutex
 	wg      sync.WaitGroup
 	closing bool
 }
 
+// workerIdle is how long a finished worker waits for more work.
+const workerIdle = time.Second
+
 // NewLimiter allows up to n concurrent requests.
-func NewLimiter(n int) *Limiter { return &Limiter{sem: make(chan struct{}, max(n, 1))} }
+func NewLimiter(n int) *Limiter {
+	return &Limiter{sem: make(chan struct{}, max(n, 1)), idle: make(chan func())}
+}
 
 // Go runs fn on a new goroutine if a slot is free and the limiter is not
 // draining; false means the request was refused.
@@ -49,11 +60,34 @@ func (l *Limiter) Go(fn func()) bool {
 	// Add under the lock: Drain's Wait never races with an Add at zero.
 	l.wg.Add(1)
 	l.mu.Unlock()
-	go func() {
-		defer func() { <-l.sem; l.wg.Done() }()
-		fn()
-	}()
+	select {
+	case l.idle <- fn:
+	default:
+		go l.worker(fn)
+	}
 	return true
+}
+
+// worker runs fn, then whatever Go hands it until it has been idle for
+// workerIdle. The slot and the wait group count requests, not workers, so
+// Drain waits for requests only.
+func (l *Limiter) worker(fn func()) {
+	timer := time.NewTimer(workerIdle)
+	defer timer.Stop()
+	for {
+		l.run(fn)
+		timer.Reset(workerIdle)
+		select {
+		case fn = <-l.idle:
+		case <-timer.C:
+			return
+		}
+	}
+}
+
+func (l *Limiter) run(fn func()) {
+	defer func() { <-l.sem; l.wg.Done() }()
+	fn()
 }
 
 // Drain refuses new work and blocks until every started request has

@@ -25,7 +25,7 @@ import (
 
 var subjects = bus.Subjects{}
 
-func testConfig(t *testing.T, id, dir string) storagenode.Config {
+func testConfig(t testing.TB, id, dir string) storagenode.Config {
 	cfg := storagenode.DefaultConfig(id, dir)
 	cfg.CacheBytes = 8 << 20
 	cfg.Logger = zaptest.NewLogger(t)
@@ -33,7 +33,7 @@ func testConfig(t *testing.T, id, dir string) storagenode.Config {
 	return cfg
 }
 
-func startNode(t *testing.T, nc *nats.Conn, cfg storagenode.Config) *storagenode.Node {
+func startNode(t testing.TB, nc *nats.Conn, cfg storagenode.Config) *storagenode.Node {
 	t.Helper()
 	n, err := storagenode.Start(nc, cfg)
 	require.NoError(t, err)

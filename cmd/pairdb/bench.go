@@ -28,6 +28,7 @@ type benchFlags struct {
 	duration                            time.Duration
 	load, idempotency, baseline, asJSON bool
 	dev, noSync                         bool
+	transportBase                       string
 }
 
 func newBenchCmd(g *globals) *cobra.Command {
@@ -47,7 +48,10 @@ siblings; f reads, then writes with that read's clock.
 (a) the transport ceiling: a responder that fans every request out to three
 no-op replicas and answers at the second reply (the messaging of an N=3 QUORUM
 operation without the work), and (b) JetStream KV, on a bucket made for the run
-and deleted after. The summary prints PairDB's ratio to each.
+and deleted after. The summary prints PairDB's ratio to each. With
+--transport-base, a transport whose responder and replicas run as processes of
+their own ('pairdb bench transport', as bench/layout.sh starts them) is
+measured as well: the ceiling of the same messaging in PairDB's process layout.
 
 --dev starts NATS, a coordinator and storage nodes in this process, in a
 temporary directory removed afterwards (fsync on unless --no-sync). Against a
@@ -77,6 +81,8 @@ context: use a fresh --tenant for repeated loads.`,
 	fl.Uint64Var(&f.seed, "seed", 0, "seed of the key and operation sequences (0: random)")
 	fl.BoolVar(&f.dev, "dev", false, "start an embedded cluster for the run (ignores --server)")
 	fl.BoolVar(&f.noSync, "no-sync", false, "with --dev: skip fsync on storage nodes")
+	fl.StringVar(&f.transportBase, "transport-base", "", "with --baseline: also measure the transport whose parts 'pairdb bench transport' serves under this subject prefix")
+	cmd.AddCommand(newBenchTransportCmd(g))
 	return cmd
 }
 
@@ -98,11 +104,12 @@ func runBench(ctx context.Context, cmd *cobra.Command, g *globals, f benchFlags)
 			Keys: bench.KeyFormat{Size: f.keySize}, Concurrency: f.concurrency, Duration: f.duration,
 			Ops: f.ops, Timeout: g.timeout, Seed: f.seed, Progress: cmd.ErrOrStderr(),
 		},
-		PairDB:   bench.PairDBOptions{Subjects: g.subjects(), Tenant: g.tenant, Consistency: f.consistency, Idempotency: f.idempotency},
-		Load:     f.load,
-		Baseline: f.baseline,
-		Log:      cmd.ErrOrStderr(),
-		KVSync:   "as the server is configured (jetstream sync_interval; nats-server's default syncs every 2 minutes, not per write)",
+		PairDB:        bench.PairDBOptions{Subjects: g.subjects(), Tenant: g.tenant, Consistency: f.consistency, Idempotency: f.idempotency},
+		Load:          f.load,
+		Baseline:      f.baseline,
+		TransportBase: f.transportBase,
+		Log:           cmd.ErrOrStderr(),
+		KVSync:        "as the server is configured (jetstream sync_interval; nats-server's default syncs every 2 minutes, not per write)",
 	}
 	if err := cfg.Phase.Validate(); err != nil {
 		return err
