@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"bytes"
 	"context"
 	"time"
 
@@ -18,6 +19,9 @@ type readReply struct {
 	obj   dvv.Object
 	err   error
 	epoch uint64
+	// raw is the encoded reply: replicas in sync answer byte for byte the
+	// same, which spares merging them (see sameReplies).
+	raw []byte
 }
 
 // get sends the read to all N replicas, answers after R replies (not-found
@@ -40,7 +44,7 @@ func (s *Service) get(ctx context.Context, subject string, req *pb.GetRequest) (
 
 	var (
 		got     []readReply
-		replies <-chan readReply
+		replies *gather
 		pending int
 		epoch   uint64
 	)
@@ -87,10 +91,11 @@ func (s *Service) get(ctx context.Context, subject string, req *pb.GetRequest) (
 }
 
 // readQuorum sends the read to the key's current replicas and returns once
-// R replied. pending replies keep arriving on the channel (for repair). A
-// failed quorum reports the newest epoch a replica refused with, if any.
+// R replied; the gather, still collecting the other replies, goes to read
+// repair with them (pending). A failed quorum reports the newest epoch a
+// replica refused with, if any.
 func (s *Service) readQuorum(ctx context.Context, t *pb.Tenant, key string, l quorum.Level) (
-	got []readReply, rest <-chan readReply, pending int, epoch, stale uint64, err error) {
+	got []readReply, rest *gather, pending int, epoch, stale uint64, err error) {
 	st := s.cfg.Membership.State()
 	p, err := placeFor(st, t, keyspace.Hash(t.GetTenantId(), key))
 	if err != nil {
@@ -98,45 +103,53 @@ func (s *Service) readQuorum(ctx context.Context, t *pb.Tenant, key string, l qu
 	}
 	n := len(p.cur)
 	need := quorum.Required(l, n)
-	rr := &pb.ReadRequest{TenantId: t.GetTenantId(), Key: key, Epoch: st.Epoch}
-	replies := make(chan readReply, n)
-	for _, node := range p.cur {
-		s.background.Add(1)
-		go func() {
-			defer s.background.Done()
-			out := new(pb.ReadResponse)
-			err := s.callNode(context.Background(), node, bus.OpRead, rr, out)
-			s.m.replica("reads", node, err)
-			replies <- readReply{node: node, obj: dvvpb.ObjectFromProto(out.GetObject()), err: err, epoch: out.GetEpoch()}
-		}()
-	}
+	g := s.gather(p.cur, bus.OpRead, &pb.ReadRequest{TenantId: t.GetTenantId(), Key: key, Epoch: st.Epoch})
 	tally := quorum.NewTally(need, n)
 	for tally.Outcome() == quorum.Pending {
-		select {
-		case rep := <-replies:
-			got = append(got, rep)
-			if rep.err == nil {
-				tally.Ack()
-				continue
-			}
-			tally.Fail()
-			if bus.Is(rep.err, pb.ErrorCode_STALE_EPOCH) {
-				stale = max(stale, rep.epoch, st.Epoch+1)
-			}
-		case <-ctx.Done():
+		rep, ok := g.readReply(ctx.Done())
+		if !ok {
+			g.close()
 			return nil, nil, 0, 0, stale, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
 				"read got %d of %d replicas before the deadline; %s needs %d", tally.Acks(), n, l, need)
 		}
+		got = append(got, rep)
+		if rep.err == nil {
+			tally.Ack()
+			continue
+		}
+		tally.Fail()
+		if bus.Is(rep.err, pb.ErrorCode_STALE_EPOCH) {
+			stale = max(stale, rep.epoch, st.Epoch+1)
+		}
 	}
 	if tally.Outcome() == quorum.Lost {
+		g.close()
 		return nil, nil, 0, 0, stale, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
 			"read got %d of %d replicas; %s needs %d", tally.Acks(), n, l, need)
 	}
-	return got, replies, n - len(got), st.Epoch, 0, nil
+	return got, g, n - len(got), st.Epoch, 0, nil
+}
+
+// readReply is the next reply of a read gather, decoded.
+func (g *gather) readReply(abort <-chan struct{}) (readReply, bool) {
+	r, ok := g.next(abort)
+	if !ok {
+		return readReply{}, false
+	}
+	out := new(pb.ReadResponse)
+	err := g.decode(r, "reads", out)
+	rep := readReply{node: r.node, obj: dvvpb.ObjectFromProto(out.GetObject()), err: err, epoch: out.GetEpoch()}
+	if err == nil {
+		rep.raw = r.msg.Data
+	}
+	return rep, true
 }
 
 // mergeReplies folds the successful replies into one object.
 func mergeReplies(replies []readReply, p dvv.Policy) dvv.Object {
+	if first, ok := sameReplies(replies); ok {
+		return first.obj
+	}
 	var out dvv.Object
 	for _, r := range replies {
 		if r.err == nil {
@@ -144,4 +157,20 @@ func mergeReplies(replies []readReply, p dvv.Policy) dvv.Object {
 		}
 	}
 	return out
+}
+
+// sameReplies reports whether every reply succeeded with the same bytes
+// (the usual case: replicas in sync at the same epoch), returning the first.
+// Equal encodings are equal objects, so there is nothing to merge or
+// repair; unequal ones may still be equal objects and take the slow path.
+func sameReplies(replies []readReply) (readReply, bool) {
+	if len(replies) == 0 {
+		return readReply{}, false
+	}
+	for _, r := range replies {
+		if r.err != nil || !bytes.Equal(r.raw, replies[0].raw) {
+			return readReply{}, false
+		}
+	}
+	return replies[0], true
 }

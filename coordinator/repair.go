@@ -19,7 +19,7 @@ type repairJob struct {
 	policy  pb.ConflictPolicy
 	epoch   uint64
 	got     []readReply
-	rest    <-chan readReply
+	rest    *gather // owned by the job: closed when it is done
 	pending int
 }
 
@@ -53,11 +53,13 @@ func (r *repairer) enqueue(job repairJob) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
+		job.rest.close()
 		return
 	}
 	select {
 	case r.queue <- job:
 	default:
+		job.rest.close()
 		r.s.m.repairsDropped.Inc()
 	}
 }
@@ -79,7 +81,12 @@ func (r *repairer) stop() {
 // answer are left to hinted handoff and anti-entropy.
 func (r *repairer) run(job repairJob) {
 	for range job.pending {
-		job.got = append(job.got, <-job.rest)
+		rep, _ := job.rest.readReply(nil) // bounded by the replica timeout
+		job.got = append(job.got, rep)
+	}
+	job.rest.close()
+	if _, ok := sameReplies(job.got); ok {
+		return // every replica answered, all alike
 	}
 	p := dvvpb.PolicyFromProto(job.policy)
 	merged := mergeReplies(job.got, p)

@@ -155,9 +155,10 @@ func (s *Service) Stop(ctx context.Context) error {
 		case <-ctx.Done():
 			errs = errors.CombineErrors(errs, errors.Wrap(ctx.Err(), "waiting for replica calls"))
 		}
-		// After the background work: it waits for forwarded acks here.
-		errs = errors.CombineErrors(errs, s.acks.Close())
 		s.repairs.stop()
+		// After the background work and read repair: they wait for
+		// replies here.
+		errs = errors.CombineErrors(errs, s.acks.Close())
 		s.stopErr = errs
 	})
 	return s.stopErr
