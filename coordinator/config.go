@@ -102,6 +102,13 @@ type Config struct {
 	// Hints stores the merges replicas miss (hinted handoff); nil disables
 	// it, and then a down node is still called for every write.
 	Hints HintQueue
+	// ReadRepairChance is the share of reads sent to all N replicas instead
+	// of R (default 0.1; 1 asks all N every time, as Dynamo does). Only
+	// replicas asked are read-repaired.
+	ReadRepairChance float64
+	// ReadHedgeAfter is how long a read waits for its R replicas before it
+	// asks the others too (default 20ms).
+	ReadHedgeAfter time.Duration
 	// RepairWorkers and RepairQueue bound read repair (default 4 and 1024).
 	RepairWorkers int
 	RepairQueue   int
@@ -111,6 +118,12 @@ type Config struct {
 	// (tests only; nil in production).
 	Faults bus.Faults
 }
+
+// Read fan-out defaults (see Config).
+const (
+	DefaultReadRepairChance = 0.1
+	DefaultReadHedgeAfter   = 20 * time.Millisecond
+)
 
 func (c *Config) setDefaults() error {
 	if c.Membership == nil {
@@ -142,6 +155,15 @@ func (c *Config) setDefaults() error {
 	}
 	if c.DownAfter < c.HeartbeatTimeout {
 		return errors.Newf("coordinator: DownAfter (%s) must not be shorter than HeartbeatTimeout (%s)", c.DownAfter, c.HeartbeatTimeout)
+	}
+	if c.ReadRepairChance == 0 {
+		c.ReadRepairChance = DefaultReadRepairChance
+	}
+	if c.ReadRepairChance < 0 || c.ReadRepairChance > 1 {
+		return errors.Newf("coordinator: ReadRepairChance %v is not between 0 and 1", c.ReadRepairChance)
+	}
+	if c.ReadHedgeAfter <= 0 {
+		c.ReadHedgeAfter = DefaultReadHedgeAfter
 	}
 	if c.RepairWorkers <= 0 {
 		c.RepairWorkers = 4

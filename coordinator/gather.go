@@ -11,21 +11,25 @@ import (
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 )
 
-// gather is one request sent to several replicas at once, their replies
-// arriving through the coordinator's reply mux: no goroutine, context or
-// inbox per replica call (they were a third of a coordinator's CPU on
-// reads). Exactly one reply per node comes out of next; a node that has
-// not answered within the replica timeout yields DEADLINE_EXCEEDED, one
+// gather is one request sent to several replicas, their replies arriving
+// through the coordinator's reply mux: no goroutine, context or inbox per
+// replica call (they were a third of a coordinator's CPU on reads). It may
+// send to some nodes first and more later (send). Exactly one reply per
+// sent node comes out of next; a node that has not answered by the replica
+// timeout (counted from the gather's start) yields DEADLINE_EXCEEDED, one
 // with no subscriber UNAVAILABLE at once (and is marked down). Whoever
 // reads the last reply, or gives up, calls close.
 type gather struct {
 	s      *Service
 	op     string
 	nodes  []string
+	data   []byte
+	encErr error
 	w      *bus.MuxWaiter
 	timer  *time.Timer
+	sent   int // nodes[:sent] were sent the request
 	done   []bool
-	left   int
+	left   int   // sent and not yet reported
 	failed []int // indexes whose send failed, reported first
 }
 
@@ -37,28 +41,51 @@ type gatherReply struct {
 	err  error
 }
 
-func (s *Service) gather(nodes []string, op string, req proto.Message) *gather {
-	g := &gather{s: s, op: op, nodes: nodes, w: s.acks.Open(len(nodes)), done: make([]bool, len(nodes)), left: len(nodes)}
+// gatherStatus says why next returned.
+type gatherStatus int
+
+const (
+	gotReply gatherStatus = iota
+	aborted               // the abort channel closed
+	hedged                // the hedge timer fired
+)
+
+// gather opens reply subjects for every node and sends req to the first
+// `first` of them.
+func (s *Service) gather(nodes []string, op string, req proto.Message, first int) *gather {
+	g := &gather{s: s, op: op, nodes: nodes, w: s.acks.Open(len(nodes)), done: make([]bool, len(nodes))}
 	g.timer = time.NewTimer(s.cfg.ReplicaTimeout)
-	data, err := proto.Marshal(req)
-	for i, node := range nodes {
+	g.data, g.encErr = proto.Marshal(req)
+	g.send(first)
+	return g
+}
+
+// send sends the request to up to k more nodes, in order.
+func (g *gather) send(k int) {
+	for ; k > 0 && g.sent < len(g.nodes); k-- {
+		i := g.sent
+		g.sent++
+		g.left++
+		err := g.encErr
 		if err == nil {
-			err = s.nc.PublishMsg(&nats.Msg{Subject: s.cfg.Subjects.Node(node, op), Reply: g.w.Subject(i), Data: data})
+			err = g.s.nc.PublishMsg(&nats.Msg{Subject: g.s.cfg.Subjects.Node(g.nodes[i], g.op), Reply: g.w.Subject(i), Data: g.data})
 		}
 		if err != nil {
 			g.failed = append(g.failed, i)
 		}
 	}
-	return g
 }
 
-// next blocks for the next reply; abort (may be nil) ends the wait early
-// with ok false. It must not be called more than len(nodes) times.
-func (g *gather) next(abort <-chan struct{}) (r gatherReply, ok bool) {
+// unsent is how many nodes have not been sent the request.
+func (g *gather) unsent() int { return len(g.nodes) - g.sent }
+
+// next blocks for the next reply of a sent node. abort and hedge (either
+// may be nil) end the wait early. It must not be called when left is 0.
+func (g *gather) next(abort <-chan struct{}, hedge <-chan time.Time) (gatherReply, gatherStatus) {
 	if len(g.failed) > 0 {
 		i := g.failed[0]
 		g.failed = g.failed[1:]
-		return g.finish(i, nil, bus.Errorf(pb.ErrorCode_UNAVAILABLE, "could not send %s to %s", g.op, g.nodes[i])), true
+		return g.finish(i, nil, bus.Errorf(pb.ErrorCode_UNAVAILABLE, "could not send %s to %s", g.op, g.nodes[i])), gotReply
 	}
 	for {
 		select {
@@ -66,18 +93,20 @@ func (g *gather) next(abort <-chan struct{}) (r gatherReply, ok bool) {
 			if g.done[rep.Index] {
 				continue // already reported as timed out
 			}
-			return g.finish(rep.Index, rep.Msg, nil), true
+			return g.finish(rep.Index, rep.Msg, nil), gotReply
 		case <-g.timer.C:
-			for i, node := range g.nodes {
+			for i := range g.sent {
 				if !g.done[i] {
 					// Reported one by one: the rest stay due at once.
 					g.timer.Reset(0)
 					return g.finish(i, nil, bus.Errorf(pb.ErrorCode_DEADLINE_EXCEEDED,
-						"no reply from %s to %s within %s", node, g.op, g.s.cfg.ReplicaTimeout)), true
+						"no reply from %s to %s within %s", g.nodes[i], g.op, g.s.cfg.ReplicaTimeout)), gotReply
 				}
 			}
+		case <-hedge:
+			return gatherReply{}, hedged
 		case <-abort:
-			return gatherReply{}, false
+			return gatherReply{}, aborted
 		}
 	}
 }

@@ -63,6 +63,7 @@ type serviceMetrics struct {
 	repairsOK       *metrics.Counter
 	repairsFailed   *metrics.Counter
 	conflicts       *metrics.Counter
+	readHedges      *metrics.Counter
 
 	requests, requestErrors, quorumFailures *counterVec
 	replicaCalls, hintsStored, hintsFailed  *counterVec
@@ -80,6 +81,7 @@ func newServiceMetrics(set *metrics.Set) *serviceMetrics {
 		repairsOK:       set.GetOrCreateCounter(`coordinator_repairs_total{status="ok"}`),
 		repairsFailed:   set.GetOrCreateCounter(`coordinator_repairs_total{status="failed"}`),
 		conflicts:       set.GetOrCreateCounter(`coordinator_conflicts_total`),
+		readHedges:      set.GetOrCreateCounter(`coordinator_read_hedges_total`),
 
 		requests:       &counterVec{set: set, n: 2, format: `coordinator_requests_total{operation=%q,consistency=%q}`},
 		requestErrors:  &counterVec{set: set, n: 2, format: `coordinator_request_errors_total{operation=%q,error_type=%q}`},

@@ -3,6 +3,8 @@ package coordinator
 import (
 	"bytes"
 	"context"
+	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/pairdb/pairdb/bus"
@@ -45,12 +47,11 @@ func (s *Service) get(ctx context.Context, subject string, req *pb.GetRequest) (
 	var (
 		got     []readReply
 		replies *gather
-		pending int
 		epoch   uint64
 	)
 	for attempt := 0; ; attempt++ {
 		var stale uint64
-		got, replies, pending, epoch, stale, err = s.readQuorum(ctx, t, req.GetKey(), l)
+		got, replies, epoch, stale, err = s.readQuorum(ctx, t, req.GetKey(), l)
 		if err == nil {
 			break
 		}
@@ -68,7 +69,7 @@ func (s *Service) get(ctx context.Context, subject string, req *pb.GetRequest) (
 	merged := mergeReplies(got, policy)
 	s.repairs.enqueue(repairJob{
 		tenant: tid, key: req.GetKey(), policy: policyOf(t), epoch: epoch,
-		got: got, rest: replies, pending: pending,
+		got: got, rest: replies,
 	})
 
 	live := merged.Live()
@@ -90,27 +91,49 @@ func (s *Service) get(ctx context.Context, subject string, req *pb.GetRequest) (
 	return resp, nil
 }
 
-// readQuorum sends the read to the key's current replicas and returns once
-// R replied; the gather, still collecting the other replies, goes to read
-// repair with them (pending). A failed quorum reports the newest epoch a
+// readQuorum reads the key from its current replicas and returns once R
+// replied. It asks R replicas (healthy first), not all N: each read then
+// costs N-R fewer messages and replica lookups. A replica that fails is
+// replaced at once by the next, and if the quorum is not in after
+// ReadHedgeAfter the rest are asked too, so a slow or paused replica costs
+// a hedge delay, not a timeout. One read in 1/ReadRepairChance asks all N,
+// so read repair still visits the others (hinted handoff and anti-entropy
+// are what guarantee they converge). The gather, with the replies still
+// due, goes to read repair. A failed quorum reports the newest epoch a
 // replica refused with, if any.
 func (s *Service) readQuorum(ctx context.Context, t *pb.Tenant, key string, l quorum.Level) (
-	got []readReply, rest *gather, pending int, epoch, stale uint64, err error) {
+	got []readReply, rest *gather, epoch, stale uint64, err error) {
 	st := s.cfg.Membership.State()
 	p, err := placeFor(st, t, keyspace.Hash(t.GetTenantId(), key))
 	if err != nil {
-		return nil, nil, 0, 0, 0, err
+		return nil, nil, 0, 0, err
 	}
 	n := len(p.cur)
 	need := quorum.Required(l, n)
-	g := s.gather(p.cur, bus.OpRead, &pb.ReadRequest{TenantId: t.GetTenantId(), Key: key, Epoch: st.Epoch})
+	first := n
+	if need < n && rand.Float64() >= s.cfg.ReadRepairChance {
+		first = need
+	}
+	g := s.gather(s.readOrder(p.cur), bus.OpRead, &pb.ReadRequest{TenantId: t.GetTenantId(), Key: key, Epoch: st.Epoch}, first)
+	var hedge <-chan time.Time
+	if g.unsent() > 0 {
+		ht := time.NewTimer(s.cfg.ReadHedgeAfter)
+		defer ht.Stop()
+		hedge = ht.C
+	}
 	tally := quorum.NewTally(need, n)
 	for tally.Outcome() == quorum.Pending {
-		rep, ok := g.readReply(ctx.Done())
-		if !ok {
+		rep, status := g.readReply(ctx.Done(), hedge)
+		switch status {
+		case aborted:
 			g.close()
-			return nil, nil, 0, 0, stale, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
+			return nil, nil, 0, stale, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
 				"read got %d of %d replicas before the deadline; %s needs %d", tally.Acks(), n, l, need)
+		case hedged:
+			s.m.readHedges.Inc()
+			g.send(n)
+			hedge = nil
+			continue
 		}
 		got = append(got, rep)
 		if rep.err == nil {
@@ -118,23 +141,39 @@ func (s *Service) readQuorum(ctx context.Context, t *pb.Tenant, key string, l qu
 			continue
 		}
 		tally.Fail()
+		g.send(1) // the next replica stands in
 		if bus.Is(rep.err, pb.ErrorCode_STALE_EPOCH) {
 			stale = max(stale, rep.epoch, st.Epoch+1)
 		}
 	}
 	if tally.Outcome() == quorum.Lost {
 		g.close()
-		return nil, nil, 0, 0, stale, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
+		return nil, nil, 0, stale, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
 			"read got %d of %d replicas; %s needs %d", tally.Acks(), n, l, need)
 	}
-	return got, g, n - len(got), st.Epoch, 0, nil
+	return got, g, st.Epoch, 0, nil
+}
+
+// readOrder is nodes healthy first, then suspect, then down: a read may
+// need every one of them.
+func (s *Service) readOrder(nodes []string) []string {
+	out := s.liveness.order(nodes)
+	if len(out) == len(nodes) {
+		return out
+	}
+	for _, n := range nodes {
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // readReply is the next reply of a read gather, decoded.
-func (g *gather) readReply(abort <-chan struct{}) (readReply, bool) {
-	r, ok := g.next(abort)
-	if !ok {
-		return readReply{}, false
+func (g *gather) readReply(abort <-chan struct{}, hedge <-chan time.Time) (readReply, gatherStatus) {
+	r, status := g.next(abort, hedge)
+	if status != gotReply {
+		return readReply{}, status
 	}
 	out := new(pb.ReadResponse)
 	err := g.decode(r, "reads", out)
@@ -142,7 +181,7 @@ func (g *gather) readReply(abort <-chan struct{}) (readReply, bool) {
 	if err == nil {
 		rep.raw = r.msg.Data
 	}
-	return rep, true
+	return rep, gotReply
 }
 
 // mergeReplies folds the successful replies into one object.

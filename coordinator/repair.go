@@ -14,13 +14,12 @@ import (
 
 // repairJob is a finished read whose slower replies may still be arriving.
 type repairJob struct {
-	tenant  string
-	key     string
-	policy  pb.ConflictPolicy
-	epoch   uint64
-	got     []readReply
-	rest    *gather // owned by the job: closed when it is done
-	pending int
+	tenant string
+	key    string
+	policy pb.ConflictPolicy
+	epoch  uint64
+	got    []readReply
+	rest   *gather // owned by the job: closed when it is done
 }
 
 // repairer runs read repair off the request path: a bounded queue and a
@@ -80,13 +79,13 @@ func (r *repairer) stop() {
 // that answered with something missing or older. Replicas that did not
 // answer are left to hinted handoff and anti-entropy.
 func (r *repairer) run(job repairJob) {
-	for range job.pending {
-		rep, _ := job.rest.readReply(nil) // bounded by the replica timeout
+	for job.rest.left > 0 {
+		rep, _ := job.rest.readReply(nil, nil) // bounded by the replica timeout
 		job.got = append(job.got, rep)
 	}
 	job.rest.close()
 	if _, ok := sameReplies(job.got); ok {
-		return // every replica answered, all alike
+		return // every replica asked answered, all alike
 	}
 	p := dvvpb.PolicyFromProto(job.policy)
 	merged := mergeReplies(job.got, p)
