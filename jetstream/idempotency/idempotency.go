@@ -199,6 +199,20 @@ func (s *Store) Begin(ctx context.Context, tenant, idemKey string, hash []byte) 
 	// Each pass either decides, or observes that the record changed (or
 	// may be abandoned) and reads again. Every pass that loops means some
 	// other party made progress or time passed, and ctx bounds the total.
+	// A fresh key is the common case (clients mint one per request): try
+	// to claim it before reading, which saves a round trip; a conflict
+	// means someone holds it, and the loop reads what they wrote.
+	rec, err := pending(hash)
+	if err != nil {
+		return Claim{}, err
+	}
+	rev, err := s.kv.Create(ctx, key, rec)
+	switch {
+	case err == nil:
+		return Claim{s: s, key: key, rev: rev, hash: hash}, nil
+	case !jsbucket.IsConflict(err):
+		return Claim{}, unavailable(err, "claim idempotency record")
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			if waited {
