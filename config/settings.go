@@ -210,6 +210,7 @@ type StorageNode struct {
 	CleanupGrace        time.Duration `yaml:"cleanup_grace" usage:"how long ranges this node no longer replicates are kept after a change"`
 	StreamReplicas      int           `yaml:"stream_replicas" usage:"JetStream replicas of the control-plane streams (3 on a NATS cluster)"`
 	CacheBytes          Bytes         `yaml:"cache_bytes" usage:"Pebble block cache size (e.g. 256MiB)"`
+	WALMinSyncInterval  time.Duration `yaml:"wal_min_sync_interval" usage:"least time between two fsyncs of the write-ahead log, so concurrent writes share one (0: sync at once)"`
 	HintRate            int           `yaml:"hint_rate" usage:"hints replayed per second when the node comes back (pacing, so a long outage is no storm)"`
 	AntiEntropyInterval time.Duration `yaml:"anti_entropy_interval" usage:"how often the node compares its ranges' digests with the other replicas"`
 	AntiEntropyRate     int           `yaml:"anti_entropy_rate" usage:"keys per second anti-entropy may read and repair"`
@@ -226,6 +227,7 @@ func DefaultStorageNode() StorageNode {
 		CleanupGrace:        10 * time.Minute, // storagenode.DefaultCleanupGrace (a cmd test checks they agree)
 		StreamReplicas:      1,
 		CacheBytes:          Bytes(engine.DefaultCacheBytes),
+		WALMinSyncInterval:  engine.DefaultWALMinSyncInterval,
 		HintRate:            2000,
 		AntiEntropyInterval: 10 * time.Minute,
 		AntiEntropyRate:     20000,
@@ -250,6 +252,8 @@ func (s StorageNode) Validate() error {
 		return errors.New("storagenode.data is required (--data or PAIRDB_DATA)")
 	case s.CleanupGrace <= 0:
 		return errors.Newf("storagenode.cleanup_grace must be positive, got %s", s.CleanupGrace)
+	case s.WALMinSyncInterval < 0 || s.WALMinSyncInterval > time.Second:
+		return errors.Newf("storagenode.wal_min_sync_interval must be between 0 and 1s, got %s", s.WALMinSyncInterval)
 	case s.StreamReplicas < 1 || s.StreamReplicas > MaxStreamReplicas:
 		return errors.Newf("storagenode.stream_replicas must be between 1 and %d, got %d", MaxStreamReplicas, s.StreamReplicas)
 	case s.HintRate <= 0:

@@ -41,6 +41,8 @@ const (
 	// DefaultHintRate paces hint replay (hints per second), so a node back
 	// from a long outage catches up without starving client traffic.
 	DefaultHintRate = 2000
+	// DefaultWALMinSyncInterval: see engine.DefaultWALMinSyncInterval.
+	DefaultWALMinSyncInterval = engine.DefaultWALMinSyncInterval
 	// DefaultHintBatch is how many hints one fetch takes (and one commit
 	// per tenant in it holds); never more than a second's worth.
 	DefaultHintBatch = 256
@@ -69,6 +71,10 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	// CacheBytes sizes Pebble's block cache (default 64 MiB).
 	CacheBytes int64
+	// WALMinSyncInterval spaces WAL fsyncs so concurrent writes share them
+	// (default DefaultWALMinSyncInterval; negative: sync at once). See
+	// engine.Options.
+	WALMinSyncInterval time.Duration
 	// Logger receives the node's logs; nil discards them.
 	Logger *zap.Logger
 	// Metrics receives the node's metrics; nil uses a private set nobody
@@ -126,19 +132,20 @@ type Config struct {
 // default spelled out and Sync on.
 func DefaultConfig(id, dataDir string) Config {
 	return Config{
-		ID:                id,
-		DataDir:           dataDir,
-		Sync:              true,
-		MaxConcurrent:     DefaultMaxConcurrent,
-		RequestTimeout:    DefaultRequestTimeout,
-		HeartbeatInterval: DefaultHeartbeatInterval,
-		CacheBytes:        engine.DefaultCacheBytes,
-		CleanupGrace:      DefaultCleanupGrace,
-		ReconcileInterval: DefaultReconcileInterval,
-		TransferPageSize:  DefaultTransferPageSize,
-		EpochWait:         DefaultEpochWait,
-		HintRate:          DefaultHintRate,
-		HintBatch:         DefaultHintBatch,
+		ID:                 id,
+		DataDir:            dataDir,
+		Sync:               true,
+		MaxConcurrent:      DefaultMaxConcurrent,
+		RequestTimeout:     DefaultRequestTimeout,
+		HeartbeatInterval:  DefaultHeartbeatInterval,
+		CacheBytes:         engine.DefaultCacheBytes,
+		WALMinSyncInterval: DefaultWALMinSyncInterval,
+		CleanupGrace:       DefaultCleanupGrace,
+		ReconcileInterval:  DefaultReconcileInterval,
+		TransferPageSize:   DefaultTransferPageSize,
+		EpochWait:          DefaultEpochWait,
+		HintRate:           DefaultHintRate,
+		HintBatch:          DefaultHintBatch,
 
 		AntiEntropyInterval: DefaultAntiEntropyInterval,
 		AntiEntropyRate:     DefaultAntiEntropyRate,
@@ -193,6 +200,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.HeartbeatInterval == 0 {
 		c.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if c.WALMinSyncInterval == 0 {
+		c.WALMinSyncInterval = DefaultWALMinSyncInterval
 	}
 	if c.CacheBytes == 0 {
 		c.CacheBytes = engine.DefaultCacheBytes

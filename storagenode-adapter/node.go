@@ -78,7 +78,7 @@ func Start(nc *nats.Conn, cfg Config) (*Node, error) {
 	if !cfg.Sync {
 		log.Warn("sync is off: acknowledged writes can be lost on a crash; use this only for benchmarks")
 	}
-	eng, err := engine.Open(cfg.DataDir, engine.Options{Sync: cfg.Sync, CacheBytes: cfg.CacheBytes, Logger: log.Named("engine"), Metrics: cfg.Metrics, MetricsNode: cfg.ID})
+	eng, err := engine.Open(cfg.DataDir, engine.Options{Sync: cfg.Sync, CacheBytes: cfg.CacheBytes, WALMinSyncInterval: cfg.WALMinSyncInterval, Logger: log.Named("engine"), Metrics: cfg.Metrics, MetricsNode: cfg.ID})
 	if err != nil {
 		return nil, errors.Wrapf(err, "storage node %s", cfg.ID)
 	}

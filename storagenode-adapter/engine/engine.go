@@ -14,6 +14,7 @@ import (
 	"encoding/hex"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/cockroachdb/errors"
@@ -32,6 +33,10 @@ import (
 const (
 	// DefaultCacheBytes is the block cache size when Options.CacheBytes is 0.
 	DefaultCacheBytes int64 = 64 << 20
+	// DefaultWALMinSyncInterval is Pebble's own suggestion for
+	// Options.WALMinSyncInterval (the engine itself defaults to 0; the
+	// storage node uses this).
+	DefaultWALMinSyncInterval = 500 * time.Microsecond
 
 	// memTableBytes is larger than Pebble's 4 MiB default: small objects at
 	// high write rates would otherwise flush tiny L0 files constantly, and
@@ -60,6 +65,13 @@ type Options struct {
 	Sync bool
 	// CacheBytes sizes the block cache; 0 means DefaultCacheBytes.
 	CacheBytes int64
+	// WALMinSyncInterval spaces the WAL's fsyncs at least this far apart
+	// (0: sync as soon as asked). A sync requested sooner waits, and the
+	// writes arriving meanwhile share it: fewer, larger group commits. On
+	// the 2-core development VM, where every fsync is a costly exit to the
+	// hypervisor, 500µs gave 10-15% more synced writes per second at 16
+	// clients (bench/layout.sh).
+	WALMinSyncInterval time.Duration
 	// Logger receives Pebble's own log lines and storage events; nil is
 	// silent.
 	Logger *zap.Logger
@@ -146,6 +158,9 @@ func Open(dir string, opts Options) (*Engine, error) {
 		MemTableStopWritesThreshold: 4,
 		Logger:                      log.Named("pebble").WithOptions(zap.AddCallerSkip(1)).Sugar(),
 		EventListener:               eventListener(log),
+	}
+	if d := opts.WALMinSyncInterval; d > 0 {
+		po.WALMinSyncInterval = func() time.Duration { return d }
 	}
 	for i := range po.Levels {
 		po.Levels[i].FilterPolicy = bloom.FilterPolicy(bloomBitsPerKey)
