@@ -13,7 +13,8 @@
 # replicas as processes of their own (`pairdb bench transport`; set
 # VALUE_SIZE when passing --value-size). NODE_FLAGS go to every storage
 # node (e.g. --no-sync); PROFILE=dir saves CPU profiles and /metrics of the
-# coordinator and node-1 from the first run.
+# coordinator and node-1 from the first run. PAIRDB_BIN=path runs that
+# pairdb binary instead of building this tree's.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -27,7 +28,12 @@ cleanup() {
 trap cleanup EXIT
 
 echo "building pairdb and nats-server into $work/bin" >&2
-go build -o "$work/bin/pairdb" ./cmd/pairdb
+if [ -n "${PAIRDB_BIN:-}" ]; then
+	# Another build (an older commit, say) for a before/after comparison.
+	cp "$PAIRDB_BIN" "$work/bin/pairdb"
+else
+	go build -o "$work/bin/pairdb" ./cmd/pairdb
+fi
 go build -o "$work/bin/nats-server" github.com/nats-io/nats-server/v2
 
 # Free ports from the kernel, so the machine's own server (4222) and other

@@ -51,22 +51,37 @@ func TestSuiteAgainstDevCluster(t *testing.T) {
 			var progress bytes.Buffer
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
+			var base string
+			if tc.baseline {
+				// The transport once more with its parts on connections of
+				// their own, as `pairdb bench transport` processes serve it.
+				base = NewTransportBase()
+				for i, role := range []string{RoleResponder, RoleReplica, RoleReplica, RoleReplica} {
+					conn, err := dial("part")
+					require.NoError(t, err)
+					t.Cleanup(conn.Close)
+					part, err := ServeTransportPart(conn, base, role, max(i-1, 0), 128, 5*time.Second)
+					require.NoError(t, err)
+					t.Cleanup(func() { require.NoError(t, part.Stop(context.Background())) })
+				}
+			}
 			rep, err := RunSuite(ctx, nc, SuiteConfig{
 				Phase: PhaseConfig{
 					Workload: w, Records: records, ValueSize: 128, Keys: KeyFormat{Size: 16}, Concurrency: clients,
 					Duration: 30 * time.Second, Ops: ops, Timeout: 5 * time.Second, Seed: 42,
 					Progress: &progress, ProgressEvery: time.Millisecond,
 				},
-				PairDB:   PairDBOptions{Tenant: "default", Consistency: "quorum", Idempotency: tc.idempotency},
-				Load:     true,
-				Baseline: tc.baseline,
-				Dial:     dial,
+				PairDB:        PairDBOptions{Tenant: "default", Consistency: "quorum", Idempotency: tc.idempotency},
+				Load:          true,
+				Baseline:      tc.baseline,
+				TransportBase: base,
+				Dial:          dial,
 			})
 			require.NoError(t, err)
 
 			names := []string{PhasePairDB + " load", PhasePairDB}
 			if tc.baseline {
-				names = append(names, PhaseTransport, PhaseKV+" load", PhaseKV)
+				names = append(names, PhaseTransport, PhaseTransportProcs, PhaseKV+" load", PhaseKV)
 			}
 			require.Len(t, rep.Phases, len(names))
 			for i, p := range rep.Phases {
@@ -96,7 +111,7 @@ func TestSuiteAgainstDevCluster(t *testing.T) {
 			}
 			if tc.baseline {
 				// read and read-modify-write against each baseline.
-				require.Len(t, rep.Ratios, 4)
+				require.Len(t, rep.Ratios, 6)
 				for _, r := range rep.Ratios {
 					require.Positive(t, r.Throughput)
 					require.Positive(t, r.P99)
@@ -114,4 +129,11 @@ func TestSuiteAgainstDevCluster(t *testing.T) {
 			require.Len(t, back.Phases, len(names))
 		})
 	}
+}
+
+func TestServeTransportPartRefusesBadRoles(t *testing.T) {
+	_, err := ServeTransportPart(nil, "b", "coordinator", 0, 128, time.Second)
+	require.ErrorContains(t, err, `unknown transport role "coordinator"`)
+	_, err = ServeTransportPart(nil, "b", RoleReplica, 3, 128, time.Second)
+	require.ErrorContains(t, err, "replica index 3 out of range")
 }
