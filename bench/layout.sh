@@ -30,7 +30,7 @@ trap cleanup EXIT
 echo "building pairdb and nats-server into $work/bin" >&2
 if [ -n "${PAIRDB_BIN:-}" ]; then
 	# Another build (an older commit, say) for a before/after comparison.
-	cp "$PAIRDB_BIN" "$work/bin/pairdb"
+	mkdir -p "$work/bin" && cp "$PAIRDB_BIN" "$work/bin/pairdb"
 else
 	go build -o "$work/bin/pairdb" ./cmd/pairdb
 fi

@@ -182,7 +182,8 @@ func (w *writeReq) hash() []byte {
 }
 
 // write runs the replica protocol: the first reachable replica mints the
-// version (apply), the others merge its result, and the answer goes out as
+// version (apply) and forwards it to the others, which merge it and ack to
+// this coordinator (see applyFirst), and the answer goes out as
 // soon as W replicas hold it — in the current replica set and, while a
 // membership change runs, in the next one too. A replica that has folded a
 // newer ring epoch refuses (STALE_EPOCH): the coordinator catches up and
