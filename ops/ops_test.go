@@ -227,3 +227,14 @@ func TestDefaultAddrUsesDefaultPort(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, strconv.Itoa(ops.DefaultPort), port)
 }
+
+// Profiles are served for `go tool pprof http://host:port/debug/pprof/...`.
+func TestPprofServesProfiles(t *testing.T) {
+	s := start(t, ops.Config{}, nil, nil)
+	code, _, body := get(t, s, ops.PathPprof)
+	require.Equal(t, http.StatusOK, code)
+	require.Contains(t, body, "goroutine")
+	code, _, body = get(t, s, ops.PathPprof+"goroutine?debug=1")
+	require.Equal(t, http.StatusOK, code)
+	require.Contains(t, body, "goroutine profile")
+}
