@@ -46,9 +46,10 @@ type MuxWaiter struct {
 
 // NewMux subscribes to a fresh inbox wildcard on nc.
 func NewMux(nc *nats.Conn) (*Mux, error) {
-	m := &Mux{base: nc.NewRespInbox(), waiting: map[string]muxSlot{}}
-	// NewRespInbox ends in a random token; the wildcard replaces it.
-	m.base = m.base[:strings.LastIndexByte(m.base, '.')]
+	// An inbox of its own: NewRespInbox's prefix is the wildcard nats.go's
+	// request mux already subscribes to, and sharing it would deliver every
+	// reply of either kind to both subscriptions.
+	m := &Mux{base: nc.NewInbox(), waiting: map[string]muxSlot{}}
 	sub, err := nc.Subscribe(m.base+".*", m.deliver)
 	if err != nil {
 		return nil, errors.Wrap(err, "subscribe reply mux")

@@ -1,6 +1,7 @@
 package bus_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -96,4 +97,16 @@ func TestDecodeReplyTurnsNoRespondersStatusIntoAnError(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no status reply")
 	}
+}
+
+// The mux listens on an inbox of its own, not under the prefix of nats.go's
+// request mux (which would hand every reply to both subscriptions).
+func TestMuxDoesNotShareTheRequestInbox(t *testing.T) {
+	_, nc := natstest.Start(t)
+	mux, err := bus.NewMux(nc)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = mux.Close() })
+	resp := nc.NewRespInbox()
+	respPrefix := resp[:strings.LastIndexByte(resp, '.')+1]
+	require.False(t, strings.HasPrefix(mux.Open(1).Subject(0), respPrefix), "mux subject %q under %q", mux.Open(1).Subject(0), respPrefix)
 }
