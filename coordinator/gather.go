@@ -53,11 +53,25 @@ const (
 // gather opens reply subjects for every node and sends req to the first
 // `first` of them.
 func (s *Service) gather(nodes []string, op string, req proto.Message, first int) *gather {
-	g := &gather{s: s, op: op, nodes: nodes, w: s.acks.Open(len(nodes)), done: make([]bool, len(nodes))}
-	g.timer = time.NewTimer(s.cfg.ReplicaTimeout)
+	g := s.openGather(nodes, op)
 	g.data, g.encErr = proto.Marshal(req)
 	g.send(first)
 	return g
+}
+
+// sentElsewhere opens a gather for requests someone else sends to every
+// node with the gather's reply subjects (a minting replica's forwards).
+func (s *Service) sentElsewhere(nodes []string, op string) *gather {
+	g := s.openGather(nodes, op)
+	g.sent, g.left = len(nodes), len(nodes)
+	return g
+}
+
+func (s *Service) openGather(nodes []string, op string) *gather {
+	return &gather{
+		s: s, op: op, nodes: nodes, w: s.acks.Open(len(nodes)), done: make([]bool, len(nodes)),
+		timer: time.NewTimer(s.cfg.ReplicaTimeout),
+	}
 }
 
 // send sends the request to up to k more nodes, in order.

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -11,43 +12,34 @@ import (
 // labels are the label values of one series (unused ones empty).
 type labels [3]string
 
-// counterVec caches one metric family's counters by label values, so a
+// seriesVec caches one metric family's series by label values, so a
 // request does not format a series name and look it up in the set on every
 // call. Label values come from small closed sets (operations, levels,
 // error codes, node ids), so the cache stays bounded.
-type counterVec struct {
-	set    *metrics.Set
-	format string // fmt format of the full name, one %q per label
-	n      int    // labels used
-	series sync.Map
+type seriesVec[T any] struct {
+	format string // fmt format of the full name, one verb per label
+	create func(name string) T
+	series sync.Map // labels → T
 }
 
-func (v *counterVec) with(l labels) *metrics.Counter {
-	if c, ok := v.series.Load(l); ok {
-		return c.(*metrics.Counter)
+func newCounterVec(set *metrics.Set, format string) *seriesVec[*metrics.Counter] {
+	return &seriesVec[*metrics.Counter]{format: format, create: set.GetOrCreateCounter}
+}
+
+func newHistogramVec(set *metrics.Set, format string) *seriesVec[*metrics.PrometheusHistogram] {
+	return &seriesVec[*metrics.PrometheusHistogram]{format: format, create: set.GetOrCreatePrometheusHistogram}
+}
+
+func (v *seriesVec[T]) with(l labels) T {
+	if x, ok := v.series.Load(l); ok {
+		return x.(T)
 	}
-	args := make([]any, v.n)
+	args := make([]any, strings.Count(v.format, "%"))
 	for i := range args {
 		args[i] = l[i]
 	}
-	c, _ := v.series.LoadOrStore(l, v.set.GetOrCreateCounter(fmt.Sprintf(v.format, args...)))
-	return c.(*metrics.Counter)
-}
-
-// histogramVec is counterVec for Prometheus histograms of two labels.
-type histogramVec struct {
-	set    *metrics.Set
-	format string
-	series sync.Map
-}
-
-func (v *histogramVec) with(a, b string) *metrics.PrometheusHistogram {
-	l := labels{a, b}
-	if h, ok := v.series.Load(l); ok {
-		return h.(*metrics.PrometheusHistogram)
-	}
-	h, _ := v.series.LoadOrStore(l, v.set.GetOrCreatePrometheusHistogram(fmt.Sprintf(v.format, a, b)))
-	return h.(*metrics.PrometheusHistogram)
+	x, _ := v.series.LoadOrStore(l, v.create(fmt.Sprintf(v.format, args...)))
+	return x.(T)
 }
 
 // serviceMetrics keeps the original PairDB metric names where they fit
@@ -65,9 +57,9 @@ type serviceMetrics struct {
 	conflicts       *metrics.Counter
 	readHedges      *metrics.Counter
 
-	requests, requestErrors, quorumFailures *counterVec
-	replicaCalls, hintsStored, hintsFailed  *counterVec
-	duration                                *histogramVec
+	requests, requestErrors, quorumFailures *seriesVec[*metrics.Counter]
+	replicaCalls, hintsStored, hintsFailed  *seriesVec[*metrics.Counter]
+	duration                                *seriesVec[*metrics.PrometheusHistogram]
 }
 
 func newServiceMetrics(set *metrics.Set) *serviceMetrics {
@@ -83,20 +75,20 @@ func newServiceMetrics(set *metrics.Set) *serviceMetrics {
 		conflicts:       set.GetOrCreateCounter(`coordinator_conflicts_total`),
 		readHedges:      set.GetOrCreateCounter(`coordinator_read_hedges_total`),
 
-		requests:       &counterVec{set: set, n: 2, format: `coordinator_requests_total{operation=%q,consistency=%q}`},
-		requestErrors:  &counterVec{set: set, n: 2, format: `coordinator_request_errors_total{operation=%q,error_type=%q}`},
-		quorumFailures: &counterVec{set: set, n: 2, format: `coordinator_quorum_failures_total{operation=%q,consistency=%q}`},
-		replicaCalls:   &counterVec{set: set, n: 3, format: `coordinator_replica_%s_total{node_id=%q,status=%q}`},
-		hintsStored:    &counterVec{set: set, n: 1, format: `pairdb_hints_stored_total{node=%q}`},
-		hintsFailed:    &counterVec{set: set, n: 1, format: `pairdb_hints_failed_total{node=%q}`},
-		duration:       &histogramVec{set: set, format: `coordinator_request_duration_seconds{operation=%q,consistency=%q}`},
+		requests:       newCounterVec(set, `coordinator_requests_total{operation=%q,consistency=%q}`),
+		requestErrors:  newCounterVec(set, `coordinator_request_errors_total{operation=%q,error_type=%q}`),
+		quorumFailures: newCounterVec(set, `coordinator_quorum_failures_total{operation=%q,consistency=%q}`),
+		replicaCalls:   newCounterVec(set, `coordinator_replica_%s_total{node_id=%q,status=%q}`),
+		hintsStored:    newCounterVec(set, `pairdb_hints_stored_total{node=%q}`),
+		hintsFailed:    newCounterVec(set, `pairdb_hints_failed_total{node=%q}`),
+		duration:       newHistogramVec(set, `coordinator_request_duration_seconds{operation=%q,consistency=%q}`),
 	}
 }
 
 // request records one client request's outcome and latency.
 func (m *serviceMetrics) request(op, consistency string, start time.Time, code string) {
 	m.requests.with(labels{op, consistency}).Inc()
-	m.duration.with(op, consistency).UpdateDuration(start)
+	m.duration.with(labels{op, consistency}).UpdateDuration(start)
 	if code != "" {
 		m.requestErrors.with(labels{op, code}).Inc()
 	}

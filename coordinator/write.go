@@ -218,7 +218,7 @@ func (s *Service) write(ctx context.Context, w *writeReq) (*pb.Object, int, erro
 		if obj == nil {
 			var (
 				stale uint64
-				fw    *forwarded
+				fw    *gather
 			)
 			obj, coord, fw, stale, err = s.applyFirst(ctx, w, p, st.Epoch)
 			if err != nil {
@@ -364,7 +364,7 @@ type replicaResult struct {
 // object, who minted it and the forwarded writes to collect; or nil and, if
 // a replica knew a newer ring, that epoch.
 func (s *Service) applyFirst(ctx context.Context, w *writeReq, p placement, epoch uint64) (
-	*pb.Object, string, *forwarded, uint64, error) {
+	*pb.Object, string, *gather, uint64, error) {
 	apply := &pb.ApplyRequest{
 		TenantId: w.tenant.GetTenantId(), Key: w.key, Value: w.value, Tombstone: w.tombstone, Context: w.context,
 		Policy: policyOf(w.tenant), MaxSiblings: w.tenant.GetMaxSiblings(), Epoch: epoch, Origin: w.origin,
@@ -372,7 +372,7 @@ func (s *Service) applyFirst(ctx context.Context, w *writeReq, p placement, epoc
 	now := time.Now()
 	for _, node := range s.liveness.order(p.all) {
 		fw := s.openForwards(p.all, node, now)
-		apply.Forwards = fw.forwards()
+		apply.Forwards = forwardsOf(fw)
 		resp := new(pb.ApplyResponse)
 		err := s.callNode(ctx, node, bus.OpApply, apply, resp)
 		s.m.replica("writes", node, err)
@@ -382,7 +382,9 @@ func (s *Service) applyFirst(ctx context.Context, w *writeReq, p placement, epoc
 		// Acks of a failed apply (it may have forwarded before its commit
 		// failed) are not counted: the outcome is reported as unknown or the
 		// write minted again elsewhere, as without forwarding.
-		fw.close()
+		if fw != nil {
+			fw.close()
+		}
 		switch {
 		case bus.Is(err, pb.ErrorCode_STALE_EPOCH):
 			return nil, "", nil, max(resp.GetEpoch(), epoch+1), nil
@@ -396,14 +398,9 @@ func (s *Service) applyFirst(ctx context.Context, w *writeReq, p placement, epoc
 	return nil, "", nil, 0, nil
 }
 
-// forwarded is the set of replicas an apply was passed on to and where
-// their acks arrive; nil when there were none.
-type forwarded struct {
-	nodes  []string
-	waiter *bus.MuxWaiter
-}
-
-func (s *Service) openForwards(all []string, minter string, now time.Time) *forwarded {
+// openForwards opens a gather for the merges minter will forward: every
+// node of all but minter and those known down. nil when there are none.
+func (s *Service) openForwards(all []string, minter string, now time.Time) *gather {
 	var nodes []string
 	for _, node := range all {
 		if node == minter || (s.cfg.Hints != nil && s.liveness.health(node, now) == Down) {
@@ -414,59 +411,36 @@ func (s *Service) openForwards(all []string, minter string, now time.Time) *forw
 	if len(nodes) == 0 {
 		return nil
 	}
-	return &forwarded{nodes: nodes, waiter: s.acks.Open(len(nodes))}
+	return s.sentElsewhere(nodes, bus.OpMerge)
 }
 
-func (f *forwarded) forwards() []*pb.Forward {
-	if f == nil {
+// forwardsOf names fw's nodes and reply subjects for an ApplyRequest.
+func forwardsOf(fw *gather) []*pb.Forward {
+	if fw == nil {
 		return nil
 	}
-	out := make([]*pb.Forward, len(f.nodes))
-	for i, node := range f.nodes {
-		out[i] = &pb.Forward{NodeId: node, Reply: f.waiter.Subject(i)}
+	out := make([]*pb.Forward, len(fw.nodes))
+	for i, node := range fw.nodes {
+		out[i] = &pb.Forward{NodeId: node, Reply: fw.w.Subject(i)}
 	}
 	return out
-}
-
-func (f *forwarded) close() {
-	if f != nil {
-		f.waiter.Close()
-	}
 }
 
 // collectForwarded turns the acks of forwarded writes into results, as the
 // coordinator's own merge calls do; a replica that has not answered within
 // the replica timeout has missed the write and is hinted. It runs in the
-// background: the answer does not wait for it (results has room).
-func (s *Service) collectForwarded(fw *forwarded, merge *pb.MergeRequest, results chan<- replicaResult) {
+// background, owned by s.background: the answer does not wait for it
+// (results has room).
+func (s *Service) collectForwarded(fw *gather, merge *pb.MergeRequest, results chan<- replicaResult) {
 	defer s.background.Done()
 	defer fw.close()
-	timer := time.NewTimer(s.cfg.ReplicaTimeout)
-	defer timer.Stop()
-	answered := make([]bool, len(fw.nodes))
-	report := func(i int, err error, epoch uint64) {
-		answered[i] = true
-		node := fw.nodes[i]
-		s.m.replica("writes", node, err)
-		results <- replicaResult{node: node, err: err, epoch: epoch}
+	for fw.left > 0 {
+		r, _ := fw.next(nil, nil) // bounded by the replica timeout
+		resp := new(pb.MergeResponse)
+		err := fw.decode(r, "writes", resp)
+		results <- replicaResult{node: r.node, err: err, epoch: resp.GetEpoch()}
 		if err != nil && !bus.Is(err, pb.ErrorCode_STALE_EPOCH) {
-			s.missedWrite(node, merge, err)
-		}
-	}
-	for left := len(fw.nodes); left > 0; left-- {
-		select {
-		case r := <-fw.waiter.Replies():
-			resp := new(pb.MergeResponse)
-			err := bus.DecodeReply(s.cfg.Subjects.Node(fw.nodes[r.Index], bus.OpMerge), r.Msg, resp)
-			report(r.Index, err, resp.GetEpoch())
-		case <-timer.C:
-			for i, node := range fw.nodes {
-				if !answered[i] {
-					report(i, bus.Errorf(pb.ErrorCode_DEADLINE_EXCEEDED,
-						"no answer to a forwarded write from %s within %s", node, s.cfg.ReplicaTimeout), 0)
-				}
-			}
-			return
+			s.missedWrite(r.node, merge, err)
 		}
 	}
 }
@@ -477,27 +451,17 @@ func (s *Service) collectForwarded(fw *forwarded, merge *pb.MergeRequest, result
 // not answer now can still make the value appear twice; the window is the
 // retry of a failed write to an unreachable replica.)
 func (s *Service) recoverAttempt(ctx context.Context, w *writeReq, p placement, epoch uint64) *pb.Object {
-	rr := &pb.ReadRequest{TenantId: w.tenant.GetTenantId(), Key: w.key, Epoch: epoch}
-	type reply struct {
-		obj dvv.Object
-		err error
-	}
-	replies := make(chan reply, len(p.all))
-	for _, node := range p.all {
-		s.background.Add(1)
-		go func() {
-			defer s.background.Done()
-			out := new(pb.ReadResponse)
-			err := s.callNode(ctx, node, bus.OpRead, rr, out)
-			replies <- reply{obj: dvvpb.ObjectFromProto(out.GetObject()), err: err}
-		}()
-	}
+	g := s.gather(p.all, bus.OpRead, &pb.ReadRequest{TenantId: w.tenant.GetTenantId(), Key: w.key, Epoch: epoch}, len(p.all))
+	defer g.close()
 	policy := dvvpb.PolicyFromProto(policyOf(w.tenant))
 	var merged dvv.Object
-	for range p.all {
-		r := <-replies
-		if r.err == nil {
-			merged = dvv.Merge(merged, r.obj, policy)
+	for g.left > 0 {
+		rep, status := g.readReply(ctx.Done(), nil)
+		if status != gotReply {
+			break
+		}
+		if rep.err == nil {
+			merged = dvv.Merge(merged, rep.obj, policy)
 		}
 	}
 	if !merged.HasOrigin(w.origin) {
