@@ -157,16 +157,18 @@ func (d *Dev) StartNode(id string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	n, err := StartStorageNode(ctx, nc, storagenode.Config{
-		ID:                id,
-		DataDir:           filepath.Join(d.cfg.DataDir, id),
-		Sync:              !d.cfg.NoSync,
-		Subjects:          d.cfg.Coordinator.Subjects,
-		CleanupGrace:      d.cfg.CleanupGrace,
-		HintRate:          d.cfg.HintRate,
-		HeartbeatInterval: d.cfg.HeartbeatInterval,
-		Faults:            d.cfg.Faults,
-		Logger:            d.cfg.Logger.Named(id),
-		Metrics:           d.cfg.Metrics,
+		ID:           id,
+		DataDir:      filepath.Join(d.cfg.DataDir, id),
+		Sync:         !d.cfg.NoSync,
+		Subjects:     d.cfg.Coordinator.Subjects,
+		CleanupGrace: d.cfg.CleanupGrace,
+		// As a storage node process has it by default.
+		WALMinSyncInterval: storagenode.DefaultWALMinSyncInterval,
+		HintRate:           d.cfg.HintRate,
+		HeartbeatInterval:  d.cfg.HeartbeatInterval,
+		Faults:             d.cfg.Faults,
+		Logger:             d.cfg.Logger.Named(id),
+		Metrics:            d.cfg.Metrics,
 	}, 1, d.cfg.Coordinator.VirtualNodes)
 	if err != nil {
 		nc.Close()

@@ -29,16 +29,17 @@ type gather struct {
 	timer  *time.Timer
 	sent   int // nodes[:sent] were sent the request
 	done   []bool
-	left   int   // sent and not yet reported
-	failed []int // indexes whose send failed, reported first
+	left   int           // sent and not yet reported
+	failed []gatherReply // sends that failed, reported first
 }
 
 // gatherReply is one node's answer (msg nil when err is set before any
 // reply arrived).
 type gatherReply struct {
-	node string
-	msg  *nats.Msg
-	err  error
+	node  string
+	index int
+	msg   *nats.Msg
+	err   error
 }
 
 // gatherStatus says why next returned.
@@ -80,12 +81,14 @@ func (g *gather) send(k int) {
 		i := g.sent
 		g.sent++
 		g.left++
-		err := g.encErr
-		if err == nil {
-			err = g.s.nc.PublishMsg(&nats.Msg{Subject: g.s.cfg.Subjects.Node(g.nodes[i], g.op), Reply: g.w.Subject(i), Data: g.data})
+		var err error
+		if g.encErr != nil {
+			err = bus.Wrap(pb.ErrorCode_INTERNAL, g.encErr, "encode %s for %s", g.op, g.nodes[i])
+		} else if perr := g.s.nc.PublishMsg(&nats.Msg{Subject: g.s.cfg.Subjects.Node(g.nodes[i], g.op), Reply: g.w.Subject(i), Data: g.data}); perr != nil {
+			err = bus.Wrap(pb.ErrorCode_UNAVAILABLE, perr, "send %s to %s", g.op, g.nodes[i])
 		}
 		if err != nil {
-			g.failed = append(g.failed, i)
+			g.failed = append(g.failed, gatherReply{node: g.nodes[i], err: err, index: i})
 		}
 	}
 }
@@ -97,11 +100,21 @@ func (g *gather) unsent() int { return len(g.nodes) - g.sent }
 // may be nil) end the wait early. It must not be called when left is 0.
 func (g *gather) next(abort <-chan struct{}, hedge <-chan time.Time) (gatherReply, gatherStatus) {
 	if len(g.failed) > 0 {
-		i := g.failed[0]
+		f := g.failed[0]
 		g.failed = g.failed[1:]
-		return g.finish(i, nil, bus.Errorf(pb.ErrorCode_UNAVAILABLE, "could not send %s to %s", g.op, g.nodes[i])), gotReply
+		return g.finish(f.index, nil, f.err), gotReply
 	}
 	for {
+		// A reply already in counts before the timer: when both are ready,
+		// select would pick at random.
+		select {
+		case rep := <-g.w.Replies():
+			if !g.done[rep.Index] {
+				return g.finish(rep.Index, rep.Msg, nil), gotReply
+			}
+			continue
+		default:
+		}
 		select {
 		case rep := <-g.w.Replies():
 			if g.done[rep.Index] {
@@ -128,7 +141,7 @@ func (g *gather) next(abort <-chan struct{}, hedge <-chan time.Time) (gatherRepl
 func (g *gather) finish(i int, msg *nats.Msg, err error) gatherReply {
 	g.done[i] = true
 	g.left--
-	return gatherReply{node: g.nodes[i], msg: msg, err: err}
+	return gatherReply{node: g.nodes[i], index: i, msg: msg, err: err}
 }
 
 // decode fills resp from a reply (typed errors as Request returns them)

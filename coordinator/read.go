@@ -26,8 +26,9 @@ type readReply struct {
 	raw []byte
 }
 
-// get sends the read to all N replicas, answers after R replies (not-found
-// is a valid reply), and hands the rest of the replies to read repair.
+// get reads at R replicas (see readQuorum), answers with their merged
+// object (not-found is a valid reply), and hands replies still due, or ones
+// that differ, to read repair.
 func (s *Service) get(ctx context.Context, subject string, req *pb.GetRequest) (resp *pb.GetResponse, err error) {
 	start, level := time.Now(), "invalid"
 	defer func() { s.m.request(bus.OpGet, level, start, errLabel(err)) }()
@@ -67,10 +68,16 @@ func (s *Service) get(ctx context.Context, subject string, req *pb.GetRequest) (
 
 	policy := dvvpb.PolicyFromProto(policyOf(t))
 	merged := mergeReplies(got, policy)
-	s.repairs.enqueue(repairJob{
-		tenant: tid, key: req.GetKey(), policy: policyOf(t), epoch: epoch,
-		got: got, rest: replies,
-	})
+	if _, same := sameReplies(got); same && replies.left == 0 {
+		// Every replica asked answered alike: nothing to repair, and no
+		// job to queue (the usual read).
+		replies.close()
+	} else {
+		s.repairs.enqueue(repairJob{
+			tenant: tid, key: req.GetKey(), policy: policyOf(t), epoch: epoch,
+			got: got, rest: replies,
+		})
+	}
 
 	live := merged.Live()
 	resp = &pb.GetResponse{

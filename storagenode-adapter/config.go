@@ -72,7 +72,7 @@ type Config struct {
 	// CacheBytes sizes Pebble's block cache (default 64 MiB).
 	CacheBytes int64
 	// WALMinSyncInterval spaces WAL fsyncs so concurrent writes share them
-	// (default DefaultWALMinSyncInterval; negative: sync at once). See
+	// (0: sync at once; DefaultConfig sets DefaultWALMinSyncInterval). See
 	// engine.Options.
 	WALMinSyncInterval time.Duration
 	// Logger receives the node's logs; nil discards them.
@@ -200,9 +200,6 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.HeartbeatInterval == 0 {
 		c.HeartbeatInterval = DefaultHeartbeatInterval
-	}
-	if c.WALMinSyncInterval == 0 {
-		c.WALMinSyncInterval = DefaultWALMinSyncInterval
 	}
 	if c.CacheBytes == 0 {
 		c.CacheBytes = engine.DefaultCacheBytes

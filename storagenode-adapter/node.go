@@ -213,9 +213,15 @@ func (n *Node) apply(ctx context.Context, _ string, req *pb.ApplyRequest) (*pb.A
 	if err != nil {
 		return &pb.ApplyResponse{Epoch: epoch}, err
 	}
-	var forward func(dvv.Object)
+	var (
+		forward func(dvv.Object)
+		wire    *pb.Object // the forwarded object's wire form, reused in the answer
+	)
 	if len(req.GetForwards()) > 0 {
-		forward = func(obj dvv.Object) { n.forward(req, obj) }
+		forward = func(obj dvv.Object) {
+			wire = dvvpb.ObjectToProto(obj)
+			n.forward(req, wire)
+		}
 	}
 	n.placeMu.RLock()
 	defer n.placeMu.RUnlock()
@@ -225,16 +231,19 @@ func (n *Node) apply(ctx context.Context, _ string, req *pb.ApplyRequest) (*pb.A
 	if err != nil {
 		return &pb.ApplyResponse{Epoch: epoch}, n.failed(bus.OpApply, err)
 	}
-	return &pb.ApplyResponse{Object: dvvpb.ObjectToProto(obj), Epoch: epoch}, nil
+	if wire == nil {
+		wire = dvvpb.ObjectToProto(obj)
+	}
+	return &pb.ApplyResponse{Object: wire, Epoch: epoch}, nil
 }
 
 // forward sends a freshly minted object to the replicas the apply names, as
 // merges answered straight to the coordinator. It only publishes (no
 // waiting: it runs under the key's lock); a copy that does not arrive is
 // the coordinator's to notice (no answer by its deadline) and to hint.
-func (n *Node) forward(req *pb.ApplyRequest, obj dvv.Object) {
+func (n *Node) forward(req *pb.ApplyRequest, obj *pb.Object) {
 	data, err := proto.Marshal(&pb.MergeRequest{
-		TenantId: req.GetTenantId(), Key: req.GetKey(), Object: dvvpb.ObjectToProto(obj),
+		TenantId: req.GetTenantId(), Key: req.GetKey(), Object: obj,
 		Policy: req.GetPolicy(), Epoch: req.GetEpoch(),
 	})
 	if err != nil {

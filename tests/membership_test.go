@@ -102,7 +102,9 @@ func (h *harness) waitRegistered(id string) {
 }
 
 // requireEverywhere checks every acknowledged key: readable at QUORUM, and
-// held by every replica of its current replica set.
+// held by every replica of its current replica set. A replica that missed a
+// write under load gets it from its hints (reads ask only R replicas and
+// repair only those), so the wait allows for hint replay on a busy machine.
 func (h *harness) requireEverywhere(tenant string, rf uint32, acked map[string]string) {
 	h.t.Helper()
 	c := client.New(h.nc, client.WithTenant(tenant))
@@ -125,7 +127,7 @@ func (h *harness) requireEverywhere(tenant string, rf uint32, acked map[string]s
 					}
 				}
 				return false
-			}, 5*time.Second, 10*time.Millisecond, "replica %s lacks %s", node, key)
+			}, 20*time.Second, 10*time.Millisecond, "replica %s lacks %s", node, key)
 		}
 	}
 }

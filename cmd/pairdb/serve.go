@@ -223,9 +223,6 @@ func startStorageNode(ctx context.Context, g *globals, cfg config.StorageNode, l
 	sc.CleanupGrace = cfg.CleanupGrace
 	sc.CacheBytes = int64(cfg.CacheBytes)
 	sc.WALMinSyncInterval = cfg.WALMinSyncInterval
-	if sc.WALMinSyncInterval == 0 {
-		sc.WALMinSyncInterval = -1 // the setting's 0 is "off"; the node's 0 is "default"
-	}
 	sc.HintRate = float64(cfg.HintRate)
 	sc.AntiEntropyInterval = cfg.AntiEntropyInterval
 	sc.AntiEntropyRate = cfg.AntiEntropyRate
