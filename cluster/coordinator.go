@@ -52,9 +52,12 @@ type CoordinatorConfig struct {
 	// NoHints turns hinted handoff off: missed writes wait for read repair
 	// and anti-entropy.
 	NoHints bool
-	Faults  bus.Faults
-	Logger  *zap.Logger
-	Metrics *metrics.Set
+	// ReadRepairChance is the share of reads that ask all N replicas (0:
+	// the coordinator's default, all of them); the others ask R.
+	ReadRepairChance float64
+	Faults           bus.Faults
+	Logger           *zap.Logger
+	Metrics          *metrics.Set
 }
 
 // Coordinator is a running coordinator with the stores it opened.
@@ -152,6 +155,7 @@ func StartCoordinator(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig)
 		HeartbeatTimeout: cfg.HeartbeatTimeout,
 		DownAfter:        cfg.DownAfter,
 		Hints:            hq,
+		ReadRepairChance: cfg.ReadRepairChance,
 		Faults:           cfg.Faults,
 		Logger:           cfg.Logger,
 		Metrics:          cfg.Metrics,

@@ -331,6 +331,8 @@ func kindOf(v reflect.Value) string {
 		return "bool"
 	case reflect.Int:
 		return "int"
+	case reflect.Float64:
+		return "float"
 	}
 	return ""
 }
@@ -363,6 +365,12 @@ func parse(v reflect.Value, s string) error {
 			return errors.Newf("%q is not a whole number", s)
 		}
 		v.SetInt(int64(n))
+	case "float":
+		f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+		if err != nil {
+			return errors.Newf("%q is not a number", s)
+		}
+		v.SetFloat(f)
 	}
 	return nil
 }
@@ -377,6 +385,8 @@ func format(v reflect.Value) string {
 		return strconv.FormatBool(v.Bool())
 	case "int":
 		return strconv.FormatInt(v.Int(), 10)
+	case "float":
+		return strconv.FormatFloat(v.Float(), 'g', -1, 64)
 	}
 	return v.String()
 }

@@ -144,6 +144,7 @@ type Coordinator struct {
 	RequestTimeout   time.Duration `yaml:"request_timeout" usage:"deadline of one client request inside the coordinator"`
 	ReplicaTimeout   time.Duration `yaml:"replica_timeout" usage:"deadline of one call to one storage node (at most request_timeout)"`
 	TenantCacheTTL   time.Duration `yaml:"tenant_cache_ttl" usage:"how long a cached tenant record is used without an invalidation"`
+	ReadRepairChance float64       `yaml:"read_repair_chance" usage:"share of reads that ask all N replicas (and repair them); the others ask R and hedge after 20ms"`
 	HeartbeatTimeout time.Duration `yaml:"heartbeat_timeout" usage:"a storage node not heard from for this long is suspect (tried last)"`
 	DownAfter        time.Duration `yaml:"down_after" usage:"a storage node not heard from for this long is down: skipped, its writes hinted at once"`
 	NoHints          bool          `yaml:"no_hints" usage:"turn hinted handoff off (missed writes then wait for read repair and anti-entropy)"`
@@ -163,6 +164,7 @@ func DefaultCoordinator() Coordinator {
 		RequestTimeout:   5 * time.Second,
 		ReplicaTimeout:   2 * time.Second,
 		TenantCacheTTL:   30 * time.Second,
+		ReadRepairChance: 1,
 		HeartbeatTimeout: 3 * time.Second,
 		DownAfter:        9 * time.Second,
 		HintMaxAge:       3 * time.Hour,
@@ -196,6 +198,8 @@ func (c Coordinator) Validate() error {
 		return errors.Newf("coordinator.hint_max_age must be positive, got %s", c.HintMaxAge)
 	case c.HintsPerNode < 1:
 		return errors.Newf("coordinator.hints_per_node must be positive, got %d", c.HintsPerNode)
+	case c.ReadRepairChance <= 0 || c.ReadRepairChance > 1:
+		return errors.Newf("coordinator.read_repair_chance must be above 0 and at most 1, got %v", c.ReadRepairChance)
 	case c.TenantCacheTTL <= 0:
 		return errors.Newf("coordinator.tenant_cache_ttl must be positive, got %s", c.TenantCacheTTL)
 	}

@@ -11,12 +11,13 @@ import (
 	"github.com/pairdb/pairdb/internal/faults"
 )
 
-// Reads ask R replicas; when one of them swallows the request, the read
+// Reads that ask R replicas (ReadRepairChance below 1): when one of them
+// swallows the request, the read
 // does not wait for the replica timeout: the hedge asks the remaining one
 // and the read succeeds with the value written.
 func TestReadHedgesPastASilentReplica(t *testing.T) {
 	inj := faults.New(1)
-	h := startClusterWith(t, cluster.DevConfig{Nodes: 3, Faults: inj})
+	h := startClusterWith(t, cluster.DevConfig{Nodes: 3, Faults: inj, Coordinator: cluster.CoordinatorConfig{ReadRepairChance: 0.1}})
 	ctx := ctxT(t)
 	const keys = 30
 	for i := range keys {

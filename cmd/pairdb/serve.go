@@ -144,8 +144,9 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 						IdempotencyTTL: cfg.IdempotencyTTL, PostgresURL: cfg.PostgresURL,
 						RequestTimeout: cfg.RequestTimeout, ReplicaTimeout: cfg.ReplicaTimeout, TenantCacheTTL: cfg.TenantCacheTTL,
 						HeartbeatTimeout: cfg.HeartbeatTimeout, DownAfter: cfg.DownAfter, NoHints: cfg.NoHints,
-						Hints:  hints.Config{MaxAge: cfg.HintMaxAge, MaxPerNode: int64(cfg.HintsPerNode)},
-						Logger: log, Metrics: set,
+						ReadRepairChance: cfg.ReadRepairChance,
+						Hints:            hints.Config{MaxAge: cfg.HintMaxAge, MaxPerNode: int64(cfg.HintsPerNode)},
+						Logger:           log, Metrics: set,
 					})
 					if err != nil {
 						nc.Close()
