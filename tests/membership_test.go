@@ -103,8 +103,8 @@ func (h *harness) waitRegistered(id string) {
 
 // requireEverywhere checks every acknowledged key: readable at QUORUM, and
 // held by every replica of its current replica set. A replica that missed a
-// write under load gets it from its hints (reads ask only R replicas and
-// repair only those), so the wait allows for hint replay on a busy machine.
+// write under load gets it from its hints (or the read's repair), so the
+// wait allows for hint replay on a busy machine.
 func (h *harness) requireEverywhere(tenant string, rf uint32, acked map[string]string) {
 	h.t.Helper()
 	c := client.New(h.nc, client.WithTenant(tenant))
