@@ -248,12 +248,14 @@ func (d *hintDrainer) mergeBatch(tenant string, items []engine.MergeItem, p dvv.
 	return err
 }
 
+// ack counts the hint before settling it, so that whoever sees it settled
+// (the stream, a test) also sees it counted.
 func (d *hintDrainer) ack(h Hint) {
+	d.replayed.Inc()
 	if err := h.Ack(); err != nil {
 		// Delivered again after AckWait and merged again: harmless.
 		d.n.log.Debug("hint ack failed", zap.Error(err))
 	}
-	d.replayed.Inc()
 }
 
 func (d *hintDrainer) retry(h Hint) {
