@@ -139,12 +139,14 @@ type Faults interface {
 }
 
 // Fault is what to do to one request: drop it (no reply, not handled, as
-// if lost on the wire), delay it, or handle it twice (a duplicate delivery;
-// the sender sees one reply).
+// if lost on the wire), delay it, handle it twice (a duplicate delivery;
+// the sender sees one reply), or handle it and lose its reply (the sender
+// cannot tell whether it took effect).
 type Fault struct {
 	Drop      bool
 	Delay     time.Duration
 	Duplicate bool
+	LoseReply bool
 }
 
 // HandlerFunc serves one decoded request. subject is the subject the request
@@ -194,6 +196,9 @@ func Endpoint[Req, Resp proto.Message](s *Server, name string, newReq func() Req
 			}
 			if isNil(resp) {
 				resp = newResp()
+			}
+			if fault.LoseReply {
+				return
 			}
 			s.reply(name, start, r, enc, resp, err)
 		})

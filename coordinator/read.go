@@ -79,7 +79,8 @@ func (s *Service) get(ctx context.Context, subject string, req *pb.GetRequest) (
 		})
 	}
 
-	live := merged.Live()
+	// Copies of one request minted twice show as one value (dvv.Visible).
+	live := merged.Visible()
 	resp = &pb.GetResponse{
 		Key: req.GetKey(), Found: len(live) > 0, VectorClock: dvvpb.ClockToProto(merged.Clock), Consistency: level,
 	}

@@ -26,6 +26,8 @@ type writeReq struct {
 	context   []*pb.ClockEntry
 	level     quorum.Level
 	idemKey   string
+	// payload hashes the request for idempotency (set with idemKey).
+	payload []byte
 	// origin names the request on the siblings it writes (from the
 	// idempotency key); retry says an earlier attempt may have landed.
 	origin []byte
@@ -35,7 +37,7 @@ type writeReq struct {
 func (s *Service) put(ctx context.Context, subject string, req *pb.PutRequest) (resp *pb.PutResponse, err error) {
 	start, level := time.Now(), "invalid"
 	defer func() { s.m.request(bus.OpPut, level, start, errLabel(err)) }()
-	w, err := s.prepareWrite(ctx, subject, bus.OpPut, req.GetKey(), req.GetValue(), req.GetConsistency(), req.GetVectorClock(), req.GetIdempotencyKey())
+	w, err := s.prepareWrite(ctx, subject, bus.OpPut, req.GetKey(), req.GetValue(), req.GetConsistency(), false, req.GetVectorClock(), req.GetIdempotencyKey())
 	if err != nil {
 		return nil, err
 	}
@@ -49,11 +51,10 @@ func (s *Service) put(ctx context.Context, subject string, req *pb.PutRequest) (
 func (s *Service) delete(ctx context.Context, subject string, req *pb.DeleteRequest) (resp *pb.DeleteResponse, err error) {
 	start, level := time.Now(), "invalid"
 	defer func() { s.m.request(bus.OpDelete, level, start, errLabel(err)) }()
-	w, err := s.prepareWrite(ctx, subject, bus.OpDelete, req.GetKey(), nil, req.GetConsistency(), req.GetVectorClock(), req.GetIdempotencyKey())
+	w, err := s.prepareWrite(ctx, subject, bus.OpDelete, req.GetKey(), nil, req.GetConsistency(), true, req.GetVectorClock(), req.GetIdempotencyKey())
 	if err != nil {
 		return nil, err
 	}
-	w.tombstone = true
 	level = w.level.String()
 	resp = &pb.DeleteResponse{Key: w.key, Consistency: level, IdempotencyKey: w.idemKey}
 	err = s.serveWrite(ctx, w, resp, func(vc []*pb.ClockEntry, acks uint32) { resp.VectorClock, resp.ReplicaCount = vc, acks },
@@ -77,7 +78,7 @@ func (s *Service) serveWrite(ctx context.Context, w *writeReq, resp proto.Messag
 
 // prepareWrite validates a write and loads its tenant.
 func (s *Service) prepareWrite(ctx context.Context, subject, op, key string, value []byte, consistency string,
-	vc []*pb.ClockEntry, idemKey string) (*writeReq, error) {
+	tombstone bool, vc []*pb.ClockEntry, idemKey string) (*writeReq, error) {
 	t, err := s.tenantOf(ctx, subject)
 	if err != nil {
 		return nil, err
@@ -96,9 +97,10 @@ func (s *Service) prepareWrite(ctx context.Context, subject, op, key string, val
 	if len(idemKey) > 256 {
 		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "idempotency_key is %d bytes; the limit is 256", len(idemKey))
 	}
-	w := &writeReq{op: op, tenant: t, key: key, value: value, context: vc, level: level, idemKey: idemKey}
+	w := &writeReq{op: op, tenant: t, key: key, value: value, tombstone: tombstone, context: vc, level: level, idemKey: idemKey}
 	if idemKey != "" {
-		w.origin = originOf(t.GetTenantId(), idemKey)
+		w.payload = requestHash(op, key, value, tombstone, vc)
+		w.origin = originOf(t.GetTenantId(), idemKey, w.payload)
 	}
 	return w, nil
 }
@@ -129,7 +131,7 @@ func (s *Service) runIdempotent(ctx context.Context, w *writeReq, resp proto.Mes
 	if w.idemKey == "" || s.cfg.Idempotency == nil {
 		return run()
 	}
-	claim, err := s.cfg.Idempotency.Begin(ctx, w.tenant.GetTenantId(), w.idemKey, w.hash())
+	claim, err := s.cfg.Idempotency.Begin(ctx, w.tenant.GetTenantId(), w.idemKey, w.payload)
 	if err != nil {
 		return err
 	}
@@ -174,11 +176,6 @@ func (s *Service) runIdempotent(ctx context.Context, w *writeReq, resp proto.Mes
 		}
 	}()
 	return nil
-}
-
-// hash identifies the payload of a write for idempotency.
-func (w *writeReq) hash() []byte {
-	return requestHash(w.op, w.key, w.value, w.tombstone, w.context)
 }
 
 // write runs the replica protocol: the first reachable replica mints the
@@ -470,14 +467,19 @@ func (s *Service) recoverAttempt(ctx context.Context, w *writeReq, p placement, 
 	return dvvpb.ObjectToProto(merged)
 }
 
-// originOf names the request with idempotency key idemKey in tenant: the
-// same for every attempt, distinct across keys and tenants.
-func originOf(tenant, idemKey string) []byte {
+// originOf names the request with idempotency key idemKey and payload hash
+// in tenant: the same for every attempt, distinct across keys, tenants and
+// payloads. The payload is part of it so that a key reused with another
+// value after its record expired is a new write, never taken for a copy of
+// the old one (by the replica's origin check or by dvv.Visible).
+func originOf(tenant, idemKey string, payload []byte) []byte {
 	h := sha256.New()
-	h.Write([]byte("pairdb.origin.v1\x00"))
+	h.Write([]byte("pairdb.origin.v2\x00"))
 	h.Write([]byte(tenant))
 	h.Write([]byte{0})
 	h.Write([]byte(idemKey))
+	h.Write([]byte{0})
+	h.Write(payload)
 	return h.Sum(nil)[:16]
 }
 

@@ -533,3 +533,33 @@ func BenchmarkUpdate(b *testing.B) {
 		_ = Update(x, x.Clock, "a", value, false, 1, Siblings)
 	}
 }
+
+func TestVisibleCollapsesCopiesOfOneRequest(t *testing.T) {
+	// A request minted at a, whose reply was lost, then minted again at b.
+	withOrigin := func(o Object, origin string) Object {
+		for i := range o.Siblings {
+			o.Siblings[i].Origin = []byte(origin)
+		}
+		return o
+	}
+	atA := withOrigin(put(Object{}, nil, "a", "v", 1, Siblings), "req-1")
+	atB := withOrigin(put(Object{}, nil, "b", "v", 2, Siblings), "req-1")
+	other := withOrigin(put(Object{}, nil, "c", "v", 3, Siblings), "req-2") // same value, another request
+	noOrigin := put(Object{}, nil, "d", "v", 4, Siblings)                   // no idempotency key: never collapsed
+
+	o := Merge(Merge(atB, atA, Siblings), Merge(other, noOrigin, Siblings), Siblings)
+	require.Len(t, o.Live(), 4, "storage keeps every dot")
+	vis := o.Visible()
+	require.Len(t, vis, 3)
+	require.Equal(t, Dot{"a", 1}, vis[0].Dot, "the copy with the smallest dot is shown")
+	require.Equal(t, []string{"c", "d"}, []string{vis[1].Dot.Actor, vis[2].Dot.Actor})
+
+	// Same origin, different value (an idempotency key reused with another
+	// payload after its record expired): two writes, both shown.
+	changed := withOrigin(put(Object{}, nil, "e", "w", 5, Siblings), "req-1")
+	require.Len(t, Merge(atA, changed, Siblings).Visible(), 2)
+
+	// The clock covers both copies: a write with this context replaces both.
+	next := put(o, o.Clock, "a", "x", 6, Siblings)
+	require.Equal(t, []string{"x"}, values(next.Visible()))
+}

@@ -16,9 +16,11 @@ import (
 // Rule applies to requests whose subject contains Match ("" matches all).
 type Rule struct {
 	Match string
-	// Drop, Duplicate and DelayP are probabilities in [0, 1].
+	// Drop, Duplicate, LoseReply and DelayP are probabilities in [0, 1].
+	// LoseReply handles the request and loses its reply.
 	Drop      float64
 	Duplicate float64
+	LoseReply float64
 	DelayP    float64
 	// MaxDelay bounds a delay (uniform in (0, MaxDelay]).
 	MaxDelay time.Duration
@@ -33,7 +35,7 @@ type Injector struct {
 }
 
 // Stats counts what was injected.
-type Stats struct{ Dropped, Duplicated, Delayed int }
+type Stats struct{ Dropped, Duplicated, RepliesLost, Delayed int }
 
 // New returns an injector with no rules, seeded for reproducibility.
 func New(seed uint64) *Injector {
@@ -73,6 +75,9 @@ func (i *Injector) Inject(subject string) bus.Fault {
 		case i.rng.Float64() < r.Duplicate:
 			i.stats.Duplicated++
 			f.Duplicate = true
+		case r.LoseReply > 0 && i.rng.Float64() < r.LoseReply: // no draw when unused: seeded runs replay as before
+			i.stats.RepliesLost++
+			f.LoseReply = true
 		}
 		if r.MaxDelay > 0 && i.rng.Float64() < r.DelayP {
 			i.stats.Delayed++
