@@ -184,9 +184,9 @@ func TestStopInterruptsAPacedBatch(t *testing.T) {
 	// The second hint must be in flight (fetched, waiting on the limiter)
 	// when Stop comes, or there is no batch to cut short.
 	require.Eventually(t, func() bool { return inbox.queued() == 0 }, 10*time.Second, time.Millisecond)
-	start := time.Now()
 	require.NoError(t, n.Stop(context.Background()))
-	require.Less(t, time.Since(start), 900*time.Millisecond, "Stop does not wait for the limiter")
+	// Had Stop waited for the limiter, b would have been merged and acked:
+	// handed back for retry, it was cut short (no clock reading needed).
 	got := inbox.waitSettled(t, 2)
 	require.Equal(t, map[string]string{"acme/a": "ack", "acme/b": "retry"}, got, "a batch cut short is handed back")
 }
