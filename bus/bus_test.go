@@ -2,6 +2,8 @@ package bus_test
 
 import (
 	"context"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -71,6 +73,27 @@ func TestLimiterRefusesWhenFullAndDrains(t *testing.T) {
 	require.False(t, l.Go(func() {}), "a draining limiter takes no new work")
 	close(release)
 	require.NoError(t, l.Drain(context.Background()))
+}
+
+// Idle workers wait a second for more work, but not past Drain: after it,
+// the limiter has no goroutine left.
+func TestLimiterDrainEndsIdleWorkers(t *testing.T) {
+	l := bus.NewLimiter(4)
+	var ran sync.WaitGroup
+	for range 4 {
+		ran.Add(1)
+		require.True(t, l.Go(ran.Done))
+	}
+	ran.Wait() // the workers are idle now, waiting for more
+	require.NoError(t, l.Drain(context.Background()))
+	workers := func() bool {
+		buf := make([]byte, 1<<20)
+		return strings.Contains(string(buf[:runtime.Stack(buf, true)]), "(*Limiter).worker")
+	}
+	// The last worker may still be returning from its deferred Done; well
+	// under the one-second idle time it is gone.
+	require.Eventually(t, func() bool { return !workers() }, 200*time.Millisecond, time.Millisecond,
+		"idle workers outlived Drain")
 }
 
 func TestEndpointAnswersConcurrentlyWithTypedErrors(t *testing.T) {

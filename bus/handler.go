@@ -30,8 +30,10 @@ import (
 type Limiter struct {
 	sem     chan struct{}
 	idle    chan func() // unbuffered: a send succeeds only if a worker waits
+	quit    chan struct{}
 	mu      sync.Mutex
-	wg      sync.WaitGroup
+	wg      sync.WaitGroup // requests
+	workers sync.WaitGroup // goroutines, idle or not
 	closing bool
 }
 
@@ -40,7 +42,7 @@ const workerIdle = time.Second
 
 // NewLimiter allows up to n concurrent requests.
 func NewLimiter(n int) *Limiter {
-	return &Limiter{sem: make(chan struct{}, max(n, 1)), idle: make(chan func())}
+	return &Limiter{sem: make(chan struct{}, max(n, 1)), idle: make(chan func()), quit: make(chan struct{})}
 }
 
 // Go runs fn on a new goroutine if a slot is free and the limiter is not
@@ -63,15 +65,19 @@ func (l *Limiter) Go(fn func()) bool {
 	select {
 	case l.idle <- fn:
 	default:
+		// Added before fn can finish, so before Drain's wait for requests
+		// ends and it starts waiting for workers.
+		l.workers.Add(1)
 		go l.worker(fn)
 	}
 	return true
 }
 
 // worker runs fn, then whatever Go hands it until it has been idle for
-// workerIdle. The slot and the wait group count requests, not workers, so
-// Drain waits for requests only.
+// workerIdle or the limiter drains. The slot and wg count requests, not
+// workers.
 func (l *Limiter) worker(fn func()) {
+	defer l.workers.Done()
 	timer := time.NewTimer(workerIdle)
 	defer timer.Stop()
 	for {
@@ -80,6 +86,8 @@ func (l *Limiter) worker(fn func()) {
 		select {
 		case fn = <-l.idle:
 		case <-timer.C:
+			return
+		case <-l.quit:
 			return
 		}
 	}
@@ -91,13 +99,22 @@ func (l *Limiter) run(fn func()) {
 }
 
 // Drain refuses new work and blocks until every started request has
-// finished or ctx ends. It may be called more than once.
+// finished and its goroutine exited, or ctx ends. It may be called more
+// than once.
 func (l *Limiter) Drain(ctx context.Context) error {
 	l.mu.Lock()
-	l.closing = true
+	if !l.closing {
+		l.closing = true
+		close(l.quit)
+	}
 	l.mu.Unlock()
 	done := make(chan struct{})
-	go func() { l.wg.Wait(); close(done) }()
+	go func() {
+		l.wg.Wait()
+		// No request is left, so no worker can be started any more.
+		l.workers.Wait()
+		close(done)
+	}()
 	select {
 	case <-done:
 		return nil
