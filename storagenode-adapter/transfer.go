@@ -19,14 +19,16 @@ import (
 )
 
 // Range transfer, target side (DESIGN.md §7). For every (tenant, arc) this
-// node gains in the running change it pulls scan pages from a live current
-// replica and merges them, checkpointing after each page; then it compares
-// the source's digest with its own. Live writes reach both sides through the
-// coordinator while the transfer runs, so digests may differ for a moment:
-// a mismatch triggers another full pass, and the arc is accepted when the
-// digests match or a full pass merged nothing new (this node's copy then
-// descends the source's for every key). When every arc is verified the node
-// appends TransferDone.
+// node gains in the running change it pulls scan pages from each live
+// current replica in turn and merges them, checkpointing after each page;
+// after each replica's pass it compares that replica's digest with its own.
+// Live writes reach both sides through the coordinator while the transfer
+// runs, so digests may differ for a moment: a mismatch triggers another
+// full pass, and a replica counts as caught up with when the digests match
+// or a full pass merged nothing new (this node's copy then descends that
+// replica's for every key). The arc is accepted once a majority of its
+// current replicas has been caught up with (see transferMove); when every
+// arc is, the node appends TransferDone.
 
 const (
 	checkpointPrefix = "xfer/"
@@ -44,9 +46,13 @@ type checkpoint struct {
 	HasAfter  bool   `json:"has_after,omitempty"`
 	AfterHash uint64 `json:"after_hash,omitempty"`
 	AfterKey  string `json:"after_key,omitempty"`
+	// Source is the replica the position above is in.
+	Source string `json:"source,omitempty"`
 	// Keys counts keys pulled so far (across passes and restarts).
-	Keys     uint64 `json:"keys"`
-	Verified bool   `json:"verified,omitempty"`
+	Keys uint64 `json:"keys"`
+	// VerifiedBy lists the source replicas this copy has caught up with.
+	VerifiedBy []string `json:"verified_by,omitempty"`
+	Verified   bool     `json:"verified,omitempty"`
 }
 
 func checkpointName(migration string, mv membership.TenantMove) string {
@@ -170,16 +176,11 @@ func (d *driver) sources(st *membership.State, mv membership.TenantMove) []strin
 func (d *driver) sourceDigest(ctx context.Context, st *membership.State, mv membership.TenantMove) ([]byte, uint64, string, error) {
 	var errs error
 	for _, src := range d.sources(st, mv) {
-		resp := &pb.DigestResponse{}
-		rctx, cancel := context.WithTimeout(ctx, peerTimeout)
-		err := bus.Request(rctx, d.n.nc, d.n.cfg.Subjects.Node(src, bus.OpDigest), &pb.DigestRequest{
-			TenantId: mv.Tenant, Range: &pb.HashRange{Start: mv.Arc.Start, End: mv.Arc.End}, Epoch: st.Epoch,
-		}, resp)
-		cancel()
+		digest, keys, err := d.digestFrom(ctx, st, mv, src)
 		if err == nil {
-			return resp.GetDigest(), resp.GetKeys(), src, nil
+			return digest, keys, src, nil
 		}
-		errs = errors.CombineErrors(errs, errors.Wrapf(err, "digest from %s", src))
+		errs = errors.CombineErrors(errs, err)
 	}
 	if errs == nil {
 		errs = errors.New("no live source replica")
@@ -187,7 +188,30 @@ func (d *driver) sourceDigest(ctx context.Context, st *membership.State, mv memb
 	return nil, 0, "", errs
 }
 
-// transferMove pulls and verifies one (tenant, arc).
+// digestFrom asks src for the arc's digest and key count.
+func (d *driver) digestFrom(ctx context.Context, st *membership.State, mv membership.TenantMove, src string) ([]byte, uint64, error) {
+	resp := &pb.DigestResponse{}
+	rctx, cancel := context.WithTimeout(ctx, peerTimeout)
+	defer cancel()
+	err := bus.Request(rctx, d.n.nc, d.n.cfg.Subjects.Node(src, bus.OpDigest), &pb.DigestRequest{
+		TenantId: mv.Tenant, Range: &pb.HashRange{Start: mv.Arc.Start, End: mv.Arc.End}, Epoch: st.Epoch,
+	}, resp)
+	if err != nil {
+		return nil, 0, errors.Wrapf(err, "digest from %s", src)
+	}
+	return resp.GetDigest(), resp.GetKeys(), nil
+}
+
+// transferMove pulls and verifies one (tenant, arc) from every live current
+// replica, not just one. A write acknowledged at W may be missing on the
+// others (its hint not yet replayed, or addressed to the node that leaves):
+// pulled from one replica that missed it, the arc would hold it on fewer
+// than W replicas of its new set, and a read at R of the rest would miss
+// it. Taking the union of a majority of the current set keeps every QUORUM
+// write on a quorum of the new set; every live replica is asked, and the arc
+// is accepted once a majority of the set (or every live one, after a force
+// removal) has been verified, so one replica failing mid-transfer does not
+// stall the change.
 func (d *driver) transferMove(ctx context.Context, st *membership.State, mv membership.TenantMove, ck checkpoint, p *progress) error {
 	n := d.n
 	name := checkpointName(st.Change.ID, mv)
@@ -199,63 +223,98 @@ func (d *driver) transferMove(ctx context.Context, st *membership.State, mv memb
 		n.log.Info("resuming a range transfer from its checkpoint", zap.String("tenant", mv.Tenant),
 			zap.Uint64("start", mv.Arc.Start), zap.Uint64("end", mv.Arc.End), zap.Uint64("keys_done", ck.Keys))
 	}
-	for pass := 0; pass < maxPasses; pass++ {
-		full := !ck.HasAfter
-		merged, err := d.pull(ctx, st, mv, name, &ck, p)
-		if err != nil {
+	sources := d.sources(st, mv)
+	self := 0
+	if slices.Contains(mv.From, n.cfg.ID) {
+		self = 1 // it holds its own copy
+	}
+	need := min(len(mv.From)/2+1, len(sources)+self)
+	if len(sources) == 0 && need > self {
+		return errors.Newf("no live source replica among %v", mv.From)
+	}
+	var errs error
+	for _, src := range sources {
+		if slices.Contains(ck.VerifiedBy, src) {
+			continue
+		}
+		if err := d.verifyFrom(ctx, st, mv, src, name, &ck, p, len(ck.VerifiedBy) == 0); err != nil {
+			if ctx.Err() != nil {
+				return errors.Wrap(ctx.Err(), "transfer interrupted")
+			}
+			n.log.Warn("transfer source failed; trying the others", zap.String("source", src),
+				zap.String("tenant", mv.Tenant), zap.Error(err))
+			errs = errors.CombineErrors(errs, errors.Wrapf(err, "pull from %s", src))
+			continue
+		}
+		ck.VerifiedBy = append(ck.VerifiedBy, src)
+		ck.Source, ck.HasAfter, ck.AfterHash, ck.AfterKey = "", false, 0, ""
+		if err := n.saveCheckpoint(name, ck); err != nil {
 			return err
 		}
-		remote, _, _, err := d.sourceDigest(ctx, st, mv)
+	}
+	if got := len(ck.VerifiedBy) + self; got < need {
+		return errors.Wrapf(errs, "range verified against %d of %v; %d needed", got, mv.From, need)
+	}
+	ck.Verified = true
+	n.met.transfer(transferVerified)
+	return n.saveCheckpoint(name, ck)
+}
+
+// verifyFrom brings this node's copy of the arc up to src's: passes from
+// the checkpoint until src's digest equals ours, or a full pass merged
+// nothing new (ours then descends src's for every key; live writes keep the
+// digests apart for a moment). first says src is the arc's first source:
+// its keys count as transferred; later sources count only what they add.
+func (d *driver) verifyFrom(ctx context.Context, st *membership.State, mv membership.TenantMove, src, name string,
+	ck *checkpoint, p *progress, first bool) error {
+	n := d.n
+	if ck.Source != src {
+		ck.Source, ck.HasAfter, ck.AfterHash, ck.AfterKey = src, false, 0, ""
+	}
+	equal := func() (bool, error) {
+		remote, _, err := d.digestFrom(ctx, st, mv, src)
 		if err != nil {
-			return err
+			return false, err
 		}
 		local, _, err := n.eng.Digest(mv.Tenant, mv.Arc)
 		if err != nil {
-			return errors.Wrap(err, "local digest")
+			return false, errors.Wrap(err, "local digest")
 		}
-		if slices.Equal(remote, local) || (full && merged == 0) {
-			ck.Verified = true
-			n.met.transfer(transferVerified)
-			return n.saveCheckpoint(name, ck)
+		return slices.Equal(remote, local), nil
+	}
+	if !first && !ck.HasAfter {
+		// A replica that agrees already costs a digest, not a scan.
+		if same, err := equal(); err != nil || same {
+			return err
 		}
-		// Writes in flight, or a source switch mid-pass: another full pass.
+	}
+	for pass := 0; pass < maxPasses; pass++ {
+		full := !ck.HasAfter
+		merged, err := d.pullFrom(ctx, st, mv, src, name, ck, p, first)
+		if err != nil {
+			return err
+		}
+		same, err := equal()
+		if err != nil {
+			return err
+		}
+		if same || (full && merged == 0) {
+			return nil
+		}
+		// Writes in flight: another full pass.
 		ck.HasAfter, ck.AfterHash, ck.AfterKey = false, 0, ""
-		if err := n.saveCheckpoint(name, ck); err != nil {
+		if err := n.saveCheckpoint(name, *ck); err != nil {
 			return err
 		}
 	}
 	return errors.Newf("digests still differ after %d passes (live writes keep changing the range); will retry", maxPasses)
 }
 
-// pull runs one pass from the checkpoint to the end of the arc, trying the
-// sources in turn; it returns how many keys changed locally.
-func (d *driver) pull(ctx context.Context, st *membership.State, mv membership.TenantMove, name string,
-	ck *checkpoint, p *progress) (int, error) {
-	n := d.n
-	sources := d.sources(st, mv)
-	if len(sources) == 0 {
-		return 0, errors.Newf("no live source replica among %v", mv.From)
-	}
-	merged := 0
-	var errs error
-	for _, src := range sources {
-		done, changed, err := d.pullFrom(ctx, st, mv, src, name, ck, p)
-		merged += changed
-		if err == nil && done {
-			return merged, nil
-		}
-		if ctx.Err() != nil {
-			return merged, errors.Wrap(ctx.Err(), "transfer interrupted")
-		}
-		n.log.Warn("transfer source failed; trying the next one", zap.String("source", src),
-			zap.String("tenant", mv.Tenant), zap.Error(err))
-		errs = errors.CombineErrors(errs, errors.Wrapf(err, "pull from %s", src))
-	}
-	return merged, errs
-}
-
+// pullFrom runs one pass over the arc from src, from the checkpoint to the
+// end, and returns how many keys changed locally. count says whether the
+// keys it scans count as transferred, or only the ones it changes.
 func (d *driver) pullFrom(ctx context.Context, st *membership.State, mv membership.TenantMove, src, name string,
-	ck *checkpoint, p *progress) (done bool, merged int, err error) {
+	ck *checkpoint, p *progress, count bool) (merged int, err error) {
 	n := d.n
 	subject := n.cfg.Subjects.Node(src, bus.OpScan)
 	for page := 0; ; page++ {
@@ -263,7 +322,7 @@ func (d *driver) pullFrom(ctx context.Context, st *membership.State, mv membersh
 			h(ctx, page)
 		}
 		if err := ctx.Err(); err != nil {
-			return false, merged, err
+			return merged, err
 		}
 		req := &pb.ScanRequest{
 			TenantId: mv.Tenant, Range: &pb.HashRange{Start: mv.Arc.Start, End: mv.Arc.End},
@@ -275,7 +334,7 @@ func (d *driver) pullFrom(ctx context.Context, st *membership.State, mv membersh
 		err := bus.Request(rctx, n.nc, subject, req, resp)
 		cancel()
 		if err != nil {
-			return false, merged, err
+			return merged, err
 		}
 		items := make([]engine.MergeItem, 0, len(resp.GetItems()))
 		for _, it := range resp.GetItems() {
@@ -285,25 +344,28 @@ func (d *driver) pullFrom(ctx context.Context, st *membership.State, mv membersh
 		// drops a write; an LWW tenant's next write or read resolves them.
 		changed, err := n.eng.MergeBatch(mv.Tenant, items, dvv.Siblings)
 		if err != nil {
-			return false, merged, errors.Wrap(err, "merge transferred page")
+			return merged, errors.Wrap(err, "merge transferred page")
 		}
 		merged += changed
 		if k := len(resp.GetItems()); k > 0 {
 			last := resp.GetItems()[k-1]
 			ck.HasAfter, ck.AfterHash, ck.AfterKey = true, last.GetHash(), last.GetKey()
+			if !count {
+				k = changed
+			}
 			ck.Keys += uint64(k)
 			p.transferred += uint64(k)
 			n.met.keysTransferred.Add(k)
 		}
 		if resp.GetDone() {
 			// The pass is complete; the position restarts at the next pass.
-			return true, merged, n.saveCheckpoint(name, *ck)
+			return merged, n.saveCheckpoint(name, *ck)
 		}
 		if len(resp.GetItems()) == 0 {
-			return false, merged, errors.Newf("source %s sent an empty page that is not the last", src)
+			return merged, errors.Newf("source %s sent an empty page that is not the last", src)
 		}
 		if err := n.saveCheckpoint(name, *ck); err != nil {
-			return false, merged, err
+			return merged, err
 		}
 		p.publish(ctx, false, nil, false)
 	}

@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +14,8 @@ import (
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/client"
 	"github.com/pairdb/pairdb/cluster"
+	"github.com/pairdb/pairdb/dvv"
+	"github.com/pairdb/pairdb/dvv/dvvpb"
 	"github.com/pairdb/pairdb/keyspace"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 )
@@ -289,3 +292,54 @@ func contains(s []string, x string) bool {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// A write acknowledged at QUORUM may be on only two of its three replicas
+// (the third's hint not yet replayed). A node that gains the key's range
+// must pull it from every live replica, not one: pulled from the replica
+// that missed it, the key would end up on one replica of its new set, and a
+// QUORUM read of the other two would miss an acknowledged write. Checked
+// right after the change, with no read repair, hint or anti-entropy.
+func TestTransferPullsFromEveryReplica(t *testing.T) {
+	h := startMembershipCluster(t, 3)
+	nodes := []string{"node-1", "node-2", "node-3"}
+	epoch := h.dev.Coordinators()[0].Ring.State().Epoch
+	const keys = 300
+	for i := range keys {
+		key := fmt.Sprintf("partial-%d", i)
+		obj := dvv.Update(dvv.Object{}, nil, "writer", []byte(key), false, time.Now().UnixMilli(), dvv.Siblings)
+		for j, node := range nodes {
+			if j == i%len(nodes) {
+				continue // this replica missed the write
+			}
+			err := bus.Request(ctxT(t), h.nc, bus.Subjects{}.Node(node, bus.OpMerge), &pb.MergeRequest{
+				TenantId: "default", Key: key, Object: dvvpb.ObjectToProto(obj),
+				Policy: pb.ConflictPolicy_SIBLINGS, Epoch: epoch,
+			}, new(pb.MergeResponse))
+			require.NoError(t, err)
+		}
+	}
+
+	h.startNode("node-4")
+	h.waitRegistered("node-4")
+	resp, err := h.c.AddNodes(ctxT(t), "node-4")
+	require.NoError(t, err)
+	h.waitMigration(resp.GetMigrationId())
+
+	st := h.dev.Coordinators()[0].Ring.State()
+	moved := 0
+	for i := range keys {
+		key := fmt.Sprintf("partial-%d", i)
+		cur, _ := st.ReplicaSets("default", 3, keyspace.Hash("default", key))
+		holders := 0
+		for _, node := range cur {
+			if _, found := h.readNode(node, "default", key); found {
+				holders++
+			}
+		}
+		if slices.Contains(cur, "node-4") {
+			moved++
+		}
+		require.GreaterOrEqual(t, holders, 2, "key %s is on %d of %v", key, holders, cur)
+	}
+	require.Positive(t, moved, "node-4 gained some of the keys")
+}
