@@ -56,6 +56,7 @@ type serviceMetrics struct {
 	repairsFailed   *metrics.Counter
 	conflicts       *metrics.Counter
 	readHedges      *metrics.Counter
+	staleResends    *metrics.Counter
 
 	requests, requestErrors, quorumFailures *seriesVec[*metrics.Counter]
 	replicaCalls, hintsStored, hintsFailed  *seriesVec[*metrics.Counter]
@@ -74,6 +75,7 @@ func newServiceMetrics(set *metrics.Set) *serviceMetrics {
 		repairsFailed:   set.GetOrCreateCounter(`coordinator_repairs_total{status="failed"}`),
 		conflicts:       set.GetOrCreateCounter(`coordinator_conflicts_total`),
 		readHedges:      set.GetOrCreateCounter(`coordinator_read_hedges_total`),
+		staleResends:    set.GetOrCreateCounter(`coordinator_stale_epoch_resends_total`),
 
 		requests:       newCounterVec(set, `coordinator_requests_total{operation=%q,consistency=%q}`),
 		requestErrors:  newCounterVec(set, `coordinator_request_errors_total{operation=%q,error_type=%q}`),

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"crypto/sha256"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -239,7 +240,7 @@ func (s *Service) write(ctx context.Context, w *writeReq) (*pb.Object, int, erro
 					pending++
 				}
 				s.background.Add(1)
-				go s.collectForwarded(fw,
+				go s.collectForwarded(fw, w.tenant,
 					&pb.MergeRequest{TenantId: tid, Key: w.key, Object: obj, Policy: policy, Epoch: st.Epoch}, results)
 			}
 		}
@@ -262,11 +263,9 @@ func (s *Service) write(ctx context.Context, w *writeReq) (*pb.Object, int, erro
 					err = s.callNode(context.Background(), node, bus.OpMerge, merge, resp)
 					s.m.replica("writes", node, err)
 				}
+				// The answer does not wait for this: results has room.
 				results <- replicaResult{node: node, err: err, epoch: resp.GetEpoch()}
-				if err != nil && !bus.Is(err, pb.ErrorCode_STALE_EPOCH) {
-					// The answer does not wait for this: results has room.
-					s.missedWrite(node, merge, err)
-				}
+				s.settleMiss(w.tenant, node, merge, err, resp.GetEpoch())
 			}()
 		}
 		var stale uint64
@@ -318,6 +317,41 @@ func (s *Service) write(ctx context.Context, w *writeReq) (*pb.Object, int, erro
 	refresh:
 		if err := s.catchUp(ctx, stale); err != nil {
 			return nil, 0, err
+		}
+	}
+}
+
+// settleMiss makes sure a replica that did not take a merge gets it later.
+// A failure is hinted. A STALE_EPOCH refusal (the replica has folded a
+// newer ring) is sent again under the newer ring if the replica still holds
+// the key there: the write loop does that too while it runs, but once the
+// answer is out nobody else would, and the replica would lack the write
+// until read repair or anti-entropy. A second merge when both do it is
+// harmless (merges are idempotent) and happens only around ring changes.
+func (s *Service) settleMiss(t *pb.Tenant, node string, merge *pb.MergeRequest, err error, refused uint64) {
+	switch {
+	case err == nil:
+	case !bus.Is(err, pb.ErrorCode_STALE_EPOCH):
+		s.missedWrite(node, merge, err)
+	default:
+		ctx, cancel := context.WithTimeout(context.Background(), 2*s.cfg.ReplicaTimeout)
+		defer cancel()
+		if cerr := s.catchUp(ctx, refused); cerr != nil {
+			s.missedWrite(node, merge, cerr)
+			return
+		}
+		st := s.cfg.Membership.State()
+		p, perr := placeFor(st, t, keyspace.Hash(merge.GetTenantId(), merge.GetKey()))
+		if perr != nil || !slices.Contains(p.all, node) {
+			return // no longer a replica of the key: nothing to deliver
+		}
+		again := proto.Clone(merge).(*pb.MergeRequest)
+		again.Epoch = st.Epoch
+		s.m.staleResends.Inc()
+		err := s.callNode(ctx, node, bus.OpMerge, again, new(pb.MergeResponse))
+		s.m.replica("writes", node, err)
+		if err != nil {
+			s.missedWrite(node, again, err)
 		}
 	}
 }
@@ -428,7 +462,7 @@ func forwardsOf(fw *gather) []*pb.Forward {
 // the replica timeout has missed the write and is hinted. It runs in the
 // background, owned by s.background: the answer does not wait for it
 // (results has room).
-func (s *Service) collectForwarded(fw *gather, merge *pb.MergeRequest, results chan<- replicaResult) {
+func (s *Service) collectForwarded(fw *gather, t *pb.Tenant, merge *pb.MergeRequest, results chan<- replicaResult) {
 	defer s.background.Done()
 	defer fw.close()
 	for fw.left > 0 {
@@ -436,9 +470,7 @@ func (s *Service) collectForwarded(fw *gather, merge *pb.MergeRequest, results c
 		resp := new(pb.MergeResponse)
 		err := fw.decode(r, "writes", resp)
 		results <- replicaResult{node: r.node, err: err, epoch: resp.GetEpoch()}
-		if err != nil && !bus.Is(err, pb.ErrorCode_STALE_EPOCH) {
-			s.missedWrite(r.node, merge, err)
-		}
+		s.settleMiss(t, r.node, merge, err, resp.GetEpoch())
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/pairdb/pairdb/cluster"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/dvv/dvvpb"
+	"github.com/pairdb/pairdb/internal/faults"
 	"github.com/pairdb/pairdb/keyspace"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 )
@@ -342,4 +343,47 @@ func TestTransferPullsFromEveryReplica(t *testing.T) {
 		require.GreaterOrEqual(t, holders, 2, "key %s is on %d of %v", key, holders, cur)
 	}
 	require.Positive(t, moved, "node-4 gained some of the keys")
+}
+
+// A replica that refuses a merge as STALE_EPOCH (it folded a newer ring
+// while the merge was on its way) after the write already had its quorum
+// still gets the write: the coordinator resends it under the newer ring.
+// Before, only the write loop resent refused merges, and it had returned.
+func TestMergeRefusedAfterTheAnswerIsResent(t *testing.T) {
+	inj := faults.New(3)
+	h := startClusterWith(t, cluster.DevConfig{Nodes: 3, CleanupGrace: time.Minute, Faults: inj})
+	h.startNode("node-4")
+	h.waitRegistered("node-4")
+	// node-3's merges (forwards included) arrive late, so QUORUM writes
+	// are answered by node-1 and node-2 first.
+	inj.Set(faults.Rule{Match: ".node.node-3.merge", DelayP: 1, MaxDelay: 1500 * time.Millisecond})
+	const keys = 40
+	var wg sync.WaitGroup
+	for i := range keys {
+		wg.Go(func() {
+			_, err := h.c.Put(ctxT(t), fmt.Sprintf("late-%d", i), []byte("v"), client.Consistency("quorum"))
+			require.NoError(t, err)
+		})
+	}
+	wg.Wait()
+	// The ring moves on while those merges are still delayed.
+	resp, err := h.c.AddNodes(ctxT(t), "node-4")
+	require.NoError(t, err)
+	h.waitMigration(resp.GetMigrationId())
+	inj.Clear()
+
+	resends := h.dev.Metrics().GetOrCreateCounter(`coordinator_stale_epoch_resends_total`)
+	require.Eventually(t, func() bool { return resends.Get() > 0 }, 10*time.Second, 10*time.Millisecond,
+		"some merge reached node-3 after it folded the new ring")
+	st := h.dev.Coordinators()[0].Ring.State()
+	for i := range keys {
+		key := fmt.Sprintf("late-%d", i)
+		cur, _ := st.ReplicaSets("default", 3, keyspace.Hash("default", key))
+		for _, node := range cur {
+			require.Eventually(t, func() bool {
+				_, found := h.readNode(node, "default", key)
+				return found
+			}, 10*time.Second, 10*time.Millisecond, "replica %s lacks %s", node, key)
+		}
+	}
 }
