@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/coordinator"
 	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/ops"
 	"github.com/pairdb/pairdb/storagenode-adapter/engine"
@@ -164,7 +165,7 @@ func DefaultCoordinator() Coordinator {
 		RequestTimeout:   5 * time.Second,
 		ReplicaTimeout:   2 * time.Second,
 		TenantCacheTTL:   30 * time.Second,
-		ReadRepairChance: 1,
+		ReadRepairChance: coordinator.DefaultReadRepairChance,
 		HeartbeatTimeout: 3 * time.Second,
 		DownAfter:        9 * time.Second,
 		HintMaxAge:       3 * time.Hour,
