@@ -158,7 +158,7 @@ func (s *State) start(seq uint64, unixMs int64, c *pb.ChangeStarted) {
 	s.Change = ch
 	s.placementChanged(seq)
 	for _, mv := range moves(s.cur, s.next, ch) {
-		for _, g := range mv.Gainers() {
+		for _, g := range mv.Targets() {
 			ch.Targets[g] = true
 		}
 	}

@@ -115,7 +115,7 @@ func (d *driver) transfer(ctx context.Context, st *membership.State) error {
 	c := st.Change
 	var moves []membership.TenantMove
 	for _, mv := range st.Moves() {
-		if slices.Contains(mv.Gainers(), n.cfg.ID) {
+		if slices.Contains(mv.Targets(), n.cfg.ID) {
 			moves = append(moves, mv)
 		}
 	}
@@ -237,7 +237,10 @@ func (d *driver) transferMove(ctx context.Context, st *membership.State, mv memb
 		if slices.Contains(ck.VerifiedBy, src) {
 			continue
 		}
-		if err := d.verifyFrom(ctx, st, mv, src, name, &ck, p, len(ck.VerifiedBy) == 0); err != nil {
+		// The first source's keys count as transferred, unless this node
+		// already held the arc (a lower replication factor).
+		first := len(ck.VerifiedBy) == 0 && self == 0
+		if err := d.verifyFrom(ctx, st, mv, src, name, &ck, p, first); err != nil {
 			if ctx.Err() != nil {
 				return errors.Wrap(ctx.Err(), "transfer interrupted")
 			}

@@ -387,3 +387,45 @@ func TestMergeRefusedAfterTheAnswerIsResent(t *testing.T) {
 		}
 	}
 }
+
+// Lowering a replication factor keeps a prefix of each key's replica set.
+// A write acknowledged at QUORUM under the old factor may sit on replicas
+// outside that prefix (here: the 2nd and 3rd of three, the new set being the
+// 1st and 2nd), so the kept replicas catch up with the old set before the
+// cutover: afterwards every key is on a majority of its new set, and the
+// dropped replicas' cleanup cannot leave it on fewer. (From 5 to 3 a key on
+// the last three of five would otherwise be on one of its new three, and a
+// QUORUM read could miss it.)
+func TestLoweringReplicationFactorKeepsAMajority(t *testing.T) {
+	h := startMembershipCluster(t, 3)
+	ctx := ctxT(t)
+	_, err := h.c.CreateTenant(ctx, &pb.CreateTenantRequest{TenantId: "rf", ReplicationFactor: 3})
+	require.NoError(t, err)
+	st := h.dev.Coordinators()[0].Ring.State()
+	const keys = 100
+	for i := range keys {
+		key := fmt.Sprintf("k-%d", i)
+		cur, _ := st.ReplicaSets("rf", 3, keyspace.Hash("rf", key))
+		obj := dvv.Update(dvv.Object{}, nil, "writer", []byte(key), false, time.Now().UnixMilli(), dvv.Siblings)
+		for _, node := range cur[1:] { // the first replica missed it
+			err := bus.Request(ctx, h.nc, bus.Subjects{}.Node(node, bus.OpMerge), &pb.MergeRequest{
+				TenantId: "rf", Key: key, Object: dvvpb.ObjectToProto(obj),
+				Policy: pb.ConflictPolicy_SIBLINGS, Epoch: st.Epoch,
+			}, new(pb.MergeResponse))
+			require.NoError(t, err)
+		}
+	}
+
+	upd, err := h.c.UpdateTenant(ctx, &pb.UpdateTenantRequest{TenantId: "rf", ReplicationFactor: ptr[uint32](2)})
+	require.NoError(t, err)
+	h.waitMigration(upd.GetMigrationId())
+	st = h.dev.Coordinators()[0].Ring.State()
+	for i := range keys {
+		key := fmt.Sprintf("k-%d", i)
+		cur, _ := st.ReplicaSets("rf", 2, keyspace.Hash("rf", key))
+		for _, node := range cur {
+			_, found := h.readNode(node, "rf", key)
+			require.True(t, found, "key %s missing on %s of its new set %v", key, node, cur)
+		}
+	}
+}

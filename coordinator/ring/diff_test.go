@@ -97,3 +97,21 @@ func TestDiffIdentical(t *testing.T) {
 	require.Empty(t, Diff(r, 2, r, 2))
 	require.Empty(t, Diff(New(1, 10, nil), 3, New(1, 10, nil), 3))
 }
+
+func TestMoveTargets(t *testing.T) {
+	r := New(1, 50, members(map[string]State{"a": Normal, "b": Normal, "c": Normal, "d": Normal, "e": Normal}))
+	// A node swapped: only the gainer catches up.
+	swap := Move{From: []string{"a", "b", "c"}, To: []string{"a", "d", "c"}}
+	require.Equal(t, []string{"d"}, swap.Targets())
+	// A higher factor: the gainers.
+	for _, mv := range Diff(r, 3, r, 5) {
+		require.Equal(t, mv.Gainers(), mv.Targets())
+		require.Len(t, mv.Targets(), 2)
+	}
+	// A lower factor gains nobody, yet every kept replica catches up.
+	for _, mv := range Diff(r, 5, r, 3) {
+		require.Empty(t, mv.Gainers())
+		require.Equal(t, mv.To, mv.Targets())
+		require.Equal(t, mv.From[:3], mv.To, "the new set is a prefix of the old")
+	}
+}
