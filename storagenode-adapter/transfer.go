@@ -256,6 +256,9 @@ func (d *driver) transferMove(ctx context.Context, st *membership.State, mv memb
 		}
 	}
 	if got := len(ck.VerifiedBy) + self; got < need {
+		if errs == nil {
+			errs = errors.New("too few live source replicas")
+		}
 		return errors.Wrapf(errs, "range verified against %d of %v; %d needed", got, mv.From, need)
 	}
 	ck.Verified = true
