@@ -26,9 +26,9 @@ import (
 // runs, so digests may differ for a moment: a mismatch triggers another
 // full pass, and a replica counts as caught up with when the digests match
 // or a full pass merged nothing new (this node's copy then descends that
-// replica's for every key). The arc is accepted once a majority of its
-// current replicas has been caught up with (see transferMove); when every
-// arc is, the node appends TransferDone.
+// replica's for every key). The arc is accepted once enough of its current
+// replicas have been caught up with (see transferMove); when every arc is,
+// the node appends TransferDone.
 
 const (
 	checkpointPrefix = "xfer/"
@@ -207,11 +207,12 @@ func (d *driver) digestFrom(ctx context.Context, st *membership.State, mv member
 // others (its hint not yet replayed, or addressed to the node that leaves):
 // pulled from one replica that missed it, the arc would hold it on fewer
 // than W replicas of its new set, and a read at R of the rest would miss
-// it. Taking the union of a majority of the current set keeps every QUORUM
-// write on a quorum of the new set; every live replica is asked, and the arc
-// is accepted once a majority of the set (or every live one, after a force
-// removal) has been verified, so one replica failing mid-transfer does not
-// stall the change.
+// it. A QUORUM write is on W = N/2+1 of the N current replicas, so the
+// union of any N-W+1 = ⌈N/2⌉ of them holds it (this node's own copy counts
+// when it is one of them, as on a lower replication factor). Every live
+// replica is asked, and the arc is accepted once ⌈N/2⌉ (or every live one,
+// after a force removal) have been caught up with, so one replica failing
+// mid-transfer does not stall the change.
 func (d *driver) transferMove(ctx context.Context, st *membership.State, mv membership.TenantMove, ck checkpoint, p *progress) error {
 	n := d.n
 	name := checkpointName(st.Change.ID, mv)
@@ -228,7 +229,7 @@ func (d *driver) transferMove(ctx context.Context, st *membership.State, mv memb
 	if slices.Contains(mv.From, n.cfg.ID) {
 		self = 1 // it holds its own copy
 	}
-	need := min(len(mv.From)/2+1, len(sources)+self)
+	need := min((len(mv.From)+1)/2, len(sources)+self)
 	if len(sources) == 0 && need > self {
 		return errors.Newf("no live source replica among %v", mv.From)
 	}

@@ -34,12 +34,12 @@ type Move struct {
 func (m Move) Gainers() []string { return minus(m.To, m.From) }
 
 // Targets are the nodes of To that must catch up with From before the
-// cutover. Usually the gainers: each pulls from a majority of From, and
-// with one node swapped a write on a majority of From is then on a
-// majority of To. When the set shrinks (a lower replication factor, To a
-// prefix of From) nobody gains, yet a write on a majority of From can miss
-// most of To (on the last three of five, it is on one of the first three),
-// so every node of To catches up.
+// cutover. Usually the gainers: each pulls from enough of From to hold
+// every write on a majority of it, and with one node swapped such a write
+// is then on a majority of To. When the set shrinks (a lower replication
+// factor, To a prefix of From) nobody gains, yet a write on a majority of
+// From can miss most of To (on the last three of five, it is on one of the
+// first three), so every node of To catches up.
 func (m Move) Targets() []string {
 	if len(m.To) < len(m.From) {
 		return slices.Clone(m.To)
