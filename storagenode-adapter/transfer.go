@@ -188,6 +188,27 @@ func (d *driver) sourceDigest(ctx context.Context, st *membership.State, mv memb
 	return nil, 0, "", errs
 }
 
+type digestResult struct {
+	digest []byte
+	err    error
+}
+
+// prefetchDigests asks each of srcs for the arc's digest in the background;
+// each answer (or error, bounded by peerTimeout) arrives on its channel.
+func (d *driver) prefetchDigests(ctx context.Context, st *membership.State, mv membership.TenantMove,
+	srcs []string) map[string]chan digestResult {
+	out := make(map[string]chan digestResult, len(srcs))
+	for _, src := range srcs {
+		ch := make(chan digestResult, 1) // never blocks, read or not
+		out[src] = ch
+		go func() {
+			digest, _, err := d.digestFrom(ctx, st, mv, src)
+			ch <- digestResult{digest: digest, err: err}
+		}()
+	}
+	return out
+}
+
 // digestFrom asks src for the arc's digest and key count.
 func (d *driver) digestFrom(ctx context.Context, st *membership.State, mv membership.TenantMove, src string) ([]byte, uint64, error) {
 	resp := &pb.DigestResponse{}
@@ -233,15 +254,30 @@ func (d *driver) transferMove(ctx context.Context, st *membership.State, mv memb
 	if len(sources) == 0 && need > self {
 		return errors.Newf("no live source replica among %v", mv.From)
 	}
-	var errs error
-	for _, src := range sources {
-		if slices.Contains(ck.VerifiedBy, src) {
-			continue
-		}
+	todo := slices.DeleteFunc(slices.Clone(sources), func(s string) bool { return slices.Contains(ck.VerifiedBy, s) })
+	// The others' digests are fetched while the first is pulled from: when
+	// they agree with what this node then holds (the usual case), catching
+	// up with them costs no more round trips.
+	var early map[string]chan digestResult
+	if len(todo) > 1 {
+		early = d.prefetchDigests(ctx, st, mv, todo[1:])
+	}
+	var (
+		errs  error
+		local []byte // this node's digest as of the last check (it only grows)
+	)
+	for _, src := range todo {
 		// The first source's keys count as transferred, unless this node
 		// already held the arc (a lower replication factor).
 		first := len(ck.VerifiedBy) == 0 && self == 0
-		if err := d.verifyFrom(ctx, st, mv, src, name, &ck, p, first); err != nil {
+		var remote []byte
+		if ch, ok := early[src]; ok {
+			if r := <-ch; r.err == nil {
+				remote = r.digest
+			}
+		}
+		var err error
+		if local, err = d.verifyFrom(ctx, st, mv, src, name, &ck, p, first, local, remote); err != nil {
 			if ctx.Err() != nil {
 				return errors.Wrap(ctx.Err(), "transfer interrupted")
 			}
@@ -250,11 +286,10 @@ func (d *driver) transferMove(ctx context.Context, st *membership.State, mv memb
 			errs = errors.CombineErrors(errs, errors.Wrapf(err, "pull from %s", src))
 			continue
 		}
+		// Saved with the next page or the verdict: after a restart an
+		// unsaved one costs a digest check again.
 		ck.VerifiedBy = append(ck.VerifiedBy, src)
 		ck.Source, ck.HasAfter, ck.AfterHash, ck.AfterKey = "", false, 0, ""
-		if err := n.saveCheckpoint(name, ck); err != nil {
-			return err
-		}
 	}
 	if got := len(ck.VerifiedBy) + self; got < need {
 		if errs == nil {
@@ -272,49 +307,59 @@ func (d *driver) transferMove(ctx context.Context, st *membership.State, mv memb
 // nothing new (ours then descends src's for every key; live writes keep the
 // digests apart for a moment). first says src is the arc's first source:
 // its keys count as transferred; later sources count only what they add.
+// local, when set, is this node's digest from an earlier check: the copy
+// only gains since, so a source equal to it is one this copy descends, and
+// the check costs the source's digest alone; remote, when set, is that
+// digest, fetched earlier (a source serves only once it has folded the
+// change, so what it took since reached this node too). verifyFrom returns
+// this node's digest as of its last check.
 func (d *driver) verifyFrom(ctx context.Context, st *membership.State, mv membership.TenantMove, src, name string,
-	ck *checkpoint, p *progress, first bool) error {
+	ck *checkpoint, p *progress, first bool, local, remote []byte) ([]byte, error) {
 	n := d.n
 	if ck.Source != src {
 		ck.Source, ck.HasAfter, ck.AfterHash, ck.AfterKey = src, false, 0, ""
 	}
-	equal := func() (bool, error) {
+	equal := func(fresh bool) (bool, error) {
 		remote, _, err := d.digestFrom(ctx, st, mv, src)
 		if err != nil {
 			return false, err
 		}
-		local, _, err := n.eng.Digest(mv.Tenant, mv.Arc)
-		if err != nil {
-			return false, errors.Wrap(err, "local digest")
+		if fresh || local == nil {
+			if local, _, err = n.eng.Digest(mv.Tenant, mv.Arc); err != nil {
+				return false, errors.Wrap(err, "local digest")
+			}
 		}
 		return slices.Equal(remote, local), nil
 	}
 	if !first && !ck.HasAfter {
 		// A replica that agrees already costs a digest, not a scan.
-		if same, err := equal(); err != nil || same {
-			return err
+		if remote != nil && local != nil && slices.Equal(remote, local) {
+			return local, nil
+		}
+		if same, err := equal(false); err != nil || same {
+			return local, err
 		}
 	}
 	for pass := 0; pass < maxPasses; pass++ {
 		full := !ck.HasAfter
 		merged, err := d.pullFrom(ctx, st, mv, src, name, ck, p, first)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		same, err := equal()
+		same, err := equal(true)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if same || (full && merged == 0) {
-			return nil
+			return local, nil
 		}
 		// Writes in flight: another full pass.
 		ck.HasAfter, ck.AfterHash, ck.AfterKey = false, 0, ""
 		if err := n.saveCheckpoint(name, *ck); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return errors.Newf("digests still differ after %d passes (live writes keep changing the range); will retry", maxPasses)
+	return nil, errors.Newf("digests still differ after %d passes (live writes keep changing the range); will retry", maxPasses)
 }
 
 // pullFrom runs one pass over the arc from src, from the checkpoint to the
