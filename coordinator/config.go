@@ -49,6 +49,9 @@ type IdempotencyClaim interface {
 	// Retry reports that an earlier attempt failed or was abandoned and may
 	// have been applied in part.
 	Retry() bool
+	// TakenOver reports that the earlier attempt's record was never
+	// completed, so that attempt may also have been answered.
+	TakenOver() bool
 }
 
 // Membership is what the coordinator needs of the ring log. Implementations

@@ -30,9 +30,13 @@ type writeReq struct {
 	// payload hashes the request for idempotency (set with idemKey).
 	payload []byte
 	// origin names the request on the siblings it writes (from the
-	// idempotency key); retry says an earlier attempt may have landed.
-	origin []byte
-	retry  bool
+	// idempotency key); retry says an earlier attempt may have landed,
+	// takenOver that it may even have been answered (its claim was taken
+	// over), and recovered that it had landed: this attempt completed it.
+	origin    []byte
+	retry     bool
+	takenOver bool
+	recovered bool
 }
 
 func (s *Service) put(ctx context.Context, subject string, req *pb.PutRequest) (resp *pb.PutResponse, err error) {
@@ -73,6 +77,13 @@ func (s *Service) serveWrite(ctx context.Context, w *writeReq, resp proto.Messag
 			return err
 		}
 		fill(obj.GetClock(), uint32(acks))
+		if w.recovered && w.takenOver {
+			// An earlier attempt applied it and may have answered, but its
+			// record was never completed: to the client, a duplicate. (A
+			// retry of an attempt that failed its quorum is not: that
+			// client was told it failed, and this retry completed it.)
+			markDup()
+		}
 		return nil
 	})
 }
@@ -136,7 +147,7 @@ func (s *Service) runIdempotent(ctx context.Context, w *writeReq, resp proto.Mes
 	if err != nil {
 		return err
 	}
-	w.retry = claim.Retry()
+	w.retry, w.takenOver = claim.Retry(), claim.TakenOver()
 	if stored, ok := claim.Done(); ok {
 		if err := proto.Unmarshal(stored, resp); err != nil {
 			return bus.Wrap(pb.ErrorCode_INTERNAL, err, "stored idempotent response is unreadable")
@@ -210,6 +221,7 @@ func (s *Service) write(ctx context.Context, w *writeReq) (*pb.Object, int, erro
 			// An earlier attempt may have written the value on some replica:
 			// finish that write instead of writing it a second time.
 			if obj = s.recoverAttempt(ctx, w, p, st.Epoch); obj != nil {
+				w.recovered = true
 				s.log.Info("retry found its earlier attempt on a replica; completing it", zap.String("tenant", tid))
 			}
 		}

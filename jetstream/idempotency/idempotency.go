@@ -162,12 +162,19 @@ type Claim struct {
 	done     bool
 	response []byte
 	retry    bool
+	taken    bool
 }
 
 // Retry reports whether an earlier attempt of this request failed or was
 // abandoned, so it may have been applied in part: the executor must look
 // for that attempt's effect before writing again.
 func (c Claim) Retry() bool { return c.retry }
+
+// TakenOver reports whether this claim replaced a PENDING record that was
+// never completed: its attempt may have been applied and even answered
+// (the record is written after the answer), so an effect found is a
+// duplicate to the client, not a failed attempt finished.
+func (c Claim) TakenOver() bool { return c.taken }
 
 // Done returns the stored response and true when the request was already
 // executed; the caller answers with it (duplicate=true) and writes nothing.
@@ -282,9 +289,9 @@ func (s *Store) Begin(ctx context.Context, tenant, idemKey string, hash []byte) 
 			if uerr != nil {
 				return Claim{}, unavailable(uerr, "take over abandoned idempotency record")
 			}
-			log.Warn("took over an abandoned pending idempotency record; the coordinator that claimed it presumably crashed",
+			log.Warn("took over an abandoned pending idempotency record; the coordinator that claimed it crashed or could not save its outcome",
 				zap.Time("claimed_at", e.Created()), zap.Duration("pending_timeout", s.cfg.PendingTimeout))
-			return Claim{s: s, key: key, rev: rev, hash: hash, retry: true}, nil
+			return Claim{s: s, key: key, rev: rev, hash: hash, retry: true, taken: true}, nil
 		}
 		waited = true
 		if err := s.waitForChange(ctx, key, e.Revision(), abandonAt); err != nil {

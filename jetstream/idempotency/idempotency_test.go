@@ -188,6 +188,7 @@ func TestAbortLetsTheRetryRun(t *testing.T) {
 	_, done := retry.Done()
 	require.False(t, done, "the retry must execute")
 	require.True(t, retry.Retry(), "the retry is told an earlier attempt may have been applied")
+	require.False(t, retry.TakenOver(), "an aborted attempt was answered as failed")
 	require.False(t, c.Retry())
 	require.True(t, errors.Is(c.Abort(ctx), idempotency.ErrClaimLost), "the old claim must not release the new one")
 	require.NoError(t, retry.Complete(ctx, []byte("r")))
@@ -243,6 +244,7 @@ func TestAbandonedPendingIsTakenOver(t *testing.T) {
 	_, done := c.Done()
 	require.False(t, done, "the abandoned record must be taken over")
 	require.GreaterOrEqual(t, time.Since(began), timeout-50*time.Millisecond, "taken over before the pending timeout")
+	require.True(t, c.Retry() && c.TakenOver(), "the orphan may have been applied, and answered")
 
 	// The presumed-dead coordinator finds out, and cannot clobber the result.
 	require.True(t, errors.Is(orphan.Complete(ctx, []byte("stale")), idempotency.ErrClaimLost))
