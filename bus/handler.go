@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -34,6 +35,7 @@ type Limiter struct {
 	mu      sync.Mutex
 	wg      sync.WaitGroup // requests
 	workers sync.WaitGroup // goroutines, idle or not
+	live    atomic.Int64   // the same, readable
 	closing bool
 }
 
@@ -68,6 +70,7 @@ func (l *Limiter) Go(fn func()) bool {
 		// Added before fn can finish, so before Drain's wait for requests
 		// ends and it starts waiting for workers.
 		l.workers.Add(1)
+		l.live.Add(1)
 		go l.worker(fn)
 	}
 	return true
@@ -77,7 +80,10 @@ func (l *Limiter) Go(fn func()) bool {
 // workerIdle or the limiter drains. The slot and wg count requests, not
 // workers.
 func (l *Limiter) worker(fn func()) {
-	defer l.workers.Done()
+	defer func() {
+		l.live.Add(-1)
+		l.workers.Done()
+	}()
 	timer := time.NewTimer(workerIdle)
 	defer timer.Stop()
 	for {
@@ -122,6 +128,9 @@ func (l *Limiter) Drain(ctx context.Context) error {
 		return ctx.Err()
 	}
 }
+
+// Workers reports how many goroutines the limiter has, busy or idle.
+func (l *Limiter) Workers() int { return int(l.live.Load()) }
 
 // Draining reports whether Drain has begun.
 func (l *Limiter) Draining() bool {
