@@ -101,12 +101,18 @@ func (c *aeCluster) stop(id string) {
 // repair runs one round on node (for tenant, "" for all) and waits for it.
 func (c *aeCluster) repair(node, tenant string) *pb.RepairStatus {
 	c.t.Helper()
-	st, err := c.c.StartRepair(ctxT(c.t), node, tenant)
-	require.NoError(c.t, err)
-	require.NotEmpty(c.t, st.GetRoundId())
-	require.Eventually(c.t, func() bool {
-		st, err = c.c.RepairStatus(ctxT(c.t), node, st.GetRoundId())
-		require.NoError(c.t, err)
+	return runRepair(c.t, c.c, node, tenant)
+}
+
+// runRepair runs one anti-entropy round on node through c and waits for it.
+func runRepair(t *testing.T, c *client.Client, node, tenant string) *pb.RepairStatus {
+	t.Helper()
+	st, err := c.StartRepair(ctxT(t), node, tenant)
+	require.NoError(t, err)
+	require.NotEmpty(t, st.GetRoundId())
+	require.Eventually(t, func() bool {
+		st, err = c.RepairStatus(ctxT(t), node, st.GetRoundId())
+		require.NoError(t, err)
 		return st.GetState() != "queued" && st.GetState() != "running"
 	}, aeWait, 5*time.Millisecond)
 	return st
