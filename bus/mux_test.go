@@ -21,6 +21,10 @@ func TestMuxRoutesRepliesByIndexAndDropsDuplicates(t *testing.T) {
 	mux, err := bus.NewMux(nc)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = mux.Close() })
+	// The replies below come from another connection without a request on
+	// nc first (which would order them after the subscription): wait until
+	// the server has the subscription.
+	require.NoError(t, nc.Flush())
 
 	// Replies come from another connection, as a replica's would.
 	other, err := nats.Connect(srv.ClientURL())
