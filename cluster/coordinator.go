@@ -53,7 +53,7 @@ type CoordinatorConfig struct {
 	// and anti-entropy.
 	NoHints bool
 	// ReadRepairChance is the share of reads that ask all N replicas (0:
-	// the coordinator's default, all of them); the others ask R.
+	// coordinator.DefaultReadRepairChance); the others ask R.
 	ReadRepairChance float64
 	Faults           bus.Faults
 	Logger           *zap.Logger

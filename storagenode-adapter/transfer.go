@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/cockroachdb/errors"
@@ -193,18 +194,18 @@ type digestResult struct {
 	err    error
 }
 
-// prefetchDigests asks each of srcs for the arc's digest in the background;
-// each answer (or error, bounded by peerTimeout) arrives on its channel.
+// prefetchDigests asks each of srcs for the arc's digest on goroutines of
+// wg; each answer (or error, bounded by peerTimeout) arrives on its channel.
 func (d *driver) prefetchDigests(ctx context.Context, st *membership.State, mv membership.TenantMove,
-	srcs []string) map[string]chan digestResult {
+	srcs []string, wg *sync.WaitGroup) map[string]chan digestResult {
 	out := make(map[string]chan digestResult, len(srcs))
 	for _, src := range srcs {
 		ch := make(chan digestResult, 1) // never blocks, read or not
 		out[src] = ch
-		go func() {
+		wg.Go(func() {
 			digest, _, err := d.digestFrom(ctx, st, mv, src)
 			ch <- digestResult{digest: digest, err: err}
-		}()
+		})
 	}
 	return out
 }
@@ -250,17 +251,20 @@ func (d *driver) transferMove(ctx context.Context, st *membership.State, mv memb
 	if slices.Contains(mv.From, n.cfg.ID) {
 		self = 1 // it holds its own copy
 	}
+	// Dead replicas (force removal) are not asked: with none left alive
+	// there is nothing to copy, and the arc is accepted as it is here.
 	need := min((len(mv.From)+1)/2, len(sources)+self)
-	if len(sources) == 0 && need > self {
-		return errors.Newf("no live source replica among %v", mv.From)
-	}
 	todo := slices.DeleteFunc(slices.Clone(sources), func(s string) bool { return slices.Contains(ck.VerifiedBy, s) })
 	// The others' digests are fetched while the first is pulled from: when
 	// they agree with what this node then holds (the usual case), catching
 	// up with them costs no more round trips.
-	var early map[string]chan digestResult
+	var (
+		early    map[string]chan digestResult
+		fetching sync.WaitGroup
+	)
+	defer fetching.Wait() // each fetch is bounded by peerTimeout and ctx
 	if len(todo) > 1 {
-		early = d.prefetchDigests(ctx, st, mv, todo[1:])
+		early = d.prefetchDigests(ctx, st, mv, todo[1:], &fetching)
 	}
 	var (
 		errs  error
@@ -320,7 +324,7 @@ func (d *driver) verifyFrom(ctx context.Context, st *membership.State, mv member
 		ck.Source, ck.HasAfter, ck.AfterHash, ck.AfterKey = src, false, 0, ""
 	}
 	equal := func(fresh bool) (bool, error) {
-		remote, _, err := d.digestFrom(ctx, st, mv, src)
+		theirs, _, err := d.digestFrom(ctx, st, mv, src)
 		if err != nil {
 			return false, err
 		}
@@ -329,7 +333,7 @@ func (d *driver) verifyFrom(ctx context.Context, st *membership.State, mv member
 				return false, errors.Wrap(err, "local digest")
 			}
 		}
-		return slices.Equal(remote, local), nil
+		return slices.Equal(theirs, local), nil
 	}
 	if !first && !ck.HasAfter {
 		// A replica that agrees already costs a digest, not a scan.
