@@ -189,10 +189,27 @@ func Equal(a, b Object) bool {
 // and the same value, so they are one write; the clock still covers both
 // dots, so the next write with this context supersedes both.
 func (o Object) Visible() []Sibling {
-	var out []Sibling
+	var (
+		out  []Sibling
+		seen map[string][]Sibling // by origin, for many siblings (as holder)
+	)
+	if len(o.Siblings) > 8 {
+		seen = map[string][]Sibling{}
+	}
 	for _, s := range o.Siblings {
-		if s.Tombstone || slices.ContainsFunc(out, func(k Sibling) bool { return sameWrite(k, s) }) {
+		if s.Tombstone {
 			continue
+		}
+		same := func(k Sibling) bool { return sameWrite(k, s) }
+		if seen == nil {
+			if slices.ContainsFunc(out, same) {
+				continue
+			}
+		} else if len(s.Origin) > 0 {
+			if slices.ContainsFunc(seen[string(s.Origin)], same) {
+				continue
+			}
+			seen[string(s.Origin)] = append(seen[string(s.Origin)], s)
 		}
 		out = append(out, s)
 	}

@@ -559,6 +559,14 @@ func TestVisibleCollapsesCopiesOfOneRequest(t *testing.T) {
 	changed := withOrigin(put(Object{}, nil, "e", "w", 5, Siblings), "req-1")
 	require.Len(t, Merge(atA, changed, Siblings).Visible(), 2)
 
+	// Many siblings (the map path): copies of one request still show once.
+	many := o
+	for i := range 10 {
+		many = Merge(many, withOrigin(put(Object{}, nil, fmt.Sprintf("x%d", i), "v", int64(10+i), Siblings), "req-1"), Siblings)
+	}
+	require.Len(t, many.Live(), 14)
+	require.Len(t, many.Visible(), 3, "req-1's twelve copies show once, beside req-2 and the keyless write")
+
 	// The clock covers both copies: a write with this context replaces both.
 	next := put(o, o.Clock, "a", "x", 6, Siblings)
 	require.Equal(t, []string{"x"}, values(next.Visible()))
