@@ -24,8 +24,8 @@ type Store interface {
 // ReadResult is what a Get saw.
 type ReadResult struct {
 	Found bool
-	// Context is the read's vector_clock (PairDB only).
-	Context []*pb.ClockEntry
+	// Context is the read's context token (PairDB only).
+	Context []byte
 }
 
 // PairDBOptions configure the PairDB store.
@@ -77,8 +77,8 @@ func (s *PairDB) Get(ctx context.Context, key string) (ReadResult, error) {
 	if err != nil && !bus.Is(err, pb.ErrorCode_KEY_NOT_FOUND) {
 		return ReadResult{}, err
 	}
-	s.clocks.set(key, resp.GetVectorClock())
-	return ReadResult{Found: resp.GetFound(), Context: resp.GetVectorClock()}, nil
+	s.clocks.set(key, resp.GetContext())
+	return ReadResult{Found: resp.GetFound(), Context: resp.GetContext()}, nil
 }
 
 // Put writes value under key with the read's context, or the newest one seen.
@@ -95,16 +95,16 @@ func (s *PairDB) Put(ctx context.Context, key string, value []byte, rmw *ReadRes
 		resp, err = s.c.Put(ctx, key, value, client.Consistency(s.opts.Consistency), client.WithContext(vc))
 	} else {
 		resp = new(pb.PutResponse)
-		err = bus.Request(ctx, s.nc, s.put, &pb.PutRequest{Key: key, Value: value, Consistency: s.opts.Consistency, VectorClock: vc}, resp)
+		err = bus.Request(ctx, s.nc, s.put, &pb.PutRequest{Key: key, Value: value, Consistency: s.opts.Consistency, Context: vc}, resp)
 	}
 	if err != nil {
 		return err
 	}
-	s.clocks.set(key, resp.GetVectorClock())
+	s.clocks.set(key, resp.GetContext())
 	return nil
 }
 
-// clockCache keeps the newest vector_clock seen per key, in shards so
+// clockCache keeps the newest context seen per key, in shards so
 // concurrent workers rarely contend. The zero value is ready.
 type clockCache struct {
 	shards [64]clockShard
@@ -112,21 +112,21 @@ type clockCache struct {
 
 type clockShard struct {
 	mu sync.Mutex
-	m  map[string][]*pb.ClockEntry
+	m  map[string][]byte
 }
 
 func (c *clockCache) shard(key string) *clockShard {
 	return &c.shards[fnv64String(key)%uint64(len(c.shards))]
 }
 
-func (c *clockCache) get(key string) []*pb.ClockEntry {
+func (c *clockCache) get(key string) []byte {
 	s := c.shard(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.m[key]
 }
 
-func (c *clockCache) set(key string, vc []*pb.ClockEntry) {
+func (c *clockCache) set(key string, vc []byte) {
 	if len(vc) == 0 {
 		return
 	}
@@ -134,7 +134,7 @@ func (c *clockCache) set(key string, vc []*pb.ClockEntry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.m == nil {
-		s.m = map[string][]*pb.ClockEntry{}
+		s.m = map[string][]byte{}
 	}
 	s.m[key] = vc
 }

@@ -60,6 +60,16 @@ func CodeOf(err error) pb.ErrorCode {
 	return pb.ErrorCode_INTERNAL
 }
 
+// errReplied marks an error the remote part answered with (a typed error in
+// its reply), as opposed to a transport failure around the request.
+var errReplied = errors.New("answered by the remote part")
+
+// IsReply reports whether err is a typed error the other part answered
+// with: it handled the request and said no. Anything else (no reply by the
+// deadline, a lost connection, a reply that could not be decoded) leaves
+// open whether the request took effect.
+func IsReply(err error) bool { return errors.Is(err, errReplied) }
+
 // Is reports whether err carries the given code.
 func Is(err error, code pb.ErrorCode) bool { return err != nil && CodeOf(err) == code }
 

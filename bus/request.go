@@ -63,14 +63,27 @@ func decodeReply(subject string, msg *nats.Msg, resp proto.Message) error {
 		return Wrap(pb.ErrorCode_INTERNAL, err, "malformed reply from %s", subject)
 	}
 	if e := getError(resp); e != nil {
-		return FromProto(e)
+		return errors.Mark(FromProto(e), errReplied)
 	}
 	if code := msg.Header.Get("Nats-Service-Error-Code"); code != "" {
 		c := pb.ErrorCode(pb.ErrorCode_value[code])
 		if c == pb.ErrorCode_ERROR_CODE_UNSPECIFIED {
 			c = pb.ErrorCode_INTERNAL
 		}
-		return &Error{Code: c, Message: msg.Header.Get("Nats-Service-Error")}
+		return errors.Mark(&Error{Code: c, Message: msg.Header.Get("Nats-Service-Error")}, errReplied)
 	}
 	return nil
+}
+
+// PartOptions are the connection options every long-running part
+// (coordinator, storage node) uses: reconnect forever, and never replay a
+// publish after a reconnect. nats.go otherwise keeps what is published while
+// it reconnects (8 MB by default) and sends it once it is back, long after
+// the sender gave up on it: a request answered "outcome unknown" could then
+// take effect after the answer. With no reconnect buffer such a publish
+// fails at once (nats.ErrReconnectBufExceeded), which callers treat as not
+// sent; what was buffered but unsent when the connection broke is dropped by
+// nats.go itself.
+func PartOptions(name string) []nats.Option {
+	return []nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectBufSize(-1)}
 }

@@ -63,7 +63,7 @@ type WriteOption func(*writeOpts)
 
 type writeOpts struct {
 	consistency string
-	context     []*pb.ClockEntry
+	context     []byte
 	idemKey     string
 }
 
@@ -76,9 +76,10 @@ func Consistency(level string) WriteOption { return func(o *writeOpts) { o.consi
 // ReadConsistency sets the level of a read.
 func ReadConsistency(level string) ReadOption { return func(s *string) { *s = level } }
 
-// WithContext passes the vector_clock of an earlier read, so the write
-// supersedes exactly the siblings that read returned.
-func WithContext(vc []*pb.ClockEntry) WriteOption { return func(o *writeOpts) { o.context = vc } }
+// WithContext passes the context of an earlier read (GetResponse.Context),
+// or of an earlier write of the key, so the write supersedes exactly the
+// siblings that read returned. The token is opaque: pass it as it came.
+func WithContext(token []byte) WriteOption { return func(o *writeOpts) { o.context = token } }
 
 // IdempotencyKey replaces the generated idempotency key.
 func IdempotencyKey(k string) WriteOption { return func(o *writeOpts) { o.idemKey = k } }
@@ -104,7 +105,7 @@ func NewIdempotencyKey() string {
 // Put stores value under key.
 func (c *Client) Put(ctx context.Context, key string, value []byte, opts ...WriteOption) (*pb.PutResponse, error) {
 	o := newWriteOpts(opts)
-	req := &pb.PutRequest{Key: key, Value: value, Consistency: o.consistency, IdempotencyKey: o.idemKey, VectorClock: o.context}
+	req := &pb.PutRequest{Key: key, Value: value, Consistency: o.consistency, IdempotencyKey: o.idemKey, Context: o.context}
 	resp := new(pb.PutResponse)
 	return resp, c.call(ctx, c.subjects.KV(c.tenant, bus.OpPut), req, resp)
 }
@@ -112,13 +113,13 @@ func (c *Client) Put(ctx context.Context, key string, value []byte, opts ...Writ
 // Delete writes a tombstone for key, superseding what the context saw.
 func (c *Client) Delete(ctx context.Context, key string, opts ...WriteOption) (*pb.DeleteResponse, error) {
 	o := newWriteOpts(opts)
-	req := &pb.DeleteRequest{Key: key, Consistency: o.consistency, IdempotencyKey: o.idemKey, VectorClock: o.context}
+	req := &pb.DeleteRequest{Key: key, Consistency: o.consistency, IdempotencyKey: o.idemKey, Context: o.context}
 	resp := new(pb.DeleteResponse)
 	return resp, c.call(ctx, c.subjects.KV(c.tenant, bus.OpDelete), req, resp)
 }
 
 // Get reads key. A missing (or deleted) key is not an error: the response
-// has Found false, and its vector_clock is the context to write with.
+// has Found false, and its Context is what to write with.
 func (c *Client) Get(ctx context.Context, key string, opts ...ReadOption) (*pb.GetResponse, error) {
 	req := &pb.GetRequest{Key: key}
 	for _, f := range opts {
@@ -154,9 +155,12 @@ func (c *Client) call(ctx context.Context, subject string, req, resp proto.Messa
 	}
 }
 
+// retryable: failures after which the same request may run again. A
+// write's OUTCOME_UNKNOWN is retried too: every write here carries an
+// idempotency key, so the retry completes or finds the first attempt.
 func retryable(err error) bool {
 	switch bus.CodeOf(err) {
-	case pb.ErrorCode_UNAVAILABLE, pb.ErrorCode_DEADLINE_EXCEEDED:
+	case pb.ErrorCode_UNAVAILABLE, pb.ErrorCode_DEADLINE_EXCEEDED, pb.ErrorCode_OUTCOME_UNKNOWN:
 		return true
 	}
 	return false

@@ -16,9 +16,11 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/causal"
 	"github.com/pairdb/pairdb/coordinator"
 	"github.com/pairdb/pairdb/jetstream/hints"
 	"github.com/pairdb/pairdb/jetstream/idempotency"
+	"github.com/pairdb/pairdb/jetstream/secrets"
 	"github.com/pairdb/pairdb/jetstream/tenantkv"
 	"github.com/pairdb/pairdb/postgres/tenantpg"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
@@ -55,9 +57,12 @@ type CoordinatorConfig struct {
 	// ReadRepairChance is the share of reads that ask all N replicas (0:
 	// coordinator.DefaultReadRepairChance); the others ask R.
 	ReadRepairChance float64
-	Faults           bus.Faults
-	Logger           *zap.Logger
-	Metrics          *metrics.Set
+	// MaxClockSkew bounds how far storage nodes' clocks may be from the
+	// coordinator's (0: coordinator.DefaultMaxClockSkew).
+	MaxClockSkew time.Duration
+	Faults       bus.Faults
+	Logger       *zap.Logger
+	Metrics      *metrics.Set
 }
 
 // Coordinator is a running coordinator with the stores it opened.
@@ -134,6 +139,18 @@ func StartCoordinator(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig)
 		closeStore()
 		return nil, err
 	}
+	key, err := secrets.ContextKey(ctx, js, cfg.StreamReplicas)
+	if err != nil {
+		ring.Close()
+		closeStore()
+		return nil, errors.Wrap(err, "load the context-sealing key")
+	}
+	sealer, err := causal.NewSealer(key, secrets.ContextKeyID)
+	if err != nil {
+		ring.Close()
+		closeStore()
+		return nil, err
+	}
 	var hq coordinator.HintQueue
 	if !cfg.NoHints {
 		q, err := hints.Open(ctx, js, hintsConfig(cfg.Hints, cfg.Subjects, cfg.StreamReplicas, cfg.Logger))
@@ -156,6 +173,8 @@ func StartCoordinator(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig)
 		DownAfter:        cfg.DownAfter,
 		Hints:            hq,
 		ReadRepairChance: cfg.ReadRepairChance,
+		Contexts:         sealer,
+		MaxClockSkew:     cfg.MaxClockSkew,
 		Faults:           cfg.Faults,
 		Logger:           cfg.Logger,
 		Metrics:          cfg.Metrics,
@@ -253,8 +272,8 @@ func NodeIDs(n int) []string {
 // interface.
 type idempotencyAdapter struct{ s *idempotency.Store }
 
-func (a idempotencyAdapter) Begin(ctx context.Context, tenant, key string, hash []byte) (coordinator.IdempotencyClaim, error) {
-	c, err := a.s.Begin(ctx, tenant, key, hash)
+func (a idempotencyAdapter) Begin(ctx context.Context, tenant, key string, hash []byte, minter, minterInc string) (coordinator.IdempotencyClaim, error) {
+	c, err := a.s.Begin(ctx, tenant, key, hash, minter, minterInc)
 	if err != nil {
 		return nil, err
 	}

@@ -136,7 +136,7 @@ func (d *Dev) ClientURL() string { return d.Server.ClientURL() }
 func (d *Dev) NodeIDs() []string { return NodeIDs(d.cfg.Nodes) }
 
 func (d *Dev) connect(name string) (*nats.Conn, error) {
-	nc, err := nats.Connect(d.Server.ClientURL(), nats.Name(name), nats.MaxReconnects(-1))
+	nc, err := nats.Connect(d.Server.ClientURL(), bus.PartOptions(name)...)
 	if err != nil {
 		return nil, errors.Wrapf(err, "connect %s to NATS", name)
 	}
@@ -275,3 +275,23 @@ func (d *Dev) Coordinators() []*Coordinator {
 
 // Metrics is the set every part of this cluster records into.
 func (d *Dev) Metrics() *metrics.Set { return d.cfg.Metrics }
+
+// WaitFolded blocks until every running coordinator and storage node has
+// folded the ring log up to seq, or ctx ends.
+func (d *Dev) WaitFolded(ctx context.Context, seq uint64) error {
+	d.mu.Lock()
+	rings := make([]*Ring, 0, len(d.nodes)+len(d.coords))
+	for _, n := range d.nodes {
+		rings = append(rings, n.node.ring)
+	}
+	for _, c := range d.coords {
+		rings = append(rings, c.svc.Ring)
+	}
+	d.mu.Unlock()
+	for _, r := range rings {
+		if err := r.WaitFor(ctx, seq); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/causal"
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/tenant"
@@ -31,11 +32,12 @@ const Version = "0.1.0"
 // Idempotency is what the write path needs from the idempotency store.
 // Implementations must be safe for concurrent use and honour ctx.
 type Idempotency interface {
-	// Begin claims (tenant, key) for a request whose payload hashes to hash.
+	// Begin claims (tenant, key) for a request whose payload hashes to hash,
+	// proposing minter (a storage node id and its incarnation) to mint it.
 	// It returns a claim to execute, or a claim whose Done reports the
 	// stored response of an earlier identical request; a different payload
 	// under the same key is IDEMPOTENCY_KEY_CONFLICT.
-	Begin(ctx context.Context, tenant, key string, hash []byte) (IdempotencyClaim, error)
+	Begin(ctx context.Context, tenant, key string, hash []byte, minter, minterIncarnation string) (IdempotencyClaim, error)
 }
 
 // IdempotencyClaim is one request's hold on an idempotency key.
@@ -52,6 +54,12 @@ type IdempotencyClaim interface {
 	// TakenOver reports that the earlier attempt's record was never
 	// completed, so that attempt may also have been answered.
 	TakenOver() bool
+	// Minter names the one replica allowed to mint the write: the proposed
+	// one, or, for a retry, the one the earlier attempt named.
+	Minter() (node, incarnation string)
+	// Reassign names another minter; call it only after the named one
+	// certainly refused, and before asking the new one.
+	Reassign(ctx context.Context, node, incarnation string) error
 }
 
 // Membership is what the coordinator needs of the ring log. Implementations
@@ -120,10 +128,24 @@ type Config struct {
 	RepairQueue   int
 	Logger        *zap.Logger
 	Metrics       *metrics.Set
+	// Contexts seals and opens the causal contexts clients pass back
+	// (the key is the cluster's, from jetstream/secrets). Required.
+	Contexts *causal.Sealer
+	// MaxClockSkew bounds how far a storage node's clock may be from this
+	// coordinator's (default 500ms). Apply deadlines are set this much
+	// before the coordinator stops waiting, so a replica whose clock lags
+	// by up to the bound still mints nothing after the coordinator gave up;
+	// a node whose heartbeats show more skew mints nothing for this
+	// coordinator. It must be below half the replica timeout.
+	MaxClockSkew time.Duration
 	// Faults injects message faults into this coordinator's endpoints
 	// (tests only; nil in production).
 	Faults bus.Faults
 }
+
+// DefaultMaxClockSkew is Config.MaxClockSkew's default: NTP keeps clocks
+// within milliseconds; this leaves room for a badly synced host.
+const DefaultMaxClockSkew = 500 * time.Millisecond
 
 // Read fan-out defaults (see Config).
 const (
@@ -138,6 +160,9 @@ func (c *Config) setDefaults() error {
 	if c.Tenants == nil {
 		return errors.New("coordinator: Config.Tenants is required")
 	}
+	if c.Contexts == nil {
+		return errors.New("coordinator: Config.Contexts is required (the cluster's context-sealing key)")
+	}
 	if c.RequestTimeout <= 0 {
 		c.RequestTimeout = 5 * time.Second
 	}
@@ -146,6 +171,13 @@ func (c *Config) setDefaults() error {
 	}
 	if c.ReplicaTimeout > c.RequestTimeout {
 		c.ReplicaTimeout = c.RequestTimeout
+	}
+	if c.MaxClockSkew == 0 {
+		c.MaxClockSkew = DefaultMaxClockSkew
+	}
+	if c.MaxClockSkew < 0 || 2*c.MaxClockSkew >= c.ReplicaTimeout {
+		return errors.Newf("coordinator: MaxClockSkew (%s) must be positive and below half the replica timeout (%s)",
+			c.MaxClockSkew, c.ReplicaTimeout)
 	}
 	if c.MaxConcurrent <= 0 {
 		c.MaxConcurrent = 4096

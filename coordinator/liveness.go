@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
@@ -55,21 +56,63 @@ type liveness struct {
 	beats   map[string]*pb.Heartbeat
 	// gone marks nodes that found no responders since their last beat.
 	gone map[string]bool
+	// slow marks when a call to a node went unanswered: it is suspect
+	// until a heartbeat sent after that arrives.
+	slow map[string]time.Time
+	// maxSkew bounds how far a node's clock may be from this
+	// coordinator's; skew holds the last measured offset per node.
+	maxSkew time.Duration
+	skew    map[string]time.Duration
 }
 
-func newLiveness(suspectAfter, downAfter time.Duration) *liveness {
+func newLiveness(suspectAfter, downAfter, maxSkew time.Duration) *liveness {
 	return &liveness{
-		suspectAfter: suspectAfter, downAfter: downAfter, started: time.Now(),
+		suspectAfter: suspectAfter, downAfter: downAfter, maxSkew: maxSkew, started: time.Now(),
 		seen: map[string]time.Time{}, beats: map[string]*pb.Heartbeat{}, gone: map[string]bool{},
+		slow: map[string]time.Time{}, skew: map[string]time.Duration{},
 	}
 }
 
-func (l *liveness) heartbeat(hb *pb.Heartbeat, at time.Time) {
+// heartbeat records a beat that arrived at at, and returns the node's
+// clock offset from this coordinator's (its beat's time minus at: the
+// transit time, a millisecond or less, counts as skew) and whether that
+// offset just crossed the bound, in either direction.
+func (l *liveness) heartbeat(hb *pb.Heartbeat, at time.Time) (skew time.Duration, crossed bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.seen[hb.GetNodeId()] = at
-	l.beats[hb.GetNodeId()] = hb
-	delete(l.gone, hb.GetNodeId())
+	id := hb.GetNodeId()
+	l.seen[id] = at
+	l.beats[id] = hb
+	delete(l.gone, id)
+	if sent := time.UnixMilli(hb.GetUnixMs()); !sent.Before(l.slow[id]) {
+		delete(l.slow, id)
+	}
+	skew = time.UnixMilli(hb.GetUnixMs()).Sub(at)
+	was, known := l.skew[id]
+	l.skew[id] = skew
+	crossed = known && outside(was, l.maxSkew) != outside(skew, l.maxSkew) || !known && outside(skew, l.maxSkew)
+	return skew, crossed
+}
+
+func outside(skew, bound time.Duration) bool { return skew > bound || skew < -bound }
+
+// skewed reports whether node's last beat showed a clock further from this
+// coordinator's than the bound: its deadline checks cannot be trusted, so
+// it mints nothing for this coordinator until its clock is back.
+func (l *liveness) skewed(node string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return outside(l.skew[node], l.maxSkew)
+}
+
+// markSlow records that a call to node went unanswered: the node is
+// suspect (tried last) until a heartbeat it sent after now arrives. A
+// paused or overloaded node then stops being asked first by this
+// coordinator at once, instead of after HeartbeatTimeout.
+func (l *liveness) markSlow(node string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.slow[node] = time.Now()
 }
 
 // last is the node's latest heartbeat and when it arrived.
@@ -106,6 +149,9 @@ func (l *liveness) healthLocked(node string, now time.Time) Health {
 	case now.Sub(at) > l.downAfter:
 		return Down
 	case now.Sub(at) > l.suspectAfter:
+		return Suspect
+	}
+	if _, slow := l.slow[node]; slow {
 		return Suspect
 	}
 	return Up
@@ -154,7 +200,18 @@ func (s *Service) onHeartbeat(m *nats.Msg) {
 	if err := proto.Unmarshal(m.Data, hb); err != nil || hb.GetNodeId() == "" {
 		return
 	}
-	s.liveness.heartbeat(hb, time.Now())
+	skew, crossed := s.liveness.heartbeat(hb, time.Now())
+	s.m.clockSkew.with(labels{hb.GetNodeId()}).Set(skew.Seconds())
+	if !crossed {
+		return
+	}
+	if outside(skew, s.cfg.MaxClockSkew) {
+		s.m.skewExceeded.with(labels{hb.GetNodeId()}).Inc()
+		s.log.Error("a storage node's clock is off from this coordinator's by more than the bound; it mints no writes for this coordinator until it is back within",
+			zap.String("node", hb.GetNodeId()), zap.Duration("skew", skew), zap.Duration("max_clock_skew", s.cfg.MaxClockSkew))
+		return
+	}
+	s.log.Info("a storage node's clock is back within the bound", zap.String("node", hb.GetNodeId()), zap.Duration("skew", skew))
 }
 
 // Health is this coordinator's verdict on a storage node now.

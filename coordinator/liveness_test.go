@@ -10,7 +10,7 @@ import (
 )
 
 func TestLivenessStates(t *testing.T) {
-	l := newLiveness(time.Second, 3*time.Second)
+	l := newLiveness(time.Second, 3*time.Second, time.Second)
 	t0 := l.started
 	require.Equal(t, Up, l.health("a", t0), "never heard of, just started")
 	require.Equal(t, Suspect, l.health("a", t0.Add(2*time.Second)), "never heard of since start")
@@ -32,7 +32,7 @@ func TestLivenessStates(t *testing.T) {
 }
 
 func TestLivenessOrderSkipsDownUnlessAllAreDown(t *testing.T) {
-	l := newLiveness(time.Hour, 2*time.Hour)
+	l := newLiveness(time.Hour, 2*time.Hour, time.Second)
 	now := time.Now()
 	for _, n := range []string{"a", "b", "c"} {
 		l.heartbeat(&pb.Heartbeat{NodeId: n}, now)

@@ -58,24 +58,33 @@ type serviceMetrics struct {
 	readHedges      *metrics.Counter
 	staleResends    *metrics.Counter
 
+	minterReassigned *metrics.Counter
+
 	requests, requestErrors, quorumFailures *seriesVec[*metrics.Counter]
+	outcomeUnknown, skewExceeded            *seriesVec[*metrics.Counter]
+	clockSkew                               *seriesVec[*metrics.Gauge]
 	replicaCalls, hintsStored, hintsFailed  *seriesVec[*metrics.Counter]
 	duration                                *seriesVec[*metrics.PrometheusHistogram]
 }
 
 func newServiceMetrics(set *metrics.Set) *serviceMetrics {
 	return &serviceMetrics{
-		set:             set,
-		tenantHits:      set.GetOrCreateCounter(`coordinator_cache_hits_total{cache_type="tenant"}`),
-		tenantMisses:    set.GetOrCreateCounter(`coordinator_cache_misses_total{cache_type="tenant"}`),
-		tenantStale:     set.GetOrCreateCounter(`coordinator_cache_stale_served_total{cache_type="tenant"}`),
-		idempotencyHits: set.GetOrCreateCounter(`coordinator_cache_hits_total{cache_type="idempotency"}`),
-		repairsDropped:  set.GetOrCreateCounter(`coordinator_repairs_total{status="dropped"}`),
-		repairsOK:       set.GetOrCreateCounter(`coordinator_repairs_total{status="ok"}`),
-		repairsFailed:   set.GetOrCreateCounter(`coordinator_repairs_total{status="failed"}`),
-		conflicts:       set.GetOrCreateCounter(`coordinator_conflicts_total`),
-		readHedges:      set.GetOrCreateCounter(`coordinator_read_hedges_total`),
-		staleResends:    set.GetOrCreateCounter(`coordinator_stale_epoch_resends_total`),
+		set:              set,
+		tenantHits:       set.GetOrCreateCounter(`coordinator_cache_hits_total{cache_type="tenant"}`),
+		tenantMisses:     set.GetOrCreateCounter(`coordinator_cache_misses_total{cache_type="tenant"}`),
+		tenantStale:      set.GetOrCreateCounter(`coordinator_cache_stale_served_total{cache_type="tenant"}`),
+		idempotencyHits:  set.GetOrCreateCounter(`coordinator_cache_hits_total{cache_type="idempotency"}`),
+		repairsDropped:   set.GetOrCreateCounter(`coordinator_repairs_total{status="dropped"}`),
+		repairsOK:        set.GetOrCreateCounter(`coordinator_repairs_total{status="ok"}`),
+		repairsFailed:    set.GetOrCreateCounter(`coordinator_repairs_total{status="failed"}`),
+		conflicts:        set.GetOrCreateCounter(`coordinator_conflicts_total`),
+		readHedges:       set.GetOrCreateCounter(`coordinator_read_hedges_total`),
+		staleResends:     set.GetOrCreateCounter(`coordinator_stale_epoch_resends_total`),
+		minterReassigned: set.GetOrCreateCounter(`coordinator_minter_reassigned_total`),
+		outcomeUnknown:   newCounterVec(set, `coordinator_outcome_unknown_total{operation=%q}`),
+		skewExceeded:     newCounterVec(set, `coordinator_clock_skew_exceeded_total{node_id=%q}`),
+		clockSkew: &seriesVec[*metrics.Gauge]{format: `coordinator_node_clock_skew_seconds{node_id=%q}`,
+			create: func(name string) *metrics.Gauge { return set.GetOrCreateGauge(name, nil) }},
 
 		requests:       newCounterVec(set, `coordinator_requests_total{operation=%q,consistency=%q}`),
 		requestErrors:  newCounterVec(set, `coordinator_request_errors_total{operation=%q,error_type=%q}`),

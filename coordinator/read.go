@@ -79,10 +79,11 @@ func (s *Service) get(ctx context.Context, subject string, req *pb.GetRequest) (
 		})
 	}
 
-	// Copies of one request minted twice show as one value (dvv.Visible).
-	live := merged.Visible()
+	live := merged.Live()
+	clock := dvvpb.ClockToProto(merged.Clock)
 	resp = &pb.GetResponse{
-		Key: req.GetKey(), Found: len(live) > 0, VectorClock: dvvpb.ClockToProto(merged.Clock), Consistency: level,
+		Key: req.GetKey(), Found: len(live) > 0, VectorClock: clock, Consistency: level,
+		Context: s.sealContext(tid, req.GetKey(), clock),
 	}
 	for _, sib := range live {
 		resp.Siblings = append(resp.Siblings, &pb.Sibling{Value: sib.Value, TimestampMs: sib.TimestampMs})

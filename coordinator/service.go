@@ -51,7 +51,7 @@ func Start(nc *nats.Conn, cfg Config) (*Service, error) {
 		limiter: bus.NewLimiter(cfg.MaxConcurrent),
 	}
 	s.tenants = newTenantCache(cfg.Tenants, cfg.TenantCacheTTL, s.m)
-	s.liveness = newLiveness(cfg.HeartbeatTimeout, cfg.DownAfter)
+	s.liveness = newLiveness(cfg.HeartbeatTimeout, cfg.DownAfter, cfg.MaxClockSkew)
 	s.repairs = newRepairer(s, cfg.RepairWorkers, cfg.RepairQueue)
 
 	sub, err := nc.Subscribe(cfg.Subjects.Events(tenantEvents), func(m *nats.Msg) {

@@ -3,7 +3,6 @@ package coordinator
 import (
 	"context"
 	"crypto/sha256"
-	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -24,73 +23,66 @@ type writeReq struct {
 	key       string
 	value     []byte
 	tombstone bool
-	context   []*pb.ClockEntry
-	level     quorum.Level
-	idemKey   string
+	// context is the causal context, opened from the request's token.
+	context dvv.VV
+	level   quorum.Level
+	idemKey string
 	// payload hashes the request for idempotency (set with idemKey).
 	payload []byte
-	// origin names the request on the siblings it writes (from the
-	// idempotency key); retry says an earlier attempt may have landed,
-	// takenOver that it may even have been answered (its claim was taken
-	// over), and recovered that it had landed: this attempt completed it.
-	origin    []byte
-	retry     bool
-	takenOver bool
-	recovered bool
+	// origin names the request on the sibling it writes (from the
+	// idempotency key).
+	origin []byte
+	// claim is the idempotency claim (nil without a key); resolved says
+	// an earlier attempt's fate is settled (see resolve).
+	claim    IdempotencyClaim
+	resolved bool
+}
+
+// writeOutcome is what a write's answer reports.
+type writeOutcome struct {
+	clock []*pb.ClockEntry
+	acks  int
+	// existing: an earlier attempt of this request had minted the write.
+	existing bool
 }
 
 func (s *Service) put(ctx context.Context, subject string, req *pb.PutRequest) (resp *pb.PutResponse, err error) {
 	start, level := time.Now(), "invalid"
 	defer func() { s.m.request(bus.OpPut, level, start, errLabel(err)) }()
-	w, err := s.prepareWrite(ctx, subject, bus.OpPut, req.GetKey(), req.GetValue(), req.GetConsistency(), false, req.GetVectorClock(), req.GetIdempotencyKey())
+	w, err := s.prepareWrite(ctx, subject, bus.OpPut, req.GetKey(), req.GetValue(), req.GetConsistency(), false,
+		req.GetContext(), req.GetVectorClock(), req.GetIdempotencyKey())
 	if err != nil {
 		return nil, err
 	}
 	level = w.level.String()
 	resp = &pb.PutResponse{Key: w.key, Consistency: level, IdempotencyKey: w.idemKey}
-	err = s.serveWrite(ctx, w, resp, func(vc []*pb.ClockEntry, acks uint32) { resp.VectorClock, resp.ReplicaCount = vc, acks },
-		func() { resp.Duplicate = true })
+	err = s.serveWrite(ctx, w, resp, func(o writeOutcome) {
+		resp.VectorClock, resp.ReplicaCount = o.clock, uint32(o.acks)
+		resp.Context = s.sealContext(w.tenant.GetTenantId(), w.key, o.clock)
+	}, func() { resp.Duplicate = true })
 	return resp, err
 }
 
 func (s *Service) delete(ctx context.Context, subject string, req *pb.DeleteRequest) (resp *pb.DeleteResponse, err error) {
 	start, level := time.Now(), "invalid"
 	defer func() { s.m.request(bus.OpDelete, level, start, errLabel(err)) }()
-	w, err := s.prepareWrite(ctx, subject, bus.OpDelete, req.GetKey(), nil, req.GetConsistency(), true, req.GetVectorClock(), req.GetIdempotencyKey())
+	w, err := s.prepareWrite(ctx, subject, bus.OpDelete, req.GetKey(), nil, req.GetConsistency(), true,
+		req.GetContext(), req.GetVectorClock(), req.GetIdempotencyKey())
 	if err != nil {
 		return nil, err
 	}
 	level = w.level.String()
 	resp = &pb.DeleteResponse{Key: w.key, Consistency: level, IdempotencyKey: w.idemKey}
-	err = s.serveWrite(ctx, w, resp, func(vc []*pb.ClockEntry, acks uint32) { resp.VectorClock, resp.ReplicaCount = vc, acks },
-		func() { resp.Duplicate = true })
+	err = s.serveWrite(ctx, w, resp, func(o writeOutcome) {
+		resp.VectorClock, resp.ReplicaCount = o.clock, uint32(o.acks)
+		resp.Context = s.sealContext(w.tenant.GetTenantId(), w.key, o.clock)
+	}, func() { resp.Duplicate = true })
 	return resp, err
 }
 
-// serveWrite runs a validated put or delete at most once per idempotency
-// key; fill records the outcome in the response, markDup flags a duplicate.
-func (s *Service) serveWrite(ctx context.Context, w *writeReq, resp proto.Message,
-	fill func(vc []*pb.ClockEntry, acks uint32), markDup func()) error {
-	return s.runIdempotent(ctx, w, resp, markDup, func() error {
-		obj, acks, err := s.write(ctx, w)
-		if err != nil {
-			return err
-		}
-		fill(obj.GetClock(), uint32(acks))
-		if w.recovered && w.takenOver {
-			// An earlier attempt applied it and may have answered, but its
-			// record was never completed: to the client, a duplicate. (A
-			// retry of an attempt that failed its quorum is not: that
-			// client was told it failed, and this retry completed it.)
-			markDup()
-		}
-		return nil
-	})
-}
-
-// prepareWrite validates a write and loads its tenant.
+// prepareWrite validates a write, opens its context and loads its tenant.
 func (s *Service) prepareWrite(ctx context.Context, subject, op, key string, value []byte, consistency string,
-	tombstone bool, vc []*pb.ClockEntry, idemKey string) (*writeReq, error) {
+	tombstone bool, token []byte, readable []*pb.ClockEntry, idemKey string) (*writeReq, error) {
 	t, err := s.tenantOf(ctx, subject)
 	if err != nil {
 		return nil, err
@@ -109,9 +101,13 @@ func (s *Service) prepareWrite(ctx context.Context, subject, op, key string, val
 	if len(idemKey) > 256 {
 		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "idempotency_key is %d bytes; the limit is 256", len(idemKey))
 	}
-	w := &writeReq{op: op, tenant: t, key: key, value: value, tombstone: tombstone, context: vc, level: level, idemKey: idemKey}
+	causal, err := s.openContext(t.GetTenantId(), key, token, readable)
+	if err != nil {
+		return nil, err
+	}
+	w := &writeReq{op: op, tenant: t, key: key, value: value, tombstone: tombstone, context: causal, level: level, idemKey: idemKey}
 	if idemKey != "" {
-		w.payload = requestHash(op, key, value, tombstone, vc)
+		w.payload = requestHash(op, key, value, tombstone, dvvpb.ClockToProto(causal))
 		w.origin = originOf(t.GetTenantId(), idemKey, w.payload)
 	}
 	return w, nil
@@ -136,18 +132,29 @@ func levelOf(t *pb.Tenant, consistency string) (quorum.Level, error) {
 	return l, nil
 }
 
-// runIdempotent runs a write at most once per (tenant, idempotency key). On
-// a duplicate, resp is replaced by the stored response and markDup is
-// called. A failed write releases its claim so the client's retry can run.
-func (s *Service) runIdempotent(ctx context.Context, w *writeReq, resp proto.Message, markDup func(), run func() error) error {
+// serveWrite runs a validated put or delete at most once per idempotency
+// key; fill records the outcome in the response, markDup flags a
+// duplicate. On a duplicate, resp is replaced by the stored response. A
+// failed write releases its claim (RETRY, naming its minter) so the
+// client's retry resolves it.
+func (s *Service) serveWrite(ctx context.Context, w *writeReq, resp proto.Message,
+	fill func(writeOutcome), markDup func()) error {
 	if w.idemKey == "" || s.cfg.Idempotency == nil {
-		return run()
+		out, err := s.write(ctx, w)
+		if err != nil {
+			return err
+		}
+		fill(out)
+		return nil
 	}
-	claim, err := s.cfg.Idempotency.Begin(ctx, w.tenant.GetTenantId(), w.idemKey, w.payload)
+	minter, inc, err := s.proposeMinter(w)
 	if err != nil {
 		return err
 	}
-	w.retry, w.takenOver = claim.Retry(), claim.TakenOver()
+	claim, err := s.cfg.Idempotency.Begin(ctx, w.tenant.GetTenantId(), w.idemKey, w.payload, minter, inc)
+	if err != nil {
+		return err
+	}
 	if stored, ok := claim.Done(); ok {
 		if err := proto.Unmarshal(stored, resp); err != nil {
 			return bus.Wrap(pb.ErrorCode_INTERNAL, err, "stored idempotent response is unreadable")
@@ -156,7 +163,9 @@ func (s *Service) runIdempotent(ctx context.Context, w *writeReq, resp proto.Mes
 		s.m.idempotencyHits.Inc()
 		return nil
 	}
-	if err := run(); err != nil {
+	w.claim = claim
+	out, err := s.write(ctx, w)
+	if err != nil {
 		// The request context may be spent; releasing the claim gets its own
 		// deadline.
 		actx, cancel := context.WithTimeout(context.Background(), s.cfg.ReplicaTimeout)
@@ -167,6 +176,14 @@ func (s *Service) runIdempotent(ctx context.Context, w *writeReq, resp proto.Mes
 		}
 		return err
 	}
+	fill(out)
+	if out.existing && claim.TakenOver() {
+		// An earlier attempt applied it and may have answered, but its
+		// record was never completed: to the client, a duplicate. (A
+		// retry of an attempt that failed its quorum is not: that client
+		// was told it failed, and this retry completed it.)
+		markDup()
+	}
 	data, err := proto.Marshal(resp)
 	if err != nil {
 		return bus.Wrap(pb.ErrorCode_INTERNAL, err, "encode the response for its idempotency record")
@@ -174,348 +191,91 @@ func (s *Service) runIdempotent(ctx context.Context, w *writeReq, resp proto.Mes
 	// The answer does not wait for the DONE record (one JetStream fsync
 	// less on every keyed write): until it lands, a duplicate finds the
 	// claim PENDING and waits for it; if it never lands, the claim is
-	// abandoned and the retry that takes it over finds this write's origin
-	// on the replicas and completes it instead of writing again
-	// (recoverAttempt). Either way the write has one effect.
+	// abandoned and the retry that takes it over finds this write at its
+	// minter and answers it instead of writing again. Either way the write
+	// has one effect.
 	s.background.Add(1)
 	go func() {
 		defer s.background.Done()
 		cctx, cancel := context.WithTimeout(context.Background(), s.cfg.ReplicaTimeout)
 		defer cancel()
 		if err := claim.Complete(cctx, data); err != nil {
-			s.log.Warn("write applied but its idempotency record was not saved; a retry will find the write on the replicas",
+			s.log.Warn("write applied but its idempotency record was not saved; a retry will find the write at its minter",
 				zap.String("tenant", w.tenant.GetTenantId()), zap.Error(err))
 		}
 	}()
 	return nil
 }
 
-// write runs the replica protocol: the first reachable replica mints the
-// version (apply) and forwards it to the others, which merge it and ack to
-// this coordinator (see applyFirst), and the answer goes out as
-// soon as W replicas hold it — in the current replica set and, while a
-// membership change runs, in the next one too. A replica that has folded a
-// newer ring epoch refuses (STALE_EPOCH): the coordinator catches up and
-// sends the same object to the replicas the newer ring adds. Merges still
-// running at the answer finish in the background under their own deadline.
-func (s *Service) write(ctx context.Context, w *writeReq) (*pb.Object, int, error) {
-	tid := w.tenant.GetTenantId()
-	var (
-		obj     *pb.Object
-		coord   string
-		sent    = map[string]bool{}
-		acked   = map[string]bool{}
-		failed  = map[string]bool{}
-		results = make(chan replicaResult, maxSends) // every sender finds room, even after the answer
-		pending int
-	)
-	hash := keyspace.Hash(tid, w.key)
-	policy := policyOf(w.tenant)
+// proposeMinter picks the replica a fresh keyed write will ask first, to
+// name it in the idempotency record (a retry keeps the earlier attempt's).
+func (s *Service) proposeMinter(w *writeReq) (node, incarnation string, err error) {
+	st := s.cfg.Membership.State()
+	p, err := placeFor(st, w.tenant, keyspace.Hash(w.tenant.GetTenantId(), w.key))
+	if err != nil {
+		return "", "", err
+	}
+	if c := s.minterCandidates(p.all); len(c) > 0 {
+		return c[0], st.Nodes[c[0]].Incarnation, nil
+	}
+	return "", "", bus.Errorf(pb.ErrorCode_UNAVAILABLE,
+		"no replica of key %q can mint the write: every one is down or its clock is off by more than %s", w.key, s.cfg.MaxClockSkew)
+}
+
+// write runs the replica protocol: one replica mints the version (mint)
+// and forwards it to the others, whose acks come straight back here, and
+// the answer goes out as soon as W replicas hold it, in the current
+// replica set and, while a membership change runs, in the next one too
+// (see fanout). A replica that has folded a newer ring epoch refuses
+// (STALE_EPOCH): the coordinator catches up and goes on under the newer
+// ring, with the same version.
+func (s *Service) write(ctx context.Context, w *writeReq) (writeOutcome, error) {
+	hash := keyspace.Hash(w.tenant.GetTenantId(), w.key)
+	var f *fanout
 	for attempt := 0; ; attempt++ {
 		st := s.cfg.Membership.State()
 		p, err := placeFor(st, w.tenant, hash)
 		if err != nil {
-			return nil, 0, err
+			return writeOutcome{}, err
 		}
-		if obj == nil && w.retry {
-			// An earlier attempt may have written the value on some replica:
-			// finish that write instead of writing it a second time.
-			if obj = s.recoverAttempt(ctx, w, p, st.Epoch); obj != nil {
-				w.recovered = true
-				s.log.Info("retry found its earlier attempt on a replica; completing it", zap.String("tenant", tid))
-			}
-		}
-		if obj == nil {
-			var (
-				stale uint64
-				fw    *gather
-			)
-			obj, coord, fw, stale, err = s.applyFirst(ctx, w, p, st.Epoch)
+		if f == nil {
+			m, stale, err := s.mint(ctx, w, st, p)
 			if err != nil {
-				return nil, 0, err
+				return writeOutcome{}, err
 			}
-			if obj == nil {
-				if stale > 0 && attempt < maxEpochRetries {
-					if err := s.catchUp(ctx, stale); err != nil {
-						return nil, 0, err
-					}
-					continue
+			if m == nil {
+				if attempt >= maxEpochRetries {
+					return writeOutcome{}, bus.Errorf(pb.ErrorCode_UNAVAILABLE,
+						"the ring kept moving (epoch %d) while the write of key %q looked for its minter; nothing was written, retry", stale, w.key)
 				}
-				s.m.quorumFailure(w.op, w.level.String())
-				return nil, 0, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
-					"no replica of key %q could take the write", w.key)
-			}
-			sent[coord], acked[coord] = true, true
-			if fw != nil {
-				for _, node := range fw.nodes {
-					sent[node] = true
-					pending++
+				if err := s.catchUp(ctx, stale); err != nil {
+					return writeOutcome{}, err
 				}
-				s.background.Add(1)
-				go s.collectForwarded(fw, w.tenant,
-					&pb.MergeRequest{TenantId: tid, Key: w.key, Object: obj, Policy: policy, Epoch: st.Epoch}, results)
-			}
-		}
-		merge := &pb.MergeRequest{TenantId: tid, Key: w.key, Object: obj, Policy: policy, Epoch: st.Epoch}
-		for _, node := range p.all {
-			if sent[node] {
 				continue
 			}
-			sent[node] = true
-			pending++
-			s.background.Add(1)
-			go func() {
-				defer s.background.Done()
-				resp := new(pb.MergeResponse)
-				var err error
-				if s.cfg.Hints != nil && s.liveness.health(node, time.Now()) == Down {
-					// No call: it would find no responders or time out.
-					err = bus.Errorf(pb.ErrorCode_UNAVAILABLE, "node %s is down; its merge is hinted", node)
-				} else {
-					err = s.callNode(context.Background(), node, bus.OpMerge, merge, resp)
-					s.m.replica("writes", node, err)
-				}
-				// The answer does not wait for this: results has room.
-				results <- replicaResult{node: node, err: err, epoch: resp.GetEpoch()}
-				s.settleMiss(w.tenant, node, merge, err, resp.GetEpoch())
-			}()
+			f = s.newFanout(w, m, st.Epoch)
 		}
-		var stale uint64
-		for {
-			switch p.outcome(w.level, acked, failed) {
-			case quorum.Won:
-				return obj, len(acked), nil
-			case quorum.Pending:
-			case quorum.Lost:
-				if pending > 0 && stale == 0 {
-					break // a stale refusal may still arrive
-				}
-				if stale > 0 && attempt < maxEpochRetries {
-					goto refresh
-				}
-				s.m.quorumFailure(w.op, w.level.String())
-				return nil, 0, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
-					"write reached %d of its replicas; %s needs %s (it may still be applied: retry with the same idempotency key)",
-					len(acked), w.level, p.need(w.level))
-			}
-			if pending == 0 {
-				if stale > 0 && attempt < maxEpochRetries {
-					goto refresh
-				}
-				s.m.quorumFailure(w.op, w.level.String())
-				return nil, 0, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
-					"write reached %d of its replicas; %s needs %s", len(acked), w.level, p.need(w.level))
-			}
-			select {
-			case r := <-results:
-				pending--
-				switch {
-				case r.err == nil:
-					acked[r.node] = true
-				case bus.Is(r.err, pb.ErrorCode_STALE_EPOCH):
-					stale = max(stale, r.epoch)
-					// Resent under the newer ring.
-					delete(sent, r.node)
-				default:
-					failed[r.node] = true
-				}
-			case <-ctx.Done():
-				s.m.quorumFailure(w.op, w.level.String())
-				return nil, 0, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
-					"write reached %d of its replicas before the deadline; %s needs %s (it may still be applied: retry with the same idempotency key)",
-					len(acked), w.level, p.need(w.level))
-			}
+		acks, stale, err := f.run(ctx, p, st.Epoch)
+		if err == nil {
+			return writeOutcome{clock: f.m.clock, acks: acks, existing: !f.m.fresh}, nil
 		}
-	refresh:
+		if stale == 0 || attempt >= maxEpochRetries {
+			return writeOutcome{}, err
+		}
 		if err := s.catchUp(ctx, stale); err != nil {
-			return nil, 0, err
+			return writeOutcome{}, err
 		}
 	}
-}
-
-// settleMiss makes sure a replica that did not take a merge gets it later.
-// A failure is hinted. A STALE_EPOCH refusal (the replica has folded a
-// newer ring) is sent again under the newer ring if the replica still holds
-// the key there: the write loop does that too while it runs, but once the
-// answer is out nobody else would, and the replica would lack the write
-// until read repair or anti-entropy. A second merge when both do it is
-// harmless (merges are idempotent) and happens only around ring changes.
-func (s *Service) settleMiss(t *pb.Tenant, node string, merge *pb.MergeRequest, err error, refused uint64) {
-	switch {
-	case err == nil:
-	case !bus.Is(err, pb.ErrorCode_STALE_EPOCH):
-		s.missedWrite(node, merge, err)
-	default:
-		ctx, cancel := context.WithTimeout(context.Background(), 2*s.cfg.ReplicaTimeout)
-		defer cancel()
-		if cerr := s.catchUp(ctx, refused); cerr != nil {
-			s.missedWrite(node, merge, cerr)
-			return
-		}
-		st := s.cfg.Membership.State()
-		p, perr := placeFor(st, t, keyspace.Hash(merge.GetTenantId(), merge.GetKey()))
-		if perr != nil || !slices.Contains(p.all, node) {
-			return // no longer a replica of the key: nothing to deliver
-		}
-		again := proto.Clone(merge).(*pb.MergeRequest)
-		again.Epoch = st.Epoch
-		s.m.staleResends.Inc()
-		err := s.callNode(ctx, node, bus.OpMerge, again, new(pb.MergeResponse))
-		s.m.replica("writes", node, err)
-		if err != nil {
-			s.missedWrite(node, again, err)
-		}
-	}
-}
-
-// missedWrite hands a merge that node missed to hinted handoff, bounded by
-// the replica timeout. A hint never counts toward W. Without a hint queue,
-// or when storing the hint fails, anti-entropy and read repair close the
-// gap. (A STALE_EPOCH refusal is not a miss: the write is sent again under
-// the newer ring.)
-func (s *Service) missedWrite(node string, merge *pb.MergeRequest, cause error) {
-	log := s.log.With(zap.String("node", node), zap.String("tenant", merge.GetTenantId()))
-	if s.cfg.Hints == nil {
-		log.Debug("replica missed a write", zap.Error(cause))
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ReplicaTimeout)
-	defer cancel()
-	err := s.cfg.Hints.Add(ctx, node, merge)
-	s.m.hint(node, err)
-	if err != nil {
-		log.Warn("replica missed a write and its hint could not be stored", zap.NamedError("miss", cause), zap.Error(err))
-		return
-	}
-	log.Debug("replica missed a write; hinted", zap.Error(cause))
 }
 
 // maxEpochRetries bounds how often one request follows a newer ring.
 const maxEpochRetries = 3
 
-type replicaResult struct {
-	node  string
-	err   error
-	epoch uint64
-}
-
-// applyFirst asks the replicas in turn (healthy first) to mint the version
-// and to pass it on to the other replicas of p itself, whose acks come
-// straight back here (fw): a write costs one round of fsyncs and one less
-// hop than minting, answering, then replicating. Replicas known to be down
-// are left out of the forwards; the caller hints them. It returns the
-// object, who minted it and the forwarded writes to collect; or nil and, if
-// a replica knew a newer ring, that epoch.
-func (s *Service) applyFirst(ctx context.Context, w *writeReq, p placement, epoch uint64) (
-	*pb.Object, string, *gather, uint64, error) {
-	apply := &pb.ApplyRequest{
-		TenantId: w.tenant.GetTenantId(), Key: w.key, Value: w.value, Tombstone: w.tombstone, Context: w.context,
-		Policy: policyOf(w.tenant), MaxSiblings: w.tenant.GetMaxSiblings(), Epoch: epoch, Origin: w.origin,
-	}
-	now := time.Now()
-	for _, node := range s.liveness.order(p.all) {
-		fw := s.openForwards(p.all, node, now)
-		apply.Forwards = forwardsOf(fw)
-		resp := new(pb.ApplyResponse)
-		err := s.callNode(ctx, node, bus.OpApply, apply, resp)
-		s.m.replica("writes", node, err)
-		if err == nil {
-			return resp.GetObject(), node, fw, 0, nil
-		}
-		// Acks of a failed apply (it may have forwarded before its commit
-		// failed) are not counted: the outcome is reported as unknown or the
-		// write minted again elsewhere, as without forwarding.
-		if fw != nil {
-			fw.close()
-		}
-		switch {
-		case bus.Is(err, pb.ErrorCode_STALE_EPOCH):
-			return nil, "", nil, max(resp.GetEpoch(), epoch+1), nil
-		case !retryElsewhere(err):
-			return nil, "", nil, 0, err
-		}
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	return nil, "", nil, 0, nil
-}
-
-// openForwards opens a gather for the merges minter will forward: every
-// node of all but minter and those known down. nil when there are none.
-func (s *Service) openForwards(all []string, minter string, now time.Time) *gather {
-	var nodes []string
-	for _, node := range all {
-		if node == minter || (s.cfg.Hints != nil && s.liveness.health(node, now) == Down) {
-			continue
-		}
-		nodes = append(nodes, node)
-	}
-	if len(nodes) == 0 {
-		return nil
-	}
-	return s.sentElsewhere(nodes, bus.OpMerge)
-}
-
-// forwardsOf names fw's nodes and reply subjects for an ApplyRequest.
-func forwardsOf(fw *gather) []*pb.Forward {
-	if fw == nil {
-		return nil
-	}
-	out := make([]*pb.Forward, len(fw.nodes))
-	for i, node := range fw.nodes {
-		out[i] = &pb.Forward{NodeId: node, Reply: fw.w.Subject(i)}
-	}
-	return out
-}
-
-// collectForwarded turns the acks of forwarded writes into results, as the
-// coordinator's own merge calls do; a replica that has not answered within
-// the replica timeout has missed the write and is hinted. It runs in the
-// background, owned by s.background: the answer does not wait for it
-// (results has room).
-func (s *Service) collectForwarded(fw *gather, t *pb.Tenant, merge *pb.MergeRequest, results chan<- replicaResult) {
-	defer s.background.Done()
-	defer fw.close()
-	for fw.left > 0 {
-		r, _ := fw.next(nil, nil) // bounded by the replica timeout
-		resp := new(pb.MergeResponse)
-		err := fw.decode(r, "writes", resp)
-		results <- replicaResult{node: r.node, err: err, epoch: resp.GetEpoch()}
-		s.settleMiss(t, r.node, merge, err, resp.GetEpoch())
-	}
-}
-
-// recoverAttempt reads the key from every replica that answers in time and
-// returns the merged object if any replica holds a sibling written by this
-// request's earlier attempt; nil otherwise. (A replica that holds it but does
-// not answer now can still make the value appear twice; the window is the
-// retry of a failed write to an unreachable replica.)
-func (s *Service) recoverAttempt(ctx context.Context, w *writeReq, p placement, epoch uint64) *pb.Object {
-	g := s.gather(p.all, bus.OpRead, &pb.ReadRequest{TenantId: w.tenant.GetTenantId(), Key: w.key, Epoch: epoch}, len(p.all))
-	defer g.close()
-	policy := dvvpb.PolicyFromProto(policyOf(w.tenant))
-	var merged dvv.Object
-	for g.left > 0 {
-		rep, status := g.readReply(ctx.Done(), nil)
-		if status != gotReply {
-			break
-		}
-		if rep.err == nil {
-			merged = dvv.Merge(merged, rep.obj, policy)
-		}
-	}
-	if !merged.HasOrigin(w.origin) {
-		return nil
-	}
-	return dvvpb.ObjectToProto(merged)
-}
-
 // originOf names the request with idempotency key idemKey and payload hash
 // in tenant: the same for every attempt, distinct across keys, tenants and
 // payloads. The payload is part of it so that a key reused with another
 // value after its record expired is a new write, never taken for a copy of
-// the old one (by the replica's origin check or by dvv.Visible).
+// the old one by a replica's origin check.
 func originOf(tenant, idemKey string, payload []byte) []byte {
 	h := sha256.New()
 	h.Write([]byte("pairdb.origin.v2\x00"))

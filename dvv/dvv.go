@@ -180,49 +180,6 @@ func Equal(a, b Object) bool {
 	return true
 }
 
-// Visible returns the live siblings a client is shown: Live, with the copies
-// of one request collapsed into the one with the smallest dot. A request
-// whose first attempt minted at a replica that then became unreachable (its
-// reply and forwards lost) is minted again elsewhere, and both siblings
-// survive merging: they have different dots, and collapsing them inside
-// Merge would make Merge order-dependent. Both carry the request's origin
-// and the same value, so they are one write; the clock still covers both
-// dots, so the next write with this context supersedes both.
-func (o Object) Visible() []Sibling {
-	var (
-		out  []Sibling
-		seen map[string][]Sibling // by origin, for many siblings (as holder)
-	)
-	if len(o.Siblings) > 8 {
-		seen = map[string][]Sibling{}
-	}
-	for _, s := range o.Siblings {
-		if s.Tombstone {
-			continue
-		}
-		same := func(k Sibling) bool { return sameWrite(k, s) }
-		if seen == nil {
-			if slices.ContainsFunc(out, same) {
-				continue
-			}
-		} else if len(s.Origin) > 0 {
-			if slices.ContainsFunc(seen[string(s.Origin)], same) {
-				continue
-			}
-			seen[string(s.Origin)] = append(seen[string(s.Origin)], s)
-		}
-		out = append(out, s)
-	}
-	return out
-}
-
-// sameWrite reports whether x and y are copies of one request's write: the
-// same non-empty origin and the same value.
-func sameWrite(x, y Sibling) bool {
-	return len(x.Origin) > 0 && bytes.Equal(x.Origin, y.Origin) &&
-		x.Tombstone == y.Tombstone && bytes.Equal(x.Value, y.Value)
-}
-
 // HasOrigin reports whether a sibling written by request origin is held.
 func (o Object) HasOrigin(origin []byte) bool {
 	if len(origin) == 0 {

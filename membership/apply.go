@@ -38,6 +38,9 @@ func (s *State) Apply(seq uint64, ev *pb.RingEvent) (next *State, skipped error)
 }
 
 func (s *State) register(seq uint64, r *pb.NodeRegistered) {
+	if _, known := s.Incarnations[r.GetIncarnation()]; !known && r.GetIncarnation() != "" {
+		s.Incarnations[r.GetIncarnation()] = r.GetNodeId()
+	}
 	cur, ok := s.Nodes[r.GetNodeId()]
 	switch {
 	case !ok:

@@ -64,6 +64,10 @@ type State struct {
 	Epoch  uint64
 	VNodes int
 	Nodes  map[string]Node
+	// Incarnations maps every incarnation ever registered to its node id:
+	// the actors a version vector may name. Old incarnations of wiped
+	// nodes stay, since their dots live on in clocks.
+	Incarnations map[string]string
 	// RF holds the outcome of finished replication-factor changes: tenant →
 	// {old, new}. The tenant store is updated when a change starts; this
 	// covers a store update that failed.
@@ -76,7 +80,7 @@ type State struct {
 
 // New is the state of an empty log.
 func New(vnodes int) *State {
-	s := &State{VNodes: vnodes, Nodes: map[string]Node{}, RF: map[string]RFChange{}}
+	s := &State{VNodes: vnodes, Nodes: map[string]Node{}, Incarnations: map[string]string{}, RF: map[string]RFChange{}}
 	s.rebuild()
 	return s
 }
@@ -171,6 +175,7 @@ func moves(cur, next *ring.Ring, c *Change) []TenantMove {
 func (s *State) clone() *State {
 	n := *s
 	n.Nodes = maps.Clone(s.Nodes)
+	n.Incarnations = maps.Clone(s.Incarnations)
 	n.RF = maps.Clone(s.RF)
 	n.History = slices.Clone(s.History)
 	if s.Change != nil {

@@ -142,7 +142,7 @@ func (ae *antiEntropy) mergeLocal(rc *roundCtx, tenant string, items []engine.Me
 	if err := ae.placementHolds(rc.st); err != nil {
 		return 0, err
 	}
-	changed, err := n.eng.MergeBatch(tenant, items, dvv.Siblings)
+	changed, err := n.mergeBatch(tenant, items, dvv.Siblings)
 	if err != nil {
 		return 0, errors.Wrapf(err, "anti-entropy: merge %d pulled keys of tenant %s", len(items), tenant)
 	}

@@ -2,6 +2,7 @@ package storagenode
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -43,6 +44,13 @@ const (
 	DefaultHintRate = 2000
 	// DefaultWALMinSyncInterval: see engine.DefaultWALMinSyncInterval.
 	DefaultWALMinSyncInterval = engine.DefaultWALMinSyncInterval
+	// DefaultOriginTTL is how long origin records are kept: as long as
+	// the coordinators keep idempotency records by default, since a retry
+	// is recognised only while both exist.
+	DefaultOriginTTL = 24 * time.Hour
+	// DefaultReplyPrefix is the inbox prefix of NATS clients that set none
+	// (nats.go's _INBOX).
+	DefaultReplyPrefix = "_INBOX."
 	// DefaultHintBatch is how many hints one fetch takes (and one commit
 	// per tenant in it holds); never more than a second's worth.
 	DefaultHintBatch = 256
@@ -120,6 +128,18 @@ type Config struct {
 	// TombstoneGrace's check reads it here.
 	HintMaxAge time.Duration
 
+	// OriginTTL is how long the node keeps origin records, its memory of
+	// the writes with an idempotency key it minted or received (default
+	// 24h). It must be at least the coordinators' idempotency TTL: a retry
+	// within that TTL whose write was overwritten is recognised only
+	// through these records.
+	OriginTTL time.Duration
+	// ReplyPrefix is the prefix every reply subject of a forwarded write
+	// must have (the coordinators' inbox prefix; default "_INBOX."), so an
+	// apply cannot make the node publish on a subject of the sender's
+	// choosing.
+	ReplyPrefix string
+
 	// transferHook, set by tests only, runs before every transfer page
 	// this node pulls.
 	transferHook func(ctx context.Context, pages int)
@@ -151,6 +171,8 @@ func DefaultConfig(id, dataDir string) Config {
 		AntiEntropyRate:     DefaultAntiEntropyRate,
 		TombstoneGrace:      DefaultTombstoneGrace,
 		HintMaxAge:          DefaultHintMaxAge,
+		OriginTTL:           DefaultOriginTTL,
+		ReplyPrefix:         DefaultReplyPrefix,
 	}
 }
 
@@ -183,6 +205,10 @@ func (c Config) Validate() error {
 		return errors.Newf("storage node: HintRate must not be negative, got %g", c.HintRate)
 	case c.HintBatch < 0:
 		return errors.Newf("storage node: HintBatch must not be negative, got %d", c.HintBatch)
+	case c.OriginTTL < 0:
+		return errors.Newf("storage node: OriginTTL must not be negative, got %s", c.OriginTTL)
+	case c.ReplyPrefix != "" && !strings.HasSuffix(c.ReplyPrefix, "."):
+		return errors.Newf("storage node: ReplyPrefix must end with a dot, got %q", c.ReplyPrefix)
 	}
 	return c.validateHealing()
 }
@@ -221,6 +247,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.HintBatch == 0 {
 		c.HintBatch = DefaultHintBatch
+	}
+	if c.OriginTTL == 0 {
+		c.OriginTTL = DefaultOriginTTL
+	}
+	if c.ReplyPrefix == "" {
+		c.ReplyPrefix = DefaultReplyPrefix
 	}
 	c = c.withHealingDefaults()
 	if c.Logger == nil {

@@ -99,6 +99,7 @@ func BenchmarkNodeApplyForwarded(b *testing.B) {
 			w := mux.Open(2)
 			req := &pb.ApplyRequest{
 				TenantId: "bench", Key: fmt.Sprintf("key-%d", seq.Add(1)), Value: value, Policy: pb.ConflictPolicy_SIBLINGS,
+				DeadlineUnixMs: soon(),
 				Forwards: []*pb.Forward{{NodeId: "n2", Reply: w.Subject(0)}, {NodeId: "n3", Reply: w.Subject(1)}},
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

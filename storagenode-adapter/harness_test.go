@@ -176,7 +176,7 @@ func writeKeys(t *testing.T, nc *nats.Conn, node, tenant string, n int, epoch ui
 			for i := w; i < n; i += writers {
 				resp := &pb.ApplyResponse{}
 				errs <- bus.Request(context.Background(), nc, subjects.Node(node, bus.OpApply),
-					&pb.ApplyRequest{TenantId: tenant, Key: keys[i], Value: []byte("v-" + keys[i]), Epoch: epoch}, resp)
+					&pb.ApplyRequest{TenantId: tenant, Key: keys[i], Value: []byte("v-" + keys[i]), Epoch: epoch, DeadlineUnixMs: soon()}, resp)
 			}
 		})
 	}

@@ -202,7 +202,7 @@ func (d *hintDrainer) applyGroup(k groupKey, hs []Hint) error {
 	items := make([]engine.MergeItem, len(hs))
 	for i, h := range hs {
 		req, _ := h.Request()
-		items[i] = engine.MergeItem{Key: req.GetKey(), Object: dvvpb.ObjectFromProto(req.GetObject())}
+		items[i] = engine.MergeItem{Key: req.GetKey(), Object: dvvpb.ObjectFromProto(req.GetObject()), Minted: req.GetMinted()}
 	}
 	policy := dvvpb.PolicyFromProto(k.policy)
 	err := d.mergeBatch(k.tenant, items, policy)
@@ -241,7 +241,7 @@ func (d *hintDrainer) applyGroup(k groupKey, hs []Hint) error {
 func (d *hintDrainer) mergeBatch(tenant string, items []engine.MergeItem, p dvv.Policy) error {
 	d.n.placeMu.RLock()
 	defer d.n.placeMu.RUnlock()
-	changed, err := d.n.eng.MergeBatch(tenant, items, p)
+	changed, err := d.n.mergeBatch(tenant, items, p)
 	if changed > 0 {
 		d.n.met.mergeChanged.Add(changed)
 	}

@@ -110,7 +110,7 @@ func TestReplicationFactorChangeTransfersAndVerifies(t *testing.T) {
 	// A request from an older ring is refused and told the node's epoch.
 	resp := &pb.ApplyResponse{}
 	err = bus.Request(context.Background(), nc, subjects.Node("a", bus.OpApply),
-		&pb.ApplyRequest{TenantId: "t", Key: "late", Value: []byte("v"), Epoch: boot.Epoch}, resp)
+		&pb.ApplyRequest{TenantId: "t", Key: "late", Value: []byte("v"), Epoch: boot.Epoch, DeadlineUnixMs: soon()}, resp)
 	require.Equal(t, pb.ErrorCode_STALE_EPOCH, bus.CodeOf(err), "%v", err)
 	require.ErrorContains(t, err, strconv.FormatUint(end.Epoch, 10))
 	require.Equal(t, end.Epoch, resp.GetEpoch())

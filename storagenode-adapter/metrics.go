@@ -26,6 +26,7 @@ type nodeMetrics struct {
 	keysTransferred *metrics.Counter
 	cleanupDeleted  *metrics.Counter
 	staleEpoch      *metrics.Counter
+	originsSwept    *metrics.Counter
 }
 
 func newNodeMetrics(set *metrics.Set, node string, ops ...string) *nodeMetrics {
@@ -43,6 +44,7 @@ func newNodeMetrics(set *metrics.Set, node string, ops ...string) *nodeMetrics {
 		keysTransferred: set.GetOrCreateCounter(fmt.Sprintf(`pairdb_migration_keys_transferred_total{node=%q}`, node)),
 		cleanupDeleted:  set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_cleanup_deleted_keys_total{node=%q}`, node)),
 		staleEpoch:      set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_stale_epoch_total{node=%q}`, node)),
+		originsSwept:    set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_origin_records_swept_total{node=%q}`, node)),
 	}
 	for _, op := range ops {
 		m.requests[op] = set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_requests_total{node=%q,op=%q}`, node, op))
@@ -50,6 +52,12 @@ func newNodeMetrics(set *metrics.Set, node string, ops ...string) *nodeMetrics {
 			fmt.Sprintf(`pairdb_node_request_duration_seconds{node=%q,op=%q}`, node, op))
 	}
 	return m
+}
+
+// refused counts one request the node's checks refused (guard.go), by
+// reason: a small closed set.
+func (m *nodeMetrics) refused(reason string) {
+	m.set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_refused_total{node=%q,reason=%q}`, m.node, reason)).Inc()
 }
 
 // requestError counts one failed request. Error codes are a small closed

@@ -54,6 +54,8 @@ type Node struct {
 	hints *hintDrainer
 	// ae is the anti-entropy worker (nil in static mode).
 	ae *antiEntropy
+	// origins sweeps expired origin records.
+	origins *originSweeper
 	// placeMu orders local writes against cleanup: apply and merge hold it
 	// shared, a range deletion exclusively after rechecking that the ring
 	// has not moved, so a write routed on a newer ring is never deleted.
@@ -78,7 +80,9 @@ func Start(nc *nats.Conn, cfg Config) (*Node, error) {
 	if !cfg.Sync {
 		log.Warn("sync is off: acknowledged writes can be lost on a crash; use this only for benchmarks")
 	}
-	eng, err := engine.Open(cfg.DataDir, engine.Options{Sync: cfg.Sync, CacheBytes: cfg.CacheBytes, WALMinSyncInterval: cfg.WALMinSyncInterval, Logger: log.Named("engine"), Metrics: cfg.Metrics, MetricsNode: cfg.ID})
+	eng, err := engine.Open(cfg.DataDir, engine.Options{Sync: cfg.Sync, CacheBytes: cfg.CacheBytes,
+		WALMinSyncInterval: cfg.WALMinSyncInterval, Logger: log.Named("engine"), Metrics: cfg.Metrics, MetricsNode: cfg.ID,
+		MaxObjectBytes: maxObjectBytes(nc)})
 	if err != nil {
 		return nil, errors.Wrapf(err, "storage node %s", cfg.ID)
 	}
@@ -118,10 +122,22 @@ func Start(nc *nats.Conn, cfg Config) (*Node, error) {
 		n.ae.start()
 	}
 	n.startHints()
+	n.startOriginSweeper()
 	go n.heartbeats()
 	log.Info("storage node started", zap.String("incarnation", eng.Incarnation()),
 		zap.String("subjects", cfg.Subjects.Node(cfg.ID, "*")), zap.Bool("membership", n.mem != nil))
 	return n, nil
+}
+
+// objectEnvelope is the room left in a message around one stored object
+// (request or reply fields, headers).
+const objectEnvelope = 64 << 10
+
+// maxObjectBytes is the largest object this node lets a write store: what
+// one message on nc can carry with room for its envelope, so every stored
+// object can still be read, repaired, hinted and transferred.
+func maxObjectBytes(nc *nats.Conn) int {
+	return max(int(nc.MaxPayload())-objectEnvelope, objectEnvelope)
 }
 
 func (n *Node) register() error {
@@ -197,54 +213,63 @@ func (n *Node) apply(ctx context.Context, _ string, req *pb.ApplyRequest) (*pb.A
 	if err := validateTarget(req.GetTenantId(), req.GetKey()); err != nil {
 		return nil, err
 	}
-	if req.GetTombstone() && len(req.GetValue()) > 0 {
-		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
-			"a tombstone carries no value; send either tombstone=true or a value")
-	}
-	for _, f := range req.GetForwards() {
-		if err := keyspace.ValidateTenantID(f.GetNodeId()); err != nil {
-			return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid forward node id")
-		}
-		if f.GetReply() == "" {
-			return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "forward to %s has no reply subject", f.GetNodeId())
-		}
+	deadline, err := n.deadlineOf(bus.OpApply, req.GetDeadlineUnixMs(), true)
+	if err != nil {
+		return nil, err
 	}
 	epoch, err := n.checkEpoch(ctx, bus.OpApply, req.GetEpoch())
 	if err != nil {
 		return &pb.ApplyResponse{Epoch: epoch}, err
 	}
+	causal := dvvpb.ClockFromProto(req.GetContext())
+	if err := n.knownActors(causal); err != nil {
+		return &pb.ApplyResponse{Epoch: epoch}, err
+	}
+	if err := n.checkApplyTargets(req); err != nil {
+		return &pb.ApplyResponse{Epoch: epoch}, err
+	}
 	var (
-		forward func(dvv.Object)
+		forward func(dvv.Object, bool)
 		wire    *pb.Object // the forwarded object's wire form, reused in the answer
 	)
 	if len(req.GetForwards()) > 0 {
-		forward = func(obj dvv.Object) {
+		forward = func(obj dvv.Object, fresh bool) {
 			wire = dvvpb.ObjectToProto(obj)
-			n.forward(req, wire)
+			n.forward(req, wire, fresh)
 		}
 	}
 	n.placeMu.RLock()
 	defer n.placeMu.RUnlock()
-	obj, err := n.eng.ApplyAndForward(req.GetTenantId(), req.GetKey(), dvvpb.ClockFromProto(req.GetContext()),
-		req.GetValue(), req.GetTombstone(), dvvpb.PolicyFromProto(req.GetPolicy()),
-		int(req.GetMaxSiblings()), time.Now().UnixMilli(), req.GetOrigin(), forward)
+	m, err := n.eng.Mint(engine.Write{
+		Tenant: req.GetTenantId(), Key: req.GetKey(), Context: causal,
+		Value: req.GetValue(), Tombstone: req.GetTombstone(),
+		Policy: dvvpb.PolicyFromProto(req.GetPolicy()), MaxSiblings: int(req.GetMaxSiblings()),
+		MaxObjectBytes: int(min(req.GetMaxObjectBytes(), uint64(maxInt))),
+		NowMs:          time.Now().UnixMilli(), Origin: req.GetOrigin(), RecordOrigin: req.GetRecordOrigin(),
+		Deadline: deadline, Forward: forward,
+	})
 	if err != nil {
 		return &pb.ApplyResponse{Epoch: epoch}, n.failed(bus.OpApply, err)
 	}
 	if wire == nil {
-		wire = dvvpb.ObjectToProto(obj)
+		wire = dvvpb.ObjectToProto(m.Object)
 	}
-	return &pb.ApplyResponse{Object: wire, Epoch: epoch}, nil
+	return &pb.ApplyResponse{Object: wire, Epoch: epoch, Existing: m.Existing, Minted: m.Record}, nil
 }
+
+const maxInt = int(^uint(0) >> 1)
 
 // forward sends a freshly minted object to the replicas the apply names, as
 // merges answered straight to the coordinator. It only publishes (no
 // waiting: it runs under the key's lock); a copy that does not arrive is
-// the coordinator's to notice (no answer by its deadline) and to hint.
-func (n *Node) forward(req *pb.ApplyRequest, obj *pb.Object) {
+// the coordinator's to notice (no answer by its deadline) and to hint. The
+// merges carry the apply's deadline, so a copy delayed past it is refused
+// rather than taken in after the coordinator gave up.
+func (n *Node) forward(req *pb.ApplyRequest, obj *pb.Object, fresh bool) {
 	data, err := proto.Marshal(&pb.MergeRequest{
 		TenantId: req.GetTenantId(), Key: req.GetKey(), Object: obj,
 		Policy: req.GetPolicy(), Epoch: req.GetEpoch(),
+		DeadlineUnixMs: req.GetDeadlineUnixMs(), Minted: fresh,
 	})
 	if err != nil {
 		n.log.Error("encode forwarded merge", zap.Error(err))
@@ -266,14 +291,22 @@ func (n *Node) merge(ctx context.Context, _ string, req *pb.MergeRequest) (*pb.M
 	if req.GetObject() == nil {
 		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "merge needs the object to merge")
 	}
+	deadline, err := n.deadlineOf(bus.OpMerge, req.GetDeadlineUnixMs(), false)
+	if err != nil {
+		return nil, err
+	}
 	epoch, err := n.checkEpoch(ctx, bus.OpMerge, req.GetEpoch())
 	if err != nil {
 		return &pb.MergeResponse{Epoch: epoch}, err
 	}
+	obj := dvvpb.ObjectFromProto(req.GetObject())
+	if err := n.knownActors(obj.Clock); err != nil {
+		return &pb.MergeResponse{Epoch: epoch}, err
+	}
 	n.placeMu.RLock()
 	defer n.placeMu.RUnlock()
-	_, changed, err := n.eng.Merge(req.GetTenantId(), req.GetKey(),
-		dvvpb.ObjectFromProto(req.GetObject()), dvvpb.PolicyFromProto(req.GetPolicy()))
+	_, changed, err := n.eng.MergeWith(req.GetTenantId(), req.GetKey(), obj, dvvpb.PolicyFromProto(req.GetPolicy()),
+		engine.MergeOptions{Deadline: deadline, Minted: req.GetMinted()})
 	if err != nil {
 		return &pb.MergeResponse{Epoch: epoch}, n.failed(bus.OpMerge, err)
 	}
@@ -286,7 +319,8 @@ func (n *Node) merge(ctx context.Context, _ string, req *pb.MergeRequest) (*pb.M
 // read answers found=false only when nothing is stored. A key holding only
 // tombstones is found here and its object returned: the coordinator needs
 // the tombstones' clock to merge replicas and to delete causally; it decides
-// what a client sees (KEY_NOT_FOUND).
+// what a client sees (KEY_NOT_FOUND). With an origin it also answers this
+// replica's record of that write (resolving a retry).
 func (n *Node) read(ctx context.Context, _ string, req *pb.ReadRequest) (*pb.ReadResponse, error) {
 	if err := validateTarget(req.GetTenantId(), req.GetKey()); err != nil {
 		return nil, err
@@ -302,6 +336,11 @@ func (n *Node) read(ctx context.Context, _ string, req *pb.ReadRequest) (*pb.Rea
 	resp := &pb.ReadResponse{Found: found, Epoch: epoch}
 	if found {
 		resp.Object = dvvpb.ObjectToProto(obj)
+	}
+	if o := req.GetOrigin(); len(o) > 0 {
+		if resp.Origin, err = n.eng.OriginRecord(req.GetTenantId(), o); err != nil {
+			return &pb.ReadResponse{Epoch: epoch}, n.failed(bus.OpRead, err)
+		}
 	}
 	return resp, nil
 }
@@ -396,6 +435,7 @@ func (n *Node) Stop(ctx context.Context) error {
 	if n.hints != nil {
 		n.hints.stop()
 	}
+	n.origins.halt()
 	close(n.hbStop)
 	<-n.hbDone
 	var errs error

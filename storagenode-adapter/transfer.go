@@ -398,7 +398,7 @@ func (d *driver) pullFrom(ctx context.Context, st *membership.State, mv membersh
 		}
 		// Scan items carry no tenant policy: merging as siblings never
 		// drops a write; an LWW tenant's next write or read resolves them.
-		changed, err := n.eng.MergeBatch(mv.Tenant, items, dvv.Siblings)
+		changed, err := n.mergeBatch(mv.Tenant, items, dvv.Siblings)
 		if err != nil {
 			return merged, errors.Wrap(err, "merge transferred page")
 		}

@@ -124,7 +124,7 @@ func runRepair(t *testing.T, c *client.Client, node, tenant string) *pb.RepairSt
 func (c *aeCluster) applyTo(key string, ctx dvv.VV, value string, tombstone bool, node string, others ...string) dvv.Object {
 	c.t.Helper()
 	req := &pb.ApplyRequest{TenantId: "default", Key: key, Tombstone: tombstone, Context: dvvpb.ClockToProto(ctx),
-		Policy: pb.ConflictPolicy_SIBLINGS}
+		Policy: pb.ConflictPolicy_SIBLINGS, DeadlineUnixMs: soon()}
 	if !tombstone {
 		req.Value = []byte(value)
 	}

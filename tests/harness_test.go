@@ -110,3 +110,23 @@ func requireCode(t *testing.T, err error, code pb.ErrorCode) {
 	require.Error(t, err)
 	require.Equal(t, code.String(), bus.CodeOf(err).String(), "error: %v", err)
 }
+
+// ghostActor registers incarnation inc (of a node "ghost-<inc>" that never
+// runs) in the ring log and waits until every part has folded it, so tests
+// can hand storage nodes objects written by an actor the cluster knows.
+// Storage nodes refuse clocks that name actors the log never registered.
+func (h *harness) ghostActor(inc string) string {
+	h.t.Helper()
+	ring := h.dev.Coordinators()[0].Ring
+	ctx := ctxT(h.t)
+	seq, err := ring.Append(ctx, ring.State().Seq, &pb.RingEvent{Event: &pb.RingEvent_Registered{
+		Registered: &pb.NodeRegistered{NodeId: "ghost-" + inc, Incarnation: inc},
+	}})
+	require.NoError(h.t, err)
+	require.NoError(h.t, h.dev.WaitFolded(ctx, seq))
+	return inc
+}
+
+// soon is a deadline for applies tests send straight to a storage node:
+// well ahead, as a coordinator's is.
+func soon() int64 { return time.Now().Add(5 * time.Second).UnixMilli() }

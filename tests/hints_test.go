@@ -167,7 +167,7 @@ func TestHintReplayIsIdempotent(t *testing.T) {
 	p1, err := h.c.Put(ctx, "k", []byte("v1"), client.Consistency("all"))
 	require.NoError(t, err)
 	older, _ := h.readNode("node-1", "default", "k")
-	_, err = h.c.Put(ctx, "k", []byte("v2"), client.Consistency("all"), client.WithContext(p1.GetVectorClock()))
+	_, err = h.c.Put(ctx, "k", []byte("v2"), client.Consistency("all"), client.WithContext(p1.GetContext()))
 	require.NoError(t, err)
 	newer, _ := h.readNode("node-1", "default", "k")
 	require.False(t, dvv.Equal(older, newer))
@@ -179,7 +179,7 @@ func TestHintReplayIsIdempotent(t *testing.T) {
 	_, err = h.c.Put(ctx, "c", []byte("base"), client.Consistency("all"))
 	require.NoError(t, err)
 	base, _ := h.readNode("node-1", "default", "c")
-	concurrent := dvv.Update(dvv.Object{}, nil, "elsewhere", []byte("other"), false, time.Now().UnixMilli(), dvv.Siblings)
+	concurrent := dvv.Update(dvv.Object{}, nil, h.ghostActor("elsewhere"), []byte("other"), false, time.Now().UnixMilli(), dvv.Siblings)
 	hint("node-1", "c", concurrent)
 	hint("node-1", "c", concurrent)
 
@@ -256,6 +256,7 @@ func TestHintBacklogIsReplayedAtTheConfiguredPace(t *testing.T) {
 	)
 	h := startClusterWith(t, cluster.DevConfig{Nodes: 3, HintRate: rate})
 	q, _ := h.hintQueue()
+	loader := h.ghostActor("loader")
 	h.stopNode("node-3")
 	keys := make([]string, backlog)
 	var wg sync.WaitGroup
@@ -264,7 +265,7 @@ func TestHintBacklogIsReplayedAtTheConfiguredPace(t *testing.T) {
 		wg.Go(func() {
 			for i := w; i < backlog; i += 16 {
 				keys[i] = fmt.Sprintf("backlog-%d", i)
-				o := dvv.Update(dvv.Object{}, nil, "loader", []byte(keys[i]), false, time.Now().UnixMilli(), dvv.Siblings)
+				o := dvv.Update(dvv.Object{}, nil, loader, []byte(keys[i]), false, time.Now().UnixMilli(), dvv.Siblings)
 				if err := q.Add(ctxT(t), "node-3", &pb.MergeRequest{
 					TenantId: "default", Key: keys[i], Object: dvvpb.ObjectToProto(o), Policy: pb.ConflictPolicy_SIBLINGS,
 				}); err != nil {

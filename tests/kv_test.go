@@ -39,7 +39,7 @@ func TestPutGetDeleteAtEveryLevel(t *testing.T) {
 		require.Equal(t, "v-"+level, string(got.GetValue()))
 		require.Equal(t, []string{"v-" + level}, values(got))
 
-		_, err = h.c.Delete(ctx, key, client.Consistency(level), client.WithContext(got.GetVectorClock()))
+		_, err = h.c.Delete(ctx, key, client.Consistency(level), client.WithContext(got.GetContext()))
 		require.NoError(t, err)
 		got, err = h.c.Get(ctx, key, client.ReadConsistency(readAfter[level]))
 		require.NoError(t, err)
@@ -90,7 +90,7 @@ func TestSiblingsAndResolution(t *testing.T) {
 	require.ElementsMatch(t, []string{"apple", "pear"}, values(got))
 	require.Empty(t, got.GetValue(), "value is only set for a single sibling")
 
-	_, err = h.c.Put(ctx, "cart", []byte("apple+pear"), client.WithContext(got.GetVectorClock()))
+	_, err = h.c.Put(ctx, "cart", []byte("apple+pear"), client.WithContext(got.GetContext()))
 	require.NoError(t, err)
 	got, err = h.c.Get(ctx, "cart", client.ReadConsistency("all"))
 	require.NoError(t, err)
@@ -127,7 +127,7 @@ func TestSiblingCap(t *testing.T) {
 	got, err := c.Get(ctx, "k", client.ReadConsistency("all"))
 	require.NoError(t, err)
 	require.ElementsMatch(t, []string{"a", "b"}, values(got), "a refused write must not replace a sibling")
-	_, err = c.Put(ctx, "k", []byte("c"), client.WithContext(got.GetVectorClock()))
+	_, err = c.Put(ctx, "k", []byte("c"), client.WithContext(got.GetContext()))
 	require.NoError(t, err, "a write with context resolves the siblings")
 }
 
@@ -142,6 +142,7 @@ func TestReadRepairFixesMissedWrite(t *testing.T) {
 	applied := new(pb.ApplyResponse)
 	require.NoError(t, bus.Request(ctx, h.nc, bus.Subjects{}.Node("node-1", bus.OpApply), &pb.ApplyRequest{
 		TenantId: "default", Key: "repair-me", Value: []byte("v1"), Policy: pb.ConflictPolicy_SIBLINGS, Epoch: epoch,
+		DeadlineUnixMs: soon(),
 	}, applied))
 	require.NoError(t, bus.Request(ctx, h.nc, bus.Subjects{}.Node("node-3", bus.OpMerge), &pb.MergeRequest{
 		TenantId: "default", Key: "repair-me", Object: applied.GetObject(), Policy: pb.ConflictPolicy_SIBLINGS, Epoch: epoch,
@@ -406,7 +407,7 @@ func TestWriteMintedTwiceAfterALostReplyReadsOnce(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, []string{fmt.Sprint(i)}, values(got), "key %s: one write, one value", key)
 
-		_, err = h.c.Put(ctx, key, []byte("next"), client.Consistency("all"), client.WithContext(got.GetVectorClock()))
+		_, err = h.c.Put(ctx, key, []byte("next"), client.Consistency("all"), client.WithContext(got.GetContext()))
 		require.NoError(t, err)
 		for _, n := range []string{"node-1", "node-2", "node-3"} {
 			o, _ := h.readNode(n, "default", key)

@@ -303,11 +303,12 @@ func ptr[T any](v T) *T { return &v }
 func TestTransferPullsFromEveryReplica(t *testing.T) {
 	h := startMembershipCluster(t, 3)
 	nodes := []string{"node-1", "node-2", "node-3"}
+	writer := h.ghostActor("writer")
 	epoch := h.dev.Coordinators()[0].Ring.State().Epoch
 	const keys = 300
 	for i := range keys {
 		key := fmt.Sprintf("partial-%d", i)
-		obj := dvv.Update(dvv.Object{}, nil, "writer", []byte(key), false, time.Now().UnixMilli(), dvv.Siblings)
+		obj := dvv.Update(dvv.Object{}, nil, writer, []byte(key), false, time.Now().UnixMilli(), dvv.Siblings)
 		for j, node := range nodes {
 			if j == i%len(nodes) {
 				continue // this replica missed the write
@@ -401,12 +402,13 @@ func TestLoweringReplicationFactorKeepsAMajority(t *testing.T) {
 	ctx := ctxT(t)
 	_, err := h.c.CreateTenant(ctx, &pb.CreateTenantRequest{TenantId: "rf", ReplicationFactor: 3})
 	require.NoError(t, err)
+	writer := h.ghostActor("writer")
 	st := h.dev.Coordinators()[0].Ring.State()
 	const keys = 100
 	for i := range keys {
 		key := fmt.Sprintf("k-%d", i)
 		cur, _ := st.ReplicaSets("rf", 3, keyspace.Hash("rf", key))
-		obj := dvv.Update(dvv.Object{}, nil, "writer", []byte(key), false, time.Now().UnixMilli(), dvv.Siblings)
+		obj := dvv.Update(dvv.Object{}, nil, writer, []byte(key), false, time.Now().UnixMilli(), dvv.Siblings)
 		for _, node := range cur[1:] { // the first replica missed it
 			err := bus.Request(ctx, h.nc, bus.Subjects{}.Node(node, bus.OpMerge), &pb.MergeRequest{
 				TenantId: "rf", Key: key, Object: dvvpb.ObjectToProto(obj),

@@ -177,7 +177,7 @@ func setUnionClient(ctx context.Context, h *harness, hist *History, id int, key 
 			elems = append(elems, e)
 		}
 		slices.Sort(elems)
-		_, err = c.Put(ctx, key, []byte(strings.Join(elems, ",")), client.Consistency("quorum"), client.WithContext(got.GetVectorClock()))
+		_, err = c.Put(ctx, key, []byte(strings.Join(elems, ",")), client.Consistency("quorum"), client.WithContext(got.GetContext()))
 		op.Outcome, op.Error, op.End = outcomeOf(err), errText(err), time.Now()
 		hist.Add(op)
 	}
@@ -198,7 +198,7 @@ func registerClient(ctx context.Context, h *harness, hist *History, id int, key 
 		hist.Add(Op{Client: id, Kind: "read", Key: key, Seen: seen, Outcome: OK, Start: start, End: time.Now()})
 		val := fmt.Sprintf("r%d-%d", id, i)
 		op := Op{Client: id, Kind: "write", Key: key, Value: val, Seen: seen, Start: time.Now()}
-		_, err = c.Put(ctx, key, []byte(val), client.Consistency("quorum"), client.WithContext(got.GetVectorClock()))
+		_, err = c.Put(ctx, key, []byte(val), client.Consistency("quorum"), client.WithContext(got.GetContext()))
 		op.Outcome, op.Error, op.End = outcomeOf(err), errText(err), time.Now()
 		hist.Add(op)
 	}
@@ -215,7 +215,7 @@ func deleteClient(ctx context.Context, h *harness, hist *History, id int) {
 			continue
 		}
 		op := Op{Client: id, Kind: "delete", Key: key, Start: time.Now()}
-		_, err = c.Delete(ctx, key, client.Consistency("quorum"), client.WithContext(put.GetVectorClock()))
+		_, err = c.Delete(ctx, key, client.Consistency("quorum"), client.WithContext(put.GetContext()))
 		op.Outcome, op.Error, op.End = outcomeOf(err), errText(err), time.Now()
 		hist.Add(op)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"os"
@@ -25,10 +26,11 @@ func newPutCmd(g *globals) *cobra.Command {
 		Short: "Store a value (from the argument, or stdin when omitted), replacing what a read sees now",
 		Long: `Store a value. The value comes from the argument, or from stdin when it is omitted.
 
-By default put first reads the key and writes with that read's vector_clock, so
+By default put first reads the key and writes with that read's context, so
 the new value replaces every sibling you would have seen. --context gives the
-clock yourself (from an earlier get); --blind writes without any context, so the
-value is concurrent with whatever is stored and becomes a sibling.`,
+context yourself (the "context:" line of an earlier get, put or delete);
+--blind writes without any context, so the value is concurrent with whatever is
+stored and becomes a sibling.`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var value []byte
@@ -53,8 +55,9 @@ value is concurrent with whatever is stored and becomes a sibling.`,
 				if err != nil {
 					return err
 				}
-				fmt.Printf("ok: %d replica(s) acknowledged at %s%s\nvector_clock: %s\n",
-					resp.GetReplicaCount(), resp.GetConsistency(), dupNote(resp.GetDuplicate()), formatClock(resp.GetVectorClock()))
+				fmt.Printf("ok: %d replica(s) acknowledged at %s%s\nvector_clock: %s\ncontext: %s\n",
+					resp.GetReplicaCount(), resp.GetConsistency(), dupNote(resp.GetDuplicate()),
+					formatClock(resp.GetVectorClock()), formatContext(resp.GetContext()))
 				return nil
 			})
 		},
@@ -119,7 +122,7 @@ func newGetCmd(g *globals) *cobra.Command {
 						fmt.Printf("  [%d] %s\n", i+1, s.GetValue())
 					}
 				}
-				fmt.Fprintf(os.Stderr, "vector_clock: %s\n", formatClock(resp.GetVectorClock()))
+				fmt.Fprintf(os.Stderr, "vector_clock: %s\ncontext: %s\n", formatClock(resp.GetVectorClock()), formatContext(resp.GetContext()))
 				return nil
 			})
 		},
@@ -138,7 +141,7 @@ type writeFlags struct {
 func (w *writeFlags) register(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVarP(&w.consistency, "consistency", "c", "", "one, quorum or all (default: the tenant's)")
-	f.StringVar(&w.context, "context", "", "vector_clock printed by get (actor:counter,...), to supersede what you read")
+	f.StringVar(&w.context, "context", "", `the "context:" printed by get (or put, delete), to supersede what that read saw`)
 	f.StringVar(&w.idemKey, "idempotency-key", "", "idempotency key (default: a fresh random one)")
 	f.BoolVar(&w.blind, "blind", false, "write without a context: concurrent with what is stored (makes siblings)")
 	cmd.MarkFlagsMutuallyExclusive("context", "blind")
@@ -153,17 +156,17 @@ func (w *writeFlags) options(ctx context.Context, c *client.Client, key string) 
 	}
 	switch {
 	case w.context != "":
-		vc, err := parseClock(w.context)
+		tok, err := parseContext(w.context)
 		if err != nil {
 			return nil, err
 		}
-		opts = append(opts, client.WithContext(vc))
+		opts = append(opts, client.WithContext(tok))
 	case !w.blind:
 		got, err := c.Get(ctx, key, client.ReadConsistency(w.consistency))
 		if err != nil {
 			return nil, fmt.Errorf("read the key's context first (use --blind to skip): %w", err)
 		}
-		opts = append(opts, client.WithContext(got.GetVectorClock()))
+		opts = append(opts, client.WithContext(got.GetContext()))
 	}
 	return opts, nil
 }
@@ -196,18 +199,22 @@ func formatClock(vc []*pb.ClockEntry) string {
 	return strings.Join(parts, ",")
 }
 
-func parseClock(s string) ([]*pb.ClockEntry, error) {
+// formatContext prints a context token as JSON does (standard base64), so
+// either can be pasted into --context; "-" when there is none.
+func formatContext(tok []byte) string {
+	if len(tok) == 0 {
+		return "-"
+	}
+	return base64.StdEncoding.EncodeToString(tok)
+}
+
+func parseContext(s string) ([]byte, error) {
 	if s == "-" {
 		return nil, nil
 	}
-	var out []*pb.ClockEntry
-	for _, p := range strings.Split(s, ",") {
-		actor, n, ok := strings.Cut(strings.TrimSpace(p), ":")
-		c, err := strconv.ParseUint(n, 10, 64)
-		if !ok || actor == "" || err != nil {
-			return nil, fmt.Errorf("--context: %q is not actor:counter", p)
-		}
-		out = append(out, &pb.ClockEntry{Actor: actor, Counter: c})
+	tok, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
+	if err != nil {
+		return nil, fmt.Errorf("--context: not a context printed by get: %w", err)
 	}
-	return out, nil
+	return tok, nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/cluster"
 	"github.com/pairdb/pairdb/config"
 	"github.com/pairdb/pairdb/jetstream/hints"
@@ -267,7 +268,7 @@ func ringCheck(r *cluster.Ring) ops.Check {
 
 // dial connects a long-running part to NATS at url; see globals.connect.
 func dial(url, name string, log *zap.Logger) (*nats.Conn, error) {
-	nc, err := nats.Connect(url, nats.Name(name), nats.MaxReconnects(-1),
+	nc, err := nats.Connect(url, append(bus.PartOptions(name),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn("disconnected from NATS; reconnecting", zap.String("conn", name), zap.Error(err))
@@ -275,7 +276,7 @@ func dial(url, name string, log *zap.Logger) (*nats.Conn, error) {
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info("reconnected to NATS", zap.String("conn", name), zap.String("server", nc.ConnectedUrlRedacted()))
-		}),
+		}))...,
 	)
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s (setting server): %w", redactURL(url), err)

@@ -4,8 +4,12 @@
 // Protocol (DESIGN §6):
 //
 //  1. Begin claims the key by creating a PENDING record with the request hash
-//     (create-if-absent, atomic at the stream leader, so of any number of
-//     concurrent coordinators exactly one claims it).
+//     and the storage node chosen to mint the write (create-if-absent, atomic
+//     at the stream leader, so of any number of concurrent coordinators
+//     exactly one claims it). The minter changes only through Reassign,
+//     after a replica certainly refused to mint, so every later attempt of
+//     the write (a retry, a takeover) knows the one replica where it may
+//     have landed.
 //  2. The claimer executes the write and then Completes the claim (the record
 //     becomes DONE with the encoded response) or Aborts it when the write
 //     failed (the record is removed, so the client's retry runs again).
@@ -151,50 +155,60 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 }
 
 // Claim is the outcome of Begin: either a claim to execute the write
-// (Done reports false; call Complete or Abort exactly once) or the stored
-// response of an earlier execution (Done reports true; nothing to do).
-// A Claim is a small value; copies refer to the same record revision.
+// (Done reports false; call Complete or Abort exactly once, Reassign any
+// number of times before) or the stored response of an earlier execution
+// (Done reports true; nothing to do). A Claim is used by one request at a
+// time.
 type Claim struct {
-	s        *Store
-	key      string // KV key
-	rev      uint64 // revision of our PENDING record
-	hash     []byte
-	done     bool
-	response []byte
-	retry    bool
-	taken    bool
+	s         *Store
+	key       string // KV key
+	rev       uint64 // revision of our PENDING record
+	hash      []byte
+	done      bool
+	response  []byte
+	retry     bool
+	taken     bool
+	minter    string
+	minterInc string
 }
+
+// Minter names the storage node (and its incarnation) allowed to mint
+// this write: the one proposed to Begin for a fresh claim, or the one an
+// earlier attempt named.
+func (c *Claim) Minter() (node, incarnation string) { return c.minter, c.minterInc }
 
 // Retry reports whether an earlier attempt of this request failed or was
 // abandoned, so it may have been applied in part: the executor must look
 // for that attempt's effect before writing again.
-func (c Claim) Retry() bool { return c.retry }
+func (c *Claim) Retry() bool { return c.retry }
 
 // TakenOver reports whether this claim replaced a PENDING record that was
 // never completed: its attempt may have been applied and even answered
 // (the record is written after the answer), so an effect found is a
 // duplicate to the client, not a failed attempt finished.
-func (c Claim) TakenOver() bool { return c.taken }
+func (c *Claim) TakenOver() bool { return c.taken }
 
 // Done returns the stored response and true when the request was already
 // executed; the caller answers with it (duplicate=true) and writes nothing.
-func (c Claim) Done() ([]byte, bool) { return c.response, c.done }
+func (c *Claim) Done() ([]byte, bool) { return c.response, c.done }
 
 // Begin claims (tenant, idemKey) for a request with the given hash (from
-// RequestHash). It returns an executable claim, the stored response of a
+// RequestHash), proposing minter (a storage node id and incarnation) to
+// mint it. It returns an executable claim, the stored response of a
 // completed duplicate, IDEMPOTENCY_KEY_CONFLICT when the key was used with a
 // different payload, or UNAVAILABLE when ctx ends while another coordinator
-// is still executing the same request or NATS cannot be reached.
-func (s *Store) Begin(ctx context.Context, tenant, idemKey string, hash []byte) (Claim, error) {
+// is still executing the same request or NATS cannot be reached. A claim
+// that continues an earlier attempt (Retry) keeps that attempt's minter.
+func (s *Store) Begin(ctx context.Context, tenant, idemKey string, hash []byte, minter, minterInc string) (*Claim, error) {
 	if err := keyspace.ValidateTenantID(tenant); err != nil {
-		return Claim{}, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant")
+		return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant")
 	}
 	if idemKey == "" || len(idemKey) > MaxKeyBytes {
-		return Claim{}, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 			"idempotency key must be 1 to %d bytes, got %d", MaxKeyBytes, len(idemKey))
 	}
 	if len(hash) != sha256.Size {
-		return Claim{}, bus.Errorf(pb.ErrorCode_INTERNAL, "request hash must be %d bytes, got %d", sha256.Size, len(hash))
+		return nil, bus.Errorf(pb.ErrorCode_INTERNAL, "request hash must be %d bytes, got %d", sha256.Size, len(hash))
 	}
 	// The claim keeps the hash for Complete; a private copy so a caller
 	// reusing its buffer cannot change what gets recorded.
@@ -209,93 +223,101 @@ func (s *Store) Begin(ctx context.Context, tenant, idemKey string, hash []byte) 
 	// A fresh key is the common case (clients mint one per request): try
 	// to claim it before reading, which saves a round trip; a conflict
 	// means someone holds it, and the loop reads what they wrote.
-	rec, err := pending(hash)
+	fresh := func() *Claim { return &Claim{s: s, key: key, hash: hash, minter: minter, minterInc: minterInc} }
+	rec, err := pending(hash, minter, minterInc)
 	if err != nil {
-		return Claim{}, err
+		return nil, err
 	}
 	rev, err := s.kv.Create(ctx, key, rec)
 	switch {
 	case err == nil:
-		return Claim{s: s, key: key, rev: rev, hash: hash}, nil
+		c := fresh()
+		c.rev = rev
+		return c, nil
 	case !jsbucket.IsConflict(err):
-		return Claim{}, unavailable(err, "claim idempotency record")
+		return nil, unavailable(err, "claim idempotency record")
 	}
 	for {
 		if err := ctx.Err(); err != nil {
 			if waited {
-				return Claim{}, inProgress(err)
+				return nil, inProgress(err)
 			}
-			return Claim{}, unavailable(err, "begin idempotent request")
+			return nil, unavailable(err, "begin idempotent request")
 		}
 		e, err := s.kv.Get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			rec, perr := pending(hash)
+			rec, perr := pending(hash, minter, minterInc)
 			if perr != nil {
-				return Claim{}, perr
+				return nil, perr
 			}
 			rev, cerr := s.kv.Create(ctx, key, rec)
 			if jsbucket.IsConflict(cerr) {
 				continue // another coordinator claimed it first; read its record
 			}
 			if cerr != nil {
-				return Claim{}, unavailable(cerr, "claim idempotency record")
+				return nil, unavailable(cerr, "claim idempotency record")
 			}
-			return Claim{s: s, key: key, rev: rev, hash: hash}, nil
+			c := fresh()
+			c.rev = rev
+			return c, nil
 		}
 		if err != nil {
-			return Claim{}, unavailable(err, "read idempotency record")
+			return nil, unavailable(err, "read idempotency record")
 		}
 		rec := &pb.IdempotencyRecord{}
 		if err := proto.Unmarshal(e.Value(), rec); err != nil {
 			log.Error("undecodable idempotency record", zap.Uint64("revision", e.Revision()), zap.Error(err))
-			return Claim{}, bus.Wrap(pb.ErrorCode_INTERNAL, err, "decode idempotency record %q", key)
+			return nil, bus.Wrap(pb.ErrorCode_INTERNAL, err, "decode idempotency record %q", key)
 		}
 		if !bytes.Equal(rec.GetRequestHash(), hash) {
-			return Claim{}, bus.Errorf(pb.ErrorCode_IDEMPOTENCY_KEY_CONFLICT,
+			return nil, bus.Errorf(pb.ErrorCode_IDEMPOTENCY_KEY_CONFLICT,
 				"idempotency key was already used with a different payload (operation, key, value or context); use a fresh key for a different request")
 		}
 		switch rec.GetState() {
 		case pb.IdempotencyRecord_DONE:
-			return Claim{s: s, key: key, done: true, response: rec.GetResponse()}, nil
+			return &Claim{s: s, key: key, done: true, response: rec.GetResponse()}, nil
 		case pb.IdempotencyRecord_RETRY:
-			// A failed attempt released the record: take it at once.
-			fresh, perr := pending(hash)
+			// A failed attempt released the record: take it at once,
+			// keeping the minter that attempt named.
+			again, perr := pending(hash, rec.GetMinter(), rec.GetMinterIncarnation())
 			if perr != nil {
-				return Claim{}, perr
+				return nil, perr
 			}
-			rev, uerr := s.kv.Update(ctx, key, fresh, e.Revision())
+			rev, uerr := s.kv.Update(ctx, key, again, e.Revision())
 			if jsbucket.IsConflict(uerr) {
 				continue
 			}
 			if uerr != nil {
-				return Claim{}, unavailable(uerr, "claim idempotency record for a retry")
+				return nil, unavailable(uerr, "claim idempotency record for a retry")
 			}
-			return Claim{s: s, key: key, rev: rev, hash: hash, retry: true}, nil
+			return &Claim{s: s, key: key, rev: rev, hash: hash, retry: true,
+				minter: rec.GetMinter(), minterInc: rec.GetMinterIncarnation()}, nil
 		case pb.IdempotencyRecord_PENDING:
 		default:
-			return Claim{}, bus.Errorf(pb.ErrorCode_INTERNAL, "idempotency record %q has state %v", key, rec.GetState())
+			return nil, bus.Errorf(pb.ErrorCode_INTERNAL, "idempotency record %q has state %v", key, rec.GetState())
 		}
 
 		abandonAt := e.Created().Add(s.cfg.PendingTimeout)
 		if !time.Now().Before(abandonAt) {
-			fresh, perr := pending(hash)
+			again, perr := pending(hash, rec.GetMinter(), rec.GetMinterIncarnation())
 			if perr != nil {
-				return Claim{}, perr
+				return nil, perr
 			}
-			rev, uerr := s.kv.Update(ctx, key, fresh, e.Revision())
+			rev, uerr := s.kv.Update(ctx, key, again, e.Revision())
 			if jsbucket.IsConflict(uerr) {
 				continue // completed, aborted or taken over meanwhile
 			}
 			if uerr != nil {
-				return Claim{}, unavailable(uerr, "take over abandoned idempotency record")
+				return nil, unavailable(uerr, "take over abandoned idempotency record")
 			}
 			log.Warn("took over an abandoned pending idempotency record; the coordinator that claimed it crashed or could not save its outcome",
 				zap.Time("claimed_at", e.Created()), zap.Duration("pending_timeout", s.cfg.PendingTimeout))
-			return Claim{s: s, key: key, rev: rev, hash: hash, retry: true, taken: true}, nil
+			return &Claim{s: s, key: key, rev: rev, hash: hash, retry: true, taken: true,
+				minter: rec.GetMinter(), minterInc: rec.GetMinterIncarnation()}, nil
 		}
 		waited = true
 		if err := s.waitForChange(ctx, key, e.Revision(), abandonAt); err != nil {
-			return Claim{}, err
+			return nil, err
 		}
 	}
 }
@@ -342,15 +364,17 @@ func (s *Store) waitForChange(ctx context.Context, key string, rev uint64, aband
 // duplicates get it. It fails with ErrClaimLost when the record is no longer
 // ours; UNAVAILABLE when NATS cannot be reached (the record then stays
 // PENDING until taken over after PendingTimeout).
-func (c Claim) Complete(ctx context.Context, response []byte) error {
+func (c *Claim) Complete(ctx context.Context, response []byte) error {
 	if err := c.executable("complete"); err != nil {
 		return err
 	}
 	data, err := marshal(&pb.IdempotencyRecord{
-		State:         pb.IdempotencyRecord_DONE,
-		RequestHash:   c.hash,
-		Response:      response,
-		CreatedUnixMs: time.Now().UnixMilli(),
+		State:             pb.IdempotencyRecord_DONE,
+		RequestHash:       c.hash,
+		Response:          response,
+		CreatedUnixMs:     time.Now().UnixMilli(),
+		Minter:            c.minter,
+		MinterIncarnation: c.minterInc,
 	})
 	if err != nil {
 		return err
@@ -371,20 +395,23 @@ func (c Claim) Complete(ctx context.Context, response []byte) error {
 
 // Abort releases our PENDING record after a failed write: the record turns
 // RETRY (keeping the request hash, so the key still refuses a different
-// payload) and the next attempt claims it at once, with Retry() true,
-// because the failed attempt may have been applied in part. It acts only if
+// payload, and the minter, where the write may have landed) and the next
+// attempt claims it at once, with Retry() true, because the failed attempt
+// may have been applied in part. It acts only if
 // the record is still ours (same revision), failing with ErrClaimLost
 // otherwise. If Abort itself fails the record stays PENDING and is taken over
 // after PendingTimeout. Pass a live context: when the request's own deadline
 // has passed, derive one with context.WithoutCancel plus a timeout.
-func (c Claim) Abort(ctx context.Context) error {
+func (c *Claim) Abort(ctx context.Context) error {
 	if err := c.executable("abort"); err != nil {
 		return err
 	}
 	data, err := marshal(&pb.IdempotencyRecord{
-		State:         pb.IdempotencyRecord_RETRY,
-		RequestHash:   c.hash,
-		CreatedUnixMs: time.Now().UnixMilli(),
+		State:             pb.IdempotencyRecord_RETRY,
+		RequestHash:       c.hash,
+		CreatedUnixMs:     time.Now().UnixMilli(),
+		Minter:            c.minter,
+		MinterIncarnation: c.minterInc,
 	})
 	if err != nil {
 		return err
@@ -401,7 +428,34 @@ func (c Claim) Abort(ctx context.Context) error {
 	return nil
 }
 
-func (c Claim) executable(op string) error {
+// Reassign names another minter, after the named one certainly refused to
+// mint (it answered a refusal, or nothing was serving it): the record is
+// updated before the new minter is asked, so a crash in between leaves a
+// record naming a replica that holds nothing of the write, never one that
+// misses where it landed. It fails with ErrClaimLost when the record is no
+// longer ours.
+func (c *Claim) Reassign(ctx context.Context, minter, minterInc string) error {
+	if err := c.executable("reassign"); err != nil {
+		return err
+	}
+	data, err := pending(c.hash, minter, minterInc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := jsbucket.WithDefaultTimeout(ctx)
+	defer cancel()
+	rev, err := c.s.kv.Update(ctx, c.key, data, c.rev)
+	if jsbucket.IsConflict(err) {
+		return errors.Mark(bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "reassign idempotency record %q", c.key), ErrClaimLost)
+	}
+	if err != nil {
+		return unavailable(err, "reassign idempotency record")
+	}
+	c.rev, c.minter, c.minterInc = rev, minter, minterInc
+	return nil
+}
+
+func (c *Claim) executable(op string) error {
 	switch {
 	case c.s == nil:
 		return bus.Errorf(pb.ErrorCode_INTERNAL, "%s: empty idempotency claim", op)
@@ -411,11 +465,13 @@ func (c Claim) executable(op string) error {
 	return nil
 }
 
-func pending(hash []byte) ([]byte, error) {
+func pending(hash []byte, minter, minterInc string) ([]byte, error) {
 	return marshal(&pb.IdempotencyRecord{
-		State:         pb.IdempotencyRecord_PENDING,
-		RequestHash:   hash,
-		CreatedUnixMs: time.Now().UnixMilli(),
+		State:             pb.IdempotencyRecord_PENDING,
+		RequestHash:       hash,
+		CreatedUnixMs:     time.Now().UnixMilli(),
+		Minter:            minter,
+		MinterIncarnation: minterInc,
 	})
 }
 

@@ -91,7 +91,7 @@ func TestConcurrentDuplicatesExecuteOnce(t *testing.T) {
 	hash := hashOf("v")
 	const n = 20
 
-	claims := make(chan idempotency.Claim, n)
+	claims := make(chan *idempotency.Claim, n)
 	results := make([][]byte, n)
 	errs := make([]error, n)
 	start := make(chan struct{})
@@ -99,7 +99,7 @@ func TestConcurrentDuplicatesExecuteOnce(t *testing.T) {
 	for i := range n {
 		wg.Go(func() {
 			<-start
-			c, err := stores[i%2].Begin(ctx, "acme", "idem-1", hash)
+			c, err := stores[i%2].Begin(ctx, "acme", "idem-1", hash, "node-1", "inc-1")
 			if err != nil {
 				errs[i] = err
 				return
@@ -113,7 +113,7 @@ func TestConcurrentDuplicatesExecuteOnce(t *testing.T) {
 	}
 	close(start)
 
-	var winner idempotency.Claim
+	var winner *idempotency.Claim
 	select {
 	case winner = <-claims:
 	case <-ctx.Done():
@@ -139,7 +139,7 @@ func TestConcurrentDuplicatesExecuteOnce(t *testing.T) {
 	require.Equal(t, 1, executed)
 
 	// A later duplicate gets the response straight away.
-	c, err := stores[0].Begin(ctx, "acme", "idem-1", hash)
+	c, err := stores[0].Begin(ctx, "acme", "idem-1", hash, "node-1", "inc-1")
 	require.NoError(t, err)
 	resp, done := c.Done()
 	require.True(t, done)
@@ -159,15 +159,15 @@ func TestDifferentPayloadConflicts(t *testing.T) {
 	s := newEnv(t, nc).open(t, idempotency.Config{})
 	ctx := ctxT(t)
 
-	c, err := s.Begin(ctx, "acme", "idem", hashOf("a"))
+	c, err := s.Begin(ctx, "acme", "idem", hashOf("a"), "node-1", "inc-1")
 	require.NoError(t, err)
 	// While PENDING: no waiting, the payload differs.
-	_, err = s.Begin(ctx, "acme", "idem", hashOf("b"))
+	_, err = s.Begin(ctx, "acme", "idem", hashOf("b"), "node-1", "inc-1")
 	requireCode(t, pb.ErrorCode_IDEMPOTENCY_KEY_CONFLICT, err)
 	require.Contains(t, err.Error(), "different payload")
 
 	require.NoError(t, c.Complete(ctx, []byte("ok")))
-	_, err = s.Begin(ctx, "acme", "idem", hashOf("b"))
+	_, err = s.Begin(ctx, "acme", "idem", hashOf("b"), "node-1", "inc-1")
 	requireCode(t, pb.ErrorCode_IDEMPOTENCY_KEY_CONFLICT, err)
 }
 
@@ -177,13 +177,13 @@ func TestAbortLetsTheRetryRun(t *testing.T) {
 	ctx := ctxT(t)
 	h := hashOf("v")
 
-	c, err := s.Begin(ctx, "acme", "idem", h)
+	c, err := s.Begin(ctx, "acme", "idem", h, "node-1", "inc-1")
 	require.NoError(t, err)
 	require.NoError(t, c.Abort(ctx))
 	// Once aborted the claim is gone: completing it now must not resurrect it.
 	require.True(t, errors.Is(c.Complete(ctx, []byte("late")), idempotency.ErrClaimLost))
 
-	retry, err := s.Begin(ctx, "acme", "idem", h)
+	retry, err := s.Begin(ctx, "acme", "idem", h, "node-1", "inc-1")
 	require.NoError(t, err)
 	_, done := retry.Done()
 	require.False(t, done, "the retry must execute")
@@ -195,10 +195,10 @@ func TestAbortLetsTheRetryRun(t *testing.T) {
 
 	// After an abort the key still refuses a different payload: the failed
 	// attempt may have been applied.
-	c2, err := s.Begin(ctx, "acme", "idem-2", h)
+	c2, err := s.Begin(ctx, "acme", "idem-2", h, "node-1", "inc-1")
 	require.NoError(t, err)
 	require.NoError(t, c2.Abort(ctx))
-	_, err = s.Begin(ctx, "acme", "idem-2", hashOf("other"))
+	_, err = s.Begin(ctx, "acme", "idem-2", hashOf("other"), "node-1", "inc-1")
 	requireCode(t, pb.ErrorCode_IDEMPOTENCY_KEY_CONFLICT, err)
 }
 
@@ -209,12 +209,12 @@ func TestWaiterClaimsAfterAbort(t *testing.T) {
 	ctx := ctxT(t)
 	h := hashOf("v")
 
-	c, err := s.Begin(ctx, "acme", "idem", h)
+	c, err := s.Begin(ctx, "acme", "idem", h, "node-1", "inc-1")
 	require.NoError(t, err)
-	got := make(chan idempotency.Claim, 1)
+	got := make(chan *idempotency.Claim, 1)
 	errc := make(chan error, 1)
 	go func() {
-		c2, err := s.Begin(ctx, "acme", "idem", h)
+		c2, err := s.Begin(ctx, "acme", "idem", h, "node-1", "inc-1")
 		errc <- err
 		got <- c2
 	}()
@@ -236,10 +236,10 @@ func TestAbandonedPendingIsTakenOver(t *testing.T) {
 	ctx := ctxT(t)
 	h := hashOf("v")
 
-	orphan, err := crashed.Begin(ctx, "acme", "idem", h)
+	orphan, err := crashed.Begin(ctx, "acme", "idem", h, "node-1", "inc-1")
 	require.NoError(t, err)
 	began := time.Now()
-	c, err := survivor.Begin(ctx, "acme", "idem", h)
+	c, err := survivor.Begin(ctx, "acme", "idem", h, "node-1", "inc-1")
 	require.NoError(t, err)
 	_, done := c.Done()
 	require.False(t, done, "the abandoned record must be taken over")
@@ -251,7 +251,7 @@ func TestAbandonedPendingIsTakenOver(t *testing.T) {
 	require.True(t, errors.Is(orphan.Abort(ctx), idempotency.ErrClaimLost))
 	require.NoError(t, c.Complete(ctx, []byte("fresh")))
 
-	d, err := crashed.Begin(ctx, "acme", "idem", h)
+	d, err := crashed.Begin(ctx, "acme", "idem", h, "node-1", "inc-1")
 	require.NoError(t, err)
 	resp, done := d.Done()
 	require.True(t, done)
@@ -264,12 +264,12 @@ func TestDeadlineWhileWaiting(t *testing.T) {
 	s := e.open(t, idempotency.Config{})
 	ctx := ctxT(t)
 	h := hashOf("v")
-	c, err := s.Begin(ctx, "acme", "idem", h)
+	c, err := s.Begin(ctx, "acme", "idem", h, "node-1", "inc-1")
 	require.NoError(t, err)
 
 	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
-	_, err = s.Begin(short, "acme", "idem", h)
+	_, err = s.Begin(short, "acme", "idem", h, "node-1", "inc-1")
 	requireCode(t, pb.ErrorCode_UNAVAILABLE, err)
 	require.Contains(t, err.Error(), "still in progress")
 	require.True(t, errors.Is(err, context.DeadlineExceeded))
@@ -283,9 +283,9 @@ func TestTenantsAreIndependent(t *testing.T) {
 	s := newEnv(t, nc).open(t, idempotency.Config{})
 	ctx := ctxT(t)
 
-	a, err := s.Begin(ctx, "tenant-a", "same-key", hashOf("a"))
+	a, err := s.Begin(ctx, "tenant-a", "same-key", hashOf("a"), "node-1", "inc-1")
 	require.NoError(t, err)
-	b, err := s.Begin(ctx, "tenant-b", "same-key", hashOf("b"))
+	b, err := s.Begin(ctx, "tenant-b", "same-key", hashOf("b"), "node-1", "inc-1")
 	require.NoError(t, err, "another tenant's record must not conflict")
 	_, done := b.Done()
 	require.False(t, done)
@@ -293,7 +293,7 @@ func TestTenantsAreIndependent(t *testing.T) {
 	require.NoError(t, b.Complete(ctx, []byte("B")))
 
 	for tenant, want := range map[string]string{"tenant-a": "A", "tenant-b": "B"} {
-		c, err := s.Begin(ctx, tenant, "same-key", hashOf(strings.TrimPrefix(tenant, "tenant-")))
+		c, err := s.Begin(ctx, tenant, "same-key", hashOf(strings.TrimPrefix(tenant, "tenant-")), "node-1", "inc-1")
 		require.NoError(t, err)
 		resp, done := c.Done()
 		require.True(t, done)
@@ -306,12 +306,12 @@ func TestKeysWithAnyCharacters(t *testing.T) {
 	s := newEnv(t, nc).open(t, idempotency.Config{})
 	ctx := ctxT(t)
 	for _, k := range []string{"a.b", "*", ">", "with space", "ünïcode", strings.Repeat("x", idempotency.MaxKeyBytes)} {
-		c, err := s.Begin(ctx, "acme", k, hashOf(k))
+		c, err := s.Begin(ctx, "acme", k, hashOf(k), "node-1", "inc-1")
 		require.NoError(t, err, "key %q", k)
 		require.NoError(t, c.Complete(ctx, []byte(k)))
 	}
 	// Distinct keys stayed distinct records.
-	c, err := s.Begin(ctx, "acme", "a.b", hashOf("a.b"))
+	c, err := s.Begin(ctx, "acme", "a.b", hashOf("a.b"), "node-1", "inc-1")
 	require.NoError(t, err)
 	resp, done := c.Done()
 	require.True(t, done)
@@ -326,7 +326,7 @@ func TestRecordsSurviveRestart(t *testing.T) {
 	s := e.open(t, idempotency.Config{})
 	ctx := ctxT(t)
 	h := hashOf("v")
-	c, err := s.Begin(ctx, "acme", "idem", h)
+	c, err := s.Begin(ctx, "acme", "idem", h, "node-1", "inc-1")
 	require.NoError(t, err)
 	require.NoError(t, c.Complete(ctx, []byte("kept")))
 	nc.Close()
@@ -335,12 +335,12 @@ func TestRecordsSurviveRestart(t *testing.T) {
 
 	srv2 := natstest.StartServer(t, dir)
 	s2 := newEnvOn(t, natstest.Connect(t, srv2), e.bucket).open(t, idempotency.Config{})
-	d, err := s2.Begin(ctx, "acme", "idem", h)
+	d, err := s2.Begin(ctx, "acme", "idem", h, "node-1", "inc-1")
 	require.NoError(t, err)
 	resp, done := d.Done()
 	require.True(t, done)
 	require.Equal(t, []byte("kept"), resp)
-	_, err = s2.Begin(ctx, "acme", "idem", hashOf("other"))
+	_, err = s2.Begin(ctx, "acme", "idem", hashOf("other"), "node-1", "inc-1")
 	requireCode(t, pb.ErrorCode_IDEMPOTENCY_KEY_CONFLICT, err)
 }
 
@@ -348,15 +348,15 @@ func TestInvalidArguments(t *testing.T) {
 	_, nc := natstest.Start(t)
 	s := newEnv(t, nc).open(t, idempotency.Config{})
 	ctx := ctxT(t)
-	_, err := s.Begin(ctx, "bad.tenant", "k", hashOf("v"))
+	_, err := s.Begin(ctx, "bad.tenant", "k", hashOf("v"), "node-1", "inc-1")
 	requireCode(t, pb.ErrorCode_INVALID_ARGUMENT, err)
-	_, err = s.Begin(ctx, "acme", "", hashOf("v"))
+	_, err = s.Begin(ctx, "acme", "", hashOf("v"), "node-1", "inc-1")
 	requireCode(t, pb.ErrorCode_INVALID_ARGUMENT, err)
-	_, err = s.Begin(ctx, "acme", strings.Repeat("x", idempotency.MaxKeyBytes+1), hashOf("v"))
+	_, err = s.Begin(ctx, "acme", strings.Repeat("x", idempotency.MaxKeyBytes+1), hashOf("v"), "node-1", "inc-1")
 	requireCode(t, pb.ErrorCode_INVALID_ARGUMENT, err)
-	_, err = s.Begin(ctx, "acme", "k", []byte("short"))
+	_, err = s.Begin(ctx, "acme", "k", []byte("short"), "node-1", "inc-1")
 	requireCode(t, pb.ErrorCode_INTERNAL, err)
-	requireCode(t, pb.ErrorCode_INTERNAL, idempotency.Claim{}.Complete(ctx, nil))
+	requireCode(t, pb.ErrorCode_INTERNAL, (&idempotency.Claim{}).Complete(ctx, nil))
 }
 
 func TestOpenConfig(t *testing.T) {
@@ -377,4 +377,42 @@ func TestOpenConfig(t *testing.T) {
 	require.Equal(t, 2*time.Hour, st.TTL())
 	require.Equal(t, int64(1), st.History())
 	require.Equal(t, jetstream.FileStorage, st.Config().Storage)
+}
+
+// TestMinterTravelsWithTheRecord: the minter proposed with a fresh claim is
+// what every later attempt resolves at (retry after an abort, takeover of an
+// abandoned claim), and only Reassign changes it, conditionally.
+func TestMinterTravelsWithTheRecord(t *testing.T) {
+	_, nc := natstest.Start(t)
+	e := newEnv(t, nc)
+	const timeout = 200 * time.Millisecond
+	s := e.open(t, idempotency.Config{PendingTimeout: timeout})
+	ctx := ctxT(t)
+	h := hashOf("v")
+
+	c, err := s.Begin(ctx, "acme", "idem", h, "node-1", "inc-1")
+	require.NoError(t, err)
+	node, inc := c.Minter()
+	require.Equal(t, []string{"node-1", "inc-1"}, []string{node, inc})
+	// node-1 refused for sure: node-2 is named before it is asked.
+	require.NoError(t, c.Reassign(ctx, "node-2", "inc-2"))
+	require.NoError(t, c.Abort(ctx))
+
+	// A retry proposing another node still resolves at node-2.
+	retry, err := s.Begin(ctx, "acme", "idem", h, "node-3", "inc-3")
+	require.NoError(t, err)
+	require.True(t, retry.Retry())
+	node, inc = retry.Minter()
+	require.Equal(t, []string{"node-2", "inc-2"}, []string{node, inc})
+	// The earlier claim lost the record: it can no longer rename the minter.
+	require.True(t, errors.Is(c.Reassign(ctx, "node-4", "inc-4"), idempotency.ErrClaimLost))
+
+	// Abandoned (never completed nor aborted): the takeover keeps it too.
+	taken, err := s.Begin(ctx, "acme", "idem", h, "node-5", "inc-5")
+	require.NoError(t, err)
+	require.True(t, taken.TakenOver())
+	node, _ = taken.Minter()
+	require.Equal(t, "node-2", node)
+	require.NoError(t, taken.Complete(ctx, []byte("done")))
+	require.True(t, errors.Is(retry.Reassign(ctx, "node-6", "inc-6"), idempotency.ErrClaimLost))
 }

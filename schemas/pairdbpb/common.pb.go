@@ -46,6 +46,15 @@ const (
 	// Another membership or replication-factor change is running.
 	ErrorCode_CHANGE_IN_PROGRESS ErrorCode = 17
 	ErrorCode_NODE_NOT_FOUND     ErrorCode = 18
+	// A write whose minting replica did not answer in time (or lost its
+	// connection): it may or may not have been applied, and it will never be
+	// applied twice. Retrying with the same idempotency key is safe: the retry
+	// completes the write, or finds it applied, at the replica that holds it.
+	// Without an idempotency key a retry is a new write.
+	ErrorCode_OUTCOME_UNKNOWN ErrorCode = 19
+	// Between parts only: the request's deadline passed before it took
+	// effect, and nothing was done.
+	ErrorCode_EXPIRED ErrorCode = 20
 )
 
 // Enum value maps for ErrorCode.
@@ -70,6 +79,8 @@ var (
 		16: "DEADLINE_EXCEEDED",
 		17: "CHANGE_IN_PROGRESS",
 		18: "NODE_NOT_FOUND",
+		19: "OUTCOME_UNKNOWN",
+		20: "EXPIRED",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":     0,
@@ -91,6 +102,8 @@ var (
 		"DEADLINE_EXCEEDED":          16,
 		"CHANGE_IN_PROGRESS":         17,
 		"NODE_NOT_FOUND":             18,
+		"OUTCOME_UNKNOWN":            19,
+		"EXPIRED":                    20,
 	}
 )
 
@@ -239,7 +252,7 @@ const file_pairdb_v1_common_proto_rawDesc = "" +
 	"\n" +
 	"ClockEntry\x12\x14\n" +
 	"\x05actor\x18\x01 \x01(\tR\x05actor\x12\x18\n" +
-	"\acounter\x18\x02 \x01(\x04R\acounter*\xae\x03\n" +
+	"\acounter\x18\x02 \x01(\x04R\acounter*\xd0\x03\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\x01\x12\x14\n" +
@@ -260,7 +273,9 @@ const file_pairdb_v1_common_proto_rawDesc = "" +
 	"\vSTALE_EPOCH\x10\x0f\x12\x15\n" +
 	"\x11DEADLINE_EXCEEDED\x10\x10\x12\x16\n" +
 	"\x12CHANGE_IN_PROGRESS\x10\x11\x12\x12\n" +
-	"\x0eNODE_NOT_FOUND\x10\x12B+Z)github.com/pairdb/pairdb/schemas/pairdbpbb\x06proto3"
+	"\x0eNODE_NOT_FOUND\x10\x12\x12\x13\n" +
+	"\x0fOUTCOME_UNKNOWN\x10\x13\x12\v\n" +
+	"\aEXPIRED\x10\x14B+Z)github.com/pairdb/pairdb/schemas/pairdbpbb\x06proto3"
 
 var (
 	file_pairdb_v1_common_proto_rawDescOnce sync.Once

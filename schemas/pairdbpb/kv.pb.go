@@ -29,9 +29,14 @@ type PutRequest struct {
 	Consistency string `protobuf:"bytes,3,opt,name=consistency,proto3" json:"consistency,omitempty"`
 	// Retries with the same key are applied once (scope: tenant + key string).
 	IdempotencyKey string `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	// The causal context returned by a get; empty means "concurrent with
-	// everything stored".
-	VectorClock   []*ClockEntry `protobuf:"bytes,5,rep,name=vector_clock,json=vectorClock,proto3" json:"vector_clock,omitempty"`
+	// Read-only: the readable form of `context`. A request that sets it
+	// must also send the matching `context`.
+	VectorClock []*ClockEntry `protobuf:"bytes,5,rep,name=vector_clock,json=vectorClock,proto3" json:"vector_clock,omitempty"`
+	// The causal context: the `context` of an earlier get, put or delete of
+	// this key, passed back as it came (an opaque token the cluster
+	// authenticates; a context it did not issue is INVALID_ARGUMENT). Empty
+	// means "concurrent with everything stored".
+	Context       []byte `protobuf:"bytes,6,opt,name=context,proto3" json:"context,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -101,18 +106,29 @@ func (x *PutRequest) GetVectorClock() []*ClockEntry {
 	return nil
 }
 
+func (x *PutRequest) GetContext() []byte {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
 type PutResponse struct {
-	state       protoimpl.MessageState `protogen:"open.v1"`
-	Key         string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	VectorClock []*ClockEntry          `protobuf:"bytes,2,rep,name=vector_clock,json=vectorClock,proto3" json:"vector_clock,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The version vector after this write, for people; `context` is what a
+	// later write passes back.
+	VectorClock []*ClockEntry `protobuf:"bytes,2,rep,name=vector_clock,json=vectorClock,proto3" json:"vector_clock,omitempty"`
 	// Replicas that acknowledged the write before the answer was sent.
 	ReplicaCount   uint32 `protobuf:"varint,3,opt,name=replica_count,json=replicaCount,proto3" json:"replica_count,omitempty"`
 	Consistency    string `protobuf:"bytes,4,opt,name=consistency,proto3" json:"consistency,omitempty"`
 	IdempotencyKey string `protobuf:"bytes,5,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	Duplicate      bool   `protobuf:"varint,6,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
-	Error          *Error `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The causal context after this write (see PutRequest.context).
+	Context       []byte `protobuf:"bytes,7,opt,name=context,proto3" json:"context,omitempty"`
+	Error         *Error `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PutResponse) Reset() {
@@ -185,6 +201,13 @@ func (x *PutResponse) GetDuplicate() bool {
 		return x.Duplicate
 	}
 	return false
+}
+
+func (x *PutResponse) GetContext() []byte {
+	if x != nil {
+		return x.Context
+	}
+	return nil
 }
 
 func (x *PutResponse) GetError() *Error {
@@ -307,10 +330,13 @@ type GetResponse struct {
 	Value []byte `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
 	// Every live concurrent value.
 	Siblings []*Sibling `protobuf:"bytes,4,rep,name=siblings,proto3" json:"siblings,omitempty"`
-	// Pass this back as the context of the next put or delete.
-	VectorClock   []*ClockEntry `protobuf:"bytes,5,rep,name=vector_clock,json=vectorClock,proto3" json:"vector_clock,omitempty"`
-	Consistency   string        `protobuf:"bytes,6,opt,name=consistency,proto3" json:"consistency,omitempty"`
-	Error         *Error        `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
+	// The version vector of what was read, for people.
+	VectorClock []*ClockEntry `protobuf:"bytes,5,rep,name=vector_clock,json=vectorClock,proto3" json:"vector_clock,omitempty"`
+	Consistency string        `protobuf:"bytes,6,opt,name=consistency,proto3" json:"consistency,omitempty"`
+	// Pass this back as the `context` of the next put or delete of this key:
+	// the write then supersedes exactly the siblings this read returned.
+	Context       []byte `protobuf:"bytes,7,opt,name=context,proto3" json:"context,omitempty"`
+	Error         *Error `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -387,6 +413,13 @@ func (x *GetResponse) GetConsistency() string {
 	return ""
 }
 
+func (x *GetResponse) GetContext() []byte {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
 func (x *GetResponse) GetError() *Error {
 	if x != nil {
 		return x.Error
@@ -399,9 +432,11 @@ type DeleteRequest struct {
 	Key            string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	Consistency    string                 `protobuf:"bytes,2,opt,name=consistency,proto3" json:"consistency,omitempty"`
 	IdempotencyKey string                 `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	VectorClock    []*ClockEntry          `protobuf:"bytes,4,rep,name=vector_clock,json=vectorClock,proto3" json:"vector_clock,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// As in PutRequest: read-only, and `context` is what counts.
+	VectorClock   []*ClockEntry `protobuf:"bytes,4,rep,name=vector_clock,json=vectorClock,proto3" json:"vector_clock,omitempty"`
+	Context       []byte        `protobuf:"bytes,5,opt,name=context,proto3" json:"context,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeleteRequest) Reset() {
@@ -462,6 +497,13 @@ func (x *DeleteRequest) GetVectorClock() []*ClockEntry {
 	return nil
 }
 
+func (x *DeleteRequest) GetContext() []byte {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
 type DeleteResponse struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Key            string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -470,6 +512,7 @@ type DeleteResponse struct {
 	Consistency    string                 `protobuf:"bytes,4,opt,name=consistency,proto3" json:"consistency,omitempty"`
 	IdempotencyKey string                 `protobuf:"bytes,5,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	Duplicate      bool                   `protobuf:"varint,6,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
+	Context        []byte                 `protobuf:"bytes,7,opt,name=context,proto3" json:"context,omitempty"`
 	Error          *Error                 `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -547,6 +590,13 @@ func (x *DeleteResponse) GetDuplicate() bool {
 	return false
 }
 
+func (x *DeleteResponse) GetContext() []byte {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
 func (x *DeleteResponse) GetError() *Error {
 	if x != nil {
 		return x.Error
@@ -558,21 +608,23 @@ var File_pairdb_v1_kv_proto protoreflect.FileDescriptor
 
 const file_pairdb_v1_kv_proto_rawDesc = "" +
 	"\n" +
-	"\x12pairdb/v1/kv.proto\x12\tpairdb.v1\x1a\x16pairdb/v1/common.proto\"\xb9\x01\n" +
+	"\x12pairdb/v1/kv.proto\x12\tpairdb.v1\x1a\x16pairdb/v1/common.proto\"\xd3\x01\n" +
 	"\n" +
 	"PutRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12 \n" +
 	"\vconsistency\x18\x03 \x01(\tR\vconsistency\x12'\n" +
 	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\x128\n" +
-	"\fvector_clock\x18\x05 \x03(\v2\x15.pairdb.v1.ClockEntryR\vvectorClock\"\x8f\x02\n" +
+	"\fvector_clock\x18\x05 \x03(\v2\x15.pairdb.v1.ClockEntryR\vvectorClock\x12\x18\n" +
+	"\acontext\x18\x06 \x01(\fR\acontext\"\xa9\x02\n" +
 	"\vPutResponse\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x128\n" +
 	"\fvector_clock\x18\x02 \x03(\v2\x15.pairdb.v1.ClockEntryR\vvectorClock\x12#\n" +
 	"\rreplica_count\x18\x03 \x01(\rR\freplicaCount\x12 \n" +
 	"\vconsistency\x18\x04 \x01(\tR\vconsistency\x12'\n" +
 	"\x0fidempotency_key\x18\x05 \x01(\tR\x0eidempotencyKey\x12\x1c\n" +
-	"\tduplicate\x18\x06 \x01(\bR\tduplicate\x12&\n" +
+	"\tduplicate\x18\x06 \x01(\bR\tduplicate\x12\x18\n" +
+	"\acontext\x18\a \x01(\fR\acontext\x12&\n" +
 	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"@\n" +
 	"\n" +
 	"GetRequest\x12\x10\n" +
@@ -580,27 +632,30 @@ const file_pairdb_v1_kv_proto_rawDesc = "" +
 	"\vconsistency\x18\x02 \x01(\tR\vconsistency\"B\n" +
 	"\aSibling\x12\x14\n" +
 	"\x05value\x18\x01 \x01(\fR\x05value\x12!\n" +
-	"\ftimestamp_ms\x18\x02 \x01(\x03R\vtimestampMs\"\xff\x01\n" +
+	"\ftimestamp_ms\x18\x02 \x01(\x03R\vtimestampMs\"\x99\x02\n" +
 	"\vGetResponse\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05found\x18\x02 \x01(\bR\x05found\x12\x14\n" +
 	"\x05value\x18\x03 \x01(\fR\x05value\x12.\n" +
 	"\bsiblings\x18\x04 \x03(\v2\x12.pairdb.v1.SiblingR\bsiblings\x128\n" +
 	"\fvector_clock\x18\x05 \x03(\v2\x15.pairdb.v1.ClockEntryR\vvectorClock\x12 \n" +
-	"\vconsistency\x18\x06 \x01(\tR\vconsistency\x12&\n" +
-	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"\xa6\x01\n" +
+	"\vconsistency\x18\x06 \x01(\tR\vconsistency\x12\x18\n" +
+	"\acontext\x18\a \x01(\fR\acontext\x12&\n" +
+	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"\xc0\x01\n" +
 	"\rDeleteRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12 \n" +
 	"\vconsistency\x18\x02 \x01(\tR\vconsistency\x12'\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x128\n" +
-	"\fvector_clock\x18\x04 \x03(\v2\x15.pairdb.v1.ClockEntryR\vvectorClock\"\x92\x02\n" +
+	"\fvector_clock\x18\x04 \x03(\v2\x15.pairdb.v1.ClockEntryR\vvectorClock\x12\x18\n" +
+	"\acontext\x18\x05 \x01(\fR\acontext\"\xac\x02\n" +
 	"\x0eDeleteResponse\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x128\n" +
 	"\fvector_clock\x18\x02 \x03(\v2\x15.pairdb.v1.ClockEntryR\vvectorClock\x12#\n" +
 	"\rreplica_count\x18\x03 \x01(\rR\freplicaCount\x12 \n" +
 	"\vconsistency\x18\x04 \x01(\tR\vconsistency\x12'\n" +
 	"\x0fidempotency_key\x18\x05 \x01(\tR\x0eidempotencyKey\x12\x1c\n" +
-	"\tduplicate\x18\x06 \x01(\bR\tduplicate\x12&\n" +
+	"\tduplicate\x18\x06 \x01(\bR\tduplicate\x12\x18\n" +
+	"\acontext\x18\a \x01(\fR\acontext\x12&\n" +
 	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05errorB+Z)github.com/pairdb/pairdb/schemas/pairdbpbb\x06proto3"
 
 var (

@@ -122,7 +122,7 @@ func (x IdempotencyRecord_State) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use IdempotencyRecord_State.Descriptor instead.
 func (IdempotencyRecord_State) EnumDescriptor() ([]byte, []int) {
-	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{11, 0}
+	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{12, 0}
 }
 
 // Dot names the event that created a sibling: (actor, counter).
@@ -329,10 +329,27 @@ type ApplyRequest struct {
 	// The replicas that minting replica sends the new object to itself, as a
 	// MergeRequest with this request's epoch and policy, as soon as it is
 	// minted (before its own commit): the write then costs one round of
-	// fsyncs, not two. Each answers on its own reply subject.
-	Forwards      []*Forward `protobuf:"bytes,10,rep,name=forwards,proto3" json:"forwards,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// fsyncs, not two. Each answers on its own reply subject. Every forward
+	// must be a replica of the key under this request's epoch.
+	Forwards []*Forward `protobuf:"bytes,10,rep,name=forwards,proto3" json:"forwards,omitempty"`
+	// Unix ms, the sender's clock: the replica mints nothing at or after it
+	// (checked under the key's lock before minting and again right before
+	// the version leaves the replica) and answers EXPIRED instead, so an
+	// attempt its coordinator gave up on can never take effect later.
+	// Required.
+	DeadlineUnixMs int64 `protobuf:"varint,11,opt,name=deadline_unix_ms,json=deadlineUnixMs,proto3" json:"deadline_unix_ms,omitempty"`
+	// Keep a durable record of `origin` (OriginRecord) beside the data, in
+	// the same batch as the mint, so a retry recognises the write even after
+	// a later write superseded its sibling. Set for writes with an
+	// idempotency key.
+	RecordOrigin bool `protobuf:"varint,12,opt,name=record_origin,json=recordOrigin,proto3" json:"record_origin,omitempty"`
+	// The largest stored object (siblings and clock, encoded) the tenant's
+	// limits allow; the replica refuses a write that would store more
+	// (VALUE_TOO_LARGE). 0: only the replica's own ceiling (what one NATS
+	// message can carry).
+	MaxObjectBytes uint64 `protobuf:"varint,13,opt,name=max_object_bytes,json=maxObjectBytes,proto3" json:"max_object_bytes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ApplyRequest) Reset() {
@@ -435,6 +452,27 @@ func (x *ApplyRequest) GetForwards() []*Forward {
 	return nil
 }
 
+func (x *ApplyRequest) GetDeadlineUnixMs() int64 {
+	if x != nil {
+		return x.DeadlineUnixMs
+	}
+	return 0
+}
+
+func (x *ApplyRequest) GetRecordOrigin() bool {
+	if x != nil {
+		return x.RecordOrigin
+	}
+	return false
+}
+
+func (x *ApplyRequest) GetMaxObjectBytes() uint64 {
+	if x != nil {
+		return x.MaxObjectBytes
+	}
+	return 0
+}
+
 // Forward names one replica an apply is passed on to.
 type Forward struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -490,10 +528,16 @@ func (x *Forward) GetReply() string {
 }
 
 type ApplyResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Object        *Object                `protobuf:"bytes,1,opt,name=object,proto3" json:"object,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Error         *Error                 `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Object *Object                `protobuf:"bytes,1,opt,name=object,proto3" json:"object,omitempty"`
+	Epoch  uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The request's origin was minted here before (an earlier attempt of the
+	// same write): nothing new was minted, and object is what is stored now.
+	Existing bool `protobuf:"varint,3,opt,name=existing,proto3" json:"existing,omitempty"`
+	// With existing: the earlier mint's record, when this replica kept one
+	// (its clock is the context that write's answer carried).
+	Minted        *OriginRecord `protobuf:"bytes,4,opt,name=minted,proto3" json:"minted,omitempty"`
+	Error         *Error        `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -542,6 +586,20 @@ func (x *ApplyResponse) GetEpoch() uint64 {
 	return 0
 }
 
+func (x *ApplyResponse) GetExisting() bool {
+	if x != nil {
+		return x.Existing
+	}
+	return false
+}
+
+func (x *ApplyResponse) GetMinted() *OriginRecord {
+	if x != nil {
+		return x.Minted
+	}
+	return nil
+}
+
 func (x *ApplyResponse) GetError() *Error {
 	if x != nil {
 		return x.Error
@@ -549,21 +607,95 @@ func (x *ApplyResponse) GetError() *Error {
 	return nil
 }
 
+// OriginRecord is what a replica remembers of a write with an idempotency
+// key after minting (or first receiving) it, for as long as idempotency
+// records live: the dot the write got and the object's clock right after
+// it. A retry of the write finds it here even once its sibling was
+// superseded.
+type OriginRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Dot           *Dot                   `protobuf:"bytes,1,opt,name=dot,proto3" json:"dot,omitempty"`
+	Clock         []*ClockEntry          `protobuf:"bytes,2,rep,name=clock,proto3" json:"clock,omitempty"`
+	TimestampMs   int64                  `protobuf:"varint,3,opt,name=timestamp_ms,json=timestampMs,proto3" json:"timestamp_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OriginRecord) Reset() {
+	*x = OriginRecord{}
+	mi := &file_pairdb_v1_node_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OriginRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OriginRecord) ProtoMessage() {}
+
+func (x *OriginRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_pairdb_v1_node_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OriginRecord.ProtoReflect.Descriptor instead.
+func (*OriginRecord) Descriptor() ([]byte, []int) {
+	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *OriginRecord) GetDot() *Dot {
+	if x != nil {
+		return x.Dot
+	}
+	return nil
+}
+
+func (x *OriginRecord) GetClock() []*ClockEntry {
+	if x != nil {
+		return x.Clock
+	}
+	return nil
+}
+
+func (x *OriginRecord) GetTimestampMs() int64 {
+	if x != nil {
+		return x.TimestampMs
+	}
+	return 0
+}
+
 // MergeRequest replicates an object; merging is idempotent.
 type MergeRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TenantId      string                 `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
-	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
-	Object        *Object                `protobuf:"bytes,3,opt,name=object,proto3" json:"object,omitempty"`
-	Policy        ConflictPolicy         `protobuf:"varint,4,opt,name=policy,proto3,enum=pairdb.v1.ConflictPolicy" json:"policy,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,5,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	TenantId string                 `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	Key      string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	Object   *Object                `protobuf:"bytes,3,opt,name=object,proto3" json:"object,omitempty"`
+	Policy   ConflictPolicy         `protobuf:"varint,4,opt,name=policy,proto3,enum=pairdb.v1.ConflictPolicy" json:"policy,omitempty"`
+	Epoch    uint64                 `protobuf:"varint,5,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// Unix ms, the minting replica's copy of its apply's deadline, set on the
+	// merges it forwards: the receiver does not take the object in at or
+	// after it (EXPIRED). 0: no deadline (read repair, hints, transfers,
+	// the coordinator's own merges of an object already minted).
+	DeadlineUnixMs int64 `protobuf:"varint,6,opt,name=deadline_unix_ms,json=deadlineUnixMs,proto3" json:"deadline_unix_ms,omitempty"`
+	// The object is exactly what a replica minted for a write (a forward,
+	// the coordinator's fan-out, a hint of either): the receiver records the
+	// origins of siblings it gains (see OriginRecord).
+	Minted        bool `protobuf:"varint,7,opt,name=minted,proto3" json:"minted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MergeRequest) Reset() {
 	*x = MergeRequest{}
-	mi := &file_pairdb_v1_node_proto_msgTypes[6]
+	mi := &file_pairdb_v1_node_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -575,7 +707,7 @@ func (x *MergeRequest) String() string {
 func (*MergeRequest) ProtoMessage() {}
 
 func (x *MergeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_node_proto_msgTypes[6]
+	mi := &file_pairdb_v1_node_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -588,7 +720,7 @@ func (x *MergeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeRequest.ProtoReflect.Descriptor instead.
 func (*MergeRequest) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{6}
+	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *MergeRequest) GetTenantId() string {
@@ -626,6 +758,20 @@ func (x *MergeRequest) GetEpoch() uint64 {
 	return 0
 }
 
+func (x *MergeRequest) GetDeadlineUnixMs() int64 {
+	if x != nil {
+		return x.DeadlineUnixMs
+	}
+	return 0
+}
+
+func (x *MergeRequest) GetMinted() bool {
+	if x != nil {
+		return x.Minted
+	}
+	return false
+}
+
 type MergeResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
@@ -636,7 +782,7 @@ type MergeResponse struct {
 
 func (x *MergeResponse) Reset() {
 	*x = MergeResponse{}
-	mi := &file_pairdb_v1_node_proto_msgTypes[7]
+	mi := &file_pairdb_v1_node_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +794,7 @@ func (x *MergeResponse) String() string {
 func (*MergeResponse) ProtoMessage() {}
 
 func (x *MergeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_node_proto_msgTypes[7]
+	mi := &file_pairdb_v1_node_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +807,7 @@ func (x *MergeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeResponse.ProtoReflect.Descriptor instead.
 func (*MergeResponse) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{7}
+	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *MergeResponse) GetEpoch() uint64 {
@@ -679,17 +825,19 @@ func (x *MergeResponse) GetError() *Error {
 }
 
 type ReadRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TenantId      string                 `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
-	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	TenantId string                 `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	Key      string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	Epoch    uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// Also look up this write origin's record (resolving a retry).
+	Origin        []byte `protobuf:"bytes,4,opt,name=origin,proto3" json:"origin,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_pairdb_v1_node_proto_msgTypes[8]
+	mi := &file_pairdb_v1_node_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -701,7 +849,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_node_proto_msgTypes[8]
+	mi := &file_pairdb_v1_node_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -714,7 +862,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{8}
+	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReadRequest) GetTenantId() string {
@@ -738,19 +886,28 @@ func (x *ReadRequest) GetEpoch() uint64 {
 	return 0
 }
 
+func (x *ReadRequest) GetOrigin() []byte {
+	if x != nil {
+		return x.Origin
+	}
+	return nil
+}
+
 type ReadResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Found         bool                   `protobuf:"varint,1,opt,name=found,proto3" json:"found,omitempty"`
-	Object        *Object                `protobuf:"bytes,2,opt,name=object,proto3" json:"object,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Error         *Error                 `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Found  bool                   `protobuf:"varint,1,opt,name=found,proto3" json:"found,omitempty"`
+	Object *Object                `protobuf:"bytes,2,opt,name=object,proto3" json:"object,omitempty"`
+	Epoch  uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// With ReadRequest.origin: the replica's record of that write, if any.
+	Origin        *OriginRecord `protobuf:"bytes,4,opt,name=origin,proto3" json:"origin,omitempty"`
+	Error         *Error        `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_pairdb_v1_node_proto_msgTypes[9]
+	mi := &file_pairdb_v1_node_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -762,7 +919,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_node_proto_msgTypes[9]
+	mi := &file_pairdb_v1_node_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -775,7 +932,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{9}
+	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReadResponse) GetFound() bool {
@@ -797,6 +954,13 @@ func (x *ReadResponse) GetEpoch() uint64 {
 		return x.Epoch
 	}
 	return 0
+}
+
+func (x *ReadResponse) GetOrigin() *OriginRecord {
+	if x != nil {
+		return x.Origin
+	}
+	return nil
 }
 
 func (x *ReadResponse) GetError() *Error {
@@ -823,7 +987,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_pairdb_v1_node_proto_msgTypes[10]
+	mi := &file_pairdb_v1_node_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -835,7 +999,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_node_proto_msgTypes[10]
+	mi := &file_pairdb_v1_node_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -848,7 +1012,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{10}
+	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Heartbeat) GetNodeId() string {
@@ -910,13 +1074,19 @@ type IdempotencyRecord struct {
 	// The encoded PutResponse or DeleteResponse, once DONE.
 	Response      []byte `protobuf:"bytes,3,opt,name=response,proto3" json:"response,omitempty"`
 	CreatedUnixMs int64  `protobuf:"varint,4,opt,name=created_unix_ms,json=createdUnixMs,proto3" json:"created_unix_ms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The one storage node (and its incarnation) allowed to mint this write.
+	// It is named before the first apply is sent and changes only after a
+	// replica certainly refused to mint it, so every attempt of the write,
+	// retries and takeovers included, is resolved where it may have landed.
+	Minter            string `protobuf:"bytes,5,opt,name=minter,proto3" json:"minter,omitempty"`
+	MinterIncarnation string `protobuf:"bytes,6,opt,name=minter_incarnation,json=minterIncarnation,proto3" json:"minter_incarnation,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_pairdb_v1_node_proto_msgTypes[11]
+	mi := &file_pairdb_v1_node_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -928,7 +1098,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_node_proto_msgTypes[11]
+	mi := &file_pairdb_v1_node_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -941,7 +1111,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{11}
+	return file_pairdb_v1_node_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *IdempotencyRecord) GetState() IdempotencyRecord_State {
@@ -972,6 +1142,20 @@ func (x *IdempotencyRecord) GetCreatedUnixMs() int64 {
 	return 0
 }
 
+func (x *IdempotencyRecord) GetMinter() string {
+	if x != nil {
+		return x.Minter
+	}
+	return ""
+}
+
+func (x *IdempotencyRecord) GetMinterIncarnation() string {
+	if x != nil {
+		return x.MinterIncarnation
+	}
+	return ""
+}
+
 var File_pairdb_v1_node_proto protoreflect.FileDescriptor
 
 const file_pairdb_v1_node_proto_rawDesc = "" +
@@ -988,7 +1172,7 @@ const file_pairdb_v1_node_proto_rawDesc = "" +
 	"\x06origin\x18\x05 \x01(\fR\x06origin\"k\n" +
 	"\x06Object\x124\n" +
 	"\bsiblings\x18\x01 \x03(\v2\x18.pairdb.v1.StoredSiblingR\bsiblings\x12+\n" +
-	"\x05clock\x18\x02 \x03(\v2\x15.pairdb.v1.ClockEntryR\x05clock\"\xd6\x02\n" +
+	"\x05clock\x18\x02 \x03(\v2\x15.pairdb.v1.ClockEntryR\x05clock\"\xcf\x03\n" +
 	"\fApplyRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x14\n" +
@@ -1000,31 +1184,44 @@ const file_pairdb_v1_node_proto_rawDesc = "" +
 	"\x05epoch\x18\b \x01(\x04R\x05epoch\x12\x16\n" +
 	"\x06origin\x18\t \x01(\fR\x06origin\x12.\n" +
 	"\bforwards\x18\n" +
-	" \x03(\v2\x12.pairdb.v1.ForwardR\bforwards\"8\n" +
+	" \x03(\v2\x12.pairdb.v1.ForwardR\bforwards\x12(\n" +
+	"\x10deadline_unix_ms\x18\v \x01(\x03R\x0edeadlineUnixMs\x12#\n" +
+	"\rrecord_origin\x18\f \x01(\bR\frecordOrigin\x12(\n" +
+	"\x10max_object_bytes\x18\r \x01(\x04R\x0emaxObjectBytes\"8\n" +
 	"\aForward\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
-	"\x05reply\x18\x02 \x01(\tR\x05reply\"x\n" +
+	"\x05reply\x18\x02 \x01(\tR\x05reply\"\xc5\x01\n" +
 	"\rApplyResponse\x12)\n" +
 	"\x06object\x18\x01 \x01(\v2\x11.pairdb.v1.ObjectR\x06object\x12\x14\n" +
-	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12&\n" +
-	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"\xb1\x01\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x1a\n" +
+	"\bexisting\x18\x03 \x01(\bR\bexisting\x12/\n" +
+	"\x06minted\x18\x04 \x01(\v2\x17.pairdb.v1.OriginRecordR\x06minted\x12&\n" +
+	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"\x80\x01\n" +
+	"\fOriginRecord\x12 \n" +
+	"\x03dot\x18\x01 \x01(\v2\x0e.pairdb.v1.DotR\x03dot\x12+\n" +
+	"\x05clock\x18\x02 \x03(\v2\x15.pairdb.v1.ClockEntryR\x05clock\x12!\n" +
+	"\ftimestamp_ms\x18\x03 \x01(\x03R\vtimestampMs\"\xf3\x01\n" +
 	"\fMergeRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12)\n" +
 	"\x06object\x18\x03 \x01(\v2\x11.pairdb.v1.ObjectR\x06object\x121\n" +
 	"\x06policy\x18\x04 \x01(\x0e2\x19.pairdb.v1.ConflictPolicyR\x06policy\x12\x14\n" +
-	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\"M\n" +
+	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\x12(\n" +
+	"\x10deadline_unix_ms\x18\x06 \x01(\x03R\x0edeadlineUnixMs\x12\x16\n" +
+	"\x06minted\x18\a \x01(\bR\x06minted\"M\n" +
 	"\rMergeResponse\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12&\n" +
-	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"R\n" +
+	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"j\n" +
 	"\vReadRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x14\n" +
-	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"\x8d\x01\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x16\n" +
+	"\x06origin\x18\x04 \x01(\fR\x06origin\"\xbe\x01\n" +
 	"\fReadResponse\x12\x14\n" +
 	"\x05found\x18\x01 \x01(\bR\x05found\x12)\n" +
 	"\x06object\x18\x02 \x01(\v2\x11.pairdb.v1.ObjectR\x06object\x12\x14\n" +
-	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12&\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12/\n" +
+	"\x06origin\x18\x04 \x01(\v2\x17.pairdb.v1.OriginRecordR\x06origin\x12&\n" +
 	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"\xbe\x01\n" +
 	"\tHeartbeat\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12 \n" +
@@ -1034,12 +1231,14 @@ const file_pairdb_v1_node_proto_rawDesc = "" +
 	"\n" +
 	"disk_bytes\x18\x05 \x01(\x04R\tdiskBytes\x12\x12\n" +
 	"\x04keys\x18\x06 \x01(\x04R\x04keys\x12\x14\n" +
-	"\x05state\x18\a \x01(\tR\x05state\"\xf6\x01\n" +
+	"\x05state\x18\a \x01(\tR\x05state\"\xbd\x02\n" +
 	"\x11IdempotencyRecord\x128\n" +
 	"\x05state\x18\x01 \x01(\x0e2\".pairdb.v1.IdempotencyRecord.StateR\x05state\x12!\n" +
 	"\frequest_hash\x18\x02 \x01(\fR\vrequestHash\x12\x1a\n" +
 	"\bresponse\x18\x03 \x01(\fR\bresponse\x12&\n" +
-	"\x0fcreated_unix_ms\x18\x04 \x01(\x03R\rcreatedUnixMs\"@\n" +
+	"\x0fcreated_unix_ms\x18\x04 \x01(\x03R\rcreatedUnixMs\x12\x16\n" +
+	"\x06minter\x18\x05 \x01(\tR\x06minter\x12-\n" +
+	"\x12minter_incarnation\x18\x06 \x01(\tR\x11minterIncarnation\"@\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\v\n" +
 	"\aPENDING\x10\x01\x12\b\n" +
@@ -1063,7 +1262,7 @@ func file_pairdb_v1_node_proto_rawDescGZIP() []byte {
 }
 
 var file_pairdb_v1_node_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_pairdb_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_pairdb_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_pairdb_v1_node_proto_goTypes = []any{
 	(ConflictPolicy)(0),          // 0: pairdb.v1.ConflictPolicy
 	(IdempotencyRecord_State)(0), // 1: pairdb.v1.IdempotencyRecord.State
@@ -1073,35 +1272,40 @@ var file_pairdb_v1_node_proto_goTypes = []any{
 	(*ApplyRequest)(nil),         // 5: pairdb.v1.ApplyRequest
 	(*Forward)(nil),              // 6: pairdb.v1.Forward
 	(*ApplyResponse)(nil),        // 7: pairdb.v1.ApplyResponse
-	(*MergeRequest)(nil),         // 8: pairdb.v1.MergeRequest
-	(*MergeResponse)(nil),        // 9: pairdb.v1.MergeResponse
-	(*ReadRequest)(nil),          // 10: pairdb.v1.ReadRequest
-	(*ReadResponse)(nil),         // 11: pairdb.v1.ReadResponse
-	(*Heartbeat)(nil),            // 12: pairdb.v1.Heartbeat
-	(*IdempotencyRecord)(nil),    // 13: pairdb.v1.IdempotencyRecord
-	(*ClockEntry)(nil),           // 14: pairdb.v1.ClockEntry
-	(*Error)(nil),                // 15: pairdb.v1.Error
+	(*OriginRecord)(nil),         // 8: pairdb.v1.OriginRecord
+	(*MergeRequest)(nil),         // 9: pairdb.v1.MergeRequest
+	(*MergeResponse)(nil),        // 10: pairdb.v1.MergeResponse
+	(*ReadRequest)(nil),          // 11: pairdb.v1.ReadRequest
+	(*ReadResponse)(nil),         // 12: pairdb.v1.ReadResponse
+	(*Heartbeat)(nil),            // 13: pairdb.v1.Heartbeat
+	(*IdempotencyRecord)(nil),    // 14: pairdb.v1.IdempotencyRecord
+	(*ClockEntry)(nil),           // 15: pairdb.v1.ClockEntry
+	(*Error)(nil),                // 16: pairdb.v1.Error
 }
 var file_pairdb_v1_node_proto_depIdxs = []int32{
 	2,  // 0: pairdb.v1.StoredSibling.dot:type_name -> pairdb.v1.Dot
 	3,  // 1: pairdb.v1.Object.siblings:type_name -> pairdb.v1.StoredSibling
-	14, // 2: pairdb.v1.Object.clock:type_name -> pairdb.v1.ClockEntry
-	14, // 3: pairdb.v1.ApplyRequest.context:type_name -> pairdb.v1.ClockEntry
+	15, // 2: pairdb.v1.Object.clock:type_name -> pairdb.v1.ClockEntry
+	15, // 3: pairdb.v1.ApplyRequest.context:type_name -> pairdb.v1.ClockEntry
 	0,  // 4: pairdb.v1.ApplyRequest.policy:type_name -> pairdb.v1.ConflictPolicy
 	6,  // 5: pairdb.v1.ApplyRequest.forwards:type_name -> pairdb.v1.Forward
 	4,  // 6: pairdb.v1.ApplyResponse.object:type_name -> pairdb.v1.Object
-	15, // 7: pairdb.v1.ApplyResponse.error:type_name -> pairdb.v1.Error
-	4,  // 8: pairdb.v1.MergeRequest.object:type_name -> pairdb.v1.Object
-	0,  // 9: pairdb.v1.MergeRequest.policy:type_name -> pairdb.v1.ConflictPolicy
-	15, // 10: pairdb.v1.MergeResponse.error:type_name -> pairdb.v1.Error
-	4,  // 11: pairdb.v1.ReadResponse.object:type_name -> pairdb.v1.Object
-	15, // 12: pairdb.v1.ReadResponse.error:type_name -> pairdb.v1.Error
-	1,  // 13: pairdb.v1.IdempotencyRecord.state:type_name -> pairdb.v1.IdempotencyRecord.State
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	8,  // 7: pairdb.v1.ApplyResponse.minted:type_name -> pairdb.v1.OriginRecord
+	16, // 8: pairdb.v1.ApplyResponse.error:type_name -> pairdb.v1.Error
+	2,  // 9: pairdb.v1.OriginRecord.dot:type_name -> pairdb.v1.Dot
+	15, // 10: pairdb.v1.OriginRecord.clock:type_name -> pairdb.v1.ClockEntry
+	4,  // 11: pairdb.v1.MergeRequest.object:type_name -> pairdb.v1.Object
+	0,  // 12: pairdb.v1.MergeRequest.policy:type_name -> pairdb.v1.ConflictPolicy
+	16, // 13: pairdb.v1.MergeResponse.error:type_name -> pairdb.v1.Error
+	4,  // 14: pairdb.v1.ReadResponse.object:type_name -> pairdb.v1.Object
+	8,  // 15: pairdb.v1.ReadResponse.origin:type_name -> pairdb.v1.OriginRecord
+	16, // 16: pairdb.v1.ReadResponse.error:type_name -> pairdb.v1.Error
+	1,  // 17: pairdb.v1.IdempotencyRecord.state:type_name -> pairdb.v1.IdempotencyRecord.State
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_pairdb_v1_node_proto_init() }
@@ -1116,7 +1320,7 @@ func file_pairdb_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pairdb_v1_node_proto_rawDesc), len(file_pairdb_v1_node_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

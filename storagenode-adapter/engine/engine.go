@@ -79,7 +79,18 @@ type Options struct {
 	// MetricsNode; nil exports none.
 	Metrics     *metrics.Set
 	MetricsNode string
+	// MaxObjectBytes is the largest object (encoded) a write may store:
+	// what one NATS message can carry, less room for the envelope, so that
+	// every stored object can still be read, repaired and transferred. 0
+	// means DefaultMaxObjectBytes.
+	MaxObjectBytes int
+	// Now is the clock deadlines are judged by; nil means time.Now.
+	Now func() time.Time
 }
+
+// DefaultMaxObjectBytes fits NATS's default 1 MiB max_payload with room for
+// the request around the object.
+const DefaultMaxObjectBytes = 1<<20 - 64<<10
 
 // Stats is a cheap snapshot of the store's state.
 type Stats struct {
@@ -127,6 +138,9 @@ type Engine struct {
 
 	// dots is the node-wide dot sequence Apply mints from (see purge.go).
 	dots *dotCounter
+
+	maxObjectBytes int
+	now            func() time.Time
 }
 
 // Open opens (creating if needed) the store in dir. On first open of an
@@ -189,7 +203,14 @@ func Open(dir string, opts Options) (*Engine, error) {
 	}
 	log.Info("storage engine open", zap.String("dir", dir), zap.String("incarnation", inc),
 		zap.Bool("sync", opts.Sync), zap.Int64("cache_bytes", cacheBytes), zap.Uint64("keys", keys))
-	e := &Engine{log: log, incarnation: inc, writeOpts: wo, db: db, dots: dots}
+	e := &Engine{log: log, incarnation: inc, writeOpts: wo, db: db, dots: dots,
+		maxObjectBytes: opts.MaxObjectBytes, now: opts.Now}
+	if e.maxObjectBytes <= 0 {
+		e.maxObjectBytes = DefaultMaxObjectBytes
+	}
+	if e.now == nil {
+		e.now = time.Now
+	}
 	e.keys.Store(int64(keys))
 	e.metrics = registerMetrics(opts.Metrics, opts.MetricsNode, e.readMetrics)
 	return e, nil
@@ -250,129 +271,6 @@ func eventListener(log *zap.Logger) *pebble.EventListener {
 // Incarnation is this data dir's id, the DVV actor of every version minted
 // here. A wiped dir gets a new one, so counters of an actor never repeat.
 func (e *Engine) Incarnation() string { return e.incarnation }
-
-// Apply mints a new version of (tenant, key) as the coordinating replica:
-// siblings covered by causal are superseded and value (or a tombstone) is
-// added with this incarnation's next dot. With maxSiblings > 0, a write that
-// would leave more siblings than that fails with TOO_MANY_SIBLINGS and
-// stores nothing. The returned object is what was committed.
-//
-// origin, when set, names the request: if the stored object already holds
-// a sibling with that origin (an earlier attempt of the same request reached
-// this replica), the stored object is returned and nothing is minted.
-func (e *Engine) Apply(tenant, key string, causal dvv.VV, value []byte, tombstone bool,
-	policy dvv.Policy, maxSiblings int, nowMs int64, origin []byte) (dvv.Object, error) {
-	return e.ApplyAndForward(tenant, key, causal, value, tombstone, policy, maxSiblings, nowMs, origin, nil)
-}
-
-// ApplyAndForward is Apply that calls forward (when not nil) with the
-// object to be committed before committing it, still under the key's lock,
-// so the other replicas' fsyncs run alongside this one's. That is safe
-// because the new dot's counter was reserved durably before it was handed
-// out (see dotCounter): a crash before the local commit loses this copy,
-// never reuses the dot for another value. forward must not block long (it
-// runs under the key's lock) and must not touch the engine. If the commit
-// then fails, the forwarded copies stay; the caller reports an unknown
-// outcome. When the origin is already here, nothing is written and
-// forward gets the stored object: the other replicas may still lack it.
-func (e *Engine) ApplyAndForward(tenant, key string, causal dvv.VV, value []byte, tombstone bool,
-	policy dvv.Policy, maxSiblings int, nowMs int64, origin []byte, forward func(dvv.Object)) (dvv.Object, error) {
-	if err := validate(tenant, key); err != nil {
-		return dvv.Object{}, err
-	}
-	if err := e.acquire(); err != nil {
-		return dvv.Object{}, err
-	}
-	defer e.mu.RUnlock()
-
-	h := keyspace.Hash(tenant, key)
-	k := dataKey(tenant, h, key)
-	l := e.lock(h)
-	l.Lock()
-	defer l.Unlock()
-
-	cur, found, err := e.get(k)
-	if err != nil {
-		return dvv.Object{}, err
-	}
-	if cur.HasOrigin(origin) {
-		if forward != nil {
-			forward(cur)
-		}
-		return cur, nil
-	}
-	// The counter comes from the node-wide sequence, never reused across
-	// keys or restarts, so a key rewritten after its tombstone was purged
-	// is not covered by that tombstone's clock elsewhere (see purge.go).
-	next, err := e.mint(dvv.Update(cur, causal, e.incarnation, value, tombstone, nowMs, policy))
-	if err != nil {
-		return dvv.Object{}, err
-	}
-	if len(origin) > 0 {
-		minted := dvv.Dot{Actor: e.incarnation, Counter: next.Clock[e.incarnation]}
-		for i := range next.Siblings {
-			if next.Siblings[i].Dot == minted {
-				next.Siblings[i].Origin = origin
-			}
-		}
-	}
-	if maxSiblings > 0 && len(next.Siblings) > maxSiblings {
-		return dvv.Object{}, bus.Errorf(pb.ErrorCode_TOO_MANY_SIBLINGS,
-			"key %q of tenant %q would have %d siblings, over the tenant's limit of %d; "+
-				"read the key and write with its vector_clock to resolve the siblings",
-			key, tenant, len(next.Siblings), maxSiblings)
-	}
-	if forward != nil {
-		forward(next)
-	}
-	if err := e.put(k, next); err != nil {
-		return dvv.Object{}, err
-	}
-	if !found {
-		e.keys.Add(1)
-	}
-	return next, nil
-}
-
-// Merge folds a replicated object into (tenant, key). It writes only when
-// the merge changes what is stored, so replays cost a read. Merges are never
-// refused for the sibling cap: replicas must converge, and the cap is
-// enforced where versions are minted.
-func (e *Engine) Merge(tenant, key string, obj dvv.Object, policy dvv.Policy) (dvv.Object, bool, error) {
-	if err := validate(tenant, key); err != nil {
-		return dvv.Object{}, false, err
-	}
-	if err := wellFormed(obj); err != nil {
-		return dvv.Object{}, false, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err,
-			"cannot merge into key %q of tenant %q", key, tenant)
-	}
-	if err := e.acquire(); err != nil {
-		return dvv.Object{}, false, err
-	}
-	defer e.mu.RUnlock()
-
-	h := keyspace.Hash(tenant, key)
-	k := dataKey(tenant, h, key)
-	l := e.lock(h)
-	l.Lock()
-	defer l.Unlock()
-
-	cur, found, err := e.get(k)
-	if err != nil {
-		return dvv.Object{}, false, err
-	}
-	merged := dvv.Merge(cur, obj, policy)
-	if dvv.Equal(cur, merged) {
-		return cur, false, nil
-	}
-	if err := e.put(k, merged); err != nil {
-		return dvv.Object{}, false, err
-	}
-	if !found {
-		e.keys.Add(1)
-	}
-	return merged, true, nil
-}
 
 // Get returns what is stored for (tenant, key); found is false only when
 // nothing is (a key holding only tombstones is found).
@@ -453,7 +351,8 @@ func (e *Engine) get(k []byte) (dvv.Object, bool, error) {
 	return dvvpb.ObjectFromProto(&o), true, nil
 }
 
-// put commits one object in its own batch.
+// commit writes one object (already encoded) and any records that go with
+// it (origin records) in one batch.
 //
 // Group commit: every writer commits with its own pebble.Sync batch while
 // holding only its key's stripe lock. Pebble's commit pipeline appends
@@ -461,21 +360,25 @@ func (e *Engine) get(k []byte) (dvv.Object, bool, error) {
 // queued behind it, so N concurrent writers cost about one fsync, not N.
 // A process-wide lock held across Commit would defeat this and cap
 // throughput at one write per fsync.
-func (e *Engine) put(k []byte, o dvv.Object) error {
-	v, err := proto.Marshal(dvvpb.ObjectToProto(o))
-	if err != nil {
-		return errors.Wrap(err, "engine: encode object")
-	}
+func (e *Engine) commit(k, v []byte, records ...record) error {
 	b := e.db.NewBatch()
 	defer func() { _ = b.Close() }()
 	if err := b.Set(k, v, nil); err != nil {
 		return errors.Wrap(err, "engine: stage write")
+	}
+	for _, r := range records {
+		if err := b.Set(r.k, r.v, nil); err != nil {
+			return errors.Wrap(err, "engine: stage origin record")
+		}
 	}
 	if err := b.Commit(e.writeOpts); err != nil {
 		return errors.Wrap(err, "engine: commit write")
 	}
 	return nil
 }
+
+// record is one key-value pair written beside an object.
+type record struct{ k, v []byte }
 
 func validate(tenant, key string) error {
 	// The tenant rule is also the layout invariant: no 0x00 in a tenant id.
@@ -484,21 +387,6 @@ func validate(tenant, key string) error {
 	}
 	if err := keyspace.ValidateKey(key); err != nil {
 		return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid key")
-	}
-	return nil
-}
-
-// wellFormed checks the invariants Merge relies on: every sibling has a real
-// dot and the object's clock covers it. A sibling outside its own clock
-// would survive merges it should lose, so such input is refused.
-func wellFormed(o dvv.Object) error {
-	for _, s := range o.Siblings {
-		if s.Dot.Actor == "" || s.Dot.Counter == 0 {
-			return errors.Newf("sibling has an invalid dot (%q, %d)", s.Dot.Actor, s.Dot.Counter)
-		}
-		if !o.Clock.Covers(s.Dot) {
-			return errors.Newf("sibling dot (%q, %d) is not covered by the object's clock", s.Dot.Actor, s.Dot.Counter)
-		}
 	}
 	return nil
 }

@@ -119,7 +119,7 @@ func TestSiblingCapRefusesWithoutWriting(t *testing.T) {
 	_, err = e.Apply("t", "k", nil, []byte("one too many"), false, dvv.Siblings, 3, 9, nil)
 	require.Error(t, err)
 	require.Equal(t, pb.ErrorCode_TOO_MANY_SIBLINGS, bus.CodeOf(err))
-	require.Contains(t, err.Error(), "vector_clock")
+	require.Contains(t, err.Error(), "context")
 
 	after, _, err := e.Get("t", "k")
 	require.NoError(t, err)
@@ -215,9 +215,10 @@ func TestMergeIsIdempotentAndConverges(t *testing.T) {
 	require.True(t, changed)
 	require.True(t, dvv.Equal(gotA, m3))
 
-	// An empty object is a no-op.
+	// An empty object (a clock alone would be no better) is refused, and
+	// nothing is stored.
 	_, changed, err = c.Merge("t", "other", dvv.Object{}, dvv.Siblings)
-	require.NoError(t, err)
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err))
 	require.False(t, changed)
 	_, found, err := c.Get("t", "other")
 	require.NoError(t, err)
@@ -265,7 +266,8 @@ func TestClosedEngine(t *testing.T) {
 	require.Equal(t, pb.ErrorCode_UNAVAILABLE, bus.CodeOf(err))
 	_, _, err = e.Get("t", "k")
 	require.ErrorIs(t, err, engine.ErrClosed)
-	_, _, err = e.Merge("t", "k", dvv.Object{}, dvv.Siblings)
+	one := dvv.Object{Siblings: []dvv.Sibling{{Value: []byte("v"), Dot: dvv.Dot{Actor: "peer", Counter: 1}}}, Clock: dvv.VV{"peer": 1}}
+	_, _, err = e.Merge("t", "k", one, dvv.Siblings)
 	require.ErrorIs(t, err, engine.ErrClosed)
 	_, err = e.Stats()
 	require.ErrorIs(t, err, engine.ErrClosed)

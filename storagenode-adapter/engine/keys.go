@@ -10,6 +10,7 @@ import (
 // On-disk key layout (DESIGN.md §7).
 //
 //	data:     'd' | tenant | 0x00 | hash (8 bytes, big-endian) | key
+//	origin:   'o' | tenant | 0x00 | origin (see origin.go)
 //	metadata: 'm' | name
 //
 // Pebble orders keys bytewise, so data sorts by tenant, then ring position,
@@ -21,8 +22,9 @@ import (
 // span ["da\x00", "da\x01") holds exactly tenant "a". The hash is big-endian so
 // that byte order equals numeric ring order.
 const (
-	prefixData byte = 'd'
-	prefixMeta byte = 'm'
+	prefixData   byte = 'd'
+	prefixMeta   byte = 'm'
+	prefixOrigin byte = 'o'
 
 	tenantTerminator byte = 0x00
 	hashLen               = 8

@@ -9,6 +9,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/dvv/dvvpb"
@@ -117,6 +118,13 @@ func (c *dotCounter) next(db *pebble.DB, floor uint64) (uint64, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n := max(c.last+1, floor)
+	if n > dvv.MaxCounter {
+		// Only a forged clock gets here (counters start at 1 and validated
+		// clocks stay at or below MaxCounter); refusing keeps the sequence
+		// from wrapping and handing out used counters again.
+		return 0, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+			"the next dot counter would be %d, above the largest allowed (%d)", n, uint64(dvv.MaxCounter))
+	}
 	if n > c.limit {
 		limit := n + dotCounterBlock - 1
 		var b [8]byte
@@ -130,6 +138,14 @@ func (c *dotCounter) next(db *pebble.DB, floor uint64) (uint64, error) {
 	}
 	c.last = n
 	return n, nil
+}
+
+// minted is the highest counter this sequence may have handed out: no dot
+// of this incarnation above it exists anywhere.
+func (c *dotCounter) minted() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.last
 }
 
 // mint renumbers the sibling dvv.Update just minted at this incarnation

@@ -7,9 +7,11 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/keyspace"
+	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 )
 
 // whole is the whole ring as one arc.
@@ -111,11 +113,17 @@ func TestApplyCountersMonotonicAcrossKeysAndRestarts(t *testing.T) {
 	o := write(t, e, "fresh", nil, "v", false, 1)
 	require.Greater(t, o.Clock[inc], last, "and across restarts, on a key never written")
 	last = o.Clock[inc]
-	// A context ahead of the node's counter raises it.
-	o = write(t, e, "ahead", dvv.VV{inc: last + 5000}, "v", false, 1)
-	require.Equal(t, last+5001, o.Clock[inc])
-	o = write(t, e, "after", nil, "v", false, 1)
-	require.Equal(t, last+5002, o.Clock[inc])
+	// A context ahead of everything this incarnation minted names dots
+	// that do not exist yet: no replica issued it, so it is refused, and
+	// the counter does not move. (A context at or below the counter, from
+	// any key, is what node-wide counters make safe.)
+	_, err = e.Apply("t", "ahead", dvv.VV{inc: last + 5000}, []byte("v"), false, dvv.Siblings, 0, 1, nil)
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err), "err %v", err)
+	o = write(t, e, "behind", dvv.VV{inc: last}, "v", false, 1)
+	require.Equal(t, last+1, o.Clock[inc])
+	// Counters near the top would wrap: refused wherever they appear.
+	_, err = e.Apply("t", "huge", dvv.VV{"peer": 1<<64 - 1}, []byte("v"), false, dvv.Siblings, 0, 1, nil)
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err), "err %v", err)
 }
 
 func TestCounterOfAStoreWrittenBeforeTheCounter(t *testing.T) {

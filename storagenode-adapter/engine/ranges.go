@@ -49,6 +49,8 @@ type Item struct {
 type MergeItem struct {
 	Key    string
 	Object dvv.Object
+	// Minted: see MergeOptions.Minted.
+	Minted bool
 }
 
 // span is a half-open key interval [lo, hi).
@@ -347,7 +349,7 @@ func (e *Engine) MergeBatch(tenant string, items []MergeItem, policy dvv.Policy)
 		if err := validate(tenant, it.Key); err != nil {
 			return 0, err
 		}
-		if err := wellFormed(it.Object); err != nil {
+		if err := e.Validate(it.Object); err != nil {
 			return 0, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "cannot merge into key %q of tenant %q", it.Key, tenant)
 		}
 	}
@@ -395,6 +397,17 @@ func (e *Engine) MergeBatch(tenant string, items []MergeItem, policy dvv.Policy)
 		}
 		if err := b.Set(k, v, nil); err != nil {
 			return 0, errors.Wrap(err, "engine: stage write")
+		}
+		if it.Minted {
+			records, err := gainedOrigins(tenant, en.obj, it.Object, e.now().UnixMilli())
+			if err != nil {
+				return 0, err
+			}
+			for _, r := range records {
+				if err := b.Set(r.k, r.v, nil); err != nil {
+					return 0, errors.Wrap(err, "engine: stage origin record")
+				}
+			}
 		}
 		en.obj, en.written = merged, true
 		changed++

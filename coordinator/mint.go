@@ -1,0 +1,348 @@
+package coordinator
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"github.com/cockroachdb/errors"
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+
+	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/dvv"
+	"github.com/pairdb/pairdb/dvv/dvvpb"
+	"github.com/pairdb/pairdb/membership"
+	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+)
+
+// One write, at most one version (DESIGN.md §6, step 3).
+//
+// A write's version is minted by exactly one replica, its minter. The
+// coordinator tries another replica only when the one it asked certainly
+// did not mint: nothing was serving its subject (no responders), the send
+// itself failed, or it answered a refusal. A replica answers an error only
+// when nothing of the write left it; the one exception, a commit that
+// failed after the version was forwarded, it answers OUTCOME_UNKNOWN.
+// Everything else (no answer by the deadline, a lost connection, an answer
+// that cannot be read) leaves the outcome unknown, and the write is never
+// minted anywhere else: the client gets OUTCOME_UNKNOWN.
+//
+// Every apply carries a deadline, and the replica mints nothing at or past
+// it; the coordinator stops waiting only once the deadline has passed on
+// the replica's clock too (MaxClockSkew), so a replica that was paused, or
+// a request that sat in a buffer, can never mint a write its coordinator
+// has given up on.
+//
+// A write with an idempotency key names its minter in its idempotency
+// record before the first apply, and renames it only after a certain
+// refusal (Claim.Reassign). A retry of that write (the record is RETRY, or
+// a takeover) is resolved where it may have landed (resolve): the named
+// minter is asked again, and its origin check makes that idempotent
+// (existing: nothing new is minted). If the minter has left the cluster
+// (removed, force-removed, or back with an empty disk) the survivors are
+// read instead.
+
+// applyVerdict classifies one apply.
+type applyVerdict int
+
+const (
+	applied        applyVerdict = iota // a version exists at the minter
+	refusedStale                       // STALE_EPOCH: nothing minted; catch up and retry
+	refusedRequest                     // the request itself is refused (bad input, limits)
+	refusedNode                        // this replica certainly minted nothing; another may
+	unknownOutcome                     // the replica may have minted
+)
+
+// applyResult is one apply's outcome.
+type applyResult struct {
+	verdict applyVerdict
+	node    string
+	resp    *pb.ApplyResponse
+	fw      *gather // the forwarded merges' acks (applied only; nil without forwards)
+	err     error
+	epoch   uint64 // with refusedStale: the replica's epoch
+}
+
+// minted is the version a write settles on: what the replicas must hold.
+type minted struct {
+	obj *pb.Object
+	// by is the minting replica: it holds obj (it acks the write).
+	by string
+	// fresh: obj is exactly the version just minted (not an earlier
+	// attempt's, found existing), so replicas record its origin.
+	fresh bool
+	// clock is the context the write's answer carries: the object's clock
+	// right after the write (for an earlier attempt found existing, the
+	// clock its minter recorded then, when it has one).
+	clock []*pb.ClockEntry
+	// fw collects the acks of the replicas the minter forwarded to (nil
+	// when none).
+	fw *gather
+}
+
+// minterCandidates orders the replicas to try as minter: healthy first,
+// then suspect (see liveness.order), leaving out nodes whose clock is
+// further from this coordinator's than MaxClockSkew (their deadline checks
+// could not be trusted).
+func (s *Service) minterCandidates(all []string) []string {
+	out := s.liveness.order(all)
+	return slices.DeleteFunc(out, s.liveness.skewed)
+}
+
+// mint obtains the write's version: a fresh mint, or, for a retry, the
+// resolution of the earlier attempt. A stale epoch returns the newer epoch
+// (the caller catches up and calls again).
+func (s *Service) mint(ctx context.Context, w *writeReq, st *membership.State, p placement) (*minted, uint64, error) {
+	if w.claim != nil && w.claim.Retry() && !w.resolved {
+		return s.resolve(ctx, w, st, p)
+	}
+	candidates := s.minterCandidates(p.all)
+	if w.claim != nil {
+		// The named minter goes first: it may still be asked, and asking
+		// another first would need a Reassign anyway.
+		named, _ := w.claim.Minter()
+		if i := slices.Index(candidates, named); i > 0 {
+			candidates = append([]string{named}, slices.Delete(candidates, i, i+1)...)
+		}
+	}
+	if len(candidates) == 0 {
+		return nil, 0, bus.Errorf(pb.ErrorCode_UNAVAILABLE,
+			"no replica of key %q can mint the write: every one is down or its clock is off by more than %s",
+			w.key, s.cfg.MaxClockSkew)
+	}
+	var last error
+	for _, node := range candidates {
+		if w.claim != nil {
+			if named, _ := w.claim.Minter(); named != node {
+				// The named minter certainly refused: name the next one
+				// before asking it.
+				if err := w.claim.Reassign(ctx, node, st.Nodes[node].Incarnation); err != nil {
+					return nil, 0, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err,
+						"could not name replica %s as the write's minter; nothing was written, retry", node)
+				}
+				s.m.minterReassigned.Inc()
+			}
+		}
+		r := s.applyAt(ctx, w, node, p, st.Epoch)
+		switch r.verdict {
+		case applied:
+			return s.mintedFrom(r), 0, nil
+		case refusedStale:
+			return nil, r.epoch, nil
+		case refusedRequest:
+			return nil, 0, r.err
+		case unknownOutcome:
+			return nil, 0, s.outcomeUnknown(w, node, r.err)
+		}
+		last = r.err
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	s.m.quorumFailure(w.op, w.level.String())
+	return nil, 0, bus.Wrap(pb.ErrorCode_QUORUM_NOT_REACHED, errOrNone(last),
+		"no replica of key %q could take the write; nothing was written", w.key)
+}
+
+func errOrNone(err error) error {
+	if err == nil {
+		return errors.New("no replica was asked")
+	}
+	return err
+}
+
+// mintedFrom turns an applied result into the version to replicate.
+func (s *Service) mintedFrom(r applyResult) *minted {
+	resp := r.resp
+	m := &minted{obj: resp.GetObject(), by: r.node, fresh: !resp.GetExisting(), clock: resp.GetObject().GetClock(), fw: r.fw}
+	if rec := resp.GetMinted(); resp.GetExisting() && rec != nil {
+		m.clock = rec.GetClock()
+	}
+	return m
+}
+
+// outcomeUnknown is the error of a write whose minter may have minted it.
+func (s *Service) outcomeUnknown(w *writeReq, node string, cause error) error {
+	s.m.outcomeUnknown.with(labels{w.op}).Inc()
+	s.liveness.markSlow(node)
+	hint := "retry with the same idempotency key: the retry completes the write at that replica, or finds it done"
+	if w.idemKey == "" {
+		hint = "without an idempotency key, a retry is a new write (it may store the value twice)"
+	}
+	return bus.Wrap(pb.ErrorCode_OUTCOME_UNKNOWN, cause,
+		"the write of key %q may or may not have been applied: replica %s, the only one allowed to mint it, gave no answer in time; %s",
+		w.key, node, hint)
+}
+
+// applyAt asks node to mint the write and pass it on to the other
+// replicas of p, and classifies the answer.
+func (s *Service) applyAt(ctx context.Context, w *writeReq, node string, p placement, epoch uint64) applyResult {
+	now := time.Now()
+	wait := now.Add(s.cfg.ReplicaTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(wait) {
+		wait = d
+	}
+	// The replica mints nothing past deadline by its clock, which is at
+	// most MaxClockSkew behind ours: so nothing is minted after we stop
+	// waiting at wait.
+	deadline := wait.Add(-s.cfg.MaxClockSkew)
+	if deadline.Sub(now) < minApplyWindow {
+		return applyResult{verdict: refusedNode, node: node, err: bus.Errorf(pb.ErrorCode_DEADLINE_EXCEEDED,
+			"too little time left to ask replica %s to mint the write (%s)", node, deadline.Sub(now))}
+	}
+	fw := s.openForwards(p.all, node, now)
+	apply := &pb.ApplyRequest{
+		TenantId: w.tenant.GetTenantId(), Key: w.key, Value: w.value, Tombstone: w.tombstone,
+		Context: dvvpb.ClockToProto(w.context), Policy: policyOf(w.tenant), MaxSiblings: w.tenant.GetMaxSiblings(),
+		Epoch: epoch, Origin: w.origin, RecordOrigin: w.idemKey != "", Forwards: forwardsOf(fw),
+		DeadlineUnixMs: deadline.UnixMilli(), MaxObjectBytes: maxObjectBytes(w.tenant),
+	}
+	resp := new(pb.ApplyResponse)
+	cctx, cancel := context.WithDeadline(ctx, wait)
+	err := bus.Request(cctx, s.nc, s.cfg.Subjects.Node(node, bus.OpApply), apply, resp)
+	cancel()
+	if errors.Is(err, nats.ErrNoResponders) {
+		s.liveness.markDown(node)
+	}
+	s.m.replica("writes", node, err)
+	r := applyResult{node: node, resp: resp, err: err, verdict: classifyApply(err)}
+	if r.verdict == applied {
+		r.fw = fw
+		return r
+	}
+	// Acks of a failed apply are not counted (a replica that forwarded
+	// and then failed its commit answers OUTCOME_UNKNOWN).
+	if fw != nil {
+		fw.close()
+	}
+	if r.verdict == refusedStale {
+		r.epoch = max(resp.GetEpoch(), epoch+1)
+	}
+	return r
+}
+
+// minApplyWindow is the least time an apply is given to mint.
+const minApplyWindow = 10 * time.Millisecond
+
+// classifyApply sorts an apply's error (see the note at the top).
+func classifyApply(err error) applyVerdict {
+	switch {
+	case err == nil:
+		return applied
+	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, nats.ErrReconnectBufExceeded):
+		// Nobody got it, or it never left this process.
+		return refusedNode
+	case !bus.IsReply(err):
+		// No answer in time, a lost connection, an answer we could not
+		// read: the replica may have minted.
+		return unknownOutcome
+	}
+	switch bus.CodeOf(err) {
+	case pb.ErrorCode_OUTCOME_UNKNOWN:
+		return unknownOutcome
+	case pb.ErrorCode_STALE_EPOCH:
+		return refusedStale
+	case pb.ErrorCode_INVALID_ARGUMENT, pb.ErrorCode_TOO_MANY_SIBLINGS, pb.ErrorCode_VALUE_TOO_LARGE, pb.ErrorCode_TENANT_NOT_FOUND:
+		return refusedRequest
+	}
+	return refusedNode
+}
+
+// resolve settles a retry of a write whose earlier attempt may have
+// landed: at its named minter when that replica is still one of the key's,
+// by reading the survivors when it has left.
+func (s *Service) resolve(ctx context.Context, w *writeReq, st *membership.State, p placement) (*minted, uint64, error) {
+	named, inc := w.claim.Minter()
+	n, member := st.Nodes[named]
+	alive := member && n.Incarnation == inc && n.State != membership.Registered && slices.Contains(p.all, named)
+	if named != "" && alive {
+		r := s.applyAt(ctx, w, named, p, st.Epoch)
+		switch r.verdict {
+		case applied:
+			w.resolved = true
+			if r.resp.GetExisting() {
+				s.log.Info("a retry found its write at the replica that minted it", zap.String("tenant", w.tenant.GetTenantId()), zap.String("node", named))
+			}
+			return s.mintedFrom(r), 0, nil
+		case refusedStale:
+			return nil, r.epoch, nil
+		case refusedRequest:
+			// The minter holds nothing of the write (it would have said
+			// existing) and refuses it now: nothing was ever written.
+			return nil, 0, r.err
+		}
+		return nil, 0, s.outcomeUnknown(w, named, r.err)
+	}
+	// The named minter is gone, or no longer a replica of the key. Every
+	// copy of the write that exists is on a replica of p (copies move with
+	// the data) or, if it is still a ring member, on the old minter itself.
+	ask := slices.Clone(p.all)
+	if member && n.Incarnation == inc && n.State != membership.Registered && !slices.Contains(ask, named) {
+		ask = append(ask, named)
+	}
+	found, obj, clock, complete := s.findOrigin(ctx, w, ask, st.Epoch)
+	switch {
+	case found && obj != nil:
+		w.resolved = true
+		return &minted{obj: obj, clock: clock}, 0, nil
+	case found || !complete:
+		return nil, 0, s.outcomeUnknown(w, named, errors.Newf("the replicas that could hold it did not all answer"))
+	}
+	// Every replica that could hold a copy answered, and none has one:
+	// the earlier attempt never minted. Mint it now.
+	w.resolved = true
+	s.log.Info("a retry found no trace of its earlier attempt on any replica; minting it",
+		zap.String("tenant", w.tenant.GetTenantId()), zap.String("gone_minter", named))
+	return s.mint(ctx, w, st, p)
+}
+
+// findOrigin reads key from nodes with the write's origin: found when a
+// replica holds its sibling or a record of it; obj is the merged object
+// (nil when no replica holds the key); clock the write's context from a
+// record, else obj's clock; complete when every node answered.
+func (s *Service) findOrigin(ctx context.Context, w *writeReq, nodes []string, epoch uint64) (found bool, obj *pb.Object, clock []*pb.ClockEntry, complete bool) {
+	g := s.gather(nodes, bus.OpRead, &pb.ReadRequest{TenantId: w.tenant.GetTenantId(), Key: w.key, Epoch: epoch, Origin: w.origin}, len(nodes))
+	defer g.close()
+	policy := dvvpb.PolicyFromProto(policyOf(w.tenant))
+	var merged dvv.Object
+	complete = true
+	for g.left > 0 {
+		r, status := g.next(ctx.Done(), nil)
+		if status != gotReply {
+			return found, nil, nil, false
+		}
+		resp := new(pb.ReadResponse)
+		if err := g.decode(r, "reads", resp); err != nil {
+			complete = false
+			continue
+		}
+		o := dvvpb.ObjectFromProto(resp.GetObject())
+		merged = dvv.Merge(merged, o, policy)
+		if rec := resp.GetOrigin(); rec != nil {
+			found = true
+			if clock == nil {
+				clock = rec.GetClock()
+			}
+		}
+		if o.HasOrigin(w.origin) {
+			found = true
+		}
+	}
+	if merged.Empty() {
+		return found, nil, clock, complete
+	}
+	if clock == nil {
+		clock = dvvpb.ClockToProto(merged.Clock)
+	}
+	return found, dvvpb.ObjectToProto(merged), clock, complete
+}
+
+// maxObjectBytes is the stored object the tenant's limits allow: every
+// sibling at the largest value, with room for dots, timestamps and origins,
+// and a clock of many actors. The replicas cap it at what one message can
+// carry.
+func maxObjectBytes(t *pb.Tenant) uint64 {
+	const perSibling, clock = 128, 64 << 10
+	return uint64(t.GetMaxSiblings())*(t.GetMaxValueBytes()+perSibling) + clock
+}
