@@ -533,4 +533,3 @@ func BenchmarkUpdate(b *testing.B) {
 		_ = Update(x, x.Clock, "a", value, false, 1, Siblings)
 	}
 }
-

@@ -100,7 +100,7 @@ func BenchmarkNodeApplyForwarded(b *testing.B) {
 			req := &pb.ApplyRequest{
 				TenantId: "bench", Key: fmt.Sprintf("key-%d", seq.Add(1)), Value: value, Policy: pb.ConflictPolicy_SIBLINGS,
 				DeadlineUnixMs: soon(),
-				Forwards: []*pb.Forward{{NodeId: "n2", Reply: w.Subject(0)}, {NodeId: "n3", Reply: w.Subject(1)}},
+				Forwards:       []*pb.Forward{{NodeId: "n2", Reply: w.Subject(0)}, {NodeId: "n3", Reply: w.Subject(1)}},
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			err := bus.Request(ctx, nc, subjects.Node("n1", bus.OpApply), req, new(pb.ApplyResponse))
