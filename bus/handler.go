@@ -39,6 +39,9 @@ type Limiter struct {
 	closing bool
 }
 
+// replyHeadroom is room kept in a reply message for its headers.
+const replyHeadroom = 4 << 10
+
 // workerIdle is how long a finished worker waits for more work.
 const workerIdle = time.Second
 
@@ -165,12 +168,14 @@ type Faults interface {
 }
 
 // Fault is what to do to one request: drop it (no reply, not handled, as
-// if lost on the wire), delay it, handle it twice (a duplicate delivery;
-// the sender sees one reply), or handle it and lose its reply (the sender
-// cannot tell whether it took effect).
+// if lost on the wire), delay it, hold it until a channel closes (a paused
+// process that resumes), handle it twice (a duplicate delivery; the sender
+// sees one reply), or handle it and lose its reply (the sender cannot tell
+// whether it took effect).
 type Fault struct {
 	Drop      bool
 	Delay     time.Duration
+	Hold      <-chan struct{}
 	Duplicate bool
 	LoseReply bool
 }
@@ -196,6 +201,11 @@ func Endpoint[Req, Resp proto.Message](s *Server, name string, newReq func() Req
 			}
 		}
 		ok := s.Limiter.Go(func() {
+			if fault.Hold != nil {
+				// Before the request's own deadline starts: a paused
+				// process picks a message up only when it runs again.
+				<-fault.Hold
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), s.Timeout)
 			defer cancel()
 			if fault.Delay > 0 {
@@ -264,6 +274,17 @@ func (s *Server) reply(name string, start time.Time, r micro.Request, enc Encodi
 		msg.Header.Set(micro.ErrorCodeHeader, code)
 	}
 	body, merr := Marshal(enc, resp)
+	if merr == nil && err == nil && len(body) > int(s.Conn.MaxPayload())-replyHeadroom {
+		// Too big for one message: the publish would fail and the
+		// requester would wait for its deadline with no word. Say why.
+		s.Log.Warn("reply over the NATS max_payload; answered with an error instead",
+			zap.String("subject", r.Subject()), zap.Int("bytes", len(body)), zap.Int64("max_payload", s.Conn.MaxPayload()))
+		proto.Reset(resp)
+		s.reply(name, start, r, enc, resp, Errorf(pb.ErrorCode_VALUE_TOO_LARGE,
+			"the answer is %d bytes, over this NATS server's max_payload of %d: read it as protobuf rather than JSON, "+
+				"or resolve the key's siblings (read it, then write with its context)", len(body), s.Conn.MaxPayload()))
+		return
+	}
 	if merr != nil {
 		s.Log.Error("encode response", zap.String("subject", r.Subject()), zap.Error(merr))
 		code = pb.ErrorCode_INTERNAL.String()

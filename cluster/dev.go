@@ -136,7 +136,11 @@ func (d *Dev) ClientURL() string { return d.Server.ClientURL() }
 func (d *Dev) NodeIDs() []string { return NodeIDs(d.cfg.Nodes) }
 
 func (d *Dev) connect(name string) (*nats.Conn, error) {
-	nc, err := nats.Connect(d.Server.ClientURL(), bus.PartOptions(name)...)
+	return d.connectTo(d.Server.ClientURL(), name)
+}
+
+func (d *Dev) connectTo(url, name string) (*nats.Conn, error) {
+	nc, err := nats.Connect(url, bus.PartOptions(name)...)
 	if err != nil {
 		return nil, errors.Wrapf(err, "connect %s to NATS", name)
 	}
@@ -144,13 +148,17 @@ func (d *Dev) connect(name string) (*nats.Conn, error) {
 }
 
 // StartNode starts (or restarts) storage node id on its data directory.
-func (d *Dev) StartNode(id string) error {
+func (d *Dev) StartNode(id string) error { return d.StartNodeVia(id, d.Server.ClientURL()) }
+
+// StartNodeVia starts storage node id connected to NATS at url (a fault
+// proxy in front of the server, in tests).
+func (d *Dev) StartNodeVia(id, url string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if _, ok := d.nodes[id]; ok {
 		return errors.Newf("storage node %s is already running", id)
 	}
-	nc, err := d.connect("pairdb-storagenode-" + id)
+	nc, err := d.connectTo(url, "pairdb-storagenode-"+id)
 	if err != nil {
 		return err
 	}
@@ -178,6 +186,16 @@ func (d *Dev) StartNode(id string) error {
 	return nil
 }
 
+// Node returns running storage node id, or nil.
+func (d *Dev) Node(id string) *StorageNode {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if n, ok := d.nodes[id]; ok {
+		return n.node
+	}
+	return nil
+}
+
 // StopNode stops storage node id, keeping its data.
 func (d *Dev) StopNode(ctx context.Context, id string) error {
 	d.mu.Lock()
@@ -194,7 +212,13 @@ func (d *Dev) StopNode(ctx context.Context, id string) error {
 
 // StartCoordinator adds a coordinator to the queue group.
 func (d *Dev) StartCoordinator(ctx context.Context) (*Coordinator, error) {
-	nc, err := d.connect("pairdb-coordinator")
+	return d.StartCoordinatorVia(ctx, d.Server.ClientURL())
+}
+
+// StartCoordinatorVia adds a coordinator connected to NATS at url (a fault
+// proxy in front of the server, in tests).
+func (d *Dev) StartCoordinatorVia(ctx context.Context, url string) (*Coordinator, error) {
+	nc, err := d.connectTo(url, "pairdb-coordinator")
 	if err != nil {
 		return nil, err
 	}

@@ -203,6 +203,14 @@ func (n *Node) ID() string { return n.cfg.ID }
 // Incarnation is the engine's incarnation id, the DVV actor of this node.
 func (n *Node) Incarnation() string { return n.eng.Incarnation() }
 
+// Local reads what this node stores for (tenant, key) without NATS: tests
+// and tools that must see a replica's state while its connection is cut.
+func (n *Node) Local(tenant, key string) (dvv.Object, bool, error) { return n.eng.Get(tenant, key) }
+
+// Origins lists this node's origin records of tenant (see engine.Origins):
+// checkers use them to prove no write was minted twice.
+func (n *Node) Origins(tenant string) (map[string]dvv.Dot, error) { return n.eng.Origins(tenant) }
+
 // Keys approximates the keys this node stores (see engine.Keys).
 func (n *Node) Keys() uint64 { return n.eng.Keys() }
 

@@ -12,9 +12,7 @@ import (
 
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/client"
-	"github.com/pairdb/pairdb/cluster"
 	"github.com/pairdb/pairdb/dvv"
-	"github.com/pairdb/pairdb/internal/faults"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 )
 
@@ -367,52 +365,4 @@ func TestRetryAfterFailedWriteAppliesOnce(t *testing.T) {
 	again, err := h.c.Put(ctx, "partial", []byte("v"), client.IdempotencyKey("once"))
 	require.NoError(t, err)
 	require.True(t, again.GetDuplicate())
-}
-
-// A write whose minting replica applied it and forwarded it, but whose reply
-// and forwards were lost, is minted again at the next replica (the
-// coordinator cannot tell a lost reply from a lost request). Both copies
-// carry the request's origin and value: storage keeps both dots, a read
-// shows one value, and the next write with the read's context replaces both.
-func TestWriteMintedTwiceAfterALostReplyReadsOnce(t *testing.T) {
-	inj := faults.New(7)
-	h := startClusterWith(t, cluster.DevConfig{Nodes: 3, Faults: inj,
-		Coordinator: cluster.CoordinatorConfig{ReplicaTimeout: 300 * time.Millisecond}})
-	ctx := ctxT(t)
-	inj.Set(
-		faults.Rule{Match: ".node.node-1.apply", LoseReply: 1},
-		faults.Rule{Match: ".merge", Drop: 1}, // forwards lost too
-	)
-	const keys = 9
-	for i := range keys {
-		_, err := h.c.Put(ctx, fmt.Sprintf("twice-%d", i), []byte(fmt.Sprint(i)), client.Consistency("one"),
-			client.IdempotencyKey(fmt.Sprintf("twice-%d", i)))
-		require.NoError(t, err, "key %d", i)
-	}
-	require.Positive(t, inj.Stats().RepliesLost, "node-1 minted some keys first")
-	inj.Clear()
-
-	twice := 0
-	for i := range keys {
-		key := fmt.Sprintf("twice-%d", i)
-		var stored dvv.Object
-		for _, n := range []string{"node-1", "node-2", "node-3"} {
-			o, _ := h.readNode(n, "default", key)
-			stored = dvv.Merge(stored, o, dvv.Siblings)
-		}
-		if len(stored.Live()) == 2 {
-			twice++
-		}
-		got, err := h.c.Get(ctx, key, client.ReadConsistency("all"))
-		require.NoError(t, err)
-		require.Equal(t, []string{fmt.Sprint(i)}, values(got), "key %s: one write, one value", key)
-
-		_, err = h.c.Put(ctx, key, []byte("next"), client.Consistency("all"), client.WithContext(got.GetContext()))
-		require.NoError(t, err)
-		for _, n := range []string{"node-1", "node-2", "node-3"} {
-			o, _ := h.readNode(n, "default", key)
-			require.Len(t, o.Live(), 1, "key %s on %s: the next write replaced both copies", key, n)
-		}
-	}
-	require.Positive(t, twice, "some write was minted twice")
 }

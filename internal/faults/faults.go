@@ -22,8 +22,16 @@ type Rule struct {
 	Duplicate float64
 	LoseReply float64
 	DelayP    float64
-	// MaxDelay bounds a delay (uniform in (0, MaxDelay]).
+	// MaxDelay bounds a delay (uniform in (MinDelay, MaxDelay]).
 	MaxDelay time.Duration
+	MinDelay time.Duration
+	// Hold, when set, holds every matching request until the channel
+	// closes, as a paused process holds the messages sent to it; Seen (if
+	// set) receives each held request's subject, without blocking.
+	Hold chan struct{}
+	Seen chan<- string
+	// Limit > 0 applies the rule to that many matching requests only.
+	Limit int
 }
 
 // Injector implements bus.Faults. Safe for concurrent use.
@@ -31,11 +39,12 @@ type Injector struct {
 	mu    sync.Mutex
 	rng   *rand.Rand
 	rules []Rule
+	used  []int // per rule: matching requests it applied to
 	stats Stats
 }
 
 // Stats counts what was injected.
-type Stats struct{ Dropped, Duplicated, RepliesLost, Delayed int }
+type Stats struct{ Dropped, Duplicated, RepliesLost, Delayed, Held int }
 
 // New returns an injector with no rules, seeded for reproducibility.
 func New(seed uint64) *Injector {
@@ -47,6 +56,7 @@ func (i *Injector) Set(rules ...Rule) {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	i.rules = rules
+	i.used = make([]int, len(rules))
 }
 
 // Clear removes every rule: the network heals.
@@ -64,9 +74,25 @@ func (i *Injector) Inject(subject string) bus.Fault {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	var f bus.Fault
-	for _, r := range i.rules {
+	for n, r := range i.rules {
 		if r.Match != "" && !strings.Contains(subject, r.Match) {
 			continue
+		}
+		if r.Limit > 0 {
+			if i.used[n] >= r.Limit {
+				continue
+			}
+			i.used[n]++
+		}
+		if r.Hold != nil {
+			i.stats.Held++
+			f.Hold = r.Hold
+			if r.Seen != nil {
+				select {
+				case r.Seen <- subject:
+				default:
+				}
+			}
 		}
 		switch {
 		case i.rng.Float64() < r.Drop:
@@ -81,7 +107,10 @@ func (i *Injector) Inject(subject string) bus.Fault {
 		}
 		if r.MaxDelay > 0 && i.rng.Float64() < r.DelayP {
 			i.stats.Delayed++
-			f.Delay = time.Duration(1 + i.rng.Int64N(int64(r.MaxDelay)))
+			f.Delay = r.MinDelay
+			if span := r.MaxDelay - r.MinDelay; span > 0 {
+				f.Delay += time.Duration(1 + i.rng.Int64N(int64(span)))
+			}
 		}
 	}
 	return f

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,6 +30,9 @@ const (
 type Proxy struct {
 	ln     net.Listener
 	target string
+	// muted drops the client's bytes on their way to the target while
+	// connections stay up (see Mute).
+	muted atomic.Bool
 
 	mu    sync.Mutex
 	mode  Mode
@@ -119,14 +123,44 @@ func (p *Proxy) pipe(c net.Conn) {
 	}
 	var wg sync.WaitGroup
 	// Either direction ending (EOF or a close by closeAll) ends both.
-	for _, dir := range [][2]net.Conn{{up, c}, {c, up}} {
+	for _, dir := range [][2]io.ReadWriteCloser{{up, c}, {c, up}} {
 		wg.Go(func() {
-			_, _ = io.Copy(dir[0], dir[1])
+			src := io.Reader(dir[1])
+			if dir[0] == up {
+				src = mutable{r: dir[1], muted: &p.muted}
+			}
+			_, _ = io.Copy(dir[0], src)
 			_ = dir[0].Close()
 			_ = dir[1].Close()
 		})
 	}
 	wg.Wait()
+}
+
+// Mute makes every connection half-open: what the target sends still
+// reaches the client, what the client sends is read and dropped, and no
+// connection closes, so the client cannot tell (a broken NIC queue, a
+// one-way partition, a server that shut its routes but not its clients).
+// Unmute passes the client's bytes again; what was dropped stays lost.
+func (p *Proxy) Mute()   { p.muted.Store(true) }
+func (p *Proxy) Unmute() { p.muted.Store(false) }
+
+// mutable reads from r and, while muted is set, swallows what it read.
+type mutable struct {
+	r     io.Reader
+	muted *atomic.Bool
+}
+
+func (m mutable) Read(b []byte) (int, error) {
+	for {
+		n, err := m.r.Read(b)
+		if n == 0 || !m.muted.Load() {
+			return n, err
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
 }
 
 // Cut makes the target look down: open connections break, new ones are
