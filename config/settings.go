@@ -13,6 +13,7 @@ import (
 	"github.com/pairdb/pairdb/coordinator"
 	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/ops"
+	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
 	"github.com/pairdb/pairdb/storagenode-adapter/engine"
 )
 
@@ -151,6 +152,7 @@ type Coordinator struct {
 	NoHints          bool          `yaml:"no_hints" usage:"turn hinted handoff off (missed writes then wait for read repair and anti-entropy)"`
 	HintMaxAge       time.Duration `yaml:"hint_max_age" usage:"how long an undelivered hint is kept (the same on every coordinator and storage node)"`
 	HintsPerNode     int           `yaml:"hints_per_node" usage:"most hints kept for one storage node; the oldest are dropped past it"`
+	MaxClockSkew     time.Duration `yaml:"max_clock_skew" usage:"most a storage node's clock may differ from this coordinator's: apply deadlines leave this much room, and a node past it mints nothing for this coordinator"`
 	Process          `yaml:",inline"`
 }
 
@@ -170,6 +172,7 @@ func DefaultCoordinator() Coordinator {
 		DownAfter:        9 * time.Second,
 		HintMaxAge:       3 * time.Hour,
 		HintsPerNode:     1_000_000,
+		MaxClockSkew:     coordinator.DefaultMaxClockSkew,
 	}
 }
 
@@ -203,6 +206,9 @@ func (c Coordinator) Validate() error {
 		return errors.Newf("coordinator.read_repair_chance must be above 0 and at most 1, got %v", c.ReadRepairChance)
 	case c.TenantCacheTTL <= 0:
 		return errors.Newf("coordinator.tenant_cache_ttl must be positive, got %s", c.TenantCacheTTL)
+	case c.MaxClockSkew <= 0 || 2*c.MaxClockSkew >= c.ReplicaTimeout:
+		return errors.Newf("coordinator.max_clock_skew must be positive and below half of coordinator.replica_timeout (%s), got %s",
+			c.ReplicaTimeout, c.MaxClockSkew)
 	}
 	return nil
 }
@@ -221,6 +227,7 @@ type StorageNode struct {
 	AntiEntropyRate     int           `yaml:"anti_entropy_rate" usage:"keys per second anti-entropy may read and repair"`
 	TombstoneGrace      time.Duration `yaml:"tombstone_grace" usage:"a tombstone is purged only this long after the delete, and once every replica holds it (at least hint_max_age)"`
 	HintMaxAge          time.Duration `yaml:"hint_max_age" usage:"the hint stream's max age (must equal the coordinators'); tombstone_grace may not be shorter"`
+	OriginTTL           time.Duration `yaml:"origin_ttl" usage:"how long the node remembers the keyed writes it minted or received (at least the coordinators' idempotency_ttl: a retry is recognised only while both last)"`
 	Process             `yaml:",inline"`
 }
 
@@ -238,6 +245,7 @@ func DefaultStorageNode() StorageNode {
 		AntiEntropyRate:     20000,
 		TombstoneGrace:      240 * time.Hour,
 		HintMaxAge:          3 * time.Hour,
+		OriginTTL:           storagenode.DefaultOriginTTL,
 	}
 }
 
@@ -271,6 +279,8 @@ func (s StorageNode) Validate() error {
 		return errors.Newf("storagenode.tombstone_grace (%s) must be at least storagenode.hint_max_age (%s): a hint could otherwise resurrect a purged key", s.TombstoneGrace, s.HintMaxAge)
 	case s.CacheBytes < 1<<20:
 		return errors.Newf("storagenode.cache_bytes must be at least 1MiB, got %s", s.CacheBytes)
+	case s.OriginTTL <= 0:
+		return errors.Newf("storagenode.origin_ttl must be positive, got %s", s.OriginTTL)
 	}
 	return nil
 }

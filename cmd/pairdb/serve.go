@@ -145,7 +145,7 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 						IdempotencyTTL: cfg.IdempotencyTTL, PostgresURL: cfg.PostgresURL,
 						RequestTimeout: cfg.RequestTimeout, ReplicaTimeout: cfg.ReplicaTimeout, TenantCacheTTL: cfg.TenantCacheTTL,
 						HeartbeatTimeout: cfg.HeartbeatTimeout, DownAfter: cfg.DownAfter, NoHints: cfg.NoHints,
-						ReadRepairChance: cfg.ReadRepairChance,
+						ReadRepairChance: cfg.ReadRepairChance, MaxClockSkew: cfg.MaxClockSkew,
 						Hints:            hints.Config{MaxAge: cfg.HintMaxAge, MaxPerNode: int64(cfg.HintsPerNode)},
 						Logger:           log, Metrics: set,
 					})
@@ -230,6 +230,7 @@ func startStorageNode(ctx context.Context, g *globals, cfg config.StorageNode, l
 	sc.AntiEntropyRate = cfg.AntiEntropyRate
 	sc.TombstoneGrace = cfg.TombstoneGrace
 	sc.HintMaxAge = cfg.HintMaxAge
+	sc.OriginTTL = cfg.OriginTTL
 	sc.Logger = log.Named(cfg.ID)
 	sc.Metrics = set
 	n, err := cluster.StartStorageNode(ctx, nc, sc, cfg.StreamReplicas, 0)
