@@ -132,7 +132,7 @@ type Config struct {
 	// (the key is the cluster's, from jetstream/secrets). Required.
 	Contexts *causal.Sealer
 	// MaxClockSkew bounds how far a storage node's clock may be from this
-	// coordinator's (default 500ms). Apply deadlines are set this much
+	// coordinator's (default 250ms). Apply deadlines are set this much
 	// before the coordinator stops waiting, so a replica whose clock lags
 	// by up to the bound still mints nothing after the coordinator gave up;
 	// a node whose heartbeats show more skew mints nothing for this
@@ -145,7 +145,7 @@ type Config struct {
 
 // DefaultMaxClockSkew is Config.MaxClockSkew's default: NTP keeps clocks
 // within milliseconds; this leaves room for a badly synced host.
-const DefaultMaxClockSkew = 500 * time.Millisecond
+const DefaultMaxClockSkew = 250 * time.Millisecond
 
 // Read fan-out defaults (see Config).
 const (
