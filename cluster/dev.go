@@ -126,7 +126,10 @@ func (d *Dev) start(ctx context.Context) error {
 	if err := c.Ring.Bootstrap(ctx, d.NodeIDs()); err != nil {
 		return err
 	}
-	return EnsureTenant(ctx, store, "default", d.cfg.DefaultTenantRF)
+	if err := EnsureTenant(ctx, store, "default", d.cfg.DefaultTenantRF); err != nil {
+		return err
+	}
+	return c.RecordTenant(ctx, "default", d.cfg.DefaultTenantRF, false)
 }
 
 // ClientURL is where clients connect.

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cockroachdb/errors"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
@@ -122,6 +123,12 @@ func (s *Service) createTenant(ctx context.Context, _ string, req *pb.CreateTena
 	if err := s.checkRF(t.GetReplicationFactor()); err != nil {
 		return nil, err
 	}
+	// The ring log first: storage nodes must take the tenant's data as soon
+	// as a coordinator serves it. A record that then fails to be created
+	// leaves a tenant the log knows and no coordinator serves.
+	if err := s.RecordTenant(ctx, t.GetTenantId(), t.GetReplicationFactor(), false); err != nil {
+		return nil, err
+	}
 	if err := s.cfg.Tenants.Create(ctx, t); err != nil {
 		return nil, err
 	}
@@ -206,12 +213,59 @@ func (s *Service) deleteTenant(ctx context.Context, _ string, req *pb.DeleteTena
 		return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad tenant_id")
 	}
 	t, err := s.cfg.Tenants.Get(ctx, req.GetTenantId())
+	if bus.Is(err, pb.ErrorCode_TENANT_NOT_FOUND) && s.cfg.Membership.State().TenantLive(req.GetTenantId()) {
+		// A delete whose ring log step failed: finish it.
+		return nil, errors.CombineErrors(err, s.RecordTenant(ctx, req.GetTenantId(), 0, true))
+	}
 	if err != nil {
 		return nil, err
 	}
+	// The record first, so requests get TENANT_NOT_FOUND at once; then the
+	// ring log, so storage nodes stop taking the tenant's data.
 	if err := s.cfg.Tenants.Delete(ctx, req.GetTenantId()); err != nil {
 		return nil, err
 	}
 	s.announce(req.GetTenantId())
+	if err := s.RecordTenant(ctx, req.GetTenantId(), t.GetReplicationFactor(), true); err != nil {
+		return nil, bus.Wrap(bus.CodeOf(err), err, "tenant %q was deleted, but the ring log does not say so yet; delete it again", req.GetTenantId())
+	}
 	return &pb.TenantResponse{Tenant: proto.Clone(t).(*pb.Tenant)}, nil
+}
+
+// RecordTenant makes the ring log say that tenant id exists (with
+// replication factor rf) or is deleted, and waits until this coordinator
+// has folded it. Storage nodes take data only for tenants the log knows.
+// Recording what the log already says does nothing.
+func (s *Service) RecordTenant(ctx context.Context, id string, rf uint32, deleted bool) error {
+	for attempt := 0; ; attempt++ {
+		st := s.cfg.Membership.State()
+		if cur, ok := st.Tenants[id]; ok && cur.Deleted == deleted {
+			return nil
+		}
+		seq, err := s.cfg.Membership.Append(ctx, st.Seq, &pb.RingEvent{UnixMs: time.Now().UnixMilli(),
+			Event: &pb.RingEvent_Tenant{Tenant: &pb.TenantChanged{TenantId: id, ReplicationFactor: rf, Deleted: deleted}}})
+		if err == nil {
+			return s.cfg.Membership.WaitFor(ctx, seq)
+		}
+		if !bus.Is(err, pb.ErrorCode_VERSION_CONFLICT) || attempt >= maxRecordAttempts {
+			return bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "record tenant %q in the ring log", id)
+		}
+		if err := s.cfg.Membership.WaitFor(ctx, st.Seq+1); err != nil {
+			return bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "record tenant %q in the ring log", id)
+		}
+	}
+}
+
+// maxRecordAttempts bounds the appends one RecordTenant loses to others.
+const maxRecordAttempts = 10
+
+// knownToRing makes sure the ring log knows tenant t, recording it if the
+// log has never heard of it (a tenant created before tenants were recorded,
+// or whose recording failed). A tenant the log says is deleted is left so:
+// a cached record may be stale, and only a create brings a tenant back.
+func (s *Service) knownToRing(ctx context.Context, t *pb.Tenant) error {
+	if _, ok := s.cfg.Membership.State().Tenants[t.GetTenantId()]; ok {
+		return nil
+	}
+	return s.RecordTenant(ctx, t.GetTenantId(), t.GetReplicationFactor(), false)
 }

@@ -118,7 +118,14 @@ func (s *Service) tenantOf(ctx context.Context, subject string) (*pb.Tenant, err
 	if !ok {
 		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "subject %q names no tenant", subject)
 	}
-	return s.tenants.get(ctx, id)
+	t, err := s.tenants.get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.knownToRing(ctx, t); err != nil {
+		return nil, err
+	}
+	return t, nil
 }
 
 func levelOf(t *pb.Tenant, consistency string) (quorum.Level, error) {

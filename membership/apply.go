@@ -26,6 +26,8 @@ func (s *State) Apply(seq uint64, ev *pb.RingEvent) (next *State, skipped error)
 		}
 	case *pb.RingEvent_TransferDone:
 		err = n.transferDone(seq, ev.GetUnixMs(), e.TransferDone)
+	case *pb.RingEvent_Tenant:
+		err = n.tenant(seq, e.Tenant)
 	default:
 		err = bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "ring event %d is of no known kind", seq)
 	}
@@ -57,6 +59,22 @@ func (s *State) register(seq uint64, r *pb.NodeRegistered) {
 		cur.Incarnation = r.GetIncarnation()
 		s.Nodes[cur.ID] = cur
 	}
+}
+
+// tenant records a tenant's existence or deletion. Recording what the log
+// already says is skipped (racing coordinators may both append it).
+func (s *State) tenant(seq uint64, t *pb.TenantChanged) error {
+	if t.GetTenantId() == "" {
+		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "a tenant event needs a tenant id")
+	}
+	if cur, ok := s.Tenants[t.GetTenantId()]; ok && cur.Deleted == t.GetDeleted() && cur.RF == t.GetReplicationFactor() {
+		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %s is already recorded so", t.GetTenantId())
+	}
+	s.Tenants[t.GetTenantId()] = Tenant{RF: t.GetReplicationFactor(), Seq: seq, Deleted: t.GetDeleted()}
+	// A tenant's existence is an input to where data may go: requests
+	// routed under it carry its epoch, and nodes wait to fold it.
+	s.placementChanged(seq)
+	return nil
 }
 
 // CheckStart reports whether a change may start in this state. Admins call

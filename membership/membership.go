@@ -68,6 +68,9 @@ type State struct {
 	// the actors a version vector may name. Old incarnations of wiped
 	// nodes stay, since their dots live on in clocks.
 	Incarnations map[string]string
+	// Tenants are the tenants the log knows, deleted ones included (as
+	// such): storage nodes take data only for live ones.
+	Tenants map[string]Tenant
 	// RF holds the outcome of finished replication-factor changes: tenant →
 	// {old, new}. The tenant store is updated when a change starts; this
 	// covers a store update that failed.
@@ -80,7 +83,8 @@ type State struct {
 
 // New is the state of an empty log.
 func New(vnodes int) *State {
-	s := &State{VNodes: vnodes, Nodes: map[string]Node{}, Incarnations: map[string]string{}, RF: map[string]RFChange{}}
+	s := &State{VNodes: vnodes, Nodes: map[string]Node{}, Incarnations: map[string]string{}, Tenants: map[string]Tenant{},
+		RF: map[string]RFChange{}}
 	s.rebuild()
 	return s
 }
@@ -101,6 +105,21 @@ func (s *State) Normal() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// Tenant is a tenant as the ring log knows it.
+type Tenant struct {
+	// RF is the replication factor it was recorded with.
+	RF uint32
+	// Seq is the log sequence that recorded it (or its deletion).
+	Seq     uint64
+	Deleted bool
+}
+
+// TenantLive reports whether the log knows tenant and it is not deleted.
+func (s *State) TenantLive(tenant string) bool {
+	t, ok := s.Tenants[tenant]
+	return ok && !t.Deleted
 }
 
 // RFChange is a finished replication-factor change.
@@ -176,6 +195,7 @@ func (s *State) clone() *State {
 	n := *s
 	n.Nodes = maps.Clone(s.Nodes)
 	n.Incarnations = maps.Clone(s.Incarnations)
+	n.Tenants = maps.Clone(s.Tenants)
 	n.RF = maps.Clone(s.RF)
 	n.History = slices.Clone(s.History)
 	if s.Change != nil {

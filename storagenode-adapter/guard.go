@@ -39,7 +39,20 @@ const (
 	refusedActor    = "unknown_actor"
 	refusedForward  = "forward"
 	refusedReplica  = "not_a_replica"
+	refusedTenant   = "tenant"
 )
+
+// liveTenant refuses a request for a tenant the ring log does not know or
+// knows as deleted (static mode: no check). It runs after the epoch check,
+// so the node has folded every tenant the sender routed under.
+func (n *Node) liveTenant(tenant string) error {
+	if n.mem == nil || n.mem.State().TenantLive(tenant) {
+		return nil
+	}
+	n.met.refused(refusedTenant)
+	return bus.Errorf(pb.ErrorCode_TENANT_NOT_FOUND,
+		"node %s takes no data of tenant %q: the ring log does not know it, or it was deleted", n.cfg.ID, tenant)
+}
 
 // deadlineOf reads a request's deadline: zero for none, unless required.
 func (n *Node) deadlineOf(op string, unixMs int64, required bool) (time.Time, error) {
@@ -143,6 +156,14 @@ func (n *Node) replySubject(s string) bool {
 // (hints, transfers, anti-entropy) goes through; the engine validates the
 // objects themselves.
 func (n *Node) mergeBatch(tenant string, items []engine.MergeItem, p dvv.Policy) (int, error) {
+	if n.mem != nil {
+		if t, ok := n.mem.State().Tenants[tenant]; ok && t.Deleted {
+			// A deleted tenant's data is garbage: dropped, and the hint or
+			// transfer page that carried it counts as settled.
+			n.met.refused(refusedTenant)
+			return 0, nil
+		}
+	}
 	for _, it := range items {
 		if err := n.knownActors(it.Object.Clock); err != nil {
 			return 0, bus.Wrap(bus.CodeOf(err), err, "key %q of tenant %q", it.Key, tenant)

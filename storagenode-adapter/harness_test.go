@@ -148,7 +148,22 @@ func (r *ringNet) bootstrap(ids ...string) *membership.State {
 	r.waitState("registration", registered(ids...))
 	st := r.start(&pb.ChangeStarted{MigrationId: "boot", Type: pb.ChangeType_BOOTSTRAP, NodeIds: ids})
 	require.Nil(r.t, st.Change, "a bootstrap moves nothing")
-	return st
+	return r.tenant("t")
+}
+
+// tenant records tenant id in the ring log, as a coordinator does when it
+// creates one (nodes take data only for tenants the log knows), and returns
+// the fold right after it.
+func (r *ringNet) tenant(id string) *membership.State {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	st := r.f.State()
+	seq, err := r.log.Append(ctx, st.Seq, &pb.RingEvent{Event: &pb.RingEvent_Tenant{
+		Tenant: &pb.TenantChanged{TenantId: id, ReplicationFactor: 1}}})
+	require.NoError(r.t, err)
+	require.NoError(r.t, r.f.WaitFor(ctx, seq))
+	return r.f.State()
 }
 
 func memberConfig(t *testing.T, r *ringNet, id, dir string) storagenode.Config {

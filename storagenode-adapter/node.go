@@ -229,6 +229,9 @@ func (n *Node) apply(ctx context.Context, _ string, req *pb.ApplyRequest) (*pb.A
 	if err != nil {
 		return &pb.ApplyResponse{Epoch: epoch}, err
 	}
+	if err := n.liveTenant(req.GetTenantId()); err != nil {
+		return &pb.ApplyResponse{Epoch: epoch}, err
+	}
 	causal := dvvpb.ClockFromProto(req.GetContext())
 	if err := n.knownActors(causal); err != nil {
 		return &pb.ApplyResponse{Epoch: epoch}, err
@@ -307,6 +310,9 @@ func (n *Node) merge(ctx context.Context, _ string, req *pb.MergeRequest) (*pb.M
 	if err != nil {
 		return &pb.MergeResponse{Epoch: epoch}, err
 	}
+	if err := n.liveTenant(req.GetTenantId()); err != nil {
+		return &pb.MergeResponse{Epoch: epoch}, err
+	}
 	obj := dvvpb.ObjectFromProto(req.GetObject())
 	if err := n.knownActors(obj.Clock); err != nil {
 		return &pb.MergeResponse{Epoch: epoch}, err
@@ -335,6 +341,9 @@ func (n *Node) read(ctx context.Context, _ string, req *pb.ReadRequest) (*pb.Rea
 	}
 	epoch, err := n.checkEpoch(ctx, bus.OpRead, req.GetEpoch())
 	if err != nil {
+		return &pb.ReadResponse{Epoch: epoch}, err
+	}
+	if err := n.liveTenant(req.GetTenantId()); err != nil {
 		return &pb.ReadResponse{Epoch: epoch}, err
 	}
 	obj, found, err := n.eng.Get(req.GetTenantId(), req.GetKey())

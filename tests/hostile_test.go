@@ -118,6 +118,7 @@ func TestStoredObjectsStayWithinOneMessage(t *testing.T) {
 // no deadline, one too far ahead, or past it, forwards to non-replicas, to
 // subjects that are not inboxes, or two thousand of them: each is refused
 // with a typed error and counted, nothing is stored and nothing is sent.
+// So is data for a tenant the ring log never recorded or recorded deleted.
 func TestNodesRefuseHostileRequests(t *testing.T) {
 	h := startCluster(t, 3)
 	ctx := ctxT(t)
@@ -150,6 +151,26 @@ func TestNodesRefuseHostileRequests(t *testing.T) {
 		err := bus.Request(ctx, h.nc, bus.Subjects{}.Node("node-1", bus.OpMerge),
 			&pb.MergeRequest{TenantId: "default", Key: "k", Object: o, Epoch: epoch}, new(pb.MergeResponse))
 		require.True(t, bus.Is(err, pb.ErrorCode_INVALID_ARGUMENT), "merge with %s: %v", name, err)
+	}
+
+	// Tenants the ring log never recorded, or recorded as deleted, take no
+	// data.
+	_, err = h.c.CreateTenant(ctx, &pb.CreateTenantRequest{TenantId: "gone"})
+	require.NoError(t, err)
+	err = h.c.DeleteTenant(ctx, "gone")
+	require.NoError(t, err)
+	epoch = h.dev.Coordinators()[0].Ring.State().Epoch
+	valid := obj(tomb(peer, 1), dvv.VV{peer: 1})
+	for _, tenant := range []string{"nosuch", "gone"} {
+		err := bus.Request(ctx, h.nc, bus.Subjects{}.Node("node-1", bus.OpMerge),
+			&pb.MergeRequest{TenantId: tenant, Key: "k", Object: valid, Epoch: epoch}, new(pb.MergeResponse))
+		require.True(t, bus.Is(err, pb.ErrorCode_TENANT_NOT_FOUND), "merge into %s: %v", tenant, err)
+		err = bus.Request(ctx, h.nc, bus.Subjects{}.Node("node-1", bus.OpApply),
+			&pb.ApplyRequest{TenantId: tenant, Key: "k", Value: []byte("v"), Epoch: epoch, DeadlineUnixMs: soon()}, new(pb.ApplyResponse))
+		require.True(t, bus.Is(err, pb.ErrorCode_TENANT_NOT_FOUND), "apply to %s: %v", tenant, err)
+		_, found, lerr := h.dev.Node("node-1").Local(tenant, "k")
+		require.NoError(t, lerr)
+		require.False(t, found, "nothing stored for %s", tenant)
 	}
 
 	mux, err := bus.NewMux(h.nc)
@@ -197,10 +218,10 @@ func TestNodesRefuseHostileRequests(t *testing.T) {
 	require.True(t, dvv.Equal(before, after), "nothing was stored: %+v", after)
 	require.Equal(t, mergesBefore, merges(), "nothing was forwarded")
 	var refused uint64
-	for _, reason := range []string{"deadline", "unknown_actor", "forward", "not_a_replica"} {
+	for _, reason := range []string{"deadline", "unknown_actor", "forward", "not_a_replica", "tenant"} {
 		refused += h.counter(fmt.Sprintf(`pairdb_node_refused_total{node="node-1",reason=%q}`, reason))
 	}
-	require.GreaterOrEqual(t, refused, uint64(7), "refusals are counted")
+	require.GreaterOrEqual(t, refused, uint64(11), "refusals are counted")
 	got, err := h.c.Get(ctx, "k", client.ReadConsistency("all"))
 	require.NoError(t, err)
 	require.Equal(t, []string{"v"}, values(got))

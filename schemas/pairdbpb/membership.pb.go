@@ -92,6 +92,7 @@ type RingEvent struct {
 	//	*RingEvent_Registered
 	//	*RingEvent_Started
 	//	*RingEvent_TransferDone
+	//	*RingEvent_Tenant
 	Event         isRingEvent_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -168,6 +169,15 @@ func (x *RingEvent) GetTransferDone() *TransferDone {
 	return nil
 }
 
+func (x *RingEvent) GetTenant() *TenantChanged {
+	if x != nil {
+		if x, ok := x.Event.(*RingEvent_Tenant); ok {
+			return x.Tenant
+		}
+	}
+	return nil
+}
+
 type isRingEvent_Event interface {
 	isRingEvent_Event()
 }
@@ -184,11 +194,83 @@ type RingEvent_TransferDone struct {
 	TransferDone *TransferDone `protobuf:"bytes,12,opt,name=transfer_done,json=transferDone,proto3,oneof"`
 }
 
+type RingEvent_Tenant struct {
+	Tenant *TenantChanged `protobuf:"bytes,13,opt,name=tenant,proto3,oneof"`
+}
+
 func (*RingEvent_Registered) isRingEvent_Event() {}
 
 func (*RingEvent_Started) isRingEvent_Event() {}
 
 func (*RingEvent_TransferDone) isRingEvent_Event() {}
+
+func (*RingEvent_Tenant) isRingEvent_Event() {}
+
+// TenantChanged records that a tenant exists (with its replication factor
+// when it was recorded) or was deleted. Storage nodes accept data only for
+// tenants the log knows, and it changes placement (the epoch moves), so a
+// request routed under it waits at a node until the node has folded it.
+// Coordinators append it when a tenant is created or deleted, and when they
+// find a tenant the log does not know yet.
+type TenantChanged struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	TenantId          string                 `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	ReplicationFactor uint32                 `protobuf:"varint,2,opt,name=replication_factor,json=replicationFactor,proto3" json:"replication_factor,omitempty"`
+	Deleted           bool                   `protobuf:"varint,3,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *TenantChanged) Reset() {
+	*x = TenantChanged{}
+	mi := &file_pairdb_v1_membership_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TenantChanged) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TenantChanged) ProtoMessage() {}
+
+func (x *TenantChanged) ProtoReflect() protoreflect.Message {
+	mi := &file_pairdb_v1_membership_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TenantChanged.ProtoReflect.Descriptor instead.
+func (*TenantChanged) Descriptor() ([]byte, []int) {
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *TenantChanged) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *TenantChanged) GetReplicationFactor() uint32 {
+	if x != nil {
+		return x.ReplicationFactor
+	}
+	return 0
+}
+
+func (x *TenantChanged) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
 
 // NodeRegistered is appended by a storage node at start when the log does
 // not already know its (id, incarnation).
@@ -202,7 +284,7 @@ type NodeRegistered struct {
 
 func (x *NodeRegistered) Reset() {
 	*x = NodeRegistered{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[1]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -214,7 +296,7 @@ func (x *NodeRegistered) String() string {
 func (*NodeRegistered) ProtoMessage() {}
 
 func (x *NodeRegistered) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[1]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -227,7 +309,7 @@ func (x *NodeRegistered) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRegistered.ProtoReflect.Descriptor instead.
 func (*NodeRegistered) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{1}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *NodeRegistered) GetNodeId() string {
@@ -263,7 +345,7 @@ type ChangeStarted struct {
 
 func (x *ChangeStarted) Reset() {
 	*x = ChangeStarted{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[2]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -275,7 +357,7 @@ func (x *ChangeStarted) String() string {
 func (*ChangeStarted) ProtoMessage() {}
 
 func (x *ChangeStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[2]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -288,7 +370,7 @@ func (x *ChangeStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeStarted.ProtoReflect.Descriptor instead.
 func (*ChangeStarted) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{2}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ChangeStarted) GetMigrationId() string {
@@ -345,7 +427,7 @@ type TransferDone struct {
 
 func (x *TransferDone) Reset() {
 	*x = TransferDone{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[3]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -357,7 +439,7 @@ func (x *TransferDone) String() string {
 func (*TransferDone) ProtoMessage() {}
 
 func (x *TransferDone) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[3]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -370,7 +452,7 @@ func (x *TransferDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferDone.ProtoReflect.Descriptor instead.
 func (*TransferDone) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{3}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *TransferDone) GetMigrationId() string {
@@ -406,7 +488,7 @@ type HashRange struct {
 
 func (x *HashRange) Reset() {
 	*x = HashRange{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[4]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -418,7 +500,7 @@ func (x *HashRange) String() string {
 func (*HashRange) ProtoMessage() {}
 
 func (x *HashRange) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[4]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -431,7 +513,7 @@ func (x *HashRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HashRange.ProtoReflect.Descriptor instead.
 func (*HashRange) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{4}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *HashRange) GetStart() uint64 {
@@ -464,7 +546,7 @@ type ScanRequest struct {
 
 func (x *ScanRequest) Reset() {
 	*x = ScanRequest{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[5]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -476,7 +558,7 @@ func (x *ScanRequest) String() string {
 func (*ScanRequest) ProtoMessage() {}
 
 func (x *ScanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[5]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -489,7 +571,7 @@ func (x *ScanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanRequest.ProtoReflect.Descriptor instead.
 func (*ScanRequest) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{5}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ScanRequest) GetTenantId() string {
@@ -552,7 +634,7 @@ type ScanItem struct {
 
 func (x *ScanItem) Reset() {
 	*x = ScanItem{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[6]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -564,7 +646,7 @@ func (x *ScanItem) String() string {
 func (*ScanItem) ProtoMessage() {}
 
 func (x *ScanItem) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[6]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -577,7 +659,7 @@ func (x *ScanItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanItem.ProtoReflect.Descriptor instead.
 func (*ScanItem) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{6}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ScanItem) GetKey() string {
@@ -614,7 +696,7 @@ type ScanResponse struct {
 
 func (x *ScanResponse) Reset() {
 	*x = ScanResponse{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[7]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -626,7 +708,7 @@ func (x *ScanResponse) String() string {
 func (*ScanResponse) ProtoMessage() {}
 
 func (x *ScanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[7]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -639,7 +721,7 @@ func (x *ScanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanResponse.ProtoReflect.Descriptor instead.
 func (*ScanResponse) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{7}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ScanResponse) GetItems() []*ScanItem {
@@ -681,7 +763,7 @@ type DigestRequest struct {
 
 func (x *DigestRequest) Reset() {
 	*x = DigestRequest{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[8]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -693,7 +775,7 @@ func (x *DigestRequest) String() string {
 func (*DigestRequest) ProtoMessage() {}
 
 func (x *DigestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[8]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -706,7 +788,7 @@ func (x *DigestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DigestRequest.ProtoReflect.Descriptor instead.
 func (*DigestRequest) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{8}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DigestRequest) GetTenantId() string {
@@ -743,7 +825,7 @@ type DigestResponse struct {
 
 func (x *DigestResponse) Reset() {
 	*x = DigestResponse{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[9]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -755,7 +837,7 @@ func (x *DigestResponse) String() string {
 func (*DigestResponse) ProtoMessage() {}
 
 func (x *DigestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[9]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -768,7 +850,7 @@ func (x *DigestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DigestResponse.ProtoReflect.Descriptor instead.
 func (*DigestResponse) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{9}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DigestResponse) GetDigest() []byte {
@@ -816,7 +898,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[10]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -828,7 +910,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[10]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -841,7 +923,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{10}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *NodeInfo) GetNodeId() string {
@@ -902,7 +984,7 @@ type AddNodesRequest struct {
 
 func (x *AddNodesRequest) Reset() {
 	*x = AddNodesRequest{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[11]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -914,7 +996,7 @@ func (x *AddNodesRequest) String() string {
 func (*AddNodesRequest) ProtoMessage() {}
 
 func (x *AddNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[11]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -927,7 +1009,7 @@ func (x *AddNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddNodesRequest.ProtoReflect.Descriptor instead.
 func (*AddNodesRequest) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{11}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AddNodesRequest) GetNodeIds() []string {
@@ -949,7 +1031,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[12]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -961,7 +1043,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[12]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -974,7 +1056,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{12}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RemoveNodeRequest) GetNodeId() string {
@@ -1003,7 +1085,7 @@ type NodeChangeResponse struct {
 
 func (x *NodeChangeResponse) Reset() {
 	*x = NodeChangeResponse{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[13]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1015,7 +1097,7 @@ func (x *NodeChangeResponse) String() string {
 func (*NodeChangeResponse) ProtoMessage() {}
 
 func (x *NodeChangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[13]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1028,7 +1110,7 @@ func (x *NodeChangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeChangeResponse.ProtoReflect.Descriptor instead.
 func (*NodeChangeResponse) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{13}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *NodeChangeResponse) GetMigrationId() string {
@@ -1067,7 +1149,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[14]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1079,7 +1161,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[14]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1092,7 +1174,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{14}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{15}
 }
 
 type ListNodesResponse struct {
@@ -1106,7 +1188,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[15]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1118,7 +1200,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[15]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1131,7 +1213,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{15}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeInfo {
@@ -1179,7 +1261,7 @@ type Migration struct {
 
 func (x *Migration) Reset() {
 	*x = Migration{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[16]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1191,7 +1273,7 @@ func (x *Migration) String() string {
 func (*Migration) ProtoMessage() {}
 
 func (x *Migration) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[16]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1204,7 +1286,7 @@ func (x *Migration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Migration.ProtoReflect.Descriptor instead.
 func (*Migration) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{16}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Migration) GetMigrationId() string {
@@ -1300,7 +1382,7 @@ type GetMigrationRequest struct {
 
 func (x *GetMigrationRequest) Reset() {
 	*x = GetMigrationRequest{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[17]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1312,7 +1394,7 @@ func (x *GetMigrationRequest) String() string {
 func (*GetMigrationRequest) ProtoMessage() {}
 
 func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[17]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1325,7 +1407,7 @@ func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{17}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetMigrationRequest) GetMigrationId() string {
@@ -1345,7 +1427,7 @@ type MigrationResponse struct {
 
 func (x *MigrationResponse) Reset() {
 	*x = MigrationResponse{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[18]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1357,7 +1439,7 @@ func (x *MigrationResponse) String() string {
 func (*MigrationResponse) ProtoMessage() {}
 
 func (x *MigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[18]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1370,7 +1452,7 @@ func (x *MigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationResponse.ProtoReflect.Descriptor instead.
 func (*MigrationResponse) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{18}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *MigrationResponse) GetMigration() *Migration {
@@ -1395,7 +1477,7 @@ type ListMigrationsRequest struct {
 
 func (x *ListMigrationsRequest) Reset() {
 	*x = ListMigrationsRequest{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[19]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1407,7 +1489,7 @@ func (x *ListMigrationsRequest) String() string {
 func (*ListMigrationsRequest) ProtoMessage() {}
 
 func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[19]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1420,7 +1502,7 @@ func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationsRequest) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{19}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{20}
 }
 
 type ListMigrationsResponse struct {
@@ -1433,7 +1515,7 @@ type ListMigrationsResponse struct {
 
 func (x *ListMigrationsResponse) Reset() {
 	*x = ListMigrationsResponse{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[20]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1445,7 +1527,7 @@ func (x *ListMigrationsResponse) String() string {
 func (*ListMigrationsResponse) ProtoMessage() {}
 
 func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[20]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1458,7 +1540,7 @@ func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationsResponse) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{20}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListMigrationsResponse) GetMigrations() []*Migration {
@@ -1493,7 +1575,7 @@ type MigrationProgress struct {
 
 func (x *MigrationProgress) Reset() {
 	*x = MigrationProgress{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[21]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1505,7 +1587,7 @@ func (x *MigrationProgress) String() string {
 func (*MigrationProgress) ProtoMessage() {}
 
 func (x *MigrationProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[21]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1518,7 +1600,7 @@ func (x *MigrationProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationProgress.ProtoReflect.Descriptor instead.
 func (*MigrationProgress) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{21}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *MigrationProgress) GetMigrationId() string {
@@ -1574,7 +1656,7 @@ var File_pairdb_v1_membership_proto protoreflect.FileDescriptor
 
 const file_pairdb_v1_membership_proto_rawDesc = "" +
 	"\n" +
-	"\x1apairdb/v1/membership.proto\x12\tpairdb.v1\x1a\x16pairdb/v1/common.proto\x1a\x14pairdb/v1/node.proto\"\xe0\x01\n" +
+	"\x1apairdb/v1/membership.proto\x12\tpairdb.v1\x1a\x16pairdb/v1/common.proto\x1a\x14pairdb/v1/node.proto\"\x94\x02\n" +
 	"\tRingEvent\x12\x17\n" +
 	"\aunix_ms\x18\x01 \x01(\x03R\x06unixMs\x12;\n" +
 	"\n" +
@@ -1582,8 +1664,13 @@ const file_pairdb_v1_membership_proto_rawDesc = "" +
 	" \x01(\v2\x19.pairdb.v1.NodeRegisteredH\x00R\n" +
 	"registered\x124\n" +
 	"\astarted\x18\v \x01(\v2\x18.pairdb.v1.ChangeStartedH\x00R\astarted\x12>\n" +
-	"\rtransfer_done\x18\f \x01(\v2\x17.pairdb.v1.TransferDoneH\x00R\ftransferDoneB\a\n" +
-	"\x05event\"K\n" +
+	"\rtransfer_done\x18\f \x01(\v2\x17.pairdb.v1.TransferDoneH\x00R\ftransferDone\x122\n" +
+	"\x06tenant\x18\r \x01(\v2\x18.pairdb.v1.TenantChangedH\x00R\x06tenantB\a\n" +
+	"\x05event\"u\n" +
+	"\rTenantChanged\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12-\n" +
+	"\x12replication_factor\x18\x02 \x01(\rR\x11replicationFactor\x12\x18\n" +
+	"\adeleted\x18\x03 \x01(\bR\adeleted\"K\n" +
 	"\x0eNodeRegistered\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12 \n" +
 	"\vincarnation\x18\x02 \x01(\tR\vincarnation\"\xc6\x02\n" +
@@ -1714,59 +1801,61 @@ func file_pairdb_v1_membership_proto_rawDescGZIP() []byte {
 }
 
 var file_pairdb_v1_membership_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_pairdb_v1_membership_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_pairdb_v1_membership_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_pairdb_v1_membership_proto_goTypes = []any{
 	(ChangeType)(0),                // 0: pairdb.v1.ChangeType
 	(*RingEvent)(nil),              // 1: pairdb.v1.RingEvent
-	(*NodeRegistered)(nil),         // 2: pairdb.v1.NodeRegistered
-	(*ChangeStarted)(nil),          // 3: pairdb.v1.ChangeStarted
-	(*TransferDone)(nil),           // 4: pairdb.v1.TransferDone
-	(*HashRange)(nil),              // 5: pairdb.v1.HashRange
-	(*ScanRequest)(nil),            // 6: pairdb.v1.ScanRequest
-	(*ScanItem)(nil),               // 7: pairdb.v1.ScanItem
-	(*ScanResponse)(nil),           // 8: pairdb.v1.ScanResponse
-	(*DigestRequest)(nil),          // 9: pairdb.v1.DigestRequest
-	(*DigestResponse)(nil),         // 10: pairdb.v1.DigestResponse
-	(*NodeInfo)(nil),               // 11: pairdb.v1.NodeInfo
-	(*AddNodesRequest)(nil),        // 12: pairdb.v1.AddNodesRequest
-	(*RemoveNodeRequest)(nil),      // 13: pairdb.v1.RemoveNodeRequest
-	(*NodeChangeResponse)(nil),     // 14: pairdb.v1.NodeChangeResponse
-	(*ListNodesRequest)(nil),       // 15: pairdb.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),      // 16: pairdb.v1.ListNodesResponse
-	(*Migration)(nil),              // 17: pairdb.v1.Migration
-	(*GetMigrationRequest)(nil),    // 18: pairdb.v1.GetMigrationRequest
-	(*MigrationResponse)(nil),      // 19: pairdb.v1.MigrationResponse
-	(*ListMigrationsRequest)(nil),  // 20: pairdb.v1.ListMigrationsRequest
-	(*ListMigrationsResponse)(nil), // 21: pairdb.v1.ListMigrationsResponse
-	(*MigrationProgress)(nil),      // 22: pairdb.v1.MigrationProgress
-	nil,                            // 23: pairdb.v1.ChangeStarted.TenantRfEntry
-	(*Object)(nil),                 // 24: pairdb.v1.Object
-	(*Error)(nil),                  // 25: pairdb.v1.Error
+	(*TenantChanged)(nil),          // 2: pairdb.v1.TenantChanged
+	(*NodeRegistered)(nil),         // 3: pairdb.v1.NodeRegistered
+	(*ChangeStarted)(nil),          // 4: pairdb.v1.ChangeStarted
+	(*TransferDone)(nil),           // 5: pairdb.v1.TransferDone
+	(*HashRange)(nil),              // 6: pairdb.v1.HashRange
+	(*ScanRequest)(nil),            // 7: pairdb.v1.ScanRequest
+	(*ScanItem)(nil),               // 8: pairdb.v1.ScanItem
+	(*ScanResponse)(nil),           // 9: pairdb.v1.ScanResponse
+	(*DigestRequest)(nil),          // 10: pairdb.v1.DigestRequest
+	(*DigestResponse)(nil),         // 11: pairdb.v1.DigestResponse
+	(*NodeInfo)(nil),               // 12: pairdb.v1.NodeInfo
+	(*AddNodesRequest)(nil),        // 13: pairdb.v1.AddNodesRequest
+	(*RemoveNodeRequest)(nil),      // 14: pairdb.v1.RemoveNodeRequest
+	(*NodeChangeResponse)(nil),     // 15: pairdb.v1.NodeChangeResponse
+	(*ListNodesRequest)(nil),       // 16: pairdb.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),      // 17: pairdb.v1.ListNodesResponse
+	(*Migration)(nil),              // 18: pairdb.v1.Migration
+	(*GetMigrationRequest)(nil),    // 19: pairdb.v1.GetMigrationRequest
+	(*MigrationResponse)(nil),      // 20: pairdb.v1.MigrationResponse
+	(*ListMigrationsRequest)(nil),  // 21: pairdb.v1.ListMigrationsRequest
+	(*ListMigrationsResponse)(nil), // 22: pairdb.v1.ListMigrationsResponse
+	(*MigrationProgress)(nil),      // 23: pairdb.v1.MigrationProgress
+	nil,                            // 24: pairdb.v1.ChangeStarted.TenantRfEntry
+	(*Object)(nil),                 // 25: pairdb.v1.Object
+	(*Error)(nil),                  // 26: pairdb.v1.Error
 }
 var file_pairdb_v1_membership_proto_depIdxs = []int32{
-	2,  // 0: pairdb.v1.RingEvent.registered:type_name -> pairdb.v1.NodeRegistered
-	3,  // 1: pairdb.v1.RingEvent.started:type_name -> pairdb.v1.ChangeStarted
-	4,  // 2: pairdb.v1.RingEvent.transfer_done:type_name -> pairdb.v1.TransferDone
-	0,  // 3: pairdb.v1.ChangeStarted.type:type_name -> pairdb.v1.ChangeType
-	23, // 4: pairdb.v1.ChangeStarted.tenant_rf:type_name -> pairdb.v1.ChangeStarted.TenantRfEntry
-	5,  // 5: pairdb.v1.ScanRequest.range:type_name -> pairdb.v1.HashRange
-	24, // 6: pairdb.v1.ScanItem.object:type_name -> pairdb.v1.Object
-	7,  // 7: pairdb.v1.ScanResponse.items:type_name -> pairdb.v1.ScanItem
-	25, // 8: pairdb.v1.ScanResponse.error:type_name -> pairdb.v1.Error
-	5,  // 9: pairdb.v1.DigestRequest.range:type_name -> pairdb.v1.HashRange
-	25, // 10: pairdb.v1.DigestResponse.error:type_name -> pairdb.v1.Error
-	25, // 11: pairdb.v1.NodeChangeResponse.error:type_name -> pairdb.v1.Error
-	11, // 12: pairdb.v1.ListNodesResponse.nodes:type_name -> pairdb.v1.NodeInfo
-	25, // 13: pairdb.v1.ListNodesResponse.error:type_name -> pairdb.v1.Error
-	17, // 14: pairdb.v1.MigrationResponse.migration:type_name -> pairdb.v1.Migration
-	25, // 15: pairdb.v1.MigrationResponse.error:type_name -> pairdb.v1.Error
-	17, // 16: pairdb.v1.ListMigrationsResponse.migrations:type_name -> pairdb.v1.Migration
-	25, // 17: pairdb.v1.ListMigrationsResponse.error:type_name -> pairdb.v1.Error
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	3,  // 0: pairdb.v1.RingEvent.registered:type_name -> pairdb.v1.NodeRegistered
+	4,  // 1: pairdb.v1.RingEvent.started:type_name -> pairdb.v1.ChangeStarted
+	5,  // 2: pairdb.v1.RingEvent.transfer_done:type_name -> pairdb.v1.TransferDone
+	2,  // 3: pairdb.v1.RingEvent.tenant:type_name -> pairdb.v1.TenantChanged
+	0,  // 4: pairdb.v1.ChangeStarted.type:type_name -> pairdb.v1.ChangeType
+	24, // 5: pairdb.v1.ChangeStarted.tenant_rf:type_name -> pairdb.v1.ChangeStarted.TenantRfEntry
+	6,  // 6: pairdb.v1.ScanRequest.range:type_name -> pairdb.v1.HashRange
+	25, // 7: pairdb.v1.ScanItem.object:type_name -> pairdb.v1.Object
+	8,  // 8: pairdb.v1.ScanResponse.items:type_name -> pairdb.v1.ScanItem
+	26, // 9: pairdb.v1.ScanResponse.error:type_name -> pairdb.v1.Error
+	6,  // 10: pairdb.v1.DigestRequest.range:type_name -> pairdb.v1.HashRange
+	26, // 11: pairdb.v1.DigestResponse.error:type_name -> pairdb.v1.Error
+	26, // 12: pairdb.v1.NodeChangeResponse.error:type_name -> pairdb.v1.Error
+	12, // 13: pairdb.v1.ListNodesResponse.nodes:type_name -> pairdb.v1.NodeInfo
+	26, // 14: pairdb.v1.ListNodesResponse.error:type_name -> pairdb.v1.Error
+	18, // 15: pairdb.v1.MigrationResponse.migration:type_name -> pairdb.v1.Migration
+	26, // 16: pairdb.v1.MigrationResponse.error:type_name -> pairdb.v1.Error
+	18, // 17: pairdb.v1.ListMigrationsResponse.migrations:type_name -> pairdb.v1.Migration
+	26, // 18: pairdb.v1.ListMigrationsResponse.error:type_name -> pairdb.v1.Error
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_pairdb_v1_membership_proto_init() }
@@ -1780,6 +1869,7 @@ func file_pairdb_v1_membership_proto_init() {
 		(*RingEvent_Registered)(nil),
 		(*RingEvent_Started)(nil),
 		(*RingEvent_TransferDone)(nil),
+		(*RingEvent_Tenant)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1787,7 +1877,7 @@ func file_pairdb_v1_membership_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pairdb_v1_membership_proto_rawDesc), len(file_pairdb_v1_membership_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
