@@ -146,8 +146,8 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 						RequestTimeout: cfg.RequestTimeout, ReplicaTimeout: cfg.ReplicaTimeout, TenantCacheTTL: cfg.TenantCacheTTL,
 						HeartbeatTimeout: cfg.HeartbeatTimeout, DownAfter: cfg.DownAfter, NoHints: cfg.NoHints,
 						ReadRepairChance: cfg.ReadRepairChance, MaxClockSkew: cfg.MaxClockSkew,
-						Hints:            hints.Config{MaxAge: cfg.HintMaxAge, MaxPerNode: int64(cfg.HintsPerNode)},
-						Logger:           log, Metrics: set,
+						Hints:  hints.Config{MaxAge: cfg.HintMaxAge, MaxPerNode: int64(cfg.HintsPerNode)},
+						Logger: log, Metrics: set,
 					})
 					if err != nil {
 						nc.Close()
