@@ -44,14 +44,19 @@ type nodeProcess struct {
 	url  string
 	id   string
 	dir  string
+	ops  string // ops address; "" picks a free port the test does not read
 	cmd  *exec.Cmd
 	done chan struct{}
 }
 
 func (p *nodeProcess) start() {
 	p.t.Helper()
+	ops := p.ops
+	if ops == "" {
+		ops = "127.0.0.1:0"
+	}
 	p.cmd = exec.Command(p.bin, "storagenode", "--server", p.url, "--id", p.id, "--data", p.dir,
-		"--ops-addr", "127.0.0.1:0", "--log-level", "warn")
+		"--ops-addr", ops, "--log-level", "warn")
 	p.cmd.Env = append(os.Environ(), "PAIRDB_CONFIG=")
 	p.cmd.Stdout, p.cmd.Stderr = io.Discard, io.Discard
 	require.NoError(p.t, p.cmd.Start())
