@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/pairdb/pairdb/bus/embedded"
 	"github.com/pairdb/pairdb/cluster"
 	"github.com/pairdb/pairdb/config"
 	"github.com/pairdb/pairdb/jetstream/hints"
@@ -49,15 +50,28 @@ func newDevCmd(g *globals) *cobra.Command {
 }
 
 func startDev(ctx context.Context, g *globals, cfg config.Dev, log *zap.Logger, set *metrics.Set) (*part, error) {
+	// First, before NATS or Pebble open anything in the directory.
+	lock, err := lockDataDir(cfg.Data)
+	if err != nil {
+		return nil, err
+	}
 	d, err := cluster.StartDev(ctx, cluster.DevConfig{
 		Listen: cfg.Listen, DataDir: cfg.Data, Nodes: cfg.Nodes, NoSync: cfg.NoSync,
 		Coordinator: cluster.CoordinatorConfig{Subjects: g.subjects(), PostgresURL: cfg.PostgresURL},
 		Logger:      log, Metrics: set,
 	})
 	if err != nil {
+		lock.release()
+		if errors.Is(err, embedded.ErrAddrInUse) {
+			return nil, withAdvice(err, "pick a free one with --listen, such as --listen 127.0.0.1:4333, "+
+				"and give the client commands --server nats://127.0.0.1:4333")
+		}
 		return nil, err
 	}
-	closeDev := func(ctx context.Context) error { return d.Close(ctx) }
+	closeDev := func(ctx context.Context) error {
+		defer lock.release()
+		return d.Close(ctx)
+	}
 	// The process's own connection: readiness watches NATS and the storage
 	// nodes' heartbeats through it.
 	nc, err := dial(d.ClientURL(), "pairdb-dev-ops", log)
@@ -79,6 +93,9 @@ func startDev(ctx context.Context, g *globals, cfg config.Dev, log *zap.Logger, 
 			nc.Close()
 			return closeDev(ctx)
 		},
+		// The banner waits for /readyz: the storage nodes' first heartbeats
+		// come up to a second after the start.
+		awaitReady: true,
 		checks: map[string]ops.Check{
 			checkNATS: natsCheck(nc),
 			checkRing: func(ctx context.Context) error {
