@@ -23,9 +23,10 @@ import (
 func newDevCmd(g *globals) *cobra.Command {
 	cfg := config.DefaultDev()
 	cmd := &cobra.Command{
-		Use:   "dev",
-		Short: "Run an embedded NATS server, a coordinator and storage nodes in one process",
-		Args:  cobra.NoArgs,
+		Use:         "dev",
+		Annotations: map[string]string{longRunning: "yes"},
+		Short:       "Run an embedded NATS server, a coordinator and storage nodes in one process",
+		Args:        cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := g.resolve(cmd, config.SectionDev, &cfg); err != nil {
 				return err
@@ -135,9 +136,10 @@ func startDev(ctx context.Context, g *globals, cfg config.Dev, log *zap.Logger, 
 func newCoordinatorCmd(g *globals) *cobra.Command {
 	cfg := config.DefaultCoordinator()
 	cmd := &cobra.Command{
-		Use:   "coordinator",
-		Short: "Run a coordinator against an external NATS server",
-		Args:  cobra.NoArgs,
+		Use:         "coordinator",
+		Annotations: map[string]string{longRunning: "yes"},
+		Short:       "Run a coordinator against an external NATS server",
+		Args:        cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := g.resolve(cmd, config.SectionCoordinator, &cfg); err != nil {
 				return err
@@ -198,9 +200,10 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 func newStorageNodeCmd(g *globals) *cobra.Command {
 	cfg := config.DefaultStorageNode()
 	cmd := &cobra.Command{
-		Use:   "storagenode",
-		Short: "Run a storage node against an external NATS server",
-		Args:  cobra.NoArgs,
+		Use:         "storagenode",
+		Annotations: map[string]string{longRunning: "yes"},
+		Short:       "Run a storage node against an external NATS server",
+		Args:        cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := g.resolve(cmd, config.SectionStorageNode, &cfg); err != nil {
 				return err
