@@ -64,22 +64,37 @@ func oneLine(s string) string {
 	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
 }
 
-// jsonOut is the CLI's --json: the API's protobuf JSON (snake_case names,
-// bytes base64, 64-bit integers as strings, as protojson writes them), with
-// zero values included so scripts see every field.
-var jsonOut = protojson.MarshalOptions{UseProtoNames: true, Multiline: true, Indent: "  ", EmitUnpopulated: true}
+// jsonOut is the CLI's --json: the API's own JSON (protobuf JSON with the
+// proto field names: bytes in base64, 64-bit integers as strings, fields at
+// their zero value left out), so a script written against one works on the
+// other.
+var jsonOut = protojson.MarshalOptions{UseProtoNames: true}
+
+// marshalJSON encodes m, indented. protojson varies its spacing on purpose
+// (so nobody compares its bytes); re-indenting gives a stable layout.
+func marshalJSON(m proto.Message) ([]byte, error) {
+	b, err := jsonOut.Marshal(m)
+	if err != nil {
+		return nil, errors.Wrap(err, "encode the answer as JSON")
+	}
+	var out bytes.Buffer
+	if err := json.Indent(&out, b, "", "  "); err != nil {
+		return nil, errors.Wrap(err, "indent the JSON answer")
+	}
+	return out.Bytes(), nil
+}
 
 // addJSONFlag registers --json on cmd.
 func addJSONFlag(cmd *cobra.Command, v *bool) {
 	cmd.Flags().BoolVar(v, "json", false,
-		"print the answer as JSON (the API's protobuf JSON: bytes in base64, 64-bit numbers as strings)")
+		"print the answer as JSON, as the API gives it (bytes in base64, 64-bit numbers as strings, zero values left out)")
 }
 
 // printJSON writes m as JSON followed by a newline.
 func printJSON(w io.Writer, m proto.Message) error {
-	b, err := jsonOut.Marshal(m)
+	b, err := marshalJSON(m)
 	if err != nil {
-		return errors.Wrap(err, "encode the answer as JSON")
+		return err
 	}
 	_, err = w.Write(append(b, '\n'))
 	return err
@@ -96,6 +111,7 @@ func printJSONList[M proto.Message](w io.Writer, field string, ms []M) error {
 		}
 		items = append(items, b)
 	}
+	// MarshalIndent re-indents the items too.
 	b, err := json.MarshalIndent(map[string][]json.RawMessage{field: items}, "", "  ")
 	if err != nil {
 		return errors.Wrap(err, "encode the answer as JSON")

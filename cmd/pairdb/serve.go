@@ -126,7 +126,14 @@ func startDev(ctx context.Context, g *globals, cfg config.Dev, log *zap.Logger, 
 			fmt.Printf("PairDB dev cluster is up: NATS at %s, %d storage nodes (%s), data in %s\n",
 				url, cfg.Nodes, strings.Join(d.NodeIDs(), ", "), cfg.Data)
 			fmt.Printf("Metrics at http://%s%s, health at %s and %s\n", opsAddr, ops.PathMetrics, ops.PathHealthz, ops.PathReadyz)
-			fmt.Printf("Try:\n  go run ./cmd/pairdb --server %s put hello world\n  go run ./cmd/pairdb --server %s get hello\n", url, url)
+			// The client commands reach this cluster without --server only on
+			// the default address.
+			server := ""
+			if url != config.DefaultGlobal().Server {
+				server = " --server " + url
+			}
+			fmt.Printf("Try, from another terminal (build once: go build -o pairdb ./cmd/pairdb):\n")
+			fmt.Printf("  ./pairdb%s put hello world\n  ./pairdb%s get hello\n", server, server)
 			fmt.Printf("  nats --server %s req pairdb.v1.kv.default.get '{\"key\":\"hello\"}' -H Content-Type:application/json\n", url)
 			fmt.Println("Ctrl-C stops it; the data stays for the next start.")
 		},
