@@ -181,3 +181,21 @@ func TestDockerfileExampleUsesCurrentFlags(t *testing.T) {
 	}
 	require.Positive(t, found, "the Dockerfile shows how to run the image")
 }
+
+// TestEveryJSONFlagHasAnExample: a command that can print JSON shows how in
+// its help.
+func TestEveryJSONFlagHasAnExample(t *testing.T) {
+	var walk func(c *cobra.Command)
+	n := 0
+	walk = func(c *cobra.Command) {
+		if c.Flags().Lookup("json") != nil {
+			require.Contains(t, c.Example, "--json", "pairdb %s --help shows no --json example", c.CommandPath())
+			n++
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(newRoot(envOf(nil)))
+	require.GreaterOrEqual(t, n, 14, "put, get, delete, tenant create|get|update|list, node add|remove|list, migration get|list, repair, bench")
+}

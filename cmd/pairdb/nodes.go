@@ -26,7 +26,8 @@ func newNodeCmd(g *globals) *cobra.Command {
 		Use:   "add ID [ID...]",
 		Short: "Add a running, registered storage node to the ring (several only for an empty ring)",
 		Example: `  pairdb node add node-1 node-2 node-3   # an empty ring: its first members
-  pairdb node add node-4 --wait           # follow the data transfer to the end`,
+  pairdb node add node-4 --wait           # follow the data transfer to the end
+  pairdb node add node-4 --json | jq -r .migration_id`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withClient(cmd.Context(), g, func(ctx context.Context, c *client.Client) error {
@@ -42,7 +43,8 @@ func newNodeCmd(g *globals) *cobra.Command {
 		Use:   "remove ID",
 		Short: "Remove a storage node: its ranges move to the nodes that take them over",
 		Example: `  pairdb node remove node-2 --wait
-  pairdb node remove node-3 --force       # node-3 is dead: re-replicate from the others`,
+  pairdb node remove node-3 --force       # node-3 is dead: re-replicate from the others
+  pairdb node remove node-2 --wait --json # the completed migration, as JSON`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withClient(cmd.Context(), g, func(ctx context.Context, c *client.Client) error {
