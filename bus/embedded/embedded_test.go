@@ -3,7 +3,6 @@ package embedded_test
 import (
 	"net"
 	"testing"
-	"time"
 
 	"github.com/cockroachdb/errors"
 	"github.com/stretchr/testify/require"
@@ -12,14 +11,13 @@ import (
 )
 
 // TestStartFailsAtOnceOnATakenAddress: a port something else listens on is
-// reported as such, without the readiness wait (10 s) the server would
-// otherwise sit out.
+// reported as such before the server starts, instead of after the
+// readiness wait (10 s) the server would otherwise sit out.
 func TestStartFailsAtOnceOnATakenAddress(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()
 
-	began := time.Now()
 	s, err := embedded.Start(embedded.Config{Listen: ln.Addr().String(), StoreDir: t.TempDir()})
 	if s != nil {
 		s.Shutdown()
@@ -27,7 +25,7 @@ func TestStartFailsAtOnceOnATakenAddress(t *testing.T) {
 	require.Error(t, err)
 	require.True(t, errors.Is(err, embedded.ErrAddrInUse), "%v", err)
 	require.Contains(t, err.Error(), "NATS address "+ln.Addr().String()+" is already in use")
-	require.Less(t, time.Since(began), 5*time.Second, "fails at once, not after the readiness wait")
+	require.NotContains(t, err.Error(), "did not become ready", "refused before the server starts, not after its readiness wait")
 }
 
 func TestStartOnAFreeAddress(t *testing.T) {

@@ -157,12 +157,13 @@ func TestCLI(t *testing.T) {
 // A second `pairdb dev` on the first one's NATS address fails at once and
 // says which flag picks another.
 func (c *cliCluster) testTakenAddress(t *testing.T) {
-	began := time.Now()
 	r := c.run(t, "", nil, "dev", "--listen", c.natsAddr, "--data", t.TempDir(), "--ops-addr", "127.0.0.1:0")
 	require.Equal(t, exitError, r.code, r.String())
+	// Said by the check before the server starts; without it the server
+	// waited out its readiness timeout and said only that.
 	require.Contains(t, r.stderr, "NATS address "+c.natsAddr+" is already in use")
+	require.NotContains(t, r.stderr, "did not become ready")
 	require.Contains(t, r.stderr, "--listen")
-	require.Less(t, time.Since(began), 8*time.Second, "no wait for a server that cannot listen")
 }
 
 // A second `pairdb dev` on the first one's data directory is refused before

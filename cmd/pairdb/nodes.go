@@ -270,9 +270,8 @@ func migrationStatus(m *pb.Migration, now time.Time) string {
 	if m.GetEndedAtMs() > 0 {
 		elapsed = time.Duration(m.GetEndedAtMs()-m.GetStartedAtMs()) * time.Millisecond
 	}
-	if elapsed > 0 {
-		fmt.Fprintf(&b, ", %s keys/s, %s", rate(m.GetKeysTransferred(), elapsed), elapsed.Round(100*time.Millisecond))
-	}
+	elapsed = max(elapsed, 0) // the coordinator's clock may be ahead of ours
+	fmt.Fprintf(&b, ", %s keys/s, %s", rate(m.GetKeysTransferred(), elapsed), elapsed.Round(100*time.Millisecond))
 	if p := m.GetPendingNodes(); len(p) > 0 {
 		fmt.Fprintf(&b, ", waiting for %s", strings.Join(p, ","))
 	}
@@ -290,6 +289,9 @@ func keysDone(m *pb.Migration) string {
 }
 
 func rate(n uint64, d time.Duration) string {
+	if d <= 0 {
+		return "0"
+	}
 	return strconv.FormatFloat(float64(n)/d.Seconds(), 'f', 0, 64)
 }
 
