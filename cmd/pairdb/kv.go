@@ -144,8 +144,8 @@ shows them exactly (base64) with their timestamps, and the next put (which reads
 the context first) replaces them all. --raw prints the one value and never a
 newline, and fails with status 3 on siblings without printing any.
 
-A missing key fails with KEY_NOT_FOUND (status 1); with --json it prints
-"found": false and exits 0.`,
+A missing key fails with KEY_NOT_FOUND (status 1); with --json it prints the
+answer, whose "found" is absent (false), and exits 0.`,
 		Example: `  pairdb get greeting
   pairdb get photo --raw > photo.jpg
   pairdb get cart --json | jq -r '.siblings[].value | @base64d'`,
