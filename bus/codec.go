@@ -1,6 +1,9 @@
 package bus
 
 import (
+	"bytes"
+	"strings"
+
 	"github.com/cockroachdb/errors"
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -61,13 +64,36 @@ func Unmarshal(enc Encoding, data []byte, m proto.Message) error {
 		err = proto.Unmarshal(data, m)
 	}
 	if err != nil {
-		kind := "protobuf"
 		if enc == JSON {
-			kind = "JSON"
+			e := Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "malformed JSON request body")
+			if strings.Contains(err.Error(), "bytes field") {
+				// protojson says only "invalid value for bytes field".
+				e.(*Error).Message += hintBase64
+			}
+			return e
 		}
-		return Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "malformed %s request body", kind)
+		e := Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "malformed protobuf request body")
+		if looksLikeJSON(data) {
+			e.(*Error).Message += hintContentType
+		}
+		return e
 	}
 	return nil
+}
+
+// Hints appended to decoding errors for the two mistakes people make by
+// hand with `nats req`.
+const (
+	hintBase64      = ` (bytes fields such as value are base64 in JSON: "aGVsbG8=" for hello)`
+	hintContentType = " (to send JSON, add the header " + HeaderContentType + ": " + ContentTypeJSON + ")"
+)
+
+// looksLikeJSON reports whether a body that failed to decode as protobuf
+// starts like a JSON object or array. '{' and '[' open deprecated protobuf
+// groups, which no PairDB message uses, so this guess costs nothing.
+func looksLikeJSON(data []byte) bool {
+	trimmed := bytes.TrimLeft(data, " \t\r\n")
+	return len(trimmed) > 0 && (trimmed[0] == '{' || trimmed[0] == '[')
 }
 
 // setError stores e in the message's `error` field (every PairDB response

@@ -144,10 +144,9 @@ func (l *Limiter) Draining() bool {
 
 // Server is what the endpoints of one service share.
 type Server struct {
-	// Conn publishes replies. Replies are sent on the connection, not through
-	// micro.Request: they leave from a limiter goroutine after the micro
-	// handler returned, and micro reads the request's error state for its
-	// statistics right then, so answering through the request would race.
+	// Conn publishes replies. They leave from a limiter goroutine after the
+	// handler returned; a Service's statistics count them when they are sent
+	// (see Service).
 	Conn    *nats.Conn
 	Limiter *Limiter
 	// Timeout bounds one request.
@@ -297,6 +296,13 @@ func (s *Server) reply(name string, start time.Time, r micro.Request, enc Encodi
 	// it counted.
 	if s.Observe != nil {
 		s.Observe(name, start, code)
+	}
+	if req, ok := r.(*request); ok {
+		errText := ""
+		if code != "" {
+			errText = code + ": " + msg.Header.Get(micro.ErrorHeader)
+		}
+		req.finish(errText)
 	}
 	if msg.Subject == "" {
 		s.Log.Debug("request without reply subject", zap.String("subject", r.Subject()))

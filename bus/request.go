@@ -33,7 +33,9 @@ func Request(ctx context.Context, nc *nats.Conn, subject string, req, resp proto
 	defer cancel()
 	data, err := proto.Marshal(req)
 	if err != nil {
-		return Wrap(pb.ErrorCode_INTERNAL, err, "encode request for %s", subject)
+		// A generated message fails to encode only for what it holds: a
+		// string field (a key, a tenant) that is not valid UTF-8.
+		return Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "cannot encode the request for %s (keys and other text fields must be valid UTF-8)", subject)
 	}
 	msg, err := nc.RequestWithContext(ctx, subject, data)
 	if err != nil {

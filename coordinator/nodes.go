@@ -129,6 +129,11 @@ func (s *Service) removeNode(ctx context.Context, _ string, req *pb.RemoveNodeRe
 		if req.GetForce() {
 			typ = pb.ChangeType_FORCE_REMOVE_NODE
 		}
+		// Checked before the arithmetic below, which counts the node among
+		// the NORMAL ones (CheckStart checks it again, too late for that).
+		if n, ok := st.Nodes[id]; !ok || n.State != ring.Normal {
+			return nil, bus.Errorf(pb.ErrorCode_NODE_NOT_FOUND, "node %s is not a NORMAL member of the ring (pairdb node list)", id)
+		}
 		if !req.GetForce() {
 			// Every tenant's replication factor must still fit.
 			remaining := len(st.Normal()) - 1

@@ -124,7 +124,7 @@ func (s *Service) addEndpoints() error {
 		{"migrations-list", sub.Admin("migrations", "list"), bus.Endpoint(srv, "migrations-list", newMsg[*pb.ListMigrationsRequest], newMsg[*pb.ListMigrationsResponse], s.listMigrations)},
 	}
 	for _, e := range eps {
-		if err := svc.AddEndpoint(e.name, e.h, micro.WithEndpointSubject(e.subject)); err != nil {
+		if err := svc.AddEndpoint(e.name, e.subject, e.h); err != nil {
 			return errors.CombineErrors(errors.Wrapf(err, "on %s", e.subject), svc.Stop(context.Background()))
 		}
 	}

@@ -106,8 +106,12 @@ func (s *Service) announce(id string) {
 	}
 }
 
-// checkRF refuses a replication factor the ring cannot place.
+// checkRF refuses a replication factor out of bounds or more than the ring
+// can place, in the same words for create and update.
 func (s *Service) checkRF(rf uint32) error {
+	if err := tenant.CheckReplicationFactor(rf); err != nil {
+		return err
+	}
 	if n := len(s.cfg.Membership.State().Normal()); int(rf) > n {
 		return bus.Errorf(pb.ErrorCode_INVALID_REPLICATION_FACTOR,
 			"replication factor %d is more than the %d NORMAL storage nodes in the ring", rf, n)
@@ -116,6 +120,11 @@ func (s *Service) checkRF(rf uint32) error {
 }
 
 func (s *Service) createTenant(ctx context.Context, _ string, req *pb.CreateTenantRequest) (*pb.TenantResponse, error) {
+	if rf := req.GetReplicationFactor(); rf != 0 { // 0: the default, checked below
+		if err := s.checkRF(rf); err != nil {
+			return nil, err
+		}
+	}
 	t, err := tenant.FromCreate(req, time.Now())
 	if err != nil {
 		return nil, err

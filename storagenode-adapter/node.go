@@ -189,7 +189,7 @@ func (n *Node) register() error {
 	}
 	for _, ep := range endpoints {
 		subject := n.cfg.Subjects.Node(n.cfg.ID, ep.op)
-		if err := svc.AddEndpoint(ep.op, ep.h, micro.WithEndpointSubject(subject)); err != nil {
+		if err := svc.AddEndpoint(ep.op, subject, ep.h); err != nil {
 			return errors.CombineErrors(errors.Wrapf(err, "on %s", subject), svc.Stop(context.Background()))
 		}
 	}

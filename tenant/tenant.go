@@ -159,9 +159,8 @@ func Validate(t *pb.Tenant) error {
 		return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant")
 	}
 	id := t.GetTenantId()
-	if rf := t.GetReplicationFactor(); rf < MinReplicationFactor || rf > MaxReplicationFactor {
-		return bus.Errorf(pb.ErrorCode_INVALID_REPLICATION_FACTOR,
-			"tenant %q: replication factor must be between %d and %d, got %d", id, MinReplicationFactor, MaxReplicationFactor, rf)
+	if err := CheckReplicationFactor(t.GetReplicationFactor()); err != nil {
+		return inTenant(id, err)
 	}
 	lvl, err := quorum.ParseLevel(t.GetDefaultConsistency())
 	if err != nil {
@@ -179,13 +178,11 @@ func Validate(t *pb.Tenant) error {
 		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 			"tenant %q: conflict policy must be %q or %q, got %q", id, PolicySiblings, PolicyLastWriteWins, t.GetConflictPolicy())
 	}
-	if s := t.GetMaxSiblings(); s < MinMaxSiblings || s > MaxMaxSiblings {
-		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
-			"tenant %q: max siblings must be between %d and %d, got %d", id, MinMaxSiblings, MaxMaxSiblings, s)
+	if err := CheckMaxSiblings(t.GetMaxSiblings()); err != nil {
+		return inTenant(id, err)
 	}
-	if b := t.GetMaxValueBytes(); b < MinMaxValueBytes || b > MaxMaxValueBytes {
-		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
-			"tenant %q: max value bytes must be between %d and %d, got %d", id, MinMaxValueBytes, MaxMaxValueBytes, b)
+	if err := CheckMaxValueBytes(t.GetMaxValueBytes()); err != nil {
+		return inTenant(id, err)
 	}
 	if t.GetVersion() < 1 {
 		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %q: version must be at least 1", id)
@@ -200,6 +197,40 @@ func Validate(t *pb.Tenant) error {
 		return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "tenant %q: updated_at", id)
 	}
 	return nil
+}
+
+// CheckReplicationFactor checks a replication factor against the bounds
+// (INVALID_REPLICATION_FACTOR). Validate, the coordinator's create and
+// update, and the CLI's flags all use it, so each says the same thing.
+func CheckReplicationFactor(rf uint32) error {
+	if rf < MinReplicationFactor || rf > MaxReplicationFactor {
+		return bus.Errorf(pb.ErrorCode_INVALID_REPLICATION_FACTOR,
+			"replication factor must be between %d and %d, got %d", MinReplicationFactor, MaxReplicationFactor, rf)
+	}
+	return nil
+}
+
+// CheckMaxSiblings checks a sibling cap against the bounds.
+func CheckMaxSiblings(n uint32) error {
+	if n < MinMaxSiblings || n > MaxMaxSiblings {
+		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+			"max siblings must be between %d and %d, got %d", MinMaxSiblings, MaxMaxSiblings, n)
+	}
+	return nil
+}
+
+// CheckMaxValueBytes checks a value size limit against the bounds.
+func CheckMaxValueBytes(n uint64) error {
+	if n < MinMaxValueBytes || n > MaxMaxValueBytes {
+		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+			"max value bytes must be between %d and %d (4 MiB), got %d", MinMaxValueBytes, MaxMaxValueBytes, n)
+	}
+	return nil
+}
+
+// inTenant names the tenant in a check's error, keeping its code.
+func inTenant(id string, err error) error {
+	return bus.Errorf(bus.CodeOf(err), "tenant %q: %s", id, bus.ToProto(err).GetMessage())
 }
 
 // Level is the tenant's default consistency level. For a record that passed

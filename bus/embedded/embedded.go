@@ -5,11 +5,16 @@ package embedded
 import (
 	"net"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/cockroachdb/errors"
 	"github.com/nats-io/nats-server/v2/server"
 )
+
+// ErrAddrInUse marks a Start that failed because something else listens on
+// the configured address.
+var ErrAddrInUse = errors.New("address already in use")
 
 // DefaultMaxPayload lets a 1 MiB value fit even as base64 JSON with headers.
 const DefaultMaxPayload = 8 << 20
@@ -60,6 +65,11 @@ func Start(cfg Config) (*server.Server, error) {
 		NoSigs:     true,
 		NoLog:      true,
 	}
+	if port > 0 {
+		if err := probeListen(net.JoinHostPort(host, strconv.Itoa(port))); err != nil {
+			return nil, err
+		}
+	}
 	s, err := server.NewServer(opts)
 	if err != nil {
 		return nil, errors.Wrap(err, "configure embedded NATS server")
@@ -70,4 +80,23 @@ func Start(cfg Config) (*server.Server, error) {
 		return nil, errors.Newf("embedded NATS server on %s did not become ready within 10s", cfg.Listen)
 	}
 	return s, nil
+}
+
+// probeListen binds addr for a moment. nats-server reports a failed listen
+// only to its logger (off here) and then never becomes ready, so without the
+// probe a taken port costs the whole readiness wait and says nothing about
+// why. The port could be taken between the probe and the server's own bind;
+// that race ends in the readiness timeout, as before.
+func probeListen(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			// The syscall's text adds nothing to this message; it stays
+			// reachable as the secondary error.
+			inUse := errors.Newf("NATS address %s is already in use (another NATS server, or another pairdb dev?)", addr)
+			return errors.Mark(errors.WithSecondaryError(inUse, err), ErrAddrInUse)
+		}
+		return errors.Wrapf(err, "embedded NATS server: listen on %s", addr)
+	}
+	return ln.Close()
 }

@@ -57,6 +57,8 @@ measured as well: the ceiling of the same messaging in PairDB's process layout.
 temporary directory removed afterwards (fsync on unless --no-sync). Against a
 running cluster, --load adds siblings to keys an earlier run loaded without
 context: use a fresh --tenant for repeated loads.`,
+		Example: `  pairdb bench --dev --baseline --load -w put -c quorum --concurrency 16
+  pairdb bench --server nats://127.0.0.1:4222 -w a --duration 30s --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)

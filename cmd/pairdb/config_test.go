@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
 
@@ -154,4 +156,46 @@ func TestConfigDocsPrintsTheTable(t *testing.T) {
 	root.SetArgs([]string{"config", "docs"})
 	require.NoError(t, root.Execute())
 	require.Equal(t, config.Table(), out.String())
+}
+
+// TestDockerfileExampleUsesCurrentFlags parses the `docker run` lines of the
+// Dockerfile's comment: they must parse and name no deprecated flag.
+func TestDockerfileExampleUsesCurrentFlags(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "..", "deploy", "Dockerfile"))
+	require.NoError(t, err)
+	found := 0
+	for _, line := range strings.Split(string(data), "\n") {
+		_, run, ok := strings.Cut(line, "docker run ")
+		if !ok || !strings.HasPrefix(strings.TrimSpace(line), "#") {
+			continue
+		}
+		fields := strings.Fields(run)
+		i := slices.IndexFunc(fields, func(f string) bool { return strings.HasPrefix(f, "pairdb:") })
+		require.GreaterOrEqual(t, i, 0, "no image in %q", line)
+		cmd, _, err := prepare(t, nil, fields[i+1:]...)
+		require.NoError(t, err, line)
+		cmd.Flags().Visit(func(f *pflag.Flag) {
+			require.Empty(t, f.Deprecated, "%q uses the deprecated flag --%s", line, f.Name)
+		})
+		found++
+	}
+	require.Positive(t, found, "the Dockerfile shows how to run the image")
+}
+
+// TestEveryJSONFlagHasAnExample: a command that can print JSON shows how in
+// its help.
+func TestEveryJSONFlagHasAnExample(t *testing.T) {
+	var walk func(c *cobra.Command)
+	n := 0
+	walk = func(c *cobra.Command) {
+		if c.Flags().Lookup("json") != nil {
+			require.Contains(t, c.Example, "--json", "pairdb %s --help shows no --json example", c.CommandPath())
+			n++
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(newRoot(envOf(nil)))
+	require.GreaterOrEqual(t, n, 14, "put, get, delete, tenant create|get|update|list, node add|remove|list, migration get|list, repair, bench")
 }

@@ -10,8 +10,8 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/client"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 )
@@ -26,11 +26,24 @@ func newPutCmd(g *globals) *cobra.Command {
 		Short: "Store a value (from the argument, or stdin when omitted), replacing what a read sees now",
 		Long: `Store a value. The value comes from the argument, or from stdin when it is omitted.
 
-By default put first reads the key and writes with that read's context, so
-the new value replaces every sibling you would have seen. --context gives the
-context yourself (the "context:" line of an earlier get, put or delete);
---blind writes without any context, so the value is concurrent with whatever is
-stored and becomes a sibling.`,
+By default put first reads the key and writes with that read's context, so the
+new value replaces every value (sibling) the read saw. --context gives the
+context yourself (the "context:" an earlier get printed on stderr, or put printed;
+the same base64 as the JSON "context"); --blind writes without any context: the
+value is concurrent with whatever is stored and becomes one more sibling.
+
+--idempotency-key KEY pins the whole request, context included, so running the
+same command again is answered as a duplicate (the first answer, "duplicate")
+instead of writing twice. A put with it therefore does not read the context
+first (a retry would read the newer context its first run left, which makes a
+different request: IDEMPOTENCY_KEY_CONFLICT): it writes blind, unless you pass
+--context.`,
+		Example: `  pairdb put greeting hello
+  echo -n 'from stdin' | pairdb put note
+  pairdb put cart apple --blind                          # a sibling next to what is stored
+  pairdb put cart apple+pear --context AQEBEDVhN2Y...    # replaces what that get saw
+  pairdb put order-42 paid --idempotency-key order-42    # safe to run again
+  pairdb put greeting hello --json`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var value []byte
@@ -42,12 +55,12 @@ stored and becomes a sibling.`,
 					return fmt.Errorf("read value from stdin: %w", err)
 				}
 				if len(b) > maxStdinValue {
-					return fmt.Errorf("value on stdin is larger than %d bytes", maxStdinValue)
+					return usageError("the value on stdin is larger than %d bytes", maxStdinValue)
 				}
 				value = b
 			}
 			return withClient(cmd.Context(), g, func(ctx context.Context, c *client.Client) error {
-				opts, err := wf.options(ctx, c, args[0])
+				opts, err := wf.options(ctx, c, args[0], false)
 				if err != nil {
 					return err
 				}
@@ -55,7 +68,11 @@ stored and becomes a sibling.`,
 				if err != nil {
 					return err
 				}
-				fmt.Printf("ok: %d replica(s) acknowledged at %s%s\nvector_clock: %s\ncontext: %s\n",
+				out := cmd.OutOrStdout()
+				if wf.json {
+					return printJSON(out, resp)
+				}
+				fmt.Fprintf(out, "ok: %d replica(s) acknowledged at %s%s\nvector_clock: %s\ncontext: %s\n",
 					resp.GetReplicaCount(), resp.GetConsistency(), dupNote(resp.GetDuplicate()),
 					formatClock(resp.GetVectorClock()), formatContext(resp.GetContext()))
 				return nil
@@ -70,11 +87,27 @@ func newDeleteCmd(g *globals) *cobra.Command {
 	var wf writeFlags
 	cmd := &cobra.Command{
 		Use:   "delete KEY",
-		Short: "Delete a key (everything a read sees now, unless --context or --blind)",
-		Args:  cobra.ExactArgs(1),
+		Short: "Delete a key: every value a read sees now (or what --context saw)",
+		Long: `Delete a key. By default delete first reads the key and writes a tombstone with
+that read's context, so it removes every value the read saw. --context deletes
+what an earlier get saw (a value written since stays, as a sibling).
+
+A delete without any context deletes nothing: its tombstone is concurrent with
+what is stored, and a get still returns every value. So --blind is refused for a
+key that holds values, and --idempotency-key needs --context (the retry must send
+the same context, and a fresh read after the first run would not).`,
+		Example: `  pairdb delete greeting
+  pairdb delete cart --context AQEBEDVhN2Y...
+  pairdb delete order-42 --context AQEBEDVhN2Y... --idempotency-key del-order-42
+  pairdb delete greeting --json`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if wf.idemKey != "" && wf.context == "" && !wf.blind {
+				return usageError("--idempotency-key pins the request, context included, so delete cannot read the context "+
+					"first (a retry would read the tombstone's newer one): pass the context `pairdb get %s` prints as --context", args[0])
+			}
 			return withClient(cmd.Context(), g, func(ctx context.Context, c *client.Client) error {
-				opts, err := wf.options(ctx, c, args[0])
+				opts, err := wf.options(ctx, c, args[0], true)
 				if err != nil {
 					return err
 				}
@@ -82,7 +115,11 @@ func newDeleteCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				fmt.Printf("deleted: %d replica(s) acknowledged at %s%s\n", resp.GetReplicaCount(), resp.GetConsistency(), dupNote(resp.GetDuplicate()))
+				out := cmd.OutOrStdout()
+				if wf.json {
+					return printJSON(out, resp)
+				}
+				fmt.Fprintf(out, "deleted: %d replica(s) acknowledged at %s%s\n", resp.GetReplicaCount(), resp.GetConsistency(), dupNote(resp.GetDuplicate()))
 				return nil
 			})
 		},
@@ -94,62 +131,96 @@ func newDeleteCmd(g *globals) *cobra.Command {
 func newGetCmd(g *globals) *cobra.Command {
 	var (
 		consistency string
-		asJSON      bool
+		asJSON, raw bool
 	)
 	cmd := &cobra.Command{
 		Use:   "get KEY",
-		Short: "Read a key; concurrent values (siblings) are all shown",
-		Args:  cobra.ExactArgs(1),
+		Short: "Read a key: its value on stdout, untouched; siblings (concurrent values) exit with status 3",
+		Long: `Read a key. Its value goes to stdout exactly as stored (on a terminal a newline is
+added after a value that does not end in one); the version vector
+(vector_clock, for people) and the context to write with (context, what
+--context takes) go to stderr.
+
+Concurrent writes leave several values (siblings). Then get prints each one
+followed by a newline, says how many on stderr and exits with status 3; --json
+shows them exactly (base64) with their timestamps, and the next put (which reads
+the context first) replaces them all. --raw prints the one value and never a
+newline, and fails with status 3 on siblings without printing any.
+
+A missing key fails with KEY_NOT_FOUND (status 1); with --json it prints the
+answer, whose "found" is absent (false), and exits 0.`,
+		Example: `  pairdb get greeting
+  pairdb get photo --raw > photo.jpg
+  pairdb get cart --json | jq -r '.siblings[].value | @base64d'`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withClient(cmd.Context(), g, func(ctx context.Context, c *client.Client) error {
 				resp, err := c.Get(ctx, args[0], client.ReadConsistency(consistency))
 				if err != nil {
 					return err
 				}
+				out := cmd.OutOrStdout()
 				if asJSON {
-					fmt.Println(protojson.MarshalOptions{UseProtoNames: true, Multiline: true}.Format(resp))
-					return nil
+					return printJSON(out, resp)
 				}
-				if !resp.GetFound() {
-					return fmt.Errorf("KEY_NOT_FOUND: key %q not found in tenant %q", args[0], g.tenant)
-				}
-				sibs := resp.GetSiblings()
-				if len(sibs) == 1 {
-					fmt.Println(string(sibs[0].GetValue()))
-				} else {
-					fmt.Printf("%d siblings (concurrent writes); the next put replaces them all:\n", len(sibs))
-					for i, s := range sibs {
-						fmt.Printf("  [%d] %s\n", i+1, s.GetValue())
-					}
-				}
-				fmt.Fprintf(os.Stderr, "vector_clock: %s\ncontext: %s\n", formatClock(resp.GetVectorClock()), formatContext(resp.GetContext()))
-				return nil
+				fmt.Fprintf(cmd.ErrOrStderr(), "vector_clock: %s\ncontext: %s\n",
+					formatClock(resp.GetVectorClock()), formatContext(resp.GetContext()))
+				return printValues(out, args[0], g.tenant, resp, raw, !raw && isTerminal(os.Stdout))
 			})
 		},
 	}
 	cmd.Flags().StringVarP(&consistency, "consistency", "c", "", "one, quorum or all (default: the tenant's)")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the whole response as JSON")
+	addJSONFlag(cmd, &asJSON)
+	cmd.Flags().BoolVar(&raw, "raw", false, "print the value's bytes only, never a newline; fail on siblings")
+	cmd.MarkFlagsMutuallyExclusive("json", "raw")
 	return cmd
+}
+
+// printValues writes what get found; see newGetCmd for the format.
+func printValues(out io.Writer, key, tenant string, resp *pb.GetResponse, raw, terminal bool) error {
+	if !resp.GetFound() {
+		return bus.Errorf(pb.ErrorCode_KEY_NOT_FOUND, "key %q not found in tenant %q", key, tenant)
+	}
+	sibs := resp.GetSiblings()
+	if len(sibs) == 1 {
+		return writeValue(out, sibs[0].GetValue(), terminal)
+	}
+	advice := fmt.Sprintf("`pairdb get %s --json` shows them exactly; `pairdb put %s VALUE` replaces them all", key, key)
+	if raw {
+		return &exitStatus{code: exitSiblings, msg: fmt.Sprintf("key %q has %d siblings (concurrent values), so --raw prints none; %s", key, len(sibs), advice)}
+	}
+	for _, s := range sibs {
+		if err := writeValue(out, s.GetValue(), false); err != nil {
+			return err
+		}
+		if _, err := out.Write([]byte("\n")); err != nil {
+			return err
+		}
+	}
+	return &exitStatus{code: exitSiblings, msg: fmt.Sprintf("key %q has %d siblings (concurrent values), above, one per line; %s", key, len(sibs), advice)}
 }
 
 // writeFlags are the flags of put and delete.
 type writeFlags struct {
 	consistency, context, idemKey string
-	blind                         bool
+	blind, json                   bool
 }
 
 func (w *writeFlags) register(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVarP(&w.consistency, "consistency", "c", "", "one, quorum or all (default: the tenant's)")
-	f.StringVar(&w.context, "context", "", `the "context:" printed by get (or put, delete), to supersede what that read saw`)
-	f.StringVar(&w.idemKey, "idempotency-key", "", "idempotency key (default: a fresh random one)")
-	f.BoolVar(&w.blind, "blind", false, "write without a context: concurrent with what is stored (makes siblings)")
+	f.StringVar(&w.context, "context", "", `the "context:" a get printed: write over what that get saw`)
+	f.StringVar(&w.idemKey, "idempotency-key", "", "pin the request to this key: running it again is a duplicate, not a second write (default: a fresh random key)")
+	f.BoolVar(&w.blind, "blind", false, "write without a context: concurrent with what is stored")
+	addJSONFlag(cmd, &w.json)
 	cmd.MarkFlagsMutuallyExclusive("context", "blind")
 }
 
-// options builds the write options; without --context or --blind it reads
-// key first (at the write's consistency) and uses that read's context.
-func (w *writeFlags) options(ctx context.Context, c *client.Client, key string) ([]client.WriteOption, error) {
+// options builds the write options. The context comes from --context; else
+// from a read of the key at the write's consistency, unless the write is
+// blind or pinned by an idempotency key (see the commands' help). A blind
+// delete of a key that holds values is refused: it would delete nothing.
+func (w *writeFlags) options(ctx context.Context, c *client.Client, key string, isDelete bool) ([]client.WriteOption, error) {
 	opts := []client.WriteOption{client.Consistency(w.consistency)}
 	if w.idemKey != "" {
 		opts = append(opts, client.IdempotencyKey(w.idemKey))
@@ -161,10 +232,23 @@ func (w *writeFlags) options(ctx context.Context, c *client.Client, key string) 
 			return nil, err
 		}
 		opts = append(opts, client.WithContext(tok))
-	case !w.blind:
+	case w.blind && isDelete:
 		got, err := c.Get(ctx, key, client.ReadConsistency(w.consistency))
 		if err != nil {
-			return nil, fmt.Errorf("read the key's context first (use --blind to skip): %w", err)
+			return nil, err
+		}
+		if got.GetFound() {
+			return nil, usageError("a delete without context is a tombstone concurrent with the %d value(s) of %q: "+
+				"it deletes nothing it did not see, and a get would still return them; drop --blind (delete then "+
+				"reads the context and removes what it read) or pass --context", len(got.GetSiblings()), key)
+		}
+	case w.blind || w.idemKey != "":
+	default:
+		// No wrapping: the read's error is the command's, in its own words
+		// (TENANT_NOT_FOUND, UNAVAILABLE, ...).
+		got, err := c.Get(ctx, key, client.ReadConsistency(w.consistency))
+		if err != nil {
+			return nil, err
 		}
 		opts = append(opts, client.WithContext(got.GetContext()))
 	}
@@ -214,7 +298,7 @@ func parseContext(s string) ([]byte, error) {
 	}
 	tok, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
 	if err != nil {
-		return nil, fmt.Errorf("--context: not a context printed by get: %w", err)
+		return nil, usageError("--context: not a context printed by get (%v)", err)
 	}
 	return tok, nil
 }

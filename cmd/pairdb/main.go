@@ -7,6 +7,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/client"
 	"github.com/pairdb/pairdb/config"
+	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 )
 
 // shutdownGrace bounds the shutdown of parts started without a
@@ -27,6 +29,10 @@ const shutdownGrace = config.DefaultShutdownTimeout
 // skipConfig marks commands that run without resolving the settings
 // (config docs must work even when the environment holds a bad value).
 const skipConfig = "pairdb/skip-config"
+
+// longRunning marks the commands that run a part (dev, coordinator,
+// storagenode): they log what the client commands print on stderr.
+const longRunning = "pairdb/long-running"
 
 // globals are the settings every command shares, resolved before any
 // command runs.
@@ -44,13 +50,15 @@ type globals struct {
 	// The resolved values, as the commands read them (copies of cfg).
 	server, tenant, prefix string
 	timeout                time.Duration
+
+	// environ lists the process's environment (os.Environ), for the
+	// warning about PAIRDB_ variables no command reads.
+	environ func() []string
+	stderr  io.Writer
 }
 
 func main() {
-	if err := newRoot(os.LookupEnv).Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "pairdb:", err)
-		os.Exit(1)
-	}
+	os.Exit(report(os.Stderr, newRoot(os.LookupEnv).Execute()))
 }
 
 // newRoot builds the command tree; env is where settings' environment
@@ -62,7 +70,7 @@ func newRoot(env config.LookupEnv) *cobra.Command {
 
 // newRootWith is newRoot that also returns the globals its commands share.
 func newRootWith(env config.LookupEnv) (*cobra.Command, *globals) {
-	g := &globals{cfg: config.DefaultGlobal(), env: env}
+	g := &globals{cfg: config.DefaultGlobal(), env: env, environ: os.Environ, stderr: os.Stderr}
 	root := &cobra.Command{
 		Use:           "pairdb",
 		Short:         "PairDB: a multi-tenant, Dynamo-style replicated key-value store on NATS",
@@ -104,6 +112,13 @@ func (g *globals) load(cmd *cobra.Command) error {
 	}
 	if err := g.cfg.Validate(); err != nil {
 		return err
+	}
+	if cmd.Annotations[longRunning] == "" {
+		// The parts log this warning at start (see run); a client command
+		// has no log, so it says it on stderr, where its errors go.
+		for _, name := range config.UnknownEnv(g.environ()) {
+			fmt.Fprintf(g.stderr, "pairdb: warning: %s is not a PairDB setting (a typo?); `pairdb config docs` lists them\n", name)
+		}
 	}
 	g.server, g.tenant, g.prefix, g.timeout = g.cfg.Server, g.cfg.Tenant, g.cfg.Prefix, g.cfg.Timeout
 	return nil
@@ -151,7 +166,7 @@ func (g *globals) connect(name string, log *zap.Logger) (*nats.Conn, error) {
 func (g *globals) client() (*client.Client, func(), error) {
 	nc, err := nats.Connect(g.server, nats.Name("pairdb-cli"), nats.Timeout(g.timeout))
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", redactURL(g.server), err)
+		return nil, nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "connect to NATS at %s (is `pairdb dev` running? --server picks another)", redactURL(g.server))
 	}
 	c := client.New(nc, client.WithTenant(g.tenant), client.WithSubjects(g.subjects()), client.WithTimeout(g.timeout))
 	return c, nc.Close, nil

@@ -3,13 +3,16 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
+	"text/tabwriter"
 	"time"
 
 	"github.com/cockroachdb/errors"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
+	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/client"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 )
@@ -19,8 +22,8 @@ const repairPoll = 250 * time.Millisecond
 
 func newRepairCmd(g *globals) *cobra.Command {
 	var (
-		nodes []string
-		all   bool
+		nodes       []string
+		all, asJSON bool
 	)
 	cmd := &cobra.Command{
 		Use:   "repair",
@@ -31,7 +34,7 @@ replicas by digest, narrows differences down and merges the differing keys both 
 --tenant limits the rounds to one tenant, --node to some nodes (default: every NORMAL or
 LEAVING node); --all repairs every tenant on every node. The command follows the rounds
 with a progress bar over the arcs compared and ends with the number of keys fixed.`,
-		Example: "  pairdb repair --all\n  pairdb repair --tenant acme\n  pairdb repair --node node-2 --node node-3",
+		Example: "  pairdb repair --all\n  pairdb repair --tenant acme\n  pairdb repair --node node-2 --node node-3\n  pairdb repair --all --json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			tenant := ""
@@ -39,39 +42,85 @@ with a progress bar over the arcs compared and ends with the number of keys fixe
 				tenant = g.tenant
 			}
 			if tenant == "" && len(nodes) == 0 && !all {
-				return errors.New("name what to repair: --tenant T, --node N or --all")
+				return usageError("name what to repair: --tenant T, --node N or --all")
 			}
 			return withClient(cmd.Context(), g, func(ctx context.Context, c *client.Client) error {
-				return runRepair(ctx, c, tenant, nodes)
+				rounds, took, err := runRepair(ctx, c, tenant, nodes)
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					if err := printJSONList(cmd.OutOrStdout(), "rounds", rounds); err != nil {
+						return err
+					}
+					return incomplete(rounds)
+				}
+				return reportRepair(cmd.OutOrStdout(), rounds, took)
 			})
 		},
 	}
 	cmd.Flags().StringSliceVar(&nodes, "node", nil, "storage node(s) to run rounds on (default: every NORMAL or LEAVING node)")
 	cmd.Flags().BoolVar(&all, "all", false, "every tenant on every node")
+	addJSONFlag(cmd, &asJSON)
 	return cmd
 }
 
-func runRepair(ctx context.Context, c *client.Client, tenant string, nodes []string) error {
+// repairable reports whether a node in this state replicates arcs.
+func repairable(state string) bool { return state == "NORMAL" || state == "LEAVING" }
+
+// repairTargets checks what the command names before any round starts, so
+// an unknown tenant or node is a NOT_FOUND error, not a round over nothing
+// (an unknown tenant has no arcs) or UNAVAILABLE (nothing serves an unknown
+// node's subject).
+func repairTargets(ctx context.Context, c *client.Client, tenant string, nodes []string) ([]string, error) {
+	if tenant != "" {
+		if _, err := c.GetTenant(ctx, tenant); err != nil {
+			return nil, err
+		}
+	}
+	resp, err := c.ListNodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	state := map[string]string{}
+	for _, n := range resp.GetNodes() {
+		state[n.GetNodeId()] = n.GetState()
+	}
+	for _, id := range nodes {
+		s, ok := state[id]
+		if !ok {
+			return nil, bus.Errorf(pb.ErrorCode_NODE_NOT_FOUND, "node %s is not in the ring (pairdb node list)", id)
+		}
+		if !repairable(s) {
+			return nil, bus.Errorf(pb.ErrorCode_NODE_NOT_FOUND, "node %s is %s, not a NORMAL or LEAVING member: it holds no ranges to repair", id, s)
+		}
+	}
+	if len(nodes) > 0 {
+		return nodes, nil
+	}
+	for _, n := range resp.GetNodes() {
+		if repairable(n.GetState()) {
+			nodes = append(nodes, n.GetNodeId())
+		}
+	}
 	if len(nodes) == 0 {
-		resp, err := c.ListNodes(ctx)
-		if err != nil {
-			return err
-		}
-		for _, n := range resp.GetNodes() {
-			if s := n.GetState(); s == "NORMAL" || s == "LEAVING" {
-				nodes = append(nodes, n.GetNodeId())
-			}
-		}
-		if len(nodes) == 0 {
-			return errors.New("the ring has no NORMAL node to repair")
-		}
+		return nil, bus.Errorf(pb.ErrorCode_NODE_NOT_FOUND, "the ring has no NORMAL node to repair")
+	}
+	return nodes, nil
+}
+
+// runRepair starts a round on every node and follows them until they end.
+func runRepair(ctx context.Context, c *client.Client, tenant string, nodes []string) ([]*pb.RepairStatus, time.Duration, error) {
+	nodes, err := repairTargets(ctx, c, tenant, nodes)
+	if err != nil {
+		return nil, 0, err
 	}
 	start := time.Now()
 	rounds := make([]*pb.RepairStatus, 0, len(nodes))
 	for _, node := range nodes {
 		st, err := c.StartRepair(ctx, node, tenant)
 		if err != nil {
-			return errors.Wrapf(err, "start a repair round on %s", node)
+			return nil, 0, errors.Wrapf(err, "start a repair round on %s", node)
 		}
 		rounds = append(rounds, st)
 	}
@@ -96,7 +145,7 @@ func runRepair(ctx context.Context, c *client.Client, tenant string, nodes []str
 			if !repairEnded(r) {
 				st, err := c.RepairStatus(ctx, r.GetNodeId(), r.GetRoundId())
 				if err != nil {
-					return errors.Wrapf(err, "poll repair round %s on %s", r.GetRoundId(), r.GetNodeId())
+					return nil, 0, errors.Wrapf(err, "poll repair round %s on %s", r.GetRoundId(), r.GetNodeId())
 				}
 				rounds[i] = st
 			}
@@ -113,11 +162,11 @@ func runRepair(ctx context.Context, c *client.Client, tenant string, nodes []str
 		if finished {
 			_ = bar.Finish()
 			fmt.Fprintln(os.Stderr)
-			return reportRepair(rounds, time.Since(start))
+			return rounds, time.Since(start), nil
 		}
 		select {
 		case <-ctx.Done():
-			return errors.Wrap(ctx.Err(), "stopped following the repair (the rounds go on)")
+			return nil, 0, errors.Wrap(ctx.Err(), "stopped following the repair (the rounds go on)")
 		case <-tick.C:
 		}
 	}
@@ -133,28 +182,41 @@ func repairEnded(s *pb.RepairStatus) bool {
 
 // reportRepair prints one line per round and the totals; a round that did
 // not complete makes the command fail.
-func reportRepair(rounds []*pb.RepairStatus, took time.Duration) error {
+func reportRepair(w io.Writer, rounds []*pb.RepairStatus, took time.Duration) error {
 	var fixed, purged, compared uint64
-	incomplete := 0
-	fmt.Printf("%-16s %-8s %12s %10s %10s %10s %s\n", "NODE", "STATE", "ARCS", "DIGESTS", "FIXED", "PURGED", "TOOK")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tSTATE\tARCS\tDIGESTS\tFIXED\tPURGED\tTOOK")
 	for _, r := range rounds {
 		took := time.Duration(r.GetEndedAtMs()-r.GetStartedAtMs()) * time.Millisecond
-		fmt.Printf("%-16s %-8s %5d/%-6d %10d %10d %10d %s\n", r.GetNodeId(), r.GetState(), r.GetArcsDone(), r.GetArcsTotal(),
+		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%d\t%d\t%s\n", r.GetNodeId(), r.GetState(), r.GetArcsDone(), r.GetArcsTotal(),
 			r.GetDigestsCompared(), r.GetKeysFixed(), r.GetTombstonesPurged(), took)
-		if r.GetError() != "" {
-			fmt.Printf("  %s: %s\n", r.GetNodeId(), r.GetError())
-		}
-		if r.GetState() != "done" {
-			incomplete++
-		}
 		fixed += r.GetKeysFixed()
 		purged += r.GetTombstonesPurged()
 		compared += r.GetDigestsCompared()
 	}
-	fmt.Printf("repair finished in %s: %d keys fixed, %d tombstones purged, %d digests compared on %d node(s)\n",
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, r := range rounds {
+		if r.GetError() != "" {
+			fmt.Fprintf(w, "  %s: %s\n", r.GetNodeId(), r.GetError())
+		}
+	}
+	fmt.Fprintf(w, "repair finished in %s: %d keys fixed, %d tombstones purged, %d digests compared on %d node(s)\n",
 		took.Round(time.Millisecond), fixed, purged, compared, len(rounds))
-	if incomplete > 0 {
-		return errors.Newf("the round did not complete on %d node(s); run the repair again (a membership change, or an unreachable replica)", incomplete)
+	return incomplete(rounds)
+}
+
+// incomplete fails when a round did not complete.
+func incomplete(rounds []*pb.RepairStatus) error {
+	n := 0
+	for _, r := range rounds {
+		if r.GetState() != "done" {
+			n++
+		}
+	}
+	if n > 0 {
+		return errors.Newf("the round did not complete on %d node(s); run the repair again (a membership change, or an unreachable replica)", n)
 	}
 	return nil
 }

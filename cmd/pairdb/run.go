@@ -34,6 +34,9 @@ type part struct {
 	checks map[string]ops.Check
 	// ready, if set, runs once the part serves (a banner, a log line).
 	ready func(opsAddr string)
+	// awaitReady holds ready back until every check passes (or
+	// startTimeout), so what it announces is true when it is printed.
+	awaitReady bool
 }
 
 // process describes one long-running command.
@@ -108,7 +111,14 @@ func runUntil(shutdown context.Context, log *zap.Logger, p process) error {
 	}
 	cur.Store(pt)
 	if pt.ready != nil {
-		pt.ready(srv.Addr())
+		if pt.awaitReady {
+			if err := awaitChecks(shutdown, checks); err != nil {
+				log.Warn(p.name+" is not ready yet; see "+ops.PathReadyz, zap.Error(err))
+			}
+		}
+		if shutdown.Err() == nil {
+			pt.ready(srv.Addr())
+		}
 	}
 	log.Info(p.name+" serving", zap.String("ops_addr", srv.Addr()),
 		zap.String("metrics", "http://"+srv.Addr()+ops.PathMetrics))
@@ -129,6 +139,48 @@ func runUntil(shutdown context.Context, log *zap.Logger, p process) error {
 	log.Info(p.name+" stopped", zap.Duration("took", time.Since(began)))
 	return nil
 }
+
+// readyPoll is how often awaitChecks runs the checks again.
+const readyPoll = 50 * time.Millisecond
+
+// awaitChecks returns nil once every check passes in one round, or the last
+// failure when startTimeout passes or shutdown begins.
+func awaitChecks(shutdown context.Context, checks map[string]ops.Check) error {
+	ctx, cancel := context.WithTimeout(shutdown, startTimeout)
+	defer cancel()
+	tick := time.NewTicker(readyPoll)
+	defer tick.Stop()
+	for {
+		var failed error
+		for name, check := range checks {
+			if err := check(ctx); err != nil {
+				failed = errors.Wrapf(err, "check %s", name)
+				break
+			}
+		}
+		if failed == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return failed
+		case <-tick.C:
+		}
+	}
+}
+
+// adviceError appends advice to an error's message, keeping the error as the
+// cause (errors.Wrap would put the advice in front of what went wrong).
+type adviceError struct {
+	cause  error
+	advice string
+}
+
+func withAdvice(err error, advice string) error { return &adviceError{cause: err, advice: advice} }
+
+func (e *adviceError) Error() string { return e.cause.Error() + "; " + e.advice }
+
+func (e *adviceError) Unwrap() error { return e.cause }
 
 // signals turns the first SIGTERM or SIGINT into a cancelled context and a
 // second one into an immediate exit.

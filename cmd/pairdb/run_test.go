@@ -185,3 +185,48 @@ func freeAddr(t *testing.T) string {
 	require.NoError(t, ln.Close())
 	return addr
 }
+
+// TestRunAnnouncesOnlyWhenReady: a part with awaitReady gets its banner
+// printed once every check passes, not as soon as it has started.
+func TestRunAnnouncesOnlyWhenReady(t *testing.T) {
+	shutdown, signal := context.WithCancel(context.Background())
+	defer signal()
+	var passing atomic.Bool
+	checked := make(chan struct{}, 1)
+	announced := make(chan bool, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- runUntil(shutdown, zaptest.NewLogger(t), process{
+			name:       "slow to be ready",
+			settings:   config.Process{OpsAddr: "127.0.0.1:0", ShutdownTimeout: 10 * time.Second},
+			checkNames: []string{"dep"},
+			start: func(context.Context) (*part, error) {
+				return &part{
+					stop:       func(context.Context) error { return nil },
+					awaitReady: true,
+					checks: map[string]ops.Check{"dep": func(context.Context) error {
+						select {
+						case checked <- struct{}{}:
+						default:
+						}
+						if !passing.Load() {
+							return errors.New("no heartbeat yet")
+						}
+						return nil
+					}},
+					ready: func(string) { announced <- passing.Load() },
+				}, nil
+			},
+		})
+	}()
+	<-checked // the check ran and failed: no banner yet
+	select {
+	case <-announced:
+		t.Fatal("announced while a check failed")
+	default:
+	}
+	passing.Store(true)
+	require.True(t, <-announced, "announced after the checks passed")
+	signal()
+	require.NoError(t, <-done)
+}

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/bus/embedded"
 	"github.com/pairdb/pairdb/cluster"
 	"github.com/pairdb/pairdb/config"
 	"github.com/pairdb/pairdb/jetstream/hints"
@@ -23,9 +24,10 @@ import (
 func newDevCmd(g *globals) *cobra.Command {
 	cfg := config.DefaultDev()
 	cmd := &cobra.Command{
-		Use:   "dev",
-		Short: "Run an embedded NATS server, a coordinator and storage nodes in one process",
-		Args:  cobra.NoArgs,
+		Use:         "dev",
+		Annotations: map[string]string{longRunning: "yes"},
+		Short:       "Run an embedded NATS server, a coordinator and storage nodes in one process",
+		Args:        cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := g.resolve(cmd, config.SectionDev, &cfg); err != nil {
 				return err
@@ -50,15 +52,28 @@ func newDevCmd(g *globals) *cobra.Command {
 }
 
 func startDev(ctx context.Context, g *globals, cfg config.Dev, log *zap.Logger, set *metrics.Set) (*part, error) {
+	// First, before NATS or Pebble open anything in the directory.
+	lock, err := lockDataDir(cfg.Data)
+	if err != nil {
+		return nil, err
+	}
 	d, err := cluster.StartDev(ctx, cluster.DevConfig{
 		Listen: cfg.Listen, DataDir: cfg.Data, Nodes: cfg.Nodes, NoSync: cfg.NoSync,
 		Coordinator: cluster.CoordinatorConfig{Subjects: g.subjects(), PostgresURL: cfg.PostgresURL},
 		Logger:      log, Metrics: set,
 	})
 	if err != nil {
+		lock.release()
+		if errors.Is(err, embedded.ErrAddrInUse) {
+			return nil, withAdvice(err, "pick a free one with --listen, such as --listen 127.0.0.1:4333, "+
+				"and give the client commands --server nats://127.0.0.1:4333")
+		}
 		return nil, err
 	}
-	closeDev := func(ctx context.Context) error { return d.Close(ctx) }
+	closeDev := func(ctx context.Context) error {
+		defer lock.release()
+		return d.Close(ctx)
+	}
 	// The process's own connection: readiness watches NATS and the storage
 	// nodes' heartbeats through it.
 	nc, err := dial(d.ClientURL(), "pairdb-dev-ops", log)
@@ -80,6 +95,9 @@ func startDev(ctx context.Context, g *globals, cfg config.Dev, log *zap.Logger, 
 			nc.Close()
 			return closeDev(ctx)
 		},
+		// The banner waits for /readyz: the storage nodes' first heartbeats
+		// come up to a second after the start.
+		awaitReady: true,
 		checks: map[string]ops.Check{
 			checkNATS: natsCheck(nc),
 			checkRing: func(ctx context.Context) error {
@@ -109,7 +127,14 @@ func startDev(ctx context.Context, g *globals, cfg config.Dev, log *zap.Logger, 
 			fmt.Printf("PairDB dev cluster is up: NATS at %s, %d storage nodes (%s), data in %s\n",
 				url, cfg.Nodes, strings.Join(d.NodeIDs(), ", "), cfg.Data)
 			fmt.Printf("Metrics at http://%s%s, health at %s and %s\n", opsAddr, ops.PathMetrics, ops.PathHealthz, ops.PathReadyz)
-			fmt.Printf("Try:\n  go run ./cmd/pairdb --server %s put hello world\n  go run ./cmd/pairdb --server %s get hello\n", url, url)
+			// The client commands reach this cluster without --server only on
+			// the default address.
+			server := ""
+			if url != config.DefaultGlobal().Server {
+				server = " --server " + url
+			}
+			fmt.Printf("Try, from another terminal (build once: go build -o pairdb ./cmd/pairdb):\n")
+			fmt.Printf("  ./pairdb%s put hello world\n  ./pairdb%s get hello\n", server, server)
 			fmt.Printf("  nats --server %s req pairdb.v1.kv.default.get '{\"key\":\"hello\"}' -H Content-Type:application/json\n", url)
 			fmt.Println("Ctrl-C stops it; the data stays for the next start.")
 		},
@@ -119,9 +144,10 @@ func startDev(ctx context.Context, g *globals, cfg config.Dev, log *zap.Logger, 
 func newCoordinatorCmd(g *globals) *cobra.Command {
 	cfg := config.DefaultCoordinator()
 	cmd := &cobra.Command{
-		Use:   "coordinator",
-		Short: "Run a coordinator against an external NATS server",
-		Args:  cobra.NoArgs,
+		Use:         "coordinator",
+		Annotations: map[string]string{longRunning: "yes"},
+		Short:       "Run a coordinator against an external NATS server",
+		Args:        cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := g.resolve(cmd, config.SectionCoordinator, &cfg); err != nil {
 				return err
@@ -182,9 +208,10 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 func newStorageNodeCmd(g *globals) *cobra.Command {
 	cfg := config.DefaultStorageNode()
 	cmd := &cobra.Command{
-		Use:   "storagenode",
-		Short: "Run a storage node against an external NATS server",
-		Args:  cobra.NoArgs,
+		Use:         "storagenode",
+		Annotations: map[string]string{longRunning: "yes"},
+		Short:       "Run a storage node against an external NATS server",
+		Args:        cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := g.resolve(cmd, config.SectionStorageNode, &cfg); err != nil {
 				return err

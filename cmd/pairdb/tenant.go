@@ -3,38 +3,66 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"strconv"
+	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/protobuf/encoding/protojson"
+	"github.com/spf13/pflag"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pairdb/pairdb/client"
+	"github.com/pairdb/pairdb/config"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/tenant"
 )
 
 func newTenantCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "tenant", Short: "Create, read, update, list and delete tenants"}
-	var f tenantFlags
+	var (
+		cf       tenantFlags
+		asJSON   bool
+		expected uint64
+	)
 	create := &cobra.Command{
 		Use: "create ID", Short: "Create a tenant", Args: cobra.ExactArgs(1),
+		Example: `  pairdb tenant create acme
+  pairdb tenant create acme --replication-factor 2 --conflict-policy last_write_wins --max-value-bytes 4MiB
+  pairdb tenant create acme --json`,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := cf.check(cmd.Flags()); err != nil {
+				return err
+			}
 			return withClient(cmd.Context(), g, func(ctx context.Context, c *client.Client) error {
 				t, err := c.CreateTenant(ctx, &pb.CreateTenantRequest{
-					TenantId: args[0], ReplicationFactor: f.rf, DefaultConsistency: f.consistency,
-					ConflictPolicy: f.policy, MaxSiblings: f.maxSiblings, MaxValueBytes: f.maxValue,
+					TenantId: args[0], ReplicationFactor: cf.rf, DefaultConsistency: cf.consistency,
+					ConflictPolicy: cf.policy, MaxSiblings: cf.maxSiblings, MaxValueBytes: uint64(cf.maxValue),
 				})
-				return printMsg(t, err)
+				if err != nil {
+					return err
+				}
+				return printTenant(cmd.OutOrStdout(), t, asJSON)
 			})
 		},
 	}
-	f.register(create)
+	cf.register(create, false)
+	addJSONFlag(create, &asJSON)
+
 	var uf tenantFlags
-	var expected uint64
 	update := &cobra.Command{
-		Use: "update ID", Short: "Change the settings given as flags", Args: cobra.ExactArgs(1),
+		Use: "update ID", Short: "Change the settings given as flags; the others stay as they are", Args: cobra.ExactArgs(1),
+		Long: `Change the settings given as flags; the others stay as they are. A new
+replication factor moves data: the answer names the migration that does it.`,
+		Example: `  pairdb tenant update acme --max-siblings 64
+  pairdb tenant update acme --replication-factor 3 --expected-version 2
+  pairdb tenant update acme --consistency all --json`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := &pb.UpdateTenantRequest{TenantId: args[0], ExpectedVersion: expected}
 			fl := cmd.Flags()
+			if err := uf.check(fl); err != nil {
+				return err
+			}
+			req := &pb.UpdateTenantRequest{TenantId: args[0], ExpectedVersion: expected}
 			if fl.Changed("replication-factor") {
 				req.ReplicationFactor = proto.Uint32(uf.rf)
 			}
@@ -48,62 +76,89 @@ func newTenantCmd(g *globals) *cobra.Command {
 				req.MaxSiblings = proto.Uint32(uf.maxSiblings)
 			}
 			if fl.Changed("max-value-bytes") {
-				req.MaxValueBytes = proto.Uint64(uf.maxValue)
+				req.MaxValueBytes = proto.Uint64(uint64(uf.maxValue))
 			}
 			return withClient(cmd.Context(), g, func(ctx context.Context, c *client.Client) error {
 				resp, err := c.UpdateTenant(ctx, req)
-				if err := printMsg(resp.GetTenant(), err); err != nil {
+				if err != nil {
+					return err
+				}
+				out := cmd.OutOrStdout()
+				if asJSON {
+					return printJSON(out, resp)
+				}
+				if err := printTenant(out, resp.GetTenant(), false); err != nil {
 					return err
 				}
 				if id := resp.GetMigrationId(); id != "" {
-					fmt.Printf("replication factor %d -> %d: migration %s moves the data (pairdb migration watch %s)\n",
+					fmt.Fprintf(out, "replication factor %d -> %d: migration %s moves the data (pairdb migration watch %s)\n",
 						resp.GetOldReplicationFactor(), req.GetReplicationFactor(), id, id)
 				}
 				return nil
 			})
 		},
 	}
-	uf.register(update)
+	uf.register(update, true)
 	update.Flags().Uint64Var(&expected, "expected-version", 0, "fail with VERSION_CONFLICT unless the tenant is at this version")
+	addJSONFlag(update, &asJSON)
+
 	get := &cobra.Command{
 		Use: "get ID", Short: "Show a tenant", Args: cobra.ExactArgs(1),
+		Example: "  pairdb tenant get acme\n  pairdb tenant get acme --json | jq .max_value_bytes",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withClient(cmd.Context(), g, func(ctx context.Context, c *client.Client) error {
 				t, err := c.GetTenant(ctx, args[0])
-				return printMsg(t, err)
+				if err != nil {
+					return err
+				}
+				return printTenant(cmd.OutOrStdout(), t, asJSON)
 			})
 		},
 	}
+	addJSONFlag(get, &asJSON)
+
 	list := &cobra.Command{
 		Use: "list", Short: "List all tenants", Args: cobra.NoArgs,
+		Example: "  pairdb tenant list\n  pairdb tenant list --json | jq -r '.tenants[].tenant_id'",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return withClient(cmd.Context(), g, func(ctx context.Context, c *client.Client) error {
+				var all []*pb.Tenant
 				token := ""
 				for {
-					ts, next, err := c.ListTenants(ctx, 100, token)
+					ts, next, err := c.ListTenants(ctx, tenant.MaxPageSize, token)
 					if err != nil {
 						return err
 					}
-					for _, t := range ts {
-						fmt.Printf("%-24s rf=%d consistency=%s policy=%s version=%d\n", t.GetTenantId(),
-							t.GetReplicationFactor(), t.GetDefaultConsistency(), t.GetConflictPolicy(), t.GetVersion())
-					}
+					all = append(all, ts...)
 					if next == "" {
-						return nil
+						break
 					}
 					token = next
 				}
+				out := cmd.OutOrStdout()
+				if asJSON {
+					return printJSON(out, &pb.ListTenantsResponse{Tenants: all})
+				}
+				tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+				fmt.Fprintln(tw, "TENANT\tRF\tCONSISTENCY\tPOLICY\tMAX SIBLINGS\tMAX VALUE\tVERSION")
+				for _, t := range all {
+					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%s\t%d\n", t.GetTenantId(), t.GetReplicationFactor(), t.GetDefaultConsistency(),
+						t.GetConflictPolicy(), t.GetMaxSiblings(), config.Bytes(t.GetMaxValueBytes()), t.GetVersion())
+				}
+				return tw.Flush()
 			})
 		},
 	}
+	addJSONFlag(list, &asJSON)
+
 	del := &cobra.Command{
-		Use: "delete ID", Short: "Delete a tenant record", Args: cobra.ExactArgs(1),
+		Use: "delete ID", Short: "Delete a tenant record (its data stays, for now)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withClient(cmd.Context(), g, func(ctx context.Context, c *client.Client) error {
 				if err := c.DeleteTenant(ctx, args[0]); err != nil {
 					return err
 				}
-				fmt.Printf("tenant %s deleted\n", args[0])
+				fmt.Fprintf(cmd.OutOrStdout(), "tenant %s deleted\n", args[0])
 				return nil
 			})
 		},
@@ -112,25 +167,97 @@ func newTenantCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+// printTenant shows a tenant record, one setting a line, or as JSON.
+func printTenant(w io.Writer, t *pb.Tenant, asJSON bool) error {
+	if asJSON {
+		return printJSON(w, t)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, row := range [][2]string{
+		{"tenant_id", t.GetTenantId()},
+		{"replication_factor", strconv.FormatUint(uint64(t.GetReplicationFactor()), 10)},
+		{"default_consistency", t.GetDefaultConsistency()},
+		{"conflict_policy", t.GetConflictPolicy()},
+		{"max_siblings", strconv.FormatUint(uint64(t.GetMaxSiblings()), 10)},
+		{"max_value_bytes", config.Bytes(t.GetMaxValueBytes()).String()},
+		{"version", strconv.FormatUint(t.GetVersion(), 10)},
+		{"created_at", t.GetCreatedAt().AsTime().Format(time.RFC3339)},
+		{"updated_at", t.GetUpdatedAt().AsTime().Format(time.RFC3339)},
+	} {
+		fmt.Fprintf(tw, "%s\t%s\n", row[0], row[1])
+	}
+	return tw.Flush()
+}
+
 type tenantFlags struct {
 	rf, maxSiblings     uint32
 	consistency, policy string
-	maxValue            uint64
+	maxValue            config.Bytes
 }
 
-func (t *tenantFlags) register(cmd *cobra.Command) {
+// register adds the settings' flags; update's say that an omitted flag
+// leaves the setting alone, create's name the default.
+func (t *tenantFlags) register(cmd *cobra.Command, update bool) {
+	note := func(def string) string {
+		if update {
+			return " (unchanged when omitted)"
+		}
+		return " (default " + def + ")"
+	}
 	f := cmd.Flags()
-	f.Uint32Var(&t.rf, "replication-factor", 0, "replicas per key, 1 to 7 (default 3)")
-	f.StringVar(&t.consistency, "consistency", "", "default consistency: one, quorum or all (default quorum)")
-	f.StringVar(&t.policy, "conflict-policy", "", "siblings or last_write_wins (default siblings)")
-	f.Uint32Var(&t.maxSiblings, "max-siblings", 0, "most concurrent values a key may hold (default 16)")
-	f.Uint64Var(&t.maxValue, "max-value-bytes", 0, "largest value in bytes (default 1 MiB)")
+	f.Uint32Var(&t.rf, "replication-factor", 0, fmt.Sprintf("replicas per key, %d to %d and at most the storage nodes%s",
+		tenant.MinReplicationFactor, tenant.MaxReplicationFactor, note(strconv.Itoa(tenant.DefaultReplicationFactor))))
+	f.StringVar(&t.consistency, "consistency", "", "default consistency: one, quorum or all"+note(tenant.DefaultConsistency))
+	f.StringVar(&t.policy, "conflict-policy", "", tenant.PolicySiblings+" or "+tenant.PolicyLastWriteWins+note(tenant.DefaultConflictPolicy))
+	f.Uint32Var(&t.maxSiblings, "max-siblings", 0, fmt.Sprintf("most concurrent values a key may hold, %d to %d%s",
+		tenant.MinMaxSiblings, tenant.MaxMaxSiblings, note(strconv.Itoa(tenant.DefaultMaxSiblings))))
+	f.Var(sizeFlag{&t.maxValue}, "max-value-bytes", fmt.Sprintf("largest value: bytes, or with a unit such as 512KiB, up to %s%s",
+		config.Bytes(tenant.MaxMaxValueBytes), note(config.Bytes(tenant.DefaultMaxValueBytes).String())))
 }
 
-func printMsg(m proto.Message, err error) error {
+// check refuses the values given that the server would either refuse or,
+// for a zero in a create, silently replace by the default (the request
+// cannot tell a zero given from one omitted). The bounds and messages are
+// the server's own (package tenant).
+func (t *tenantFlags) check(fl *pflag.FlagSet) error {
+	if fl.Changed("replication-factor") {
+		if err := tenant.CheckReplicationFactor(t.rf); err != nil {
+			return err
+		}
+	}
+	if fl.Changed("max-siblings") {
+		if err := tenant.CheckMaxSiblings(t.maxSiblings); err != nil {
+			return err
+		}
+	}
+	if fl.Changed("max-value-bytes") {
+		if t.maxValue < 0 {
+			return usageError("max value bytes must be positive, got %s", t.maxValue)
+		}
+		if err := tenant.CheckMaxValueBytes(uint64(t.maxValue)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sizeFlag is a flag taking a size with units, as --cache-bytes does.
+type sizeFlag struct{ v *config.Bytes }
+
+func (s sizeFlag) String() string {
+	if s.v == nil || *s.v == 0 {
+		return ""
+	}
+	return s.v.String()
+}
+
+func (s sizeFlag) Set(v string) error {
+	b, err := config.ParseBytes(v)
 	if err != nil {
 		return err
 	}
-	fmt.Println(protojson.MarshalOptions{UseProtoNames: true, Multiline: true}.Format(m))
+	*s.v = b
 	return nil
 }
+
+func (sizeFlag) Type() string { return "size" }
