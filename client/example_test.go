@@ -33,7 +33,7 @@ func Example() {
 	if _, err := c.Put(ctx, "example-cart", []byte("apple")); err != nil {
 		log.Fatal(err)
 	}
-	got, err := c.Get(ctx, "example-cart") // Found, Siblings, VectorClock (the context)
+	got, err := c.Get(ctx, "example-cart") // Found, Siblings, Context (pass it back to write over what you read)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -41,7 +41,7 @@ func Example() {
 
 	// With the read's context, the write replaces every value the read saw;
 	// without one it would be concurrent with them (a sibling).
-	_, err = c.Put(ctx, "example-cart", []byte("apple+pear"), client.WithContext(got.GetVectorClock()))
+	_, err = c.Put(ctx, "example-cart", []byte("apple+pear"), client.WithContext(got.GetContext()))
 	if err != nil {
 		log.Fatal(err)
 	}
