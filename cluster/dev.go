@@ -41,6 +41,9 @@ type DevConfig struct {
 	// created if absent (default min(3, Nodes)).
 	DefaultTenantRF uint32
 	Coordinator     CoordinatorConfig
+	// NodeURL, when set, is the NATS URL storage node id connects to (a
+	// fault proxy in front of the server, in tests); nil: the server's.
+	NodeURL func(id string) string
 	// Faults injects message faults into every part's endpoints (tests).
 	Faults  bus.Faults
 	Logger  *zap.Logger
@@ -51,8 +54,10 @@ type DevConfig struct {
 // nodes and coordinators in one process, each part on its own connection as
 // it would be in production.
 type Dev struct {
-	cfg    DevConfig
+	cfg DevConfig
+	// Server is the embedded NATS server (replaced by RestartServer).
 	Server *server.Server
+	url    string
 	mu     sync.Mutex
 	nodes  map[string]*devNode
 	coords []*devCoordinator
@@ -89,7 +94,7 @@ func StartDev(ctx context.Context, cfg DevConfig) (*Dev, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Dev{cfg: cfg, Server: srv, nodes: map[string]*devNode{}}
+	d := &Dev{cfg: cfg, Server: srv, url: srv.ClientURL(), nodes: map[string]*devNode{}}
 	if err := d.start(ctx); err != nil {
 		_ = d.Close(context.WithoutCancel(ctx))
 		return nil, err
@@ -133,13 +138,31 @@ func (d *Dev) start(ctx context.Context) error {
 }
 
 // ClientURL is where clients connect.
-func (d *Dev) ClientURL() string { return d.Server.ClientURL() }
+func (d *Dev) ClientURL() string { return d.url }
+
+// RestartServer shuts the embedded NATS server down and starts it again on
+// the same address and JetStream directory: every part loses its
+// connection, reconnects, and finds the control plane as it was (JetStream
+// syncs every write).
+func (d *Dev) RestartServer() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	addr := d.Server.Addr().String()
+	d.Server.Shutdown()
+	d.Server.WaitForShutdown()
+	srv, err := embedded.Start(embedded.Config{Listen: addr, StoreDir: filepath.Join(d.cfg.DataDir, "nats"), ServerName: "pairdb-dev"})
+	if err != nil {
+		return errors.Wrap(err, "restart the embedded NATS server")
+	}
+	d.Server = srv
+	return nil
+}
 
 // NodeIDs lists the configured storage nodes.
 func (d *Dev) NodeIDs() []string { return NodeIDs(d.cfg.Nodes) }
 
 func (d *Dev) connect(name string) (*nats.Conn, error) {
-	return d.connectTo(d.Server.ClientURL(), name)
+	return d.connectTo(d.url, name)
 }
 
 func (d *Dev) connectTo(url, name string) (*nats.Conn, error) {
@@ -151,7 +174,15 @@ func (d *Dev) connectTo(url, name string) (*nats.Conn, error) {
 }
 
 // StartNode starts (or restarts) storage node id on its data directory.
-func (d *Dev) StartNode(id string) error { return d.StartNodeVia(id, d.Server.ClientURL()) }
+func (d *Dev) StartNode(id string) error {
+	d.mu.Lock()
+	url, nodeURL := d.url, d.cfg.NodeURL
+	d.mu.Unlock()
+	if nodeURL != nil {
+		url = nodeURL(id)
+	}
+	return d.StartNodeVia(id, url)
+}
 
 // StartNodeVia starts storage node id connected to NATS at url (a fault
 // proxy in front of the server, in tests).
@@ -215,7 +246,7 @@ func (d *Dev) StopNode(ctx context.Context, id string) error {
 
 // StartCoordinator adds a coordinator to the queue group.
 func (d *Dev) StartCoordinator(ctx context.Context) (*Coordinator, error) {
-	return d.StartCoordinatorVia(ctx, d.Server.ClientURL())
+	return d.StartCoordinatorVia(ctx, d.url)
 }
 
 // StartCoordinatorVia adds a coordinator connected to NATS at url (a fault
@@ -284,8 +315,11 @@ func (d *Dev) Close(ctx context.Context) error {
 	for _, id := range ids {
 		errs = errors.CombineErrors(errs, d.StopNode(ctx, id))
 	}
-	d.Server.Shutdown()
-	d.Server.WaitForShutdown()
+	d.mu.Lock()
+	srv := d.Server
+	d.mu.Unlock()
+	srv.Shutdown()
+	srv.WaitForShutdown()
 	return errs
 }
 
@@ -321,4 +355,12 @@ func (d *Dev) WaitFolded(ctx context.Context, seq uint64) error {
 		}
 	}
 	return nil
+}
+
+// SetNodeURL changes where storage nodes started from now on connect (see
+// DevConfig.NodeURL).
+func (d *Dev) SetNodeURL(f func(id string) string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.cfg.NodeURL = f
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -19,6 +20,7 @@ import (
 	"github.com/pairdb/pairdb/cluster"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/internal/faults"
+	"github.com/pairdb/pairdb/internal/tcpproxy"
 	"github.com/pairdb/pairdb/keyspace"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 )
@@ -76,18 +78,38 @@ func siblingValues(resp *pb.GetResponse) []string {
 
 // TestGuaranteesUnderFaults runs seeded workloads against a four-node
 // cluster while messages to storage nodes and coordinators are dropped,
-// delayed, duplicated or lose their replies and storage nodes stop and restart, then heals and
-// checks every claim in the README's guarantees table.
+// delayed, duplicated or lose their replies, and a nemesis stops and
+// restarts storage nodes, pauses them past the replica timeout, makes their
+// connections half-open, cuts a coordinator off NATS and restarts the NATS
+// server; then heals and checks every claim in the README's guarantees
+// table.
 func TestGuaranteesUnderFaults(t *testing.T) {
 	seed := seedFromEnv(t)
 	dur := checkDuration(t, 12*time.Second)
 	inj := faults.New(seed)
-	h := startClusterWith(t, cluster.DevConfig{Nodes: 4, Faults: inj})
+	proxies := map[string]*tcpproxy.Proxy{}
+	cfg := cluster.DevConfig{Nodes: 4, Faults: inj,
+		NodeURL: func(id string) string { return "nats://" + proxies[id].Addr() },
+		// Pauses and cuts exceed the replica timeout in well under a second.
+		Coordinator: cluster.CoordinatorConfig{ReplicaTimeout: 500 * time.Millisecond, MaxClockSkew: 100 * time.Millisecond},
+	}
+	// The server's port is known once it runs; the nodes start after it,
+	// each through a proxy of its own.
+	h := startClusterWithProxies(t, &cfg, proxies)
 	ctx := ctxT(t)
-	for _, tn := range []string{"sets", "regs", "dels"} {
-		_, err := h.c.CreateTenant(ctx, &pb.CreateTenantRequest{TenantId: tn, ReplicationFactor: 3, MaxSiblings: 1000})
+	for _, tn := range []struct{ id, policy string }{{"sets", ""}, {"regs", ""}, {"dels", ""}, {"lww", "last_write_wins"}} {
+		_, err := h.c.CreateTenant(ctx, &pb.CreateTenantRequest{TenantId: tn.id, ReplicationFactor: 3, MaxSiblings: 1000, ConflictPolicy: tn.policy})
 		require.NoError(t, err)
 	}
+	// A second coordinator behind a proxy the nemesis cuts; the first
+	// keeps serving.
+	srv, err := url.Parse(h.dev.ClientURL())
+	require.NoError(t, err)
+	coordProxy := tcpproxy.Start(t, srv.Host)
+	cut, err := h.dev.StartCoordinatorVia(ctx, "nats://"+coordProxy.Addr())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = h.dev.StopCoordinator(context.Background(), cut) })
+
 	hist := &History{}
 	runCtx, stop := context.WithTimeout(context.Background(), dur)
 	defer stop()
@@ -105,8 +127,12 @@ func TestGuaranteesUnderFaults(t *testing.T) {
 		wg.Go(func() { setUnionClient(runCtx, h, hist, c, fmt.Sprintf("set-%d", c%2)) })
 		wg.Go(func() { registerClient(runCtx, h, hist, 10+c, fmt.Sprintf("reg-%d", c%2)) })
 	}
+	for c := range 2 {
+		wg.Go(func() { lwwClient(runCtx, h, hist, 30+c, fmt.Sprintf("lww-%d", c)) })
+	}
 	wg.Go(func() { deleteClient(runCtx, h, hist, 20) })
-	wg.Go(func() { nemesis(runCtx, t, h, seed) })
+	n := &nemesis{t: t, h: h, inj: inj, proxies: proxies, coordProxy: coordProxy, rng: rand.New(rand.NewPCG(seed, 7))}
+	wg.Go(func() { n.run(runCtx) })
 	wg.Wait()
 
 	inj.Clear()
@@ -115,36 +141,115 @@ func TestGuaranteesUnderFaults(t *testing.T) {
 	checkSetUnion(h, hist, v)
 	checkRegisters(h, hist, v)
 	checkDeletes(h, hist, v)
+	checkLastWriteWins(h, hist, v)
 	checkConvergence(h, hist, v)
-	t.Logf("%d operations, faults injected: %+v", len(hist.Ops()), inj.Stats())
+	checkOneVersion(h, hist, v)
+	t.Logf("%d operations, faults injected: %+v, nemesis: %+v", len(hist.Ops()), inj.Stats(), n.done)
 	report(t, seed, hist, v)
 }
 
-// nemesis stops a random storage node now and then and brings it back.
-func nemesis(ctx context.Context, t *testing.T, h *harness, seed uint64) {
-	rng := rand.New(rand.NewPCG(seed, 7))
-	ids := h.dev.NodeIDs()
+// startClusterWithProxies starts a dev cluster, then restarts each storage
+// node behind a proxy of its own (a proxy needs the server's address, known
+// once it runs), and has every later start of a node go through its proxy
+// (cfg.NodeURL, reading proxies).
+func startClusterWithProxies(t *testing.T, cfg *cluster.DevConfig, proxies map[string]*tcpproxy.Proxy) *harness {
+	t.Helper()
+	nodeURL := cfg.NodeURL
+	cfg.NodeURL = nil
+	h := startClusterWith(t, *cfg)
+	srv, err := url.Parse(h.dev.ClientURL())
+	require.NoError(t, err)
+	for _, id := range h.dev.NodeIDs() {
+		proxies[id] = tcpproxy.Start(t, srv.Host)
+		h.stopNode(id)
+		require.NoError(t, h.dev.StartNodeVia(id, nodeURL(id)))
+	}
+	h.dev.SetNodeURL(nodeURL)
+	// Stop the nodes before their proxies close (cleanups run last first).
+	t.Cleanup(func() {
+		for _, id := range h.dev.NodeIDs() {
+			if h.dev.Node(id) != nil {
+				_ = h.dev.StopNode(context.Background(), id)
+			}
+		}
+	})
+	return h
+}
+
+// nemesis injects one fault at a time, chosen by a seeded source, every
+// 1.5 to 3 seconds: a storage node stopped and restarted, paused past the
+// replica timeout (every request it gets is held, then handled late), or
+// made half-open (what it sends is lost); a coordinator cut off NATS; the
+// NATS server restarted.
+type nemesis struct {
+	t          *testing.T
+	h          *harness
+	inj        *faults.Injector
+	proxies    map[string]*tcpproxy.Proxy
+	coordProxy *tcpproxy.Proxy
+	rng        *rand.Rand
+	done       nemesisStats
+}
+
+type nemesisStats struct{ Restarts, Pauses, HalfOpen, Cuts, ServerRestarts int }
+
+func (n *nemesis) run(ctx context.Context) {
+	ids := n.h.dev.NodeIDs()
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Duration(1500+rng.IntN(1500)) * time.Millisecond):
-		}
-		id := ids[rng.IntN(len(ids))]
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err := h.dev.StopNode(sctx, id)
-		cancel()
-		if err != nil {
-			continue
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Duration(300+rng.IntN(700)) * time.Millisecond):
-		}
-		if err := h.dev.StartNode(id); err != nil {
-			t.Errorf("restart %s: %v", id, err)
+		if !n.sleep(ctx, time.Duration(1500+n.rng.IntN(1500))*time.Millisecond) {
 			return
 		}
+		id := ids[n.rng.IntN(len(ids))]
+		span := time.Duration(600+n.rng.IntN(900)) * time.Millisecond
+		switch k := n.rng.IntN(10); {
+		case k < 3:
+			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := n.h.dev.StopNode(sctx, id)
+			cancel()
+			if err != nil {
+				continue
+			}
+			n.sleep(ctx, time.Duration(300+n.rng.IntN(700))*time.Millisecond)
+			if err := n.h.dev.StartNode(id); err != nil {
+				n.t.Errorf("restart %s: %v", id, err)
+				return
+			}
+			n.done.Restarts++
+		case k < 5:
+			resume := make(chan struct{})
+			remove := n.inj.Add(faults.Rule{Match: ".node." + id + ".", Hold: resume})
+			n.sleep(ctx, span)
+			remove()
+			close(resume)
+			n.done.Pauses++
+		case k < 7:
+			n.proxies[id].Mute()
+			n.sleep(ctx, span)
+			n.proxies[id].Unmute()
+			n.done.HalfOpen++
+		case k < 9:
+			n.coordProxy.Cut()
+			n.sleep(ctx, span)
+			n.coordProxy.Heal()
+			n.done.Cuts++
+		default:
+			if err := n.h.dev.RestartServer(); err != nil {
+				n.t.Errorf("restart the NATS server: %v", err)
+				return
+			}
+			n.done.ServerRestarts++
+		}
+	}
+}
+
+// sleep waits d or until ctx ends (false then); faults in progress are
+// still undone by the caller.
+func (n *nemesis) sleep(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
 	}
 }
 
@@ -221,6 +326,19 @@ func deleteClient(ctx context.Context, h *harness, hist *History, id int) {
 	}
 }
 
+// lwwClient overwrites a last-write-wins key with unique values, blind
+// (last write wins needs no context).
+func lwwClient(ctx context.Context, h *harness, hist *History, id int, key string) {
+	c := kvClient(h, "lww")
+	for i := 0; ctx.Err() == nil; i++ {
+		val := fmt.Sprintf("l%d-%d", id, i)
+		op := Op{Client: id, Kind: "lww-write", Key: key, Value: val, Start: time.Now()}
+		_, err := c.Put(ctx, key, []byte(val), client.Consistency("quorum"))
+		op.Outcome, op.Error, op.End = outcomeOf(err), errText(err), time.Now()
+		hist.Add(op)
+	}
+}
+
 // heal reads every touched key at ALL until it succeeds (read repair) and
 // waits until every replica of every key holds the same object.
 func (h *harness) heal(hist *History) {
@@ -240,7 +358,7 @@ func touchedKeys(hist *History) []tenantKey {
 	seen := map[tenantKey]bool{}
 	var out []tenantKey
 	for _, op := range hist.Ops() {
-		tn := map[string]string{"add": "sets", "write": "regs", "read": "regs", "delete": "dels"}[op.Kind]
+		tn := map[string]string{"add": "sets", "write": "regs", "read": "regs", "delete": "dels", "lww-write": "lww"}[op.Kind]
 		k := tenantKey{tn, op.Key}
 		if !seen[k] {
 			seen[k] = true
@@ -397,6 +515,90 @@ func checkConvergence(h *harness, hist *History, v *Verdict) {
 		})
 		if !converged {
 			v.Failf("convergence: replicas %v of %s/%s differ", cur, k.tenant, k.key)
+		}
+	}
+}
+
+// lwwMargin is how much later than a write's answer another write must
+// begin for last write wins to order them: timestamps are milliseconds,
+// and two writes minted in the same one tie (the larger dot wins).
+const lwwMargin = 5 * time.Millisecond
+
+// checkLastWriteWins: the value a last-write-wins key ends with is never
+// that of a write (acknowledged, or of unknown outcome) that had been
+// answered before another write began and was acknowledged: an
+// acknowledged overwrite never loses to an earlier write, however late the
+// earlier one's messages arrive.
+func checkLastWriteWins(h *harness, hist *History, v *Verdict) {
+	byValue := map[string]Op{}
+	acked := map[string][]Op{}
+	for _, op := range hist.Ops() {
+		if op.Kind != "lww-write" {
+			continue
+		}
+		byValue[op.Value] = op
+		if op.Outcome == OK {
+			acked[op.Key] = append(acked[op.Key], op)
+		}
+	}
+	for key, ws := range acked {
+		vals, _ := h.finalValues("lww", key)
+		if len(vals) != 1 {
+			v.Failf("lww: %s ends with %d values %v, not one", key, len(vals), vals)
+			continue
+		}
+		final, ok := byValue[vals[0]]
+		if !ok || final.Outcome == Fail {
+			v.Failf("lww: %s ends with %q, which no write that may have happened wrote", key, vals[0])
+			continue
+		}
+		for _, w := range ws {
+			if w.Start.Sub(final.End) > lwwMargin {
+				v.Failf("lww: %s ends with %q (answered %s at %s), but %q began at %s and was acknowledged",
+					key, final.Value, final.Outcome, final.End.Format(time.StampMicro), w.Value, w.Start.Format(time.StampMicro))
+				break
+			}
+		}
+	}
+}
+
+// checkOneVersion: no write was minted twice. Every keyed write's origin
+// has one dot, across every storage node's origin records and every stored
+// sibling of every touched key.
+func checkOneVersion(h *harness, hist *History, v *Verdict) {
+	keys := map[string][]string{}
+	for _, k := range touchedKeys(hist) {
+		keys[k.tenant] = append(keys[k.tenant], k.key)
+	}
+	for tenant, ks := range keys {
+		dots := map[string]map[dvv.Dot]bool{}
+		add := func(origin string, d dvv.Dot) {
+			if dots[origin] == nil {
+				dots[origin] = map[dvv.Dot]bool{}
+			}
+			dots[origin][d] = true
+		}
+		for _, id := range h.dev.NodeIDs() {
+			n := h.dev.Node(id)
+			recs, err := n.Origins(tenant)
+			require.NoError(h.t, err)
+			for o, d := range recs {
+				add(o, d)
+			}
+			for _, k := range ks {
+				obj, _, err := n.Local(tenant, k)
+				require.NoError(h.t, err)
+				for _, s := range obj.Siblings {
+					if len(s.Origin) > 0 {
+						add(string(s.Origin), s.Dot)
+					}
+				}
+			}
+		}
+		for o, ds := range dots {
+			if len(ds) > 1 {
+				v.Failf("one version: a keyed write of tenant %s (origin %x) was minted %d times: %v", tenant, o, len(ds), ds)
+			}
 		}
 	}
 }

@@ -39,7 +39,8 @@ type Injector struct {
 	mu    sync.Mutex
 	rng   *rand.Rand
 	rules []Rule
-	used  []int // per rule: matching requests it applied to
+	used  []int   // per rule: matching requests it applied to
+	marks []*byte // per rule: nil, or the marker of a rule Add returned a remover for
 	stats Stats
 }
 
@@ -57,6 +58,32 @@ func (i *Injector) Set(rules ...Rule) {
 	defer i.mu.Unlock()
 	i.rules = rules
 	i.used = make([]int, len(rules))
+	i.marks = make([]*byte, len(rules))
+}
+
+// Add appends a rule and returns a function that removes it again (rules
+// set meanwhile are kept).
+func (i *Injector) Add(r Rule) (remove func()) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	// A marker of its own finds the rule wherever later Adds and removals
+	// moved it.
+	mark := new(byte)
+	i.rules = append(i.rules, r)
+	i.used = append(i.used, 0)
+	i.marks = append(i.marks, mark)
+	return func() {
+		i.mu.Lock()
+		defer i.mu.Unlock()
+		for n, m := range i.marks {
+			if m == mark {
+				i.rules = append(i.rules[:n:n], i.rules[n+1:]...)
+				i.used = append(i.used[:n:n], i.used[n+1:]...)
+				i.marks = append(i.marks[:n:n], i.marks[n+1:]...)
+				return
+			}
+		}
+	}
 }
 
 // Clear removes every rule: the network heals.
