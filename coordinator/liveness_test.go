@@ -46,3 +46,44 @@ func TestLivenessOrderSkipsDownUnlessAllAreDown(t *testing.T) {
 	l.markDown("c")
 	require.Equal(t, []string{"a", "b", "c"}, l.order([]string{"a", "b", "c"}), "all down: try them all anyway")
 }
+
+// A node whose heartbeats show its clock off by more than the bound mints
+// nothing for this coordinator until it is back within; the crossing is
+// reported once each way.
+func TestLivenessSkew(t *testing.T) {
+	l := newLiveness(time.Hour, 2*time.Hour, 250*time.Millisecond)
+	s := &Service{liveness: l}
+	now := time.Now()
+	beat := func(node string, offset time.Duration) bool {
+		_, crossed := l.heartbeat(&pb.Heartbeat{NodeId: node, UnixMs: now.Add(offset).UnixMilli()}, now)
+		return crossed
+	}
+	require.False(t, beat("a", 10*time.Millisecond), "within the bound: nothing to report")
+	require.False(t, beat("b", -100*time.Millisecond))
+	require.True(t, beat("c", 2*time.Second), "ahead past the bound: reported")
+	require.False(t, beat("c", 3*time.Second), "still past it: not reported again")
+	require.True(t, l.skewed("c"))
+	require.False(t, l.skewed("a"))
+	require.Equal(t, []string{"a", "b"}, s.minterCandidates([]string{"c", "a", "b"}), "a skewed node mints nothing")
+	require.True(t, beat("c", 0), "back within: reported")
+	require.Equal(t, []string{"c", "a", "b"}, s.minterCandidates([]string{"c", "a", "b"}))
+	require.True(t, beat("b", -time.Second), "behind past the bound counts too")
+	require.True(t, l.skewed("b"))
+}
+
+// An unanswered call makes a node suspect (asked last) until a heartbeat
+// it sent after the call arrives.
+func TestLivenessMarkSlow(t *testing.T) {
+	l := newLiveness(time.Hour, 2*time.Hour, time.Second)
+	now := time.Now()
+	for _, n := range []string{"a", "b"} {
+		l.heartbeat(&pb.Heartbeat{NodeId: n, UnixMs: now.UnixMilli()}, now)
+	}
+	l.markSlow("a")
+	require.Equal(t, Suspect, l.health("a", time.Now()))
+	require.Equal(t, []string{"b", "a"}, l.order([]string{"a", "b"}))
+	l.heartbeat(&pb.Heartbeat{NodeId: "a", UnixMs: now.Add(-time.Second).UnixMilli()}, time.Now())
+	require.Equal(t, Suspect, l.health("a", time.Now()), "a beat sent before the call proves nothing")
+	l.heartbeat(&pb.Heartbeat{NodeId: "a", UnixMs: time.Now().Add(time.Millisecond).UnixMilli()}, time.Now())
+	require.Equal(t, Up, l.health("a", time.Now()), "a beat sent after it does")
+}

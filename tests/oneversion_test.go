@@ -164,30 +164,38 @@ func TestPausedMinterMintsNothingLate(t *testing.T) {
 // it; a read's context then covers its one dot, and a delete with that
 // context removes it from every replica for good.
 func TestHalfOpenMinterMintsOnce(t *testing.T) {
+	for _, policy := range []string{"siblings", "last_write_wins"} {
+		t.Run(policy, func(t *testing.T) { halfOpenMinterMintsOnce(t, policy) })
+	}
+}
+
+func halfOpenMinterMintsOnce(t *testing.T, policy string) {
 	h, _ := faultyCluster(t)
 	ctx := ctxT(t)
+	_, err := h.c.CreateTenant(ctx, &pb.CreateTenantRequest{TenantId: "h", ReplicationFactor: 3, ConflictPolicy: policy})
+	require.NoError(t, err)
 	srv, err := url.Parse(h.dev.ClientURL())
 	require.NoError(t, err)
 	proxy := tcpproxy.Start(t, srv.Host)
 	h.stopNode("node-1")
 	require.NoError(t, h.dev.StartNodeVia("node-1", "nats://"+proxy.Addr()))
 	t.Cleanup(func() { h.stopNode("node-1") }) // before the proxy closes (cleanups run last first)
-	c := client.New(h.nc, client.WithRetries(0))
-	key := h.keyFirstAt("default", "node-1", 3)
+	c := client.New(h.nc, client.WithTenant("h"), client.WithRetries(0))
+	key := h.keyFirstAt("h", "node-1", 3)
 	require.Eventually(t, func() bool { _, err := c.Put(ctx, "warm-up", []byte("x")); return err == nil },
 		10*time.Second, 20*time.Millisecond, "node-1 serves through the proxy")
 
 	proxy.Mute()
 	_, err = c.Put(ctx, key, []byte("once"), client.Consistency("quorum"), client.IdempotencyKey("once-1"))
 	requireCode(t, err, pb.ErrorCode_OUTCOME_UNKNOWN)
-	require.Equal(t, map[string][]string{"node-1": {"once"}}, h.liveEverywhere("default", key),
+	require.Equal(t, map[string][]string{"node-1": {"once"}}, h.liveEverywhere("h", key),
 		"node-1 minted it; nothing it sent arrived, and nobody else minted it")
 	proxy.Unmute()
 
 	resp, err := c.Put(ctx, key, []byte("once"), client.Consistency("quorum"), client.IdempotencyKey("once-1"))
 	require.NoError(t, err, "the retry completes the write at node-1")
 	require.GreaterOrEqual(t, resp.GetReplicaCount(), uint32(2))
-	h.requireOneVersion("default", key)
+	h.requireOneVersion("h", key)
 
 	got, err := c.Get(ctx, key, client.ReadConsistency("quorum"))
 	require.NoError(t, err)
@@ -195,12 +203,12 @@ func TestHalfOpenMinterMintsOnce(t *testing.T) {
 	_, err = c.Delete(ctx, key, client.Consistency("all"), client.WithContext(got.GetContext()))
 	require.NoError(t, err)
 	for _, n := range h.dev.NodeIDs() {
-		require.Equal(t, "done", runRepair(t, h.c, n, "default").GetState(), "repair round on %s", n)
+		require.Equal(t, "done", runRepair(t, h.c, n, "h").GetState(), "repair round on %s", n)
 	}
 	got, err = c.Get(ctx, key, client.ReadConsistency("all"))
 	require.NoError(t, err)
 	require.False(t, got.GetFound(), "the deleted key stays deleted: %v", values(got))
-	require.Empty(t, h.liveEverywhere("default", key))
+	require.Empty(t, h.liveEverywhere("h", key))
 }
 
 // TestCoordinatorDisconnectSendsNothingLate: a coordinator loses its NATS
@@ -209,8 +217,16 @@ func TestHalfOpenMinterMintsOnce(t *testing.T) {
 // the coordinator reconnects: nothing it published while disconnected is
 // sent afterwards (no reconnect buffer), so the write is minted nowhere.
 func TestCoordinatorDisconnectSendsNothingLate(t *testing.T) {
+	for _, policy := range []string{"siblings", "last_write_wins"} {
+		t.Run(policy, func(t *testing.T) { coordinatorDisconnectSendsNothingLate(t, policy) })
+	}
+}
+
+func coordinatorDisconnectSendsNothingLate(t *testing.T, policy string) {
 	h, inj := faultyCluster(t)
 	ctx := ctxT(t)
+	_, err := h.c.CreateTenant(ctx, &pb.CreateTenantRequest{TenantId: "c", ReplicationFactor: 3, ConflictPolicy: policy})
+	require.NoError(t, err)
 	srv, err := url.Parse(h.dev.ClientURL())
 	require.NoError(t, err)
 	proxy := tcpproxy.Start(t, srv.Host)
@@ -218,11 +234,11 @@ func TestCoordinatorDisconnectSendsNothingLate(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, h.dev.StopCoordinator(ctxT(t), cut)) }) // before the proxy closes
 	require.NoError(t, h.dev.StopCoordinator(ctx, h.dev.Coordinators()[0]), "only the proxied coordinator serves")
-	key := h.keyFirstAt("default", "node-1", 3)
+	key := h.keyFirstAt("c", "node-1", 3)
 
 	resume, held := make(chan struct{}), make(chan string, 1)
 	inj.Set(faults.Rule{Match: ".node.node-1.apply", Hold: resume, Seen: held, Limit: 1})
-	c := client.New(h.nc, client.WithRetries(0), client.WithTimeout(2*time.Second))
+	c := client.New(h.nc, client.WithTenant("c"), client.WithRetries(0), client.WithTimeout(2*time.Second))
 	answered := make(chan error, 1)
 	go func() {
 		_, err := c.Put(context.Background(), key, []byte("v"), client.Consistency("quorum"), client.IdempotencyKey("cut-1"))
@@ -239,8 +255,8 @@ func TestCoordinatorDisconnectSendsNothingLate(t *testing.T) {
 	require.Eventually(t, func() bool { return cut.Ready(ctx) == nil }, 20*time.Second, 20*time.Millisecond, "coordinator reconnects")
 	_, err = c.Put(ctx, "after", []byte("x"), client.Consistency("all"))
 	require.NoError(t, err, "the reconnected coordinator serves, and everything it still had to send has arrived")
-	require.Empty(t, h.liveEverywhere("default", key), "the write the coordinator gave up on took effect nowhere")
-	h.requireOneVersion("default", key)
+	require.Empty(t, h.liveEverywhere("c", key), "the write the coordinator gave up on took effect nowhere")
+	h.requireOneVersion("c", key)
 }
 
 // TestRetryAfterAnOverwriteFindsItsWrite: a keyed write fails its quorum
