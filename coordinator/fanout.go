@@ -96,12 +96,14 @@ func (f *fanout) run(ctx context.Context, p placement, epoch uint64) (acks int, 
 			s.settleMiss(w.tenant, node, merge, err, resp.GetEpoch())
 		}()
 	}
+	// lost reports a write that cannot meet W under p. With stale set the
+	// caller catches up and runs again, and returns the error only once it
+	// gives up following the ring.
 	lost := func(why string) (int, uint64, error) {
-		if stale > 0 {
-			return 0, stale, bus.Errorf(pb.ErrorCode_STALE_EPOCH, "a replica is at ring epoch %d", stale)
+		if stale == 0 {
+			s.m.quorumFailure(w.op, w.level.String())
 		}
-		s.m.quorumFailure(w.op, w.level.String())
-		return 0, 0, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
+		return 0, stale, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
 			"write reached %d of its replicas%s; %s needs %s (it may still be applied: retry with the same idempotency key)",
 			len(f.acked), why, w.level, p.need(w.level))
 	}

@@ -91,7 +91,21 @@ func (h *harness) startNode(id string) {
 func (h *harness) readNode(node, tenant, key string) (dvv.Object, bool) {
 	h.t.Helper()
 	resp := new(pb.ReadResponse)
-	err := bus.Request(ctxT(h.t), h.nc, bus.Subjects{}.Node(node, bus.OpRead), &pb.ReadRequest{TenantId: tenant, Key: key}, resp)
+	// At the ring's epoch, when there is a coordinator to ask: the node
+	// then waits until it has folded every tenant created before.
+	var epoch uint64
+	if h.dev != nil {
+		if cs := h.dev.Coordinators(); len(cs) > 0 {
+			epoch = cs[0].Ring.State().Epoch
+		}
+	}
+	err := bus.Request(ctxT(h.t), h.nc, bus.Subjects{}.Node(node, bus.OpRead), &pb.ReadRequest{TenantId: tenant, Key: key, Epoch: epoch}, resp)
+	if bus.Is(err, pb.ErrorCode_STALE_EPOCH) {
+		// The node is ahead of the coordinator: it knows every tenant the
+		// coordinator does.
+		resp = new(pb.ReadResponse)
+		err = bus.Request(ctxT(h.t), h.nc, bus.Subjects{}.Node(node, bus.OpRead), &pb.ReadRequest{TenantId: tenant, Key: key}, resp)
+	}
 	require.NoError(h.t, err)
 	return dvvpb.ObjectFromProto(resp.GetObject()), resp.GetFound()
 }

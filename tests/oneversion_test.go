@@ -57,10 +57,10 @@ func expired(node string) string {
 	return fmt.Sprintf(`pairdb_node_request_errors_total{node=%q,op="apply",code="EXPIRED"}`, node)
 }
 
-// requireOneVersion checks that no write of tenant was minted twice: every
-// origin (a keyed write), in every running node's origin records and in
-// every stored sibling of keys, has one dot.
-func (h *harness) requireOneVersion(tenant string, keys ...string) {
+// originDots collects, for every origin (a keyed write) of tenant, the
+// dots it has in every running node's origin records and in every stored
+// sibling of keys: a write minted once has one.
+func (h *harness) originDots(tenant string, keys []string) map[string]map[dvv.Dot]bool {
 	h.t.Helper()
 	dots := map[string]map[dvv.Dot]bool{}
 	add := func(origin string, d dvv.Dot) {
@@ -89,9 +89,34 @@ func (h *harness) requireOneVersion(tenant string, keys ...string) {
 			}
 		}
 	}
-	for o, ds := range dots {
+	return dots
+}
+
+// requireOneVersion checks that no write of tenant was minted twice.
+func (h *harness) requireOneVersion(tenant string, keys ...string) {
+	h.t.Helper()
+	for o, ds := range h.originDots(tenant, keys) {
 		require.Len(h.t, ds, 1, "write %x was minted as %v", o, ds)
 	}
+}
+
+// proxied starts a TCP proxy in front of the cluster's NATS server and
+// returns it with the URL that goes through it.
+func (h *harness) proxied() (*tcpproxy.Proxy, string) {
+	h.t.Helper()
+	srv, err := url.Parse(h.dev.ClientURL())
+	require.NoError(h.t, err)
+	p := tcpproxy.Start(h.t, srv.Host)
+	return p, "nats://" + p.Addr()
+}
+
+// faultyTenant is faultyCluster with tenant id of the given conflict
+// policy, three replicas.
+func faultyTenant(t *testing.T, id, policy string) (*harness, *faults.Injector) {
+	h, inj := faultyCluster(t)
+	_, err := h.c.CreateTenant(ctxT(t), &pb.CreateTenantRequest{TenantId: id, ReplicationFactor: 3, ConflictPolicy: policy})
+	require.NoError(t, err)
+	return h, inj
 }
 
 // liveEverywhere returns the live values each running replica stores.
@@ -118,16 +143,14 @@ func (h *harness) liveEverywhere(tenant, key string) map[string][]string {
 func TestPausedMinterMintsNothingLate(t *testing.T) {
 	for _, policy := range []string{"siblings", "last_write_wins"} {
 		t.Run(policy, func(t *testing.T) {
-			h, inj := faultyCluster(t)
+			h, inj := faultyTenant(t, "p", policy)
 			ctx := ctxT(t)
-			_, err := h.c.CreateTenant(ctx, &pb.CreateTenantRequest{TenantId: "p", ReplicationFactor: 3, ConflictPolicy: policy})
-			require.NoError(t, err)
 			c := client.New(h.nc, client.WithTenant("p"), client.WithRetries(0))
 			key := h.keyFirstAt("p", "node-1", 3)
 
 			resume := make(chan struct{})
 			inj.Set(faults.Rule{Match: ".node.node-1.apply", Hold: resume, Limit: 1})
-			_, err = c.Put(ctx, key, []byte("late"), client.Consistency("quorum"))
+			_, err := c.Put(ctx, key, []byte("late"), client.Consistency("quorum"))
 			requireCode(t, err, pb.ErrorCode_OUTCOME_UNKNOWN)
 			require.Empty(t, h.liveEverywhere("p", key), "no other replica minted it")
 
@@ -170,15 +193,11 @@ func TestHalfOpenMinterMintsOnce(t *testing.T) {
 }
 
 func halfOpenMinterMintsOnce(t *testing.T, policy string) {
-	h, _ := faultyCluster(t)
+	h, _ := faultyTenant(t, "h", policy)
 	ctx := ctxT(t)
-	_, err := h.c.CreateTenant(ctx, &pb.CreateTenantRequest{TenantId: "h", ReplicationFactor: 3, ConflictPolicy: policy})
-	require.NoError(t, err)
-	srv, err := url.Parse(h.dev.ClientURL())
-	require.NoError(t, err)
-	proxy := tcpproxy.Start(t, srv.Host)
+	proxy, via := h.proxied()
 	h.stopNode("node-1")
-	require.NoError(t, h.dev.StartNodeVia("node-1", "nats://"+proxy.Addr()))
+	require.NoError(t, h.dev.StartNodeVia("node-1", via))
 	t.Cleanup(func() { h.stopNode("node-1") }) // before the proxy closes (cleanups run last first)
 	c := client.New(h.nc, client.WithTenant("h"), client.WithRetries(0))
 	key := h.keyFirstAt("h", "node-1", 3)
@@ -186,7 +205,7 @@ func halfOpenMinterMintsOnce(t *testing.T, policy string) {
 		10*time.Second, 20*time.Millisecond, "node-1 serves through the proxy")
 
 	proxy.Mute()
-	_, err = c.Put(ctx, key, []byte("once"), client.Consistency("quorum"), client.IdempotencyKey("once-1"))
+	_, err := c.Put(ctx, key, []byte("once"), client.Consistency("quorum"), client.IdempotencyKey("once-1"))
 	requireCode(t, err, pb.ErrorCode_OUTCOME_UNKNOWN)
 	require.Equal(t, map[string][]string{"node-1": {"once"}}, h.liveEverywhere("h", key),
 		"node-1 minted it; nothing it sent arrived, and nobody else minted it")
@@ -223,14 +242,10 @@ func TestCoordinatorDisconnectSendsNothingLate(t *testing.T) {
 }
 
 func coordinatorDisconnectSendsNothingLate(t *testing.T, policy string) {
-	h, inj := faultyCluster(t)
+	h, inj := faultyTenant(t, "c", policy)
 	ctx := ctxT(t)
-	_, err := h.c.CreateTenant(ctx, &pb.CreateTenantRequest{TenantId: "c", ReplicationFactor: 3, ConflictPolicy: policy})
-	require.NoError(t, err)
-	srv, err := url.Parse(h.dev.ClientURL())
-	require.NoError(t, err)
-	proxy := tcpproxy.Start(t, srv.Host)
-	cut, err := h.dev.StartCoordinatorVia(ctx, "nats://"+proxy.Addr())
+	proxy, via := h.proxied()
+	cut, err := h.dev.StartCoordinatorVia(ctx, via)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, h.dev.StopCoordinator(ctxT(t), cut)) }) // before the proxy closes
 	require.NoError(t, h.dev.StopCoordinator(ctx, h.dev.Coordinators()[0]), "only the proxied coordinator serves")
@@ -266,15 +281,13 @@ func coordinatorDisconnectSendsNothingLate(t *testing.T, policy string) {
 func TestRetryAfterAnOverwriteFindsItsWrite(t *testing.T) {
 	for _, policy := range []string{"siblings", "last_write_wins"} {
 		t.Run(policy, func(t *testing.T) {
-			h, inj := faultyCluster(t)
+			h, inj := faultyTenant(t, "o", policy)
 			ctx := ctxT(t)
-			_, err := h.c.CreateTenant(ctx, &pb.CreateTenantRequest{TenantId: "o", ReplicationFactor: 3, ConflictPolicy: policy})
-			require.NoError(t, err)
 			c := client.New(h.nc, client.WithTenant("o"), client.WithRetries(0))
 			key := h.keyFirstAt("o", "node-1", 3)
 
 			inj.Set(faults.Rule{Match: ".node.node-2.merge", Drop: 1}, faults.Rule{Match: ".node.node-3.merge", Drop: 1})
-			_, err = c.Put(ctx, key, []byte("first"), client.Consistency("all"), client.IdempotencyKey("first-1"))
+			_, err := c.Put(ctx, key, []byte("first"), client.Consistency("all"), client.IdempotencyKey("first-1"))
 			requireCode(t, err, pb.ErrorCode_QUORUM_NOT_REACHED)
 			inj.Clear()
 

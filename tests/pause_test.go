@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -12,14 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
 
 	"github.com/pairdb/pairdb/client"
 	"github.com/pairdb/pairdb/cluster"
-	"github.com/pairdb/pairdb/internal/natstest"
 	"github.com/pairdb/pairdb/keyspace"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 )
@@ -66,44 +61,10 @@ func TestPausedNodeProcessMintsNothingLate(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	bin := buildPairdb(t)
-	srv := natstest.StartServer(t, t.TempDir())
-	url := srv.ClientURL()
-	nodes := make([]*nodeProcess, 3)
-	for i := range nodes {
-		nodes[i] = &nodeProcess{t: t, bin: bin, url: url, id: fmt.Sprintf("node-%d", i+1), dir: t.TempDir(), ops: freeAddr(t)}
-		nodes[i].start()
-	}
+	pc := startProcessCluster(t, cluster.CoordinatorConfig{ReplicaTimeout: 600 * time.Millisecond, MaxClockSkew: 100 * time.Millisecond},
+		true, "sib:siblings", "lww:last_write_wins")
+	nodes, nc, coord, ctx := pc.nodes, pc.nc, pc.coord, pc.ctx
 	paused := nodes[0]
-	t.Cleanup(func() {
-		_ = paused.cmd.Process.Signal(syscall.SIGCONT)
-		for _, n := range nodes {
-			_ = n.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-n.done:
-			case <-time.After(15 * time.Second):
-				_ = n.cmd.Process.Kill()
-			}
-		}
-	})
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1))
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	coord, err := cluster.StartCoordinator(ctx, nc, cluster.CoordinatorConfig{
-		ReplicaTimeout: 600 * time.Millisecond, MaxClockSkew: 100 * time.Millisecond,
-		Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = coord.Stop(context.Background()) })
-	require.NoError(t, coord.Ring.Bootstrap(ctx, []string{"node-1", "node-2", "node-3"}))
-	admin := client.New(nc)
-	for _, tn := range []struct{ id, policy string }{{"sib", "siblings"}, {"lww", "last_write_wins"}} {
-		require.Eventually(t, func() bool {
-			_, err := admin.CreateTenant(ctx, &pb.CreateTenantRequest{TenantId: tn.id, ConflictPolicy: tn.policy})
-			return err == nil || client.IsCode(err, pb.ErrorCode_TENANT_EXISTS)
-		}, 10*time.Second, 50*time.Millisecond)
-	}
 	st := coord.Ring.State()
 	keyAt := func(tenant string) string {
 		for i := 0; ; i++ {

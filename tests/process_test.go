@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -75,6 +76,66 @@ func (p *nodeProcess) kill() {
 	}
 }
 
+// processCluster is three `pairdb storagenode` processes on an in-process
+// NATS server and an in-process coordinator, the ring bootstrapped.
+type processCluster struct {
+	nodes []*nodeProcess
+	nc    *nats.Conn
+	coord *cluster.Coordinator
+	admin *client.Client
+	ctx   context.Context
+}
+
+// startProcessCluster starts it with coordinator settings cc (its logger is
+// the test's), ops ports the test can scrape when withOps, and tenants
+// created (each "id" or "id:policy").
+func startProcessCluster(t *testing.T, cc cluster.CoordinatorConfig, withOps bool, tenants ...string) *processCluster {
+	t.Helper()
+	bin := buildPairdb(t)
+	srv := natstest.StartServer(t, t.TempDir())
+	url := srv.ClientURL()
+	pc := &processCluster{nodes: make([]*nodeProcess, 3)}
+	for i := range pc.nodes {
+		pc.nodes[i] = &nodeProcess{t: t, bin: bin, url: url, id: fmt.Sprintf("node-%d", i+1), dir: t.TempDir()}
+		if withOps {
+			pc.nodes[i].ops = freeAddr(t)
+		}
+		pc.nodes[i].start()
+	}
+	t.Cleanup(func() {
+		for _, n := range pc.nodes {
+			_ = n.cmd.Process.Signal(syscall.SIGCONT) // a paused one, too, stops
+			_ = n.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-n.done:
+			case <-time.After(15 * time.Second):
+				_ = n.cmd.Process.Kill()
+			}
+		}
+	})
+	var err error
+	pc.nc, err = nats.Connect(url, nats.MaxReconnects(-1))
+	require.NoError(t, err)
+	t.Cleanup(pc.nc.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	pc.ctx = ctx
+	cc.Logger = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	pc.coord, err = cluster.StartCoordinator(ctx, pc.nc, cc)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = pc.coord.Stop(context.Background()) })
+	require.NoError(t, pc.coord.Ring.Bootstrap(ctx, []string{"node-1", "node-2", "node-3"}))
+	pc.admin = client.New(pc.nc)
+	for _, tn := range tenants {
+		id, policy, _ := strings.Cut(tn, ":")
+		require.Eventually(t, func() bool {
+			_, err := pc.admin.CreateTenant(ctx, &pb.CreateTenantRequest{TenantId: id, ConflictPolicy: policy})
+			return err == nil || client.IsCode(err, pb.ErrorCode_TENANT_EXISTS)
+		}, 10*time.Second, 50*time.Millisecond)
+	}
+	return pc
+}
+
 // TestStorageNodeProcessesSurviveSIGKILL runs the storage nodes as real
 // processes and SIGKILLs them, one at a time, then pauses one (SIGSTOP),
 // under a QUORUM write load:
@@ -84,38 +145,8 @@ func TestStorageNodeProcessesSurviveSIGKILL(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	bin := buildPairdb(t)
-	srv := natstest.StartServer(t, t.TempDir())
-	url := srv.ClientURL()
-	nodes := make([]*nodeProcess, 3)
-	for i := range nodes {
-		nodes[i] = &nodeProcess{t: t, bin: bin, url: url, id: fmt.Sprintf("node-%d", i+1), dir: t.TempDir()}
-		nodes[i].start()
-	}
-	t.Cleanup(func() {
-		for _, n := range nodes {
-			_ = n.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-n.done:
-			case <-time.After(15 * time.Second):
-				_ = n.cmd.Process.Kill()
-			}
-		}
-	})
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1))
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	coord, err := cluster.StartCoordinator(ctx, nc, cluster.CoordinatorConfig{Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = coord.Stop(context.Background()) })
-	require.NoError(t, coord.Ring.Bootstrap(ctx, []string{"node-1", "node-2", "node-3"}))
-	admin := client.New(nc)
-	require.Eventually(t, func() bool {
-		_, err := admin.CreateTenant(ctx, &pb.CreateTenantRequest{TenantId: "default"})
-		return err == nil || client.IsCode(err, pb.ErrorCode_TENANT_EXISTS)
-	}, 10*time.Second, 50*time.Millisecond)
+	pc := startProcessCluster(t, cluster.CoordinatorConfig{}, false, "default")
+	nodes, nc, coord, admin, ctx := pc.nodes, pc.nc, pc.coord, pc.admin, pc.ctx
 
 	var (
 		mu    sync.Mutex

@@ -103,10 +103,8 @@ func TestGuaranteesUnderFaults(t *testing.T) {
 	}
 	// A second coordinator behind a proxy the nemesis cuts; the first
 	// keeps serving.
-	srv, err := url.Parse(h.dev.ClientURL())
-	require.NoError(t, err)
-	coordProxy := tcpproxy.Start(t, srv.Host)
-	cut, err := h.dev.StartCoordinatorVia(ctx, "nats://"+coordProxy.Addr())
+	coordProxy, via := h.proxied()
+	cut, err := h.dev.StartCoordinatorVia(ctx, via)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = h.dev.StopCoordinator(context.Background(), cut) })
 
@@ -571,30 +569,7 @@ func checkOneVersion(h *harness, hist *History, v *Verdict) {
 		keys[k.tenant] = append(keys[k.tenant], k.key)
 	}
 	for tenant, ks := range keys {
-		dots := map[string]map[dvv.Dot]bool{}
-		add := func(origin string, d dvv.Dot) {
-			if dots[origin] == nil {
-				dots[origin] = map[dvv.Dot]bool{}
-			}
-			dots[origin][d] = true
-		}
-		for _, id := range h.dev.NodeIDs() {
-			n := h.dev.Node(id)
-			recs, err := n.Origins(tenant)
-			require.NoError(h.t, err)
-			for o, d := range recs {
-				add(o, d)
-			}
-			for _, k := range ks {
-				obj, _, err := n.Local(tenant, k)
-				require.NoError(h.t, err)
-				for _, s := range obj.Siblings {
-					if len(s.Origin) > 0 {
-						add(string(s.Origin), s.Dot)
-					}
-				}
-			}
-		}
+		dots := h.originDots(tenant, ks)
 		for o, ds := range dots {
 			if len(ds) > 1 {
 				v.Failf("one version: a keyed write of tenant %s (origin %x) was minted %d times: %v", tenant, o, len(ds), ds)
