@@ -171,7 +171,7 @@ func (s *Service) outcomeUnknown(w *writeReq, node string, cause error) error {
 		hint = "without an idempotency key, a retry is a new write (it may store the value twice)"
 	}
 	return bus.Wrap(pb.ErrorCode_OUTCOME_UNKNOWN, cause,
-		"the write of key %q may or may not have been applied: replica %s, the only one allowed to mint it, gave no answer in time; %s",
+		"the write of key %q may or may not have been applied: replica %s, the only one allowed to mint it, did not confirm it in time; %s",
 		w.key, node, hint)
 }
 
