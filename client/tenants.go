@@ -36,8 +36,12 @@ func (c *Client) ListTenants(ctx context.Context, pageSize uint32, pageToken str
 }
 
 // DeleteTenant removes a tenant record.
-func (c *Client) DeleteTenant(ctx context.Context, id string) error {
-	return c.call(ctx, c.subjects.Admin("tenants", "delete"), &pb.DeleteTenantRequest{TenantId: id}, new(pb.TenantResponse))
+// DeleteTenant deletes a tenant and, on every storage node, its data: the
+// response's MigrationId follows the removal (GetMigration). A tenant that
+// still holds data is TENANT_NOT_EMPTY unless req.Force.
+func (c *Client) DeleteTenant(ctx context.Context, req *pb.DeleteTenantRequest) (*pb.TenantResponse, error) {
+	resp := new(pb.TenantResponse)
+	return resp, c.call(ctx, c.subjects.Admin("tenants", "delete"), req, resp)
 }
 
 // IsCode reports whether err is a PairDB error with the given code.

@@ -280,6 +280,10 @@ func (a idempotencyAdapter) Begin(ctx context.Context, tenant, key string, hash 
 	return c, nil
 }
 
+func (a idempotencyAdapter) PurgeTenant(ctx context.Context, tenant string) error {
+	return a.s.PurgeTenant(ctx, tenant)
+}
+
 // hintInbox narrows a node's JetStream hint consumer to the node's
 // interface.
 type hintInbox struct{ in *hints.Inbox }

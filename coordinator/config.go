@@ -38,6 +38,9 @@ type Idempotency interface {
 	// stored response of an earlier identical request; a different payload
 	// under the same key is IDEMPOTENCY_KEY_CONFLICT.
 	Begin(ctx context.Context, tenant, key string, hash []byte, minter, minterIncarnation string) (IdempotencyClaim, error)
+	// PurgeTenant removes every record of tenant (it was deleted: a tenant
+	// created again under its id must not find them).
+	PurgeTenant(ctx context.Context, tenant string) error
 }
 
 // IdempotencyClaim is one request's hold on an idempotency key.

@@ -62,7 +62,7 @@ func (s *Service) newFanout(w *writeReq, m *minted, epoch uint64) *fanout {
 func (f *fanout) merge(epoch uint64) *pb.MergeRequest {
 	return &pb.MergeRequest{
 		TenantId: f.w.tenant.GetTenantId(), Key: f.w.key, Object: f.m.obj, Policy: policyOf(f.w.tenant),
-		Epoch: epoch, Minted: f.m.fresh,
+		Epoch: epoch, Minted: f.m.fresh, TenantIncarnation: f.w.inc,
 	}
 }
 

@@ -196,7 +196,7 @@ func (s *Service) applyAt(ctx context.Context, w *writeReq, node string, p place
 		TenantId: w.tenant.GetTenantId(), Key: w.key, Value: w.value, Tombstone: w.tombstone,
 		Context: dvvpb.ClockToProto(w.context), Policy: policyOf(w.tenant), MaxSiblings: w.tenant.GetMaxSiblings(),
 		Epoch: epoch, Origin: w.origin, RecordOrigin: w.idemKey != "", Forwards: forwardsOf(fw),
-		DeadlineUnixMs: deadline.UnixMilli(), MaxObjectBytes: maxObjectBytes(w.tenant),
+		DeadlineUnixMs: deadline.UnixMilli(), MaxObjectBytes: maxObjectBytes(w.tenant), TenantIncarnation: w.inc,
 	}
 	resp := new(pb.ApplyResponse)
 	cctx, cancel := context.WithDeadline(ctx, wait)

@@ -197,6 +197,13 @@ func stateName(s ring.State) string {
 }
 
 func (s *Service) getMigration(ctx context.Context, _ string, req *pb.GetMigrationRequest) (*pb.MigrationResponse, error) {
+	if tenant, seq, ok := membership.ParseTenantDeletionID(req.GetMigrationId()); ok {
+		m, err := s.tenantDeletion(ctx, req.GetMigrationId(), tenant, seq)
+		if err != nil {
+			return nil, err
+		}
+		return &pb.MigrationResponse{Migration: m}, nil
+	}
 	st := s.cfg.Membership.State()
 	rec, running, ok := st.Migration(req.GetMigrationId())
 	if !ok {

@@ -32,7 +32,7 @@ type readReply struct {
 func (s *Service) get(ctx context.Context, subject string, req *pb.GetRequest) (resp *pb.GetResponse, err error) {
 	start, level := time.Now(), "invalid"
 	defer func() { s.m.request(bus.OpGet, level, start, errLabel(err)) }()
-	t, err := s.tenantOf(ctx, subject)
+	t, _, err := s.tenantOf(ctx, subject)
 	if err != nil {
 		return nil, err
 	}

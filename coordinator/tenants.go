@@ -5,9 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cockroachdb/errors"
 	"go.uber.org/zap"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/keyspace"
@@ -217,30 +215,6 @@ func (s *Service) listTenants(ctx context.Context, _ string, req *pb.ListTenants
 	return &pb.ListTenantsResponse{Tenants: ts, NextPageToken: next}, nil
 }
 
-func (s *Service) deleteTenant(ctx context.Context, _ string, req *pb.DeleteTenantRequest) (*pb.TenantResponse, error) {
-	if err := keyspace.ValidateTenantID(req.GetTenantId()); err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad tenant_id")
-	}
-	t, err := s.cfg.Tenants.Get(ctx, req.GetTenantId())
-	if bus.Is(err, pb.ErrorCode_TENANT_NOT_FOUND) && s.cfg.Membership.State().TenantLive(req.GetTenantId()) {
-		// A delete whose ring log step failed: finish it.
-		return nil, errors.CombineErrors(err, s.RecordTenant(ctx, req.GetTenantId(), 0, true))
-	}
-	if err != nil {
-		return nil, err
-	}
-	// The record first, so requests get TENANT_NOT_FOUND at once; then the
-	// ring log, so storage nodes stop taking the tenant's data.
-	if err := s.cfg.Tenants.Delete(ctx, req.GetTenantId()); err != nil {
-		return nil, err
-	}
-	s.announce(req.GetTenantId())
-	if err := s.RecordTenant(ctx, req.GetTenantId(), t.GetReplicationFactor(), true); err != nil {
-		return nil, bus.Wrap(bus.CodeOf(err), err, "tenant %q was deleted, but the ring log does not say so yet; delete it again", req.GetTenantId())
-	}
-	return &pb.TenantResponse{Tenant: proto.Clone(t).(*pb.Tenant)}, nil
-}
-
 // RecordTenant makes the ring log say that tenant id exists (with
 // replication factor rf) or is deleted, and waits until this coordinator
 // has folded it. Storage nodes take data only for tenants the log knows.
@@ -268,13 +242,23 @@ func (s *Service) RecordTenant(ctx context.Context, id string, rf uint32, delete
 // maxRecordAttempts bounds the appends one RecordTenant loses to others.
 const maxRecordAttempts = 10
 
-// knownToRing makes sure the ring log knows tenant t, recording it if the
-// log has never heard of it (a tenant created before tenants were recorded,
-// or whose recording failed). A tenant the log says is deleted is left so:
-// a cached record may be stale, and only a create brings a tenant back.
-func (s *Service) knownToRing(ctx context.Context, t *pb.Tenant) error {
-	if _, ok := s.cfg.Membership.State().Tenants[t.GetTenantId()]; ok {
-		return nil
+// knownToRing returns tenant t's incarnation in the ring log, recording the
+// tenant first if the log has never heard of it (a tenant created before
+// tenants were recorded, or whose recording failed). A tenant the log says
+// is deleted is TENANT_NOT_FOUND: the record in hand is stale (a cache), or
+// belongs to a create still under way, and only a create brings a tenant
+// back.
+func (s *Service) knownToRing(ctx context.Context, t *pb.Tenant) (uint64, error) {
+	id := t.GetTenantId()
+	if rec, ok := s.cfg.Membership.State().Tenants[id]; ok {
+		if rec.Deleted {
+			s.tenants.invalidate(id)
+			return 0, bus.Errorf(pb.ErrorCode_TENANT_NOT_FOUND, "tenant %q was deleted", id)
+		}
+		return rec.Seq, nil
 	}
-	return s.RecordTenant(ctx, t.GetTenantId(), t.GetReplicationFactor(), false)
+	if err := s.RecordTenant(ctx, id, t.GetReplicationFactor(), false); err != nil {
+		return 0, err
+	}
+	return s.cfg.Membership.State().Tenants[id].Seq, nil
 }

@@ -36,6 +36,9 @@ type writeReq struct {
 	// an earlier attempt's fate is settled (see resolve).
 	claim    IdempotencyClaim
 	resolved bool
+	// inc is the tenant's incarnation in the ring log (hints carry it, so a
+	// hint of a deleted tenant never lands in one created again).
+	inc uint64
 }
 
 // writeOutcome is what a write's answer reports.
@@ -83,7 +86,7 @@ func (s *Service) delete(ctx context.Context, subject string, req *pb.DeleteRequ
 // prepareWrite validates a write, opens its context and loads its tenant.
 func (s *Service) prepareWrite(ctx context.Context, subject, op, key string, value []byte, consistency string,
 	tombstone bool, token []byte, readable []*pb.ClockEntry, idemKey string) (*writeReq, error) {
-	t, err := s.tenantOf(ctx, subject)
+	t, inc, err := s.tenantOf(ctx, subject)
 	if err != nil {
 		return nil, err
 	}
@@ -105,7 +108,7 @@ func (s *Service) prepareWrite(ctx context.Context, subject, op, key string, val
 	if err != nil {
 		return nil, err
 	}
-	w := &writeReq{op: op, tenant: t, key: key, value: value, tombstone: tombstone, context: causal, level: level, idemKey: idemKey}
+	w := &writeReq{op: op, tenant: t, key: key, value: value, tombstone: tombstone, context: causal, level: level, idemKey: idemKey, inc: inc}
 	if idemKey != "" {
 		w.payload = requestHash(op, key, value, tombstone, dvvpb.ClockToProto(causal))
 		w.origin = originOf(t.GetTenantId(), idemKey, w.payload)
@@ -113,19 +116,22 @@ func (s *Service) prepareWrite(ctx context.Context, subject, op, key string, val
 	return w, nil
 }
 
-func (s *Service) tenantOf(ctx context.Context, subject string) (*pb.Tenant, error) {
+// tenantOf loads the tenant a key-value subject names, and its incarnation
+// in the ring log.
+func (s *Service) tenantOf(ctx context.Context, subject string) (*pb.Tenant, uint64, error) {
 	id, ok := s.cfg.Subjects.TenantOf(subject)
 	if !ok {
-		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "subject %q names no tenant", subject)
+		return nil, 0, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "subject %q names no tenant", subject)
 	}
 	t, err := s.tenants.get(ctx, id)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	if err := s.knownToRing(ctx, t); err != nil {
-		return nil, err
+	inc, err := s.knownToRing(ctx, t)
+	if err != nil {
+		return nil, 0, err
 	}
-	return t, nil
+	return t, inc, nil
 }
 
 func levelOf(t *pb.Tenant, consistency string) (quorum.Level, error) {

@@ -27,7 +27,7 @@ func (s *State) Apply(seq uint64, ev *pb.RingEvent) (next *State, skipped error)
 	case *pb.RingEvent_TransferDone:
 		err = n.transferDone(seq, ev.GetUnixMs(), e.TransferDone)
 	case *pb.RingEvent_Tenant:
-		err = n.tenant(seq, e.Tenant)
+		err = n.tenant(seq, ev.GetUnixMs(), e.Tenant)
 	default:
 		err = bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "ring event %d is of no known kind", seq)
 	}
@@ -63,14 +63,14 @@ func (s *State) register(seq uint64, r *pb.NodeRegistered) {
 
 // tenant records a tenant's existence or deletion. Recording what the log
 // already says is skipped (racing coordinators may both append it).
-func (s *State) tenant(seq uint64, t *pb.TenantChanged) error {
+func (s *State) tenant(seq uint64, unixMs int64, t *pb.TenantChanged) error {
 	if t.GetTenantId() == "" {
 		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "a tenant event needs a tenant id")
 	}
 	if cur, ok := s.Tenants[t.GetTenantId()]; ok && cur.Deleted == t.GetDeleted() && cur.RF == t.GetReplicationFactor() {
 		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %s is already recorded so", t.GetTenantId())
 	}
-	s.Tenants[t.GetTenantId()] = Tenant{RF: t.GetReplicationFactor(), Seq: seq, Deleted: t.GetDeleted()}
+	s.Tenants[t.GetTenantId()] = Tenant{RF: t.GetReplicationFactor(), Seq: seq, AtMs: unixMs, Deleted: t.GetDeleted()}
 	// A tenant's existence is an input to where data may go: requests
 	// routed under it carry its epoch, and nodes wait to fold it.
 	s.placementChanged(seq)

@@ -10,6 +10,8 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"strconv"
+	"strings"
 
 	"github.com/pairdb/pairdb/coordinator/ring"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
@@ -111,8 +113,10 @@ func (s *State) Normal() []string {
 type Tenant struct {
 	// RF is the replication factor it was recorded with.
 	RF uint32
-	// Seq is the log sequence that recorded it (or its deletion).
+	// Seq is the log sequence that recorded it (or its deletion), and AtMs
+	// when (the event's time, Unix ms).
 	Seq     uint64
+	AtMs    int64
 	Deleted bool
 }
 
@@ -240,4 +244,49 @@ func ChangeTypeName(t pb.ChangeType) string {
 		return "replication_factor"
 	}
 	return fmt.Sprintf("unknown(%d)", int(t))
+}
+
+// Tenant deletions are followed like migrations: every storage node drops
+// the deleted tenant's data and reports, under TenantProgressID, the ring
+// log sequence its data for the tenant now follows; the deletion recorded
+// at sequence seq is TenantDeletionID(tenant, seq) and is done on a node
+// once that node's report is at least seq.
+const tenantDeletionPrefix = "tenant-delete-"
+
+// TenantProgressID names the progress reports of tenant's data removal.
+func TenantProgressID(tenant string) string { return "tenant-" + tenant }
+
+// TenantDeletionID names the deletion of tenant recorded at seq.
+func TenantDeletionID(tenant string, seq uint64) string {
+	return fmt.Sprintf("%s%s-%d", tenantDeletionPrefix, tenant, seq)
+}
+
+// ParseTenantDeletionID inverts TenantDeletionID.
+func ParseTenantDeletionID(id string) (tenant string, seq uint64, ok bool) {
+	rest, ok := strings.CutPrefix(id, tenantDeletionPrefix)
+	if !ok {
+		return "", 0, false
+	}
+	i := strings.LastIndexByte(rest, '-')
+	if i <= 0 {
+		return "", 0, false
+	}
+	seq, err := strconv.ParseUint(rest[i+1:], 10, 64)
+	if err != nil {
+		return "", 0, false
+	}
+	return rest[:i], seq, true
+}
+
+// Members are the nodes that hold or take data: NORMAL, JOINING and
+// LEAVING, sorted.
+func (s *State) Members() []string {
+	var out []string
+	for id, n := range s.Nodes {
+		if n.State == ring.Normal || n.State == ring.Joining || n.State == ring.Leaving {
+			out = append(out, id)
+		}
+	}
+	sort.Strings(out)
+	return out
 }

@@ -137,6 +137,9 @@ func (ae *antiEntropy) fixed(rc *roundCtx, k int) {
 // LWW tenant's next write or read resolves them.
 func (ae *antiEntropy) mergeLocal(rc *roundCtx, tenant string, items []engine.MergeItem) (int, error) {
 	n := ae.n
+	if _, gone, err := n.localTenant(tenant); err != nil || gone {
+		return 0, err
+	}
 	n.placeMu.RLock()
 	defer n.placeMu.RUnlock()
 	if err := ae.placementHolds(rc.st); err != nil {
@@ -288,6 +291,9 @@ func (n *Node) digests(ctx context.Context, _ string, req *pb.RangeDigestsReques
 	}
 	epoch, err := n.checkEpoch(ctx, opDigests, req.GetEpoch())
 	if err != nil {
+		return &pb.RangeDigestsResponse{Epoch: epoch}, err
+	}
+	if err := n.sourceTenant(req.GetTenantId(), req.GetTenantIncarnation()); err != nil {
 		return &pb.RangeDigestsResponse{Epoch: epoch}, err
 	}
 	arcs := make([]ring.Arc, 0, len(req.GetRanges()))

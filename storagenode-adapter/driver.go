@@ -57,11 +57,14 @@ type driver struct {
 	// totals caches the keys a migration moves to this node (sum of the
 	// sources' digest key counts), keyed by migration id and epoch.
 	totals map[string]uint64
+	// reported is the sequence of each tenant's removal this process has
+	// reported done (tenants.go).
+	reported map[string]uint64
 }
 
 func (n *Node) startDriver() {
 	ctx, cancel := context.WithCancel(context.Background())
-	d := &driver{n: n, cancel: cancel, done: make(chan struct{}), totals: map[string]uint64{}}
+	d := &driver{n: n, cancel: cancel, done: make(chan struct{}), totals: map[string]uint64{}, reported: map[string]uint64{}}
 	n.drv = d
 	go d.run(ctx)
 }
@@ -113,6 +116,9 @@ func (d *driver) reconcile(ctx context.Context) error {
 		st = n.mem.State()
 	}
 	d.logState(st)
+	if err := d.dropDeletedTenants(ctx, st); err != nil {
+		return err
+	}
 	me := st.Nodes[n.cfg.ID]
 	if st.Change == nil && st.Epoch != d.cutoverEpoch {
 		d.cutoverEpoch, d.cutoverAt, d.cleaned = st.Epoch, time.Now(), false

@@ -42,18 +42,6 @@ const (
 	refusedTenant   = "tenant"
 )
 
-// liveTenant refuses a request for a tenant the ring log does not know or
-// knows as deleted (static mode: no check). It runs after the epoch check,
-// so the node has folded every tenant the sender routed under.
-func (n *Node) liveTenant(tenant string) error {
-	if n.mem == nil || n.mem.State().TenantLive(tenant) {
-		return nil
-	}
-	n.met.refused(refusedTenant)
-	return bus.Errorf(pb.ErrorCode_TENANT_NOT_FOUND,
-		"node %s takes no data of tenant %q: the ring log does not know it, or it was deleted", n.cfg.ID, tenant)
-}
-
 // deadlineOf reads a request's deadline: zero for none, unless required.
 func (n *Node) deadlineOf(op string, unixMs int64, required bool) (time.Time, error) {
 	if unixMs == 0 {

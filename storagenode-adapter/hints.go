@@ -199,13 +199,35 @@ func (d *hintDrainer) apply(hs []Hint) error {
 }
 
 func (d *hintDrainer) applyGroup(k groupKey, hs []Hint) error {
+	inc, gone, err := d.n.localTenant(k.tenant)
+	if err != nil {
+		for _, h := range hs {
+			d.retry(h)
+		}
+		return errors.Wrapf(err, "replay %d hints of tenant %s", len(hs), k.tenant)
+	}
+	// A hint for an incarnation of the tenant that is gone (deleted, and
+	// maybe created again) is settled without merging: that data is gone.
+	kept := hs[:0:0]
+	for _, h := range hs {
+		req, _ := h.Request()
+		if gone || (inc != 0 && req.GetTenantIncarnation() != 0 && req.GetTenantIncarnation() != inc) {
+			d.ack(h)
+			continue
+		}
+		kept = append(kept, h)
+	}
+	hs = kept
+	if len(hs) == 0 {
+		return nil
+	}
 	items := make([]engine.MergeItem, len(hs))
 	for i, h := range hs {
 		req, _ := h.Request()
 		items[i] = engine.MergeItem{Key: req.GetKey(), Object: dvvpb.ObjectFromProto(req.GetObject()), Minted: req.GetMinted()}
 	}
 	policy := dvvpb.PolicyFromProto(k.policy)
-	err := d.mergeBatch(k.tenant, items, policy)
+	err = d.mergeBatch(k.tenant, items, policy)
 	if bus.CodeOf(err) == pb.ErrorCode_INVALID_ARGUMENT {
 		// One malformed object fails the whole batch: merge one by one to
 		// reject only the culprits.

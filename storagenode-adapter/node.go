@@ -56,6 +56,9 @@ type Node struct {
 	ae *antiEntropy
 	// origins sweeps expired origin records.
 	origins *originSweeper
+	// marks says which incarnation of each tenant the stored data is
+	// (tenants.go).
+	marks *tenantMarks
 	// placeMu orders local writes against cleanup: apply and merge hold it
 	// shared, a range deletion exclusively after rechecking that the ring
 	// has not moved, so a write routed on a newer ring is never deleted.
@@ -87,6 +90,7 @@ func Start(nc *nats.Conn, cfg Config) (*Node, error) {
 		return nil, errors.Wrapf(err, "storage node %s", cfg.ID)
 	}
 	n := &Node{
+		marks:     &tenantMarks{m: map[string]tenantMark{}},
 		cfg:       cfg,
 		log:       log,
 		nc:        nc,
@@ -97,6 +101,9 @@ func Start(nc *nats.Conn, cfg Config) (*Node, error) {
 		hbSubject: cfg.Subjects.Heartbeat(cfg.ID),
 		hbStop:    make(chan struct{}),
 		hbDone:    make(chan struct{}),
+	}
+	if err := n.loadTenantMarks(); err != nil {
+		return nil, errors.CombineErrors(errors.Wrapf(err, "storage node %s", cfg.ID), eng.Close())
 	}
 	if n.mem != nil {
 		// Built before the endpoints are registered: the repair endpoint
@@ -211,6 +218,10 @@ func (n *Node) Local(tenant, key string) (dvv.Object, bool, error) { return n.en
 // checkers use them to prove no write was minted twice.
 func (n *Node) Origins(tenant string) (map[string]dvv.Dot, error) { return n.eng.Origins(tenant) }
 
+// TenantKeys counts the keys this node stores for tenant (checkers use it
+// to prove a deleted tenant's data is gone).
+func (n *Node) TenantKeys(tenant string) (uint64, error) { return n.eng.TenantKeys(tenant) }
+
 // Keys approximates the keys this node stores (see engine.Keys).
 func (n *Node) Keys() uint64 { return n.eng.Keys() }
 
@@ -229,7 +240,7 @@ func (n *Node) apply(ctx context.Context, _ string, req *pb.ApplyRequest) (*pb.A
 	if err != nil {
 		return &pb.ApplyResponse{Epoch: epoch}, err
 	}
-	if err := n.liveTenant(req.GetTenantId()); err != nil {
+	if _, err := n.liveTenant(req.GetTenantId(), req.GetTenantIncarnation()); err != nil {
 		return &pb.ApplyResponse{Epoch: epoch}, err
 	}
 	causal := dvvpb.ClockFromProto(req.GetContext())
@@ -280,7 +291,7 @@ func (n *Node) forward(req *pb.ApplyRequest, obj *pb.Object, fresh bool) {
 	data, err := proto.Marshal(&pb.MergeRequest{
 		TenantId: req.GetTenantId(), Key: req.GetKey(), Object: obj,
 		Policy: req.GetPolicy(), Epoch: req.GetEpoch(),
-		DeadlineUnixMs: req.GetDeadlineUnixMs(), Minted: fresh,
+		DeadlineUnixMs: req.GetDeadlineUnixMs(), Minted: fresh, TenantIncarnation: req.GetTenantIncarnation(),
 	})
 	if err != nil {
 		n.log.Error("encode forwarded merge", zap.Error(err))
@@ -310,7 +321,7 @@ func (n *Node) merge(ctx context.Context, _ string, req *pb.MergeRequest) (*pb.M
 	if err != nil {
 		return &pb.MergeResponse{Epoch: epoch}, err
 	}
-	if err := n.liveTenant(req.GetTenantId()); err != nil {
+	if _, err := n.liveTenant(req.GetTenantId(), req.GetTenantIncarnation()); err != nil {
 		return &pb.MergeResponse{Epoch: epoch}, err
 	}
 	obj := dvvpb.ObjectFromProto(req.GetObject())
@@ -343,7 +354,7 @@ func (n *Node) read(ctx context.Context, _ string, req *pb.ReadRequest) (*pb.Rea
 	if err != nil {
 		return &pb.ReadResponse{Epoch: epoch}, err
 	}
-	if err := n.liveTenant(req.GetTenantId()); err != nil {
+	if _, err := n.liveTenant(req.GetTenantId(), req.GetTenantIncarnation()); err != nil {
 		return &pb.ReadResponse{Epoch: epoch}, err
 	}
 	obj, found, err := n.eng.Get(req.GetTenantId(), req.GetKey())

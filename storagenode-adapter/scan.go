@@ -46,6 +46,9 @@ func (n *Node) scan(ctx context.Context, _ string, req *pb.ScanRequest) (*pb.Sca
 	if err != nil {
 		return &pb.ScanResponse{Epoch: epoch}, err
 	}
+	if err := n.sourceTenant(req.GetTenantId(), req.GetTenantIncarnation()); err != nil {
+		return &pb.ScanResponse{Epoch: epoch}, err
+	}
 	limit := int(req.GetLimit())
 	if limit == 0 {
 		limit = DefaultTransferPageSize
@@ -74,6 +77,9 @@ func (n *Node) digest(ctx context.Context, _ string, req *pb.DigestRequest) (*pb
 	}
 	epoch, err := n.checkEpoch(ctx, bus.OpDigest, req.GetEpoch())
 	if err != nil {
+		return &pb.DigestResponse{Epoch: epoch}, err
+	}
+	if err := n.sourceTenant(req.GetTenantId(), req.GetTenantIncarnation()); err != nil {
 		return &pb.DigestResponse{Epoch: epoch}, err
 	}
 	sum, keys, err := n.eng.Digest(req.GetTenantId(), arc)

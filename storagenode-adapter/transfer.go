@@ -241,6 +241,11 @@ func (d *driver) transferMove(ctx context.Context, st *membership.State, mv memb
 	if ck.Verified {
 		return nil
 	}
+	// Pages merge into the tenant's live incarnation; a deleted tenant's
+	// data is not moved.
+	if _, gone, err := n.localTenant(mv.Tenant); err != nil || gone {
+		return err
+	}
 	if ck.HasAfter || ck.Keys > 0 {
 		n.met.transfer(transferResumed)
 		n.log.Info("resuming a range transfer from its checkpoint", zap.String("tenant", mv.Tenant),

@@ -121,10 +121,12 @@ func TestTenantAdmin(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, ts, 2) // acme and default
 
-	require.NoError(t, h.c.DeleteTenant(ctx, "acme"))
+	_, err = h.c.DeleteTenant(ctx, &pb.DeleteTenantRequest{TenantId: "acme", Force: true})
+	require.NoError(t, err)
 	_, err = acme.Get(ctx, "k")
 	requireCode(t, err, pb.ErrorCode_TENANT_NOT_FOUND)
-	requireCode(t, h.c.DeleteTenant(ctx, "acme"), pb.ErrorCode_TENANT_NOT_FOUND)
+	_, err = h.c.DeleteTenant(ctx, &pb.DeleteTenantRequest{TenantId: "acme"})
+	requireCode(t, err, pb.ErrorCode_TENANT_NOT_FOUND)
 }
 
 func TestTenantChangeSeenByOtherCoordinator(t *testing.T) {

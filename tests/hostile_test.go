@@ -157,7 +157,7 @@ func TestNodesRefuseHostileRequests(t *testing.T) {
 	// data.
 	_, err = h.c.CreateTenant(ctx, &pb.CreateTenantRequest{TenantId: "gone"})
 	require.NoError(t, err)
-	err = h.c.DeleteTenant(ctx, "gone")
+	_, err = h.c.DeleteTenant(ctx, &pb.DeleteTenantRequest{TenantId: "gone"})
 	require.NoError(t, err)
 	epoch = h.dev.Coordinators()[0].Ring.State().Epoch
 	valid := obj(tomb(peer, 1), dvv.VV{peer: 1})

@@ -46,6 +46,16 @@ func (c *cliCluster) testTenantSettings(t *testing.T) {
 	require.Regexp(t, `(?m)^max_value_bytes\s+512KiB$`, c.ok(t, "tenant", "get", "ts-a"))
 	require.Regexp(t, `(?m)^replication_factor\s+2$`, c.ok(t, "tenant", "get", "ts-a"), "update left the rest alone")
 
+	// A tenant that holds data is deleted only with --force; --wait follows
+	// the removal of its data until every node is done.
+	c.ok(t, "--tenant", "ts-a", "put", "k", "v")
+	line := c.fails(t, exitError, "TENANT_NOT_EMPTY", "tenant", "delete", "ts-a")
+	require.Contains(t, line, "--force")
+	require.Contains(t, c.ok(t, "tenant", "delete", "ts-a", "--force", "--wait"), "every storage node dropped tenant ts-a's data (2 keys)")
+	c.fails(t, exitError, "TENANT_NOT_FOUND", "tenant", "get", "ts-a")
+	c.ok(t, "tenant", "create", "ts-a")
+	c.fails(t, exitError, "KEY_NOT_FOUND", "--tenant", "ts-a", "get", "k")
+
 	// The same refusal, in the same words, from create and update: in the
 	// CLI and from the coordinator itself.
 	for _, rf := range []string{"9", "4"} {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -151,18 +152,50 @@ replication factor moves data: the answer names the migration that does it.`,
 	}
 	addJSONFlag(list, &asJSON)
 
+	var force, wait bool
 	del := &cobra.Command{
-		Use: "delete ID", Short: "Delete a tenant record (its data stays, for now)", Args: cobra.ExactArgs(1),
+		Use:   "delete ID",
+		Short: "Delete a tenant and its data on every storage node",
+		Long: `Delete a tenant. Its record goes first (requests get TENANT_NOT_FOUND at once),
+then its idempotency records, then every storage node drops its data and
+reports it. A tenant that still holds data is refused unless --force: the data
+cannot be brought back. --wait follows the removal until every node is done.
+A tenant created again under the same id starts empty.`,
+		Example: `  pairdb tenant delete acme
+  pairdb tenant delete acme --force --wait
+  pairdb tenant delete acme --force --json`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withClient(cmd.Context(), g, func(ctx context.Context, c *client.Client) error {
-				if err := c.DeleteTenant(ctx, args[0]); err != nil {
+				resp, err := c.DeleteTenant(ctx, &pb.DeleteTenantRequest{TenantId: args[0], Force: force})
+				if err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "tenant %s deleted\n", args[0])
+				out := cmd.OutOrStdout()
+				if asJSON {
+					if err := printJSON(out, resp); err != nil || !wait {
+						return err
+					}
+				} else {
+					fmt.Fprintf(out, "tenant %s deleted; storage nodes drop its data (migration %s)\n", args[0], resp.GetMigrationId())
+				}
+				if !wait {
+					return nil
+				}
+				m, err := watchMigration(cmd.Context(), c, resp.GetMigrationId(), os.Stderr)
+				if err != nil {
+					return err
+				}
+				if !asJSON {
+					fmt.Fprintf(out, "every storage node dropped tenant %s's data (%d keys)\n", args[0], m.GetKeysTransferred())
+				}
 				return nil
 			})
 		},
 	}
+	del.Flags().BoolVar(&force, "force", false, "delete a tenant that still holds data (the data is removed for good)")
+	del.Flags().BoolVar(&wait, "wait", false, "wait until every storage node dropped the tenant's data")
+	addJSONFlag(del, &asJSON)
 	cmd.AddCommand(create, get, update, list, del)
 	return cmd
 }

@@ -125,6 +125,7 @@ func (c Config) withDefaults() (Config, error) {
 // Store is the idempotency store. It keeps no per-request state, so it is
 // safe for concurrent use; all coordination happens in the bucket.
 type Store struct {
+	js  jetstream.JetStream
 	kv  jetstream.KeyValue
 	cfg Config
 	log *zap.Logger
@@ -151,7 +152,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 	}
 	cfg.Logger.Info("idempotency store ready", zap.String("bucket", cfg.Bucket),
 		zap.Duration("ttl", cfg.TTL), zap.Duration("pending_timeout", cfg.PendingTimeout), zap.Int("replicas", cfg.Replicas))
-	return &Store{kv: kv, cfg: cfg, log: cfg.Logger}, nil
+	return &Store{js: js, kv: kv, cfg: cfg, log: cfg.Logger}, nil
 }
 
 // Claim is the outcome of Begin: either a claim to execute the write
@@ -473,6 +474,25 @@ func pending(hash []byte, minter, minterInc string) ([]byte, error) {
 		Minter:            minter,
 		MinterIncarnation: minterInc,
 	})
+}
+
+// PurgeTenant removes every record of tenant, with one purge of the
+// bucket's stream filtered to the tenant's keys (a deleted tenant's records
+// must not answer a tenant created again under its id).
+func (s *Store) PurgeTenant(ctx context.Context, tenant string) error {
+	if err := keyspace.ValidateTenantID(tenant); err != nil {
+		return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant")
+	}
+	ctx, cancel := jsbucket.WithDefaultTimeout(ctx)
+	defer cancel()
+	st, err := s.js.Stream(ctx, "KV_"+s.cfg.Bucket)
+	if err != nil {
+		return unavailable(err, "find the idempotency bucket's stream")
+	}
+	if err := st.Purge(ctx, jetstream.WithPurgeSubject("$KV."+s.cfg.Bucket+"."+tenant+".>")); err != nil {
+		return unavailable(err, "purge tenant "+tenant+"'s idempotency records")
+	}
+	return nil
 }
 
 // recordKey names the record: tenant "." hex(sha256(idemKey))[:40]. Client

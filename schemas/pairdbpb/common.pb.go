@@ -55,6 +55,8 @@ const (
 	// Between parts only: the request's deadline passed before it took
 	// effect, and nothing was done.
 	ErrorCode_EXPIRED ErrorCode = 20
+	// A tenant delete without force, while the tenant still holds data.
+	ErrorCode_TENANT_NOT_EMPTY ErrorCode = 21
 )
 
 // Enum value maps for ErrorCode.
@@ -81,6 +83,7 @@ var (
 		18: "NODE_NOT_FOUND",
 		19: "OUTCOME_UNKNOWN",
 		20: "EXPIRED",
+		21: "TENANT_NOT_EMPTY",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":     0,
@@ -104,6 +107,7 @@ var (
 		"NODE_NOT_FOUND":             18,
 		"OUTCOME_UNKNOWN":            19,
 		"EXPIRED":                    20,
+		"TENANT_NOT_EMPTY":           21,
 	}
 )
 
@@ -252,7 +256,7 @@ const file_pairdb_v1_common_proto_rawDesc = "" +
 	"\n" +
 	"ClockEntry\x12\x14\n" +
 	"\x05actor\x18\x01 \x01(\tR\x05actor\x12\x18\n" +
-	"\acounter\x18\x02 \x01(\x04R\acounter*\xd0\x03\n" +
+	"\acounter\x18\x02 \x01(\x04R\acounter*\xe6\x03\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\x01\x12\x14\n" +
@@ -275,7 +279,8 @@ const file_pairdb_v1_common_proto_rawDesc = "" +
 	"\x12CHANGE_IN_PROGRESS\x10\x11\x12\x12\n" +
 	"\x0eNODE_NOT_FOUND\x10\x12\x12\x13\n" +
 	"\x0fOUTCOME_UNKNOWN\x10\x13\x12\v\n" +
-	"\aEXPIRED\x10\x14B+Z)github.com/pairdb/pairdb/schemas/pairdbpbb\x06proto3"
+	"\aEXPIRED\x10\x14\x12\x14\n" +
+	"\x10TENANT_NOT_EMPTY\x10\x15B+Z)github.com/pairdb/pairdb/schemas/pairdbpbb\x06proto3"
 
 var (
 	file_pairdb_v1_common_proto_rawDescOnce sync.Once

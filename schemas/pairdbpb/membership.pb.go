@@ -535,13 +535,18 @@ type ScanRequest struct {
 	TenantId string                 `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
 	Range    *HashRange             `protobuf:"bytes,2,opt,name=range,proto3" json:"range,omitempty"`
 	// Resume after this position (exclusive); empty starts at the beginning.
-	AfterHash     uint64 `protobuf:"varint,3,opt,name=after_hash,json=afterHash,proto3" json:"after_hash,omitempty"`
-	AfterKey      string `protobuf:"bytes,4,opt,name=after_key,json=afterKey,proto3" json:"after_key,omitempty"`
-	HasAfter      bool   `protobuf:"varint,5,opt,name=has_after,json=hasAfter,proto3" json:"has_after,omitempty"`
-	Limit         uint32 `protobuf:"varint,6,opt,name=limit,proto3" json:"limit,omitempty"`
-	Epoch         uint64 `protobuf:"varint,7,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AfterHash uint64 `protobuf:"varint,3,opt,name=after_hash,json=afterHash,proto3" json:"after_hash,omitempty"`
+	AfterKey  string `protobuf:"bytes,4,opt,name=after_key,json=afterKey,proto3" json:"after_key,omitempty"`
+	HasAfter  bool   `protobuf:"varint,5,opt,name=has_after,json=hasAfter,proto3" json:"has_after,omitempty"`
+	Limit     uint32 `protobuf:"varint,6,opt,name=limit,proto3" json:"limit,omitempty"`
+	Epoch     uint64 `protobuf:"varint,7,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The tenant's incarnation: the ring log sequence that recorded the
+	// tenant (TenantChanged). A tenant deleted and created again under the
+	// same id is a new incarnation; a node takes a request only for the
+	// incarnation its ring log fold says is live (0: the live one).
+	TenantIncarnation uint64 `protobuf:"varint,8,opt,name=tenant_incarnation,json=tenantIncarnation,proto3" json:"tenant_incarnation,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ScanRequest) Reset() {
@@ -619,6 +624,13 @@ func (x *ScanRequest) GetLimit() uint32 {
 func (x *ScanRequest) GetEpoch() uint64 {
 	if x != nil {
 		return x.Epoch
+	}
+	return 0
+}
+
+func (x *ScanRequest) GetTenantIncarnation() uint64 {
+	if x != nil {
+		return x.TenantIncarnation
 	}
 	return 0
 }
@@ -753,12 +765,17 @@ func (x *ScanResponse) GetError() *Error {
 }
 
 type DigestRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TenantId      string                 `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
-	Range         *HashRange             `protobuf:"bytes,2,opt,name=range,proto3" json:"range,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	TenantId string                 `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	Range    *HashRange             `protobuf:"bytes,2,opt,name=range,proto3" json:"range,omitempty"`
+	Epoch    uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The tenant's incarnation: the ring log sequence that recorded the
+	// tenant (TenantChanged). A tenant deleted and created again under the
+	// same id is a new incarnation; a node takes a request only for the
+	// incarnation its ring log fold says is live (0: the live one).
+	TenantIncarnation uint64 `protobuf:"varint,4,opt,name=tenant_incarnation,json=tenantIncarnation,proto3" json:"tenant_incarnation,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *DigestRequest) Reset() {
@@ -808,6 +825,13 @@ func (x *DigestRequest) GetRange() *HashRange {
 func (x *DigestRequest) GetEpoch() uint64 {
 	if x != nil {
 		return x.Epoch
+	}
+	return 0
+}
+
+func (x *DigestRequest) GetTenantIncarnation() uint64 {
+	if x != nil {
+		return x.TenantIncarnation
 	}
 	return 0
 }
@@ -1569,8 +1593,13 @@ type MigrationProgress struct {
 	Done            bool                   `protobuf:"varint,5,opt,name=done,proto3" json:"done,omitempty"`
 	Error           string                 `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
 	UnixMs          int64                  `protobuf:"varint,7,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// For the removal of a deleted tenant's data (migration id
+	// "tenant-<id>"): the ring log sequence the node's data for the tenant
+	// now follows; the deletion at sequence s is done on the node once this
+	// is at least s.
+	TenantSeq     uint64 `protobuf:"varint,8,opt,name=tenant_seq,json=tenantSeq,proto3" json:"tenant_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MigrationProgress) Reset() {
@@ -1652,6 +1681,13 @@ func (x *MigrationProgress) GetUnixMs() int64 {
 	return 0
 }
 
+func (x *MigrationProgress) GetTenantSeq() uint64 {
+	if x != nil {
+		return x.TenantSeq
+	}
+	return 0
+}
+
 var File_pairdb_v1_membership_proto protoreflect.FileDescriptor
 
 const file_pairdb_v1_membership_proto_rawDesc = "" +
@@ -1690,7 +1726,7 @@ const file_pairdb_v1_membership_proto_rawDesc = "" +
 	"\x04keys\x18\x03 \x01(\x04R\x04keys\"3\n" +
 	"\tHashRange\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
-	"\x03end\x18\x02 \x01(\x04R\x03end\"\xdb\x01\n" +
+	"\x03end\x18\x02 \x01(\x04R\x03end\"\x8a\x02\n" +
 	"\vScanRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12*\n" +
 	"\x05range\x18\x02 \x01(\v2\x14.pairdb.v1.HashRangeR\x05range\x12\x1d\n" +
@@ -1699,7 +1735,8 @@ const file_pairdb_v1_membership_proto_rawDesc = "" +
 	"\tafter_key\x18\x04 \x01(\tR\bafterKey\x12\x1b\n" +
 	"\thas_after\x18\x05 \x01(\bR\bhasAfter\x12\x14\n" +
 	"\x05limit\x18\x06 \x01(\rR\x05limit\x12\x14\n" +
-	"\x05epoch\x18\a \x01(\x04R\x05epoch\"[\n" +
+	"\x05epoch\x18\a \x01(\x04R\x05epoch\x12-\n" +
+	"\x12tenant_incarnation\x18\b \x01(\x04R\x11tenantIncarnation\"[\n" +
 	"\bScanItem\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
 	"\x04hash\x18\x02 \x01(\x04R\x04hash\x12)\n" +
@@ -1708,11 +1745,12 @@ const file_pairdb_v1_membership_proto_rawDesc = "" +
 	"\x05items\x18\x01 \x03(\v2\x13.pairdb.v1.ScanItemR\x05items\x12\x12\n" +
 	"\x04done\x18\x02 \x01(\bR\x04done\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12&\n" +
-	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"n\n" +
+	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"\x9d\x01\n" +
 	"\rDigestRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12*\n" +
 	"\x05range\x18\x02 \x01(\v2\x14.pairdb.v1.HashRangeR\x05range\x12\x14\n" +
-	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"z\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12-\n" +
+	"\x12tenant_incarnation\x18\x04 \x01(\x04R\x11tenantIncarnation\"z\n" +
 	"\x0eDigestResponse\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\fR\x06digest\x12\x12\n" +
 	"\x04keys\x18\x02 \x01(\x04R\x04keys\x12\x14\n" +
@@ -1769,7 +1807,7 @@ const file_pairdb_v1_membership_proto_rawDesc = "" +
 	"\n" +
 	"migrations\x18\x01 \x03(\v2\x14.pairdb.v1.MigrationR\n" +
 	"migrations\x12&\n" +
-	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"\xdc\x01\n" +
+	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"\xfb\x01\n" +
 	"\x11MigrationProgress\x12!\n" +
 	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12)\n" +
@@ -1778,7 +1816,9 @@ const file_pairdb_v1_membership_proto_rawDesc = "" +
 	"keys_total\x18\x04 \x01(\x04R\tkeysTotal\x12\x12\n" +
 	"\x04done\x18\x05 \x01(\bR\x04done\x12\x14\n" +
 	"\x05error\x18\x06 \x01(\tR\x05error\x12\x17\n" +
-	"\aunix_ms\x18\a \x01(\x03R\x06unixMs*\x86\x01\n" +
+	"\aunix_ms\x18\a \x01(\x03R\x06unixMs\x12\x1d\n" +
+	"\n" +
+	"tenant_seq\x18\b \x01(\x04R\ttenantSeq*\x86\x01\n" +
 	"\n" +
 	"ChangeType\x12\x1b\n" +
 	"\x17CHANGE_TYPE_UNSPECIFIED\x10\x00\x12\r\n" +

@@ -348,8 +348,13 @@ type ApplyRequest struct {
 	// (VALUE_TOO_LARGE). 0: only the replica's own ceiling (what one NATS
 	// message can carry).
 	MaxObjectBytes uint64 `protobuf:"varint,13,opt,name=max_object_bytes,json=maxObjectBytes,proto3" json:"max_object_bytes,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The tenant's incarnation: the ring log sequence that recorded the
+	// tenant (TenantChanged). A tenant deleted and created again under the
+	// same id is a new incarnation; a node takes a request only for the
+	// incarnation its ring log fold says is live (0: the live one).
+	TenantIncarnation uint64 `protobuf:"varint,14,opt,name=tenant_incarnation,json=tenantIncarnation,proto3" json:"tenant_incarnation,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ApplyRequest) Reset() {
@@ -469,6 +474,13 @@ func (x *ApplyRequest) GetRecordOrigin() bool {
 func (x *ApplyRequest) GetMaxObjectBytes() uint64 {
 	if x != nil {
 		return x.MaxObjectBytes
+	}
+	return 0
+}
+
+func (x *ApplyRequest) GetTenantIncarnation() uint64 {
+	if x != nil {
+		return x.TenantIncarnation
 	}
 	return 0
 }
@@ -688,9 +700,14 @@ type MergeRequest struct {
 	// The object is exactly what a replica minted for a write (a forward,
 	// the coordinator's fan-out, a hint of either): the receiver records the
 	// origins of siblings it gains (see OriginRecord).
-	Minted        bool `protobuf:"varint,7,opt,name=minted,proto3" json:"minted,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Minted bool `protobuf:"varint,7,opt,name=minted,proto3" json:"minted,omitempty"`
+	// The tenant's incarnation: the ring log sequence that recorded the
+	// tenant (TenantChanged). A tenant deleted and created again under the
+	// same id is a new incarnation; a node takes a request only for the
+	// incarnation its ring log fold says is live (0: the live one).
+	TenantIncarnation uint64 `protobuf:"varint,8,opt,name=tenant_incarnation,json=tenantIncarnation,proto3" json:"tenant_incarnation,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *MergeRequest) Reset() {
@@ -772,6 +789,13 @@ func (x *MergeRequest) GetMinted() bool {
 	return false
 }
 
+func (x *MergeRequest) GetTenantIncarnation() uint64 {
+	if x != nil {
+		return x.TenantIncarnation
+	}
+	return 0
+}
+
 type MergeResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
@@ -830,9 +854,14 @@ type ReadRequest struct {
 	Key      string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
 	Epoch    uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// Also look up this write origin's record (resolving a retry).
-	Origin        []byte `protobuf:"bytes,4,opt,name=origin,proto3" json:"origin,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Origin []byte `protobuf:"bytes,4,opt,name=origin,proto3" json:"origin,omitempty"`
+	// The tenant's incarnation: the ring log sequence that recorded the
+	// tenant (TenantChanged). A tenant deleted and created again under the
+	// same id is a new incarnation; a node takes a request only for the
+	// incarnation its ring log fold says is live (0: the live one).
+	TenantIncarnation uint64 `protobuf:"varint,5,opt,name=tenant_incarnation,json=tenantIncarnation,proto3" json:"tenant_incarnation,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ReadRequest) Reset() {
@@ -891,6 +920,13 @@ func (x *ReadRequest) GetOrigin() []byte {
 		return x.Origin
 	}
 	return nil
+}
+
+func (x *ReadRequest) GetTenantIncarnation() uint64 {
+	if x != nil {
+		return x.TenantIncarnation
+	}
+	return 0
 }
 
 type ReadResponse struct {
@@ -1172,7 +1208,7 @@ const file_pairdb_v1_node_proto_rawDesc = "" +
 	"\x06origin\x18\x05 \x01(\fR\x06origin\"k\n" +
 	"\x06Object\x124\n" +
 	"\bsiblings\x18\x01 \x03(\v2\x18.pairdb.v1.StoredSiblingR\bsiblings\x12+\n" +
-	"\x05clock\x18\x02 \x03(\v2\x15.pairdb.v1.ClockEntryR\x05clock\"\xcf\x03\n" +
+	"\x05clock\x18\x02 \x03(\v2\x15.pairdb.v1.ClockEntryR\x05clock\"\xfe\x03\n" +
 	"\fApplyRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x14\n" +
@@ -1187,7 +1223,8 @@ const file_pairdb_v1_node_proto_rawDesc = "" +
 	" \x03(\v2\x12.pairdb.v1.ForwardR\bforwards\x12(\n" +
 	"\x10deadline_unix_ms\x18\v \x01(\x03R\x0edeadlineUnixMs\x12#\n" +
 	"\rrecord_origin\x18\f \x01(\bR\frecordOrigin\x12(\n" +
-	"\x10max_object_bytes\x18\r \x01(\x04R\x0emaxObjectBytes\"8\n" +
+	"\x10max_object_bytes\x18\r \x01(\x04R\x0emaxObjectBytes\x12-\n" +
+	"\x12tenant_incarnation\x18\x0e \x01(\x04R\x11tenantIncarnation\"8\n" +
 	"\aForward\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05reply\x18\x02 \x01(\tR\x05reply\"\xc5\x01\n" +
@@ -1200,7 +1237,7 @@ const file_pairdb_v1_node_proto_rawDesc = "" +
 	"\fOriginRecord\x12 \n" +
 	"\x03dot\x18\x01 \x01(\v2\x0e.pairdb.v1.DotR\x03dot\x12+\n" +
 	"\x05clock\x18\x02 \x03(\v2\x15.pairdb.v1.ClockEntryR\x05clock\x12!\n" +
-	"\ftimestamp_ms\x18\x03 \x01(\x03R\vtimestampMs\"\xf3\x01\n" +
+	"\ftimestamp_ms\x18\x03 \x01(\x03R\vtimestampMs\"\xa2\x02\n" +
 	"\fMergeRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12)\n" +
@@ -1208,15 +1245,17 @@ const file_pairdb_v1_node_proto_rawDesc = "" +
 	"\x06policy\x18\x04 \x01(\x0e2\x19.pairdb.v1.ConflictPolicyR\x06policy\x12\x14\n" +
 	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\x12(\n" +
 	"\x10deadline_unix_ms\x18\x06 \x01(\x03R\x0edeadlineUnixMs\x12\x16\n" +
-	"\x06minted\x18\a \x01(\bR\x06minted\"M\n" +
+	"\x06minted\x18\a \x01(\bR\x06minted\x12-\n" +
+	"\x12tenant_incarnation\x18\b \x01(\x04R\x11tenantIncarnation\"M\n" +
 	"\rMergeResponse\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12&\n" +
-	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"j\n" +
+	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"\x99\x01\n" +
 	"\vReadRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x16\n" +
-	"\x06origin\x18\x04 \x01(\fR\x06origin\"\xbe\x01\n" +
+	"\x06origin\x18\x04 \x01(\fR\x06origin\x12-\n" +
+	"\x12tenant_incarnation\x18\x05 \x01(\x04R\x11tenantIncarnation\"\xbe\x01\n" +
 	"\fReadResponse\x12\x14\n" +
 	"\x05found\x18\x01 \x01(\bR\x05found\x12)\n" +
 	"\x06object\x18\x02 \x01(\v2\x11.pairdb.v1.ObjectR\x06object\x12\x14\n" +

@@ -33,8 +33,13 @@ type RangeDigestsRequest struct {
 	// The requester sets it so that both sides judge with one cutoff.
 	TombstonesBeforeMs int64  `protobuf:"varint,3,opt,name=tombstones_before_ms,json=tombstonesBeforeMs,proto3" json:"tombstones_before_ms,omitempty"`
 	Epoch              uint64 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The tenant's incarnation: the ring log sequence that recorded the
+	// tenant (TenantChanged). A tenant deleted and created again under the
+	// same id is a new incarnation; a node takes a request only for the
+	// incarnation its ring log fold says is live (0: the live one).
+	TenantIncarnation uint64 `protobuf:"varint,5,opt,name=tenant_incarnation,json=tenantIncarnation,proto3" json:"tenant_incarnation,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *RangeDigestsRequest) Reset() {
@@ -91,6 +96,13 @@ func (x *RangeDigestsRequest) GetTombstonesBeforeMs() int64 {
 func (x *RangeDigestsRequest) GetEpoch() uint64 {
 	if x != nil {
 		return x.Epoch
+	}
+	return 0
+}
+
+func (x *RangeDigestsRequest) GetTenantIncarnation() uint64 {
+	if x != nil {
+		return x.TenantIncarnation
 	}
 	return 0
 }
@@ -458,12 +470,13 @@ var File_pairdb_v1_repair_proto protoreflect.FileDescriptor
 
 const file_pairdb_v1_repair_proto_rawDesc = "" +
 	"\n" +
-	"\x16pairdb/v1/repair.proto\x12\tpairdb.v1\x1a\x16pairdb/v1/common.proto\x1a\x1apairdb/v1/membership.proto\"\xa8\x01\n" +
+	"\x16pairdb/v1/repair.proto\x12\tpairdb.v1\x1a\x16pairdb/v1/common.proto\x1a\x1apairdb/v1/membership.proto\"\xd7\x01\n" +
 	"\x13RangeDigestsRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12,\n" +
 	"\x06ranges\x18\x02 \x03(\v2\x14.pairdb.v1.HashRangeR\x06ranges\x120\n" +
 	"\x14tombstones_before_ms\x18\x03 \x01(\x03R\x12tombstonesBeforeMs\x12\x14\n" +
-	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"9\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12-\n" +
+	"\x12tenant_incarnation\x18\x05 \x01(\x04R\x11tenantIncarnation\"9\n" +
 	"\vRangeDigest\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\fR\x06digest\x12\x12\n" +
 	"\x04keys\x18\x02 \x01(\x04R\x04keys\"\x86\x01\n" +

@@ -357,8 +357,11 @@ func (x *GetTenantRequest) GetTenantId() string {
 }
 
 type DeleteTenantRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TenantId      string                 `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	TenantId string                 `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// Delete a tenant that still holds data (its data is then removed from
+	// every replica). Without it such a delete is TENANT_NOT_EMPTY.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -398,6 +401,13 @@ func (x *DeleteTenantRequest) GetTenantId() string {
 		return x.TenantId
 	}
 	return ""
+}
+
+func (x *DeleteTenantRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 type ListTenantsRequest struct {
@@ -457,8 +467,10 @@ type TenantResponse struct {
 	Tenant *Tenant                `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	// Set by update: the replication factor before the change.
 	OldReplicationFactor uint32 `protobuf:"varint,2,opt,name=old_replication_factor,json=oldReplicationFactor,proto3" json:"old_replication_factor,omitempty"`
-	// Set when a replication-factor change started a data migration; the
-	// record shows the new factor once the migration completes.
+	// Set when a replication-factor change started a data migration (the
+	// record shows the new factor once the migration completes), and by
+	// delete: the removal of the tenant's data from every storage node, which
+	// `migrations.get` follows.
 	MigrationId   string `protobuf:"bytes,3,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
 	Error         *Error `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -621,9 +633,10 @@ const file_pairdb_v1_tenant_proto_rawDesc = "" +
 	"\r_max_siblingsB\x12\n" +
 	"\x10_max_value_bytes\"/\n" +
 	"\x10GetTenantRequest\x12\x1b\n" +
-	"\ttenant_id\x18\x01 \x01(\tR\btenantId\"2\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\"H\n" +
 	"\x13DeleteTenantRequest\x12\x1b\n" +
-	"\ttenant_id\x18\x01 \x01(\tR\btenantId\"P\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"P\n" +
 	"\x12ListTenantsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
 	"\n" +
