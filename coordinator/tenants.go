@@ -35,6 +35,10 @@ type tenantCache struct {
 	m     *serviceMetrics
 	mu    sync.Mutex
 	items map[string]cachedTenant
+	// gen counts invalidations, so a fill that read the store before an
+	// invalidation arrived does not put the record it read back (it may be
+	// the one the invalidation was about).
+	gen uint64
 }
 
 type cachedTenant struct {
@@ -53,6 +57,7 @@ func (c *tenantCache) get(ctx context.Context, id string) (*pb.Tenant, error) {
 	now := time.Now()
 	c.mu.Lock()
 	it, ok := c.items[id]
+	gen := c.gen
 	c.mu.Unlock()
 	if ok && now.Before(it.expires) {
 		c.m.tenantHits.Inc()
@@ -74,7 +79,7 @@ func (c *tenantCache) get(ctx context.Context, id string) (*pb.Tenant, error) {
 			// have (key-value traffic must not depend on it) and ask again
 			// only after a pause, so an outage is not hammered per request.
 			c.mu.Lock()
-			if cur, still := c.items[id]; still && cur.t == it.t {
+			if cur, still := c.items[id]; still && cur.t == it.t && c.gen == gen {
 				c.items[id] = cachedTenant{t: it.t, expires: now.Add(min(c.ttl, staleRetryAfter))}
 			}
 			c.mu.Unlock()
@@ -84,14 +89,20 @@ func (c *tenantCache) get(ctx context.Context, id string) (*pb.Tenant, error) {
 		return nil, err
 	}
 	c.mu.Lock()
-	c.items[id] = cachedTenant{t: t, expires: now.Add(c.ttl)}
+	if c.gen == gen {
+		c.items[id] = cachedTenant{t: t, expires: now.Add(c.ttl)}
+	}
 	c.mu.Unlock()
 	return t, nil
 }
 
+// invalidate drops id, and keeps any fill already under way (of any
+// tenant: one counter is enough, invalidations are rare) from caching what
+// it read.
 func (c *tenantCache) invalidate(id string) {
 	c.mu.Lock()
 	delete(c.items, id)
+	c.gen++
 	c.mu.Unlock()
 }
 
