@@ -134,7 +134,11 @@ func (d *Dev) start(ctx context.Context) error {
 	if err := EnsureTenant(ctx, store, "default", d.cfg.DefaultTenantRF); err != nil {
 		return err
 	}
-	return c.RecordTenant(ctx, "default", d.cfg.DefaultTenantRF, false)
+	t, err := store.Get(ctx, "default")
+	if err != nil {
+		return err
+	}
+	return c.RecordTenant(ctx, t, false)
 }
 
 // ClientURL is where clients connect.

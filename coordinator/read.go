@@ -68,7 +68,7 @@ func (s *Service) get(ctx context.Context, subject string, req *pb.GetRequest) (
 
 	policy := dvvpb.PolicyFromProto(policyOf(t))
 	merged := mergeReplies(got, policy)
-	if _, same := sameReplies(got); same && replies.left == 0 {
+	if first, same := sameReplies(got); same && replies.left == 0 && len(first.obj.Siblings) == len(merged.Siblings) {
 		// Every replica asked answered alike: nothing to repair, and no
 		// job to queue (the usual read).
 		replies.close()
@@ -193,9 +193,15 @@ func (g *gather) readReply(abort <-chan struct{}, hedge <-chan time.Time) (readR
 	return rep, gotReply
 }
 
-// mergeReplies folds the successful replies into one object.
+// mergeReplies folds the successful replies into one object, under the
+// tenant's policy even when they all agree: a last-write-wins key whose
+// replicas all hold several siblings (merged under another policy before it
+// was set) reads as its winner, and read repair then stores that.
 func mergeReplies(replies []readReply, p dvv.Policy) dvv.Object {
 	if first, ok := sameReplies(replies); ok {
+		if p == dvv.LastWriteWins && len(first.obj.Siblings) > 1 {
+			return dvv.Merge(first.obj, dvv.Object{}, p)
+		}
 		return first.obj
 	}
 	var out dvv.Object

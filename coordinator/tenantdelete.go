@@ -58,7 +58,7 @@ func (s *Service) deleteTenant(ctx context.Context, _ string, req *pb.DeleteTena
 				"tenant %q's record is deleted, but its idempotency records are not removed yet; delete it again", id)
 		}
 	}
-	if err := s.RecordTenant(ctx, id, t.GetReplicationFactor(), true); err != nil {
+	if err := s.RecordTenant(ctx, &pb.Tenant{TenantId: id}, true); err != nil {
 		return nil, bus.Wrap(bus.CodeOf(err), err,
 			"tenant %q's record is deleted, but the ring log does not say so yet (its data stays until it does); delete it again", id)
 	}

@@ -144,7 +144,7 @@ func (s *Service) createTenant(ctx context.Context, _ string, req *pb.CreateTena
 	// The ring log first: storage nodes must take the tenant's data as soon
 	// as a coordinator serves it. A record that then fails to be created
 	// leaves a tenant the log knows and no coordinator serves.
-	if err := s.RecordTenant(ctx, t.GetTenantId(), t.GetReplicationFactor(), false); err != nil {
+	if err := s.RecordTenant(ctx, t, false); err != nil {
 		return nil, err
 	}
 	if err := s.cfg.Tenants.Create(ctx, t); err != nil {
@@ -205,6 +205,10 @@ func (s *Service) updateTenant(ctx context.Context, _ string, req *pb.UpdateTena
 		err = s.cfg.Tenants.Update(ctx, next)
 		if err == nil {
 			s.announce(next.GetTenantId())
+			if err := s.RecordTenant(ctx, next, false); err != nil {
+				return nil, bus.Wrap(bus.CodeOf(err), err,
+					"tenant %q is updated, but the ring log does not carry its new conflict policy yet; update it again", next.GetTenantId())
+			}
 			return &pb.TenantResponse{Tenant: next, OldReplicationFactor: oldRF, MigrationId: migration}, nil
 		}
 		if migration != "" {
@@ -226,18 +230,21 @@ func (s *Service) listTenants(ctx context.Context, _ string, req *pb.ListTenants
 	return &pb.ListTenantsResponse{Tenants: ts, NextPageToken: next}, nil
 }
 
-// RecordTenant makes the ring log say that tenant id exists (with
-// replication factor rf) or is deleted, and waits until this coordinator
-// has folded it. Storage nodes take data only for tenants the log knows.
-// Recording what the log already says does nothing.
-func (s *Service) RecordTenant(ctx context.Context, id string, rf uint32, deleted bool) error {
+// RecordTenant makes the ring log say that tenant t exists, with its
+// conflict policy, or is deleted, and waits until this coordinator has
+// folded it. Storage nodes take data only for tenants the log knows, and
+// merge it under the policy the log says. Recording what the log already
+// says does nothing.
+func (s *Service) RecordTenant(ctx context.Context, t *pb.Tenant, deleted bool) error {
+	id, policy := t.GetTenantId(), policyOf(t)
 	for attempt := 0; ; attempt++ {
 		st := s.cfg.Membership.State()
-		if cur, ok := st.Tenants[id]; ok && cur.Deleted == deleted {
+		if cur, ok := st.Tenants[id]; ok && cur.Deleted == deleted && (deleted || cur.Policy == policy) {
 			return nil
 		}
 		seq, err := s.cfg.Membership.Append(ctx, st.Seq, &pb.RingEvent{UnixMs: time.Now().UnixMilli(),
-			Event: &pb.RingEvent_Tenant{Tenant: &pb.TenantChanged{TenantId: id, ReplicationFactor: rf, Deleted: deleted}}})
+			Event: &pb.RingEvent_Tenant{Tenant: &pb.TenantChanged{TenantId: id, ReplicationFactor: t.GetReplicationFactor(),
+				ConflictPolicy: policy, Deleted: deleted}}})
 		if err == nil {
 			return s.cfg.Membership.WaitFor(ctx, seq)
 		}
@@ -268,7 +275,7 @@ func (s *Service) knownToRing(ctx context.Context, t *pb.Tenant) (uint64, error)
 		}
 		return rec.Seq, nil
 	}
-	if err := s.RecordTenant(ctx, id, t.GetReplicationFactor(), false); err != nil {
+	if err := s.RecordTenant(ctx, t, false); err != nil {
 		return 0, err
 	}
 	return s.cfg.Membership.State().Tenants[id].Seq, nil

@@ -67,10 +67,16 @@ func (s *State) tenant(seq uint64, unixMs int64, t *pb.TenantChanged) error {
 	if t.GetTenantId() == "" {
 		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "a tenant event needs a tenant id")
 	}
-	if cur, ok := s.Tenants[t.GetTenantId()]; ok && cur.Deleted == t.GetDeleted() && cur.RF == t.GetReplicationFactor() {
-		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %s is already recorded so", t.GetTenantId())
+	cur, ok := s.Tenants[t.GetTenantId()]
+	next := Tenant{RF: t.GetReplicationFactor(), Policy: t.GetConflictPolicy(), Seq: seq, AtMs: unixMs, Deleted: t.GetDeleted()}
+	if ok && cur.Deleted == next.Deleted {
+		if cur.RF == next.RF && cur.Policy == next.Policy {
+			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %s is already recorded so", t.GetTenantId())
+		}
+		// New settings of the same incarnation (or of the same deletion).
+		next.Seq, next.AtMs = cur.Seq, cur.AtMs
 	}
-	s.Tenants[t.GetTenantId()] = Tenant{RF: t.GetReplicationFactor(), Seq: seq, AtMs: unixMs, Deleted: t.GetDeleted()}
+	s.Tenants[t.GetTenantId()] = next
 	// A tenant's existence is an input to where data may go: requests
 	// routed under it carry its epoch, and nodes wait to fold it.
 	s.placementChanged(seq)

@@ -113,8 +113,11 @@ func (s *State) Normal() []string {
 type Tenant struct {
 	// RF is the replication factor it was recorded with.
 	RF uint32
-	// Seq is the log sequence that recorded it (or its deletion), and AtMs
-	// when (the event's time, Unix ms).
+	// Policy is its conflict policy.
+	Policy pb.ConflictPolicy
+	// Seq is the log sequence that created it, its incarnation (or, once
+	// deleted, that recorded the deletion), and AtMs when (the event's
+	// time, Unix ms). A change of settings keeps both.
 	Seq     uint64
 	AtMs    int64
 	Deleted bool

@@ -82,13 +82,14 @@ func (ae *antiEntropy) reconcileLeaf(ctx context.Context, rc *roundCtx, tenant s
 	if err != nil {
 		return err
 	}
+	policy := dvvpb.PolicyFromProto(ae.n.policyOf(tenant, pb.ConflictPolicy_SIBLINGS))
 	var pull []engine.MergeItem
 	for k, ro := range remote {
 		lo, ok := local[k]
 		switch {
 		case !ok && engine.PurgeEligible(ro, rc.cutoff):
 			// Collected here already (or never held): do not bring it back.
-		case !ok || dvv.Behind(lo, ro, dvv.Siblings):
+		case !ok || dvv.Behind(lo, ro, policy):
 			pull = append(pull, engine.MergeItem{Key: k, Object: ro})
 		}
 	}
@@ -108,7 +109,7 @@ func (ae *antiEntropy) reconcileLeaf(ctx context.Context, rc *roundCtx, tenant s
 		switch {
 		case !ok && engine.PurgeEligible(lo, rc.cutoff):
 			// Due for collection: the peer may have purged it already.
-		case !ok || dvv.Behind(ro, lo, dvv.Siblings):
+		case !ok || dvv.Behind(ro, lo, policy):
 			push = append(push, engine.MergeItem{Key: k, Object: lo})
 		}
 	}
@@ -132,9 +133,8 @@ func (ae *antiEntropy) fixed(rc *roundCtx, k int) {
 }
 
 // mergeLocal merges pulled objects under the placement lock (so cleanup
-// cannot delete the arc underneath), after checking the ring did not move.
-// Objects merge as siblings, as transfers do: nothing is dropped, and an
-// LWW tenant's next write or read resolves them.
+// cannot delete the arc underneath), after checking the ring did not move,
+// under the tenant's conflict policy.
 func (ae *antiEntropy) mergeLocal(rc *roundCtx, tenant string, items []engine.MergeItem) (int, error) {
 	n := ae.n
 	if _, gone, err := n.localTenant(tenant); err != nil || gone {
@@ -145,7 +145,7 @@ func (ae *antiEntropy) mergeLocal(rc *roundCtx, tenant string, items []engine.Me
 	if err := ae.placementHolds(rc.st); err != nil {
 		return 0, err
 	}
-	changed, err := n.mergeBatch(tenant, items, dvv.Siblings)
+	changed, err := n.mergeBatch(tenant, items, dvvpb.PolicyFromProto(n.policyOf(tenant, pb.ConflictPolicy_SIBLINGS)))
 	if err != nil {
 		return 0, errors.Wrapf(err, "anti-entropy: merge %d pulled keys of tenant %s", len(items), tenant)
 	}
@@ -177,7 +177,7 @@ func (ae *antiEntropy) pushTo(ctx context.Context, rc *roundCtx, peer, tenant st
 			defer cancel()
 			err := bus.Request(rctx, n.nc, subject, &pb.MergeRequest{
 				TenantId: tenant, Key: it.Key, Object: dvvpb.ObjectToProto(it.Object),
-				Policy: pb.ConflictPolicy_SIBLINGS, Epoch: rc.st.Epoch,
+				Policy: n.policyOf(tenant, pb.ConflictPolicy_SIBLINGS), Epoch: rc.st.Epoch,
 			}, &pb.MergeResponse{})
 			mu.Lock()
 			defer mu.Unlock()

@@ -226,7 +226,7 @@ func (d *hintDrainer) applyGroup(k groupKey, hs []Hint) error {
 		req, _ := h.Request()
 		items[i] = engine.MergeItem{Key: req.GetKey(), Object: dvvpb.ObjectFromProto(req.GetObject()), Minted: req.GetMinted()}
 	}
-	policy := dvvpb.PolicyFromProto(k.policy)
+	policy := dvvpb.PolicyFromProto(d.n.policyOf(k.tenant, k.policy))
 	err = d.mergeBatch(k.tenant, items, policy)
 	if bus.CodeOf(err) == pb.ErrorCode_INVALID_ARGUMENT {
 		// One malformed object fails the whole batch: merge one by one to

@@ -265,7 +265,7 @@ func (n *Node) apply(ctx context.Context, _ string, req *pb.ApplyRequest) (*pb.A
 	m, err := n.eng.Mint(engine.Write{
 		Tenant: req.GetTenantId(), Key: req.GetKey(), Context: causal,
 		Value: req.GetValue(), Tombstone: req.GetTombstone(),
-		Policy: dvvpb.PolicyFromProto(req.GetPolicy()), MaxSiblings: int(req.GetMaxSiblings()),
+		Policy: dvvpb.PolicyFromProto(n.policyOf(req.GetTenantId(), req.GetPolicy())), MaxSiblings: int(req.GetMaxSiblings()),
 		MaxObjectBytes: int(min(req.GetMaxObjectBytes(), uint64(maxInt))),
 		NowMs:          time.Now().UnixMilli(), Origin: req.GetOrigin(), RecordOrigin: req.GetRecordOrigin(),
 		Deadline: deadline, Forward: forward,
@@ -330,7 +330,7 @@ func (n *Node) merge(ctx context.Context, _ string, req *pb.MergeRequest) (*pb.M
 	}
 	n.placeMu.RLock()
 	defer n.placeMu.RUnlock()
-	_, changed, err := n.eng.MergeWith(req.GetTenantId(), req.GetKey(), obj, dvvpb.PolicyFromProto(req.GetPolicy()),
+	_, changed, err := n.eng.MergeWith(req.GetTenantId(), req.GetKey(), obj, dvvpb.PolicyFromProto(n.policyOf(req.GetTenantId(), req.GetPolicy())),
 		engine.MergeOptions{Deadline: deadline, Minted: req.GetMinted()})
 	if err != nil {
 		return &pb.MergeResponse{Epoch: epoch}, n.failed(bus.OpMerge, err)

@@ -174,6 +174,19 @@ func (n *Node) settleTenant(tenant string, want tenantMark) (uint64, error) {
 	return dropped, nil
 }
 
+// policyOf is tenant's conflict policy as the ring log says, which every
+// merge on this node applies, whatever a request says: sent is the
+// request's, used only when the log does not know the tenant (static mode,
+// or a tenant created before tenants were recorded).
+func (n *Node) policyOf(tenant string, sent pb.ConflictPolicy) pb.ConflictPolicy {
+	if n.mem != nil {
+		if t, ok := n.mem.State().Tenants[tenant]; ok && t.Policy != pb.ConflictPolicy_CONFLICT_POLICY_UNSPECIFIED {
+			return t.Policy
+		}
+	}
+	return sent
+}
+
 // localTenant prepares tenant for data that reaches the node without a
 // request of its own (hints, pulled transfer pages, anti-entropy): it
 // returns the live incarnation (0 when the ring log does not know the

@@ -12,7 +12,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pairdb/pairdb/bus"
-	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/dvv/dvvpb"
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
@@ -401,9 +400,8 @@ func (d *driver) pullFrom(ctx context.Context, st *membership.State, mv membersh
 		for _, it := range resp.GetItems() {
 			items = append(items, engine.MergeItem{Key: it.GetKey(), Object: dvvpb.ObjectFromProto(it.GetObject())})
 		}
-		// Scan items carry no tenant policy: merging as siblings never
-		// drops a write; an LWW tenant's next write or read resolves them.
-		changed, err := n.mergeBatch(mv.Tenant, items, dvv.Siblings)
+		// Merged under the tenant's conflict policy, as every merge is.
+		changed, err := n.mergeBatch(mv.Tenant, items, dvvpb.PolicyFromProto(n.policyOf(mv.Tenant, pb.ConflictPolicy_SIBLINGS)))
 		if err != nil {
 			return merged, errors.Wrap(err, "merge transferred page")
 		}

@@ -217,8 +217,12 @@ type TenantChanged struct {
 	TenantId          string                 `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
 	ReplicationFactor uint32                 `protobuf:"varint,2,opt,name=replication_factor,json=replicationFactor,proto3" json:"replication_factor,omitempty"`
 	Deleted           bool                   `protobuf:"varint,3,opt,name=deleted,proto3" json:"deleted,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The tenant's conflict policy, which every merge on the storage nodes
+	// applies (anti-entropy and transfers too). An event that changes only
+	// this keeps the tenant's incarnation.
+	ConflictPolicy ConflictPolicy `protobuf:"varint,4,opt,name=conflict_policy,json=conflictPolicy,proto3,enum=pairdb.v1.ConflictPolicy" json:"conflict_policy,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *TenantChanged) Reset() {
@@ -270,6 +274,13 @@ func (x *TenantChanged) GetDeleted() bool {
 		return x.Deleted
 	}
 	return false
+}
+
+func (x *TenantChanged) GetConflictPolicy() ConflictPolicy {
+	if x != nil {
+		return x.ConflictPolicy
+	}
+	return ConflictPolicy_CONFLICT_POLICY_UNSPECIFIED
 }
 
 // NodeRegistered is appended by a storage node at start when the log does
@@ -1702,11 +1713,12 @@ const file_pairdb_v1_membership_proto_rawDesc = "" +
 	"\astarted\x18\v \x01(\v2\x18.pairdb.v1.ChangeStartedH\x00R\astarted\x12>\n" +
 	"\rtransfer_done\x18\f \x01(\v2\x17.pairdb.v1.TransferDoneH\x00R\ftransferDone\x122\n" +
 	"\x06tenant\x18\r \x01(\v2\x18.pairdb.v1.TenantChangedH\x00R\x06tenantB\a\n" +
-	"\x05event\"u\n" +
+	"\x05event\"\xb9\x01\n" +
 	"\rTenantChanged\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12-\n" +
 	"\x12replication_factor\x18\x02 \x01(\rR\x11replicationFactor\x12\x18\n" +
-	"\adeleted\x18\x03 \x01(\bR\adeleted\"K\n" +
+	"\adeleted\x18\x03 \x01(\bR\adeleted\x12B\n" +
+	"\x0fconflict_policy\x18\x04 \x01(\x0e2\x19.pairdb.v1.ConflictPolicyR\x0econflictPolicy\"K\n" +
 	"\x0eNodeRegistered\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12 \n" +
 	"\vincarnation\x18\x02 \x01(\tR\vincarnation\"\xc6\x02\n" +
@@ -1868,34 +1880,36 @@ var file_pairdb_v1_membership_proto_goTypes = []any{
 	(*ListMigrationsResponse)(nil), // 22: pairdb.v1.ListMigrationsResponse
 	(*MigrationProgress)(nil),      // 23: pairdb.v1.MigrationProgress
 	nil,                            // 24: pairdb.v1.ChangeStarted.TenantRfEntry
-	(*Object)(nil),                 // 25: pairdb.v1.Object
-	(*Error)(nil),                  // 26: pairdb.v1.Error
+	(ConflictPolicy)(0),            // 25: pairdb.v1.ConflictPolicy
+	(*Object)(nil),                 // 26: pairdb.v1.Object
+	(*Error)(nil),                  // 27: pairdb.v1.Error
 }
 var file_pairdb_v1_membership_proto_depIdxs = []int32{
 	3,  // 0: pairdb.v1.RingEvent.registered:type_name -> pairdb.v1.NodeRegistered
 	4,  // 1: pairdb.v1.RingEvent.started:type_name -> pairdb.v1.ChangeStarted
 	5,  // 2: pairdb.v1.RingEvent.transfer_done:type_name -> pairdb.v1.TransferDone
 	2,  // 3: pairdb.v1.RingEvent.tenant:type_name -> pairdb.v1.TenantChanged
-	0,  // 4: pairdb.v1.ChangeStarted.type:type_name -> pairdb.v1.ChangeType
-	24, // 5: pairdb.v1.ChangeStarted.tenant_rf:type_name -> pairdb.v1.ChangeStarted.TenantRfEntry
-	6,  // 6: pairdb.v1.ScanRequest.range:type_name -> pairdb.v1.HashRange
-	25, // 7: pairdb.v1.ScanItem.object:type_name -> pairdb.v1.Object
-	8,  // 8: pairdb.v1.ScanResponse.items:type_name -> pairdb.v1.ScanItem
-	26, // 9: pairdb.v1.ScanResponse.error:type_name -> pairdb.v1.Error
-	6,  // 10: pairdb.v1.DigestRequest.range:type_name -> pairdb.v1.HashRange
-	26, // 11: pairdb.v1.DigestResponse.error:type_name -> pairdb.v1.Error
-	26, // 12: pairdb.v1.NodeChangeResponse.error:type_name -> pairdb.v1.Error
-	12, // 13: pairdb.v1.ListNodesResponse.nodes:type_name -> pairdb.v1.NodeInfo
-	26, // 14: pairdb.v1.ListNodesResponse.error:type_name -> pairdb.v1.Error
-	18, // 15: pairdb.v1.MigrationResponse.migration:type_name -> pairdb.v1.Migration
-	26, // 16: pairdb.v1.MigrationResponse.error:type_name -> pairdb.v1.Error
-	18, // 17: pairdb.v1.ListMigrationsResponse.migrations:type_name -> pairdb.v1.Migration
-	26, // 18: pairdb.v1.ListMigrationsResponse.error:type_name -> pairdb.v1.Error
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	25, // 4: pairdb.v1.TenantChanged.conflict_policy:type_name -> pairdb.v1.ConflictPolicy
+	0,  // 5: pairdb.v1.ChangeStarted.type:type_name -> pairdb.v1.ChangeType
+	24, // 6: pairdb.v1.ChangeStarted.tenant_rf:type_name -> pairdb.v1.ChangeStarted.TenantRfEntry
+	6,  // 7: pairdb.v1.ScanRequest.range:type_name -> pairdb.v1.HashRange
+	26, // 8: pairdb.v1.ScanItem.object:type_name -> pairdb.v1.Object
+	8,  // 9: pairdb.v1.ScanResponse.items:type_name -> pairdb.v1.ScanItem
+	27, // 10: pairdb.v1.ScanResponse.error:type_name -> pairdb.v1.Error
+	6,  // 11: pairdb.v1.DigestRequest.range:type_name -> pairdb.v1.HashRange
+	27, // 12: pairdb.v1.DigestResponse.error:type_name -> pairdb.v1.Error
+	27, // 13: pairdb.v1.NodeChangeResponse.error:type_name -> pairdb.v1.Error
+	12, // 14: pairdb.v1.ListNodesResponse.nodes:type_name -> pairdb.v1.NodeInfo
+	27, // 15: pairdb.v1.ListNodesResponse.error:type_name -> pairdb.v1.Error
+	18, // 16: pairdb.v1.MigrationResponse.migration:type_name -> pairdb.v1.Migration
+	27, // 17: pairdb.v1.MigrationResponse.error:type_name -> pairdb.v1.Error
+	18, // 18: pairdb.v1.ListMigrationsResponse.migrations:type_name -> pairdb.v1.Migration
+	27, // 19: pairdb.v1.ListMigrationsResponse.error:type_name -> pairdb.v1.Error
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_pairdb_v1_membership_proto_init() }

@@ -276,7 +276,11 @@ func (e *Engine) DigestArcs(tenant string, arcs []ring.Arc, tombstonesBefore int
 
 // appendDigestEntry encodes one key as Digest does: uvarint(len(key)) key
 // uvarint(entries), then per clock entry sorted by actor uvarint(len(actor))
-// actor uint64be(counter).
+// actor uint64be(counter), then uvarint(siblings) and each sibling's dot
+// the same way, in the stored (canonical, by dot) order. The siblings count:
+// replicas with equal clocks can still hold different siblings (one merged
+// a last-write-wins tenant's data under another policy, say), and they must
+// look different to be reconciled. A dot names one value, so dots suffice.
 func appendDigestEntry(buf []byte, key string, o *pb.Object) []byte {
 	clock := dvvpb.ClockToProto(dvvpb.ClockFromProto(o.GetClock()))
 	buf = binary.AppendUvarint(buf, uint64(len(key)))
@@ -286,6 +290,12 @@ func appendDigestEntry(buf []byte, key string, o *pb.Object) []byte {
 		buf = binary.AppendUvarint(buf, uint64(len(c.GetActor())))
 		buf = append(buf, c.GetActor()...)
 		buf = binary.BigEndian.AppendUint64(buf, c.GetCounter())
+	}
+	buf = binary.AppendUvarint(buf, uint64(len(o.GetSiblings())))
+	for _, s := range o.GetSiblings() {
+		buf = binary.AppendUvarint(buf, uint64(len(s.GetDot().GetActor())))
+		buf = append(buf, s.GetDot().GetActor()...)
+		buf = binary.BigEndian.AppendUint64(buf, s.GetDot().GetCounter())
 	}
 	return buf
 }

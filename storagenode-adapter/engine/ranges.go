@@ -3,7 +3,6 @@ package engine
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/binary"
 	"math"
 	"slices"
 
@@ -177,11 +176,10 @@ func decodeItem(it *pebble.Iterator, withValues bool) (Item, error) {
 	return Item{Hash: h, Key: key, Object: obj, Size: len(v)}, nil
 }
 
-// Digest is SHA-256 over every (key, canonical clock) of tenant's arc in key
-// order, read from one Pebble snapshot, and the number of keys. Nodes holding
-// equal objects for the arc get equal digests. The encoding is
-// length-prefixed: uvarint(len(key)) key uvarint(entries) then, per clock
-// entry sorted by actor, uvarint(len(actor)) actor uint64be(counter).
+// Digest is SHA-256 over every (key, canonical clock, sibling dots) of
+// tenant's arc in key order, read from one Pebble snapshot, and the number
+// of keys. Nodes holding equal objects for the arc get equal digests; see
+// appendDigestEntry for the encoding.
 func (e *Engine) Digest(tenant string, a ring.Arc) ([]byte, uint64, error) {
 	if err := validateTenant(tenant); err != nil {
 		return nil, 0, err
@@ -218,15 +216,7 @@ func (e *Engine) Digest(tenant string, a ring.Arc) ([]byte, uint64, error) {
 			if err != nil {
 				return nil, 0, errors.CombineErrors(errors.Wrapf(err, "engine: digest: object at %q", key), it.Close())
 			}
-			clock := dvvpb.ClockToProto(dvvpb.ClockFromProto(o.GetClock()))
-			buf = binary.AppendUvarint(buf[:0], uint64(len(key)))
-			buf = append(buf, key...)
-			buf = binary.AppendUvarint(buf, uint64(len(clock)))
-			for _, c := range clock {
-				buf = binary.AppendUvarint(buf, uint64(len(c.GetActor())))
-				buf = append(buf, c.GetActor()...)
-				buf = binary.BigEndian.AppendUint64(buf, c.GetCounter())
-			}
+			buf = appendDigestEntry(buf[:0], key, &o)
 			_, _ = h.Write(buf)
 			n++
 		}
