@@ -23,8 +23,8 @@ import (
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/pairdb/pairdb/bus/embedded"
 	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/bus/embedded"
 	"github.com/pairdb/pairdb/client"
 	"github.com/pairdb/pairdb/cluster"
 	"github.com/pairdb/pairdb/jetstream/idempotency"
