@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/pairdb/pairdb/natsauth"
 	"github.com/pairdb/pairdb/ops"
 )
 
@@ -518,8 +519,17 @@ func TestNATSHelmValues(t *testing.T) {
 	require.Equal(t, "accounts.conf", filepath.Base(include))
 	_, err := os.Stat(filepath.Join("nats", "accounts.conf"))
 	require.NoError(t, err)
-	// Every password the accounts reference is given to the NATS container.
+	// Every password the accounts reference is given to the NATS container,
+	// from the Secret, under its user's name: the block is what
+	// `pairdb nats-accounts --helm-env` prints for the example ids.
 	env := natsValue(t, m.values, "container", "env").(map[string]any)
+	rendered, err := natsauth.HelmEnv(exampleIDs, "pairdb-nats-auth")
+	require.NoError(t, err)
+	var want struct {
+		Env map[string]any `yaml:"env"`
+	}
+	require.NoError(t, yaml.Unmarshal(rendered, &want))
+	require.Equal(t, want.Env, env, "values.yaml container.env is stale: run `%s --helm-env`", exampleCommand)
 	conf, err := os.ReadFile(filepath.Join("nats", "accounts.conf"))
 	require.NoError(t, err)
 	for _, v := range regexp.MustCompile(`password:\s*\$([A-Z0-9_]+)`).FindAllStringSubmatch(string(conf), -1) {
