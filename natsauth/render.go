@@ -63,11 +63,16 @@ type User struct {
 // as '_'. Distinct ids that map to one token are refused (Validate).
 func envToken(id string) string { return strings.ToUpper(strings.ReplaceAll(id, "-", "_")) }
 
+// Password variables live in the NATS server's environment, under
+// NATS_PASSWORD_ and not PAIRDB_: a pairdb process warns about PAIRDB_
+// variables it does not read (typos of its settings).
+const passwordVarPrefix = "NATS_PASSWORD_"
+
 // NodePasswordVar is the variable holding storage node id's password.
-func NodePasswordVar(id string) string { return "PAIRDB_NODE_" + envToken(id) + "_PASSWORD" }
+func NodePasswordVar(id string) string { return passwordVarPrefix + "NODE_" + envToken(id) }
 
 // TenantPasswordVar is the variable holding tenant id's password.
-func TenantPasswordVar(id string) string { return "PAIRDB_TENANT_" + envToken(id) + "_PASSWORD" }
+func TenantPasswordVar(id string) string { return passwordVarPrefix + "TENANT_" + envToken(id) }
 
 // TenantAccount is tenant id's account.
 func TenantAccount(id string) string { return "TENANT_" + envToken(id) }
@@ -77,9 +82,9 @@ func TenantUser(id string) string { return "tenant-" + id }
 
 // Password variables of the fixed users.
 const (
-	CoordinatorPasswordVar = "PAIRDB_COORDINATOR_PASSWORD"
-	OperatorPasswordVar    = "PAIRDB_OPERATOR_PASSWORD"
-	SystemPasswordVar      = "NATS_SYS_PASSWORD"
+	CoordinatorPasswordVar = passwordVarPrefix + "COORDINATOR"
+	OperatorPasswordVar    = passwordVarPrefix + "OPERATOR"
+	SystemPasswordVar      = passwordVarPrefix + "SYS"
 )
 
 // Validate checks the ids: each a subject token by the tenant id rule,

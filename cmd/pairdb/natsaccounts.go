@@ -30,9 +30,9 @@ what"). The permissions come from the subjects the code uses; rerun it when
 you add a storage node or a tenant, or upgrade PairDB.
 
 Each user's password is read from a variable of the NATS server's
-environment: NATS_SYS_PASSWORD, PAIRDB_COORDINATOR_PASSWORD,
-PAIRDB_OPERATOR_PASSWORD, PAIRDB_NODE_<ID>_PASSWORD and
-PAIRDB_TENANT_<ID>_PASSWORD (ids in upper case, '-' as '_'). --helm-env
+environment: NATS_PASSWORD_SYS, NATS_PASSWORD_COORDINATOR,
+NATS_PASSWORD_OPERATOR, NATS_PASSWORD_NODE_<ID> and NATS_PASSWORD_TENANT_<ID>
+(ids in upper case, '-' as '_'). --helm-env
 prints the container.env block of deploy/nats/values.yaml that passes them
 from the Secret ` + helmSecret + `, one key per user name.`,
 		Example: `  pairdb nats-accounts --nodes pairdb-storage-0,pairdb-storage-1,pairdb-storage-2 --tenants acme > deploy/nats/accounts.conf
