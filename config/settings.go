@@ -235,7 +235,7 @@ type StorageNode struct {
 	Data                string        `yaml:"data" usage:"data directory (Pebble); required"`
 	NoSync              bool          `yaml:"no_sync" usage:"skip fsync (benchmarks only: a crash can lose acknowledged writes)"`
 	CleanupGrace        time.Duration `yaml:"cleanup_grace" usage:"how long ranges this node no longer replicates are kept after a change"`
-	StreamReplicas      int           `yaml:"stream_replicas" usage:"JetStream replicas of the control-plane streams (3 on a NATS cluster)"`
+	StreamReplicas      int           `yaml:"stream_replicas" usage:"JetStream replicas of the node's hint consumer (3 on a NATS cluster); the streams are the coordinators'"`
 	CacheBytes          Bytes         `yaml:"cache_bytes" usage:"Pebble block cache size (e.g. 256MiB)"`
 	WALMinSyncInterval  time.Duration `yaml:"wal_min_sync_interval" usage:"least time between two fsyncs of the write-ahead log, so concurrent writes share one (0: sync at once)"`
 	HintRate            int           `yaml:"hint_rate" usage:"hints replayed per second when the node comes back (pacing, so a long outage is no storm)"`
