@@ -16,6 +16,7 @@ import (
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/client"
 	"github.com/pairdb/pairdb/cluster"
+	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/internal/deployedtest"
 	"github.com/pairdb/pairdb/natsauth"
@@ -142,8 +143,9 @@ func (d *deployed) migrated(id string) *pb.Migration {
 // everything a cluster does: put, get and delete at every consistency
 // level as tenant acme; a node stopped and its hints replayed; read repair;
 // anti-entropy started by the operator (pairdb repair); tenant admin; a
-// node removed and added back with transfers (and their progress); service
-// discovery. No connection is refused anything along the way.
+// node removed and added back with transfers (and their progress); a node
+// back with an empty disk that asks to be added again; service discovery.
+// No connection is refused anything along the way.
 func TestShippedAccountsRunTheCluster(t *testing.T) {
 	d := startDeployed(t)
 	ctx := d.ctx
@@ -226,6 +228,24 @@ func TestShippedAccountsRunTheCluster(t *testing.T) {
 	for i := range 20 {
 		k := fmt.Sprintf("k%02d", i)
 		got, err := d.acme.Get(ctx, k, client.ReadConsistency("quorum"))
+		require.NoError(t, err)
+		require.Equal(t, k, string(got.GetValue()))
+	}
+
+	// A node back with an empty disk registers a new incarnation, which
+	// makes it JOINING, and asks to be added back: the coordinator checks
+	// the request and starts the addition, which refills it.
+	old := d.c.Node("pairdb-storage-0").Incarnation()
+	d.c.StopNode(ctx, "pairdb-storage-0")
+	fresh := d.c.StartNode(ctx, "pairdb-storage-0", t.TempDir()).Incarnation()
+	require.NotEqual(t, old, fresh)
+	require.Eventually(t, func() bool {
+		n := d.coord.Ring.State().Nodes["pairdb-storage-0"]
+		return n.Incarnation == fresh && n.State == ring.Normal && d.coord.Ring.State().Change == nil
+	}, deployedWait, 20*time.Millisecond, "the wiped node was not added back")
+	for i := range 20 {
+		k := fmt.Sprintf("k%02d", i)
+		got, err := d.acme.Get(ctx, k, client.ReadConsistency("all"))
 		require.NoError(t, err)
 		require.Equal(t, k, string(got.GetValue()))
 	}
