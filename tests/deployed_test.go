@@ -38,7 +38,9 @@ type deployed struct {
 	coord    *cluster.Coordinator
 	dirs     map[string]string
 	operator *client.Client
-	acme     *client.Client
+	// opConn is the operator's connection (operator is a client on it).
+	opConn *nats.Conn
+	acme   *client.Client
 	// asCoordinator is a connection of the coordinator user: what the
 	// tests do in a coordinator's place (craft a write one replica missed).
 	asCoordinator *nats.Conn
@@ -68,7 +70,8 @@ func startDeployed(t *testing.T) *deployed {
 		d.dirs[id] = t.TempDir()
 		d.c.StartNode(ctx, id, d.dirs[id])
 	}
-	d.operator = client.New(s.Connect(t, natsauth.OperatorUser, bus.OperatorInbox), client.WithTimeout(10*time.Second))
+	d.opConn = s.Connect(t, natsauth.OperatorUser, bus.OperatorInbox)
+	d.operator = client.New(d.opConn, client.WithTimeout(10*time.Second))
 	d.acme = client.New(s.Connect(t, natsauth.TenantUser("acme"), ""), client.WithTenant("acme"), client.WithTimeout(10*time.Second))
 	d.asCoordinator = s.Connect(t, natsauth.CoordinatorUser, bus.CoordinatorInbox)
 
@@ -208,7 +211,8 @@ func TestShippedAccountsRunTheCluster(t *testing.T) {
 	require.Len(t, tenants, 2)
 	_, err = d.operator.UpdateTenant(ctx, &pb.UpdateTenantRequest{TenantId: "scratch", MaxSiblings: proto.Uint32(8)})
 	require.NoError(t, err)
-	require.NoError(t, d.operator.DeleteTenant(ctx, "scratch"))
+	require.NoError(t, bus.Request(ctx, d.opConn, bus.Subjects{}.Admin("tenants", "delete"),
+		&pb.DeleteTenantRequest{TenantId: "scratch"}, new(pb.TenantResponse)))
 	_, err = d.operator.GetTenant(ctx, "scratch")
 	requireCode(t, err, pb.ErrorCode_TENANT_NOT_FOUND)
 
