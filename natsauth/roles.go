@@ -133,8 +133,8 @@ func Coordinator(s bus.Subjects) Permissions {
 	}
 	return Permissions{
 		Publish: []Rule{
-			{"call storage nodes: mint a write (apply), replicate and repair it (merge), read", []string{
-				s.Node("*", bus.OpApply), s.Node("*", bus.OpMerge), s.Node("*", bus.OpRead)}},
+			{"call storage nodes: mint a write (apply), replicate and repair it (merge), read; scan (a tenant's deletion asks whether it holds data)", []string{
+				s.Node("*", bus.OpApply), s.Node("*", bus.OpMerge), s.Node("*", bus.OpRead), s.Node("*", bus.OpScan)}},
 			{"tell the other coordinators that a tenant changed", []string{s.Events(bus.EventsTenants)}},
 			{"append to the ring log, record migration progress, store hints (JetStream publishes)", []string{
 				s.Events(bus.EventsRing), s.Events(bus.EventsMigrations) + ".>", s.Hints("*")}},

@@ -57,7 +57,7 @@ var publishCases = []subjectCase{
 	{"pairdb.v1.node." + n1 + ".apply", []string{roleCoord}},
 	{"pairdb.v1.node." + n1 + ".merge", []string{roleCoord, roleNode}},
 	{"pairdb.v1.node." + n1 + ".read", []string{roleCoord}},
-	{"pairdb.v1.node." + n1 + ".scan", []string{roleNode}},
+	{"pairdb.v1.node." + n1 + ".scan", []string{roleCoord, roleNode}},
 	{"pairdb.v1.node." + n1 + ".digest", []string{roleNode}},
 	{"pairdb.v1.node." + n1 + ".digests", []string{roleNode}},
 	{"pairdb.v1.node." + n1 + ".repair", []string{roleOperator}},
