@@ -86,6 +86,14 @@ func decodeReply(subject string, msg *nats.Msg, resp proto.Message) error {
 // fails at once (nats.ErrReconnectBufExceeded), which callers treat as not
 // sent; what was buffered but unsent when the connection broke is dropped by
 // nats.go itself.
-func PartOptions(name string) []nats.Option {
-	return []nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectBufSize(-1)}
+//
+// inbox is the part's inbox prefix (CoordinatorInbox, NodeInbox(id)): its
+// replies, JetStream's included, arrive under it, where its NATS user alone
+// may subscribe. Empty keeps nats.go's _INBOX.
+func PartOptions(name, inbox string) []nats.Option {
+	opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectBufSize(-1)}
+	if inbox != "" {
+		opts = append(opts, nats.CustomInboxPrefix(inbox))
+	}
+	return opts
 }

@@ -151,14 +151,16 @@ func StartCoordinator(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig)
 		closeStore()
 		return nil, err
 	}
+	// The hints stream exists even with hints off: storage nodes wait for
+	// it at start, and only coordinators may create it.
+	q, err := hints.Open(ctx, js, hintsConfig(cfg.Hints, cfg.Subjects, cfg.StreamReplicas, cfg.Logger))
+	if err != nil {
+		ring.Close()
+		closeStore()
+		return nil, errors.Wrap(err, "open the hints stream")
+	}
 	var hq coordinator.HintQueue
 	if !cfg.NoHints {
-		q, err := hints.Open(ctx, js, hintsConfig(cfg.Hints, cfg.Subjects, cfg.StreamReplicas, cfg.Logger))
-		if err != nil {
-			ring.Close()
-			closeStore()
-			return nil, errors.Wrap(err, "open the hints stream")
-		}
 		hq = q
 	}
 	svc, err := coordinator.Start(nc, coordinator.Config{
@@ -215,7 +217,9 @@ func hintsConfig(c hints.Config, subjects bus.Subjects, replicas int, log *zap.L
 }
 
 // StartStorageNode follows the ring log on nc and starts a storage node
-// that replays its hints (unless cfg.Hints is already set).
+// that replays its hints (unless cfg.Hints is already set). It creates no
+// stream: it waits (until ctx ends) for a coordinator to have created the
+// ring log and the hints stream.
 func StartStorageNode(ctx context.Context, nc *nats.Conn, cfg storagenode.Config, streamReplicas, vnodes int) (*StorageNode, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
@@ -231,7 +235,7 @@ func StartStorageNode(ctx context.Context, nc *nats.Conn, cfg storagenode.Config
 		}
 		cfg.Hints = hintInbox{in}
 	}
-	ring, err := OpenRing(ctx, nc, RingConfig{
+	ring, err := OpenNodeRing(ctx, nc, RingConfig{
 		Subjects: cfg.Subjects, StreamReplicas: streamReplicas, VirtualNodes: vnodes, Logger: cfg.Logger.Named("ring"),
 	})
 	if err != nil {
@@ -249,7 +253,7 @@ func StartStorageNode(ctx context.Context, nc *nats.Conn, cfg storagenode.Config
 // StorageNode is a running storage node with its ring follower.
 type StorageNode struct {
 	*storagenode.Node
-	ring *Ring
+	ring *NodeRing
 }
 
 // Stop stops the node, then its ring follower.

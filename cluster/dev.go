@@ -103,12 +103,7 @@ func StartDev(ctx context.Context, cfg DevConfig) (*Dev, error) {
 }
 
 func (d *Dev) start(ctx context.Context) error {
-	for _, id := range NodeIDs(d.cfg.Nodes) {
-		if err := d.StartNode(id); err != nil {
-			return err
-		}
-	}
-	nc, err := d.connect("pairdb-dev-setup")
+	nc, err := d.connectTo(d.url, "pairdb-dev-setup", bus.CoordinatorInbox)
 	if err != nil {
 		return err
 	}
@@ -123,9 +118,16 @@ func (d *Dev) start(ctx context.Context) error {
 		return err
 	}
 	defer closeStore()
+	// The coordinator first: it creates the control plane's streams, which
+	// storage nodes only wait for.
 	c, err := d.StartCoordinator(ctx)
 	if err != nil {
 		return err
+	}
+	for _, id := range NodeIDs(d.cfg.Nodes) {
+		if err := d.StartNode(id); err != nil {
+			return err
+		}
 	}
 	// A new data directory: the configured nodes become the first members.
 	if err := c.Ring.Bootstrap(ctx, d.NodeIDs()); err != nil {
@@ -165,12 +167,12 @@ func (d *Dev) RestartServer() error {
 // NodeIDs lists the configured storage nodes.
 func (d *Dev) NodeIDs() []string { return NodeIDs(d.cfg.Nodes) }
 
-func (d *Dev) connect(name string) (*nats.Conn, error) {
-	return d.connectTo(d.url, name)
-}
-
-func (d *Dev) connectTo(url, name string) (*nats.Conn, error) {
-	nc, err := nats.Connect(url, bus.PartOptions(name)...)
+// connectTo connects a part to NATS at url with its inbox prefix, as it
+// connects in production (no authentication here, the prefixes still
+// matter: storage nodes send forwarded writes' acks only to coordinator
+// inboxes).
+func (d *Dev) connectTo(url, name, inbox string) (*nats.Conn, error) {
+	nc, err := nats.Connect(url, bus.PartOptions(name, inbox)...)
 	if err != nil {
 		return nil, errors.Wrapf(err, "connect %s to NATS", name)
 	}
@@ -196,7 +198,7 @@ func (d *Dev) StartNodeVia(id, url string) error {
 	if _, ok := d.nodes[id]; ok {
 		return errors.Newf("storage node %s is already running", id)
 	}
-	nc, err := d.connectTo(url, "pairdb-storagenode-"+id)
+	nc, err := d.connectTo(url, "pairdb-storagenode-"+id, bus.NodeInbox(id))
 	if err != nil {
 		return err
 	}
@@ -256,7 +258,7 @@ func (d *Dev) StartCoordinator(ctx context.Context) (*Coordinator, error) {
 // StartCoordinatorVia adds a coordinator connected to NATS at url (a fault
 // proxy in front of the server, in tests).
 func (d *Dev) StartCoordinatorVia(ctx context.Context, url string) (*Coordinator, error) {
-	nc, err := d.connectTo(url, "pairdb-coordinator")
+	nc, err := d.connectTo(url, "pairdb-coordinator", bus.CoordinatorInbox)
 	if err != nil {
 		return nil, err
 	}
@@ -345,7 +347,9 @@ func (d *Dev) Metrics() *metrics.Set { return d.cfg.Metrics }
 // folded the ring log up to seq, or ctx ends.
 func (d *Dev) WaitFolded(ctx context.Context, seq uint64) error {
 	d.mu.Lock()
-	rings := make([]*Ring, 0, len(d.nodes)+len(d.coords))
+	rings := make([]interface {
+		WaitFor(context.Context, uint64) error
+	}, 0, len(d.nodes)+len(d.coords))
 	for _, n := range d.nodes {
 		rings = append(rings, n.node.ring)
 	}

@@ -14,9 +14,10 @@ import (
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 )
 
-// Ring is one process's view of the ring log: the log, a follower folding
-// it, and the migration progress stream. It implements what coordinators
-// and storage nodes need of membership.
+// Ring is a coordinator's view of the ring log: the log, a follower folding
+// it, and the migration progress stream; coordinators create both streams
+// and are the only writers (storage nodes follow the log through NodeRing
+// and ask the coordinators to append for them).
 type Ring struct {
 	*ringlog.Follower
 	log      *ringlog.Log
@@ -62,11 +63,6 @@ func (r *Ring) Close() { r.Follower.Stop() }
 // Append adds an event to the ring log if it is still at expectedSeq.
 func (r *Ring) Append(ctx context.Context, expectedSeq uint64, ev *pb.RingEvent) (uint64, error) {
 	return r.log.Append(ctx, expectedSeq, ev)
-}
-
-// Register records a storage node's (id, incarnation).
-func (r *Ring) Register(ctx context.Context, id, incarnation string) error {
-	return r.log.Register(ctx, r.Follower, id, incarnation)
 }
 
 // PublishProgress records a target node's transfer progress.

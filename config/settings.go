@@ -45,6 +45,9 @@ type Global struct {
 	Timeout   time.Duration `yaml:"timeout" usage:"deadline of one client command's request"`
 	LogLevel  string        `yaml:"log_level" usage:"log level: debug, info, warn or error"`
 	LogFormat string        `yaml:"log_format" usage:"log format: console or json (one object a line)"`
+	// InboxPrefix is empty by default: each command then takes its role's
+	// prefix (RoleInbox), the one its NATS user may subscribe to.
+	InboxPrefix string `yaml:"inbox_prefix" usage:"prefix of this connection's reply subjects, which only its NATS user may read (deploy/nats); empty: the role's, _INBOX_coordinator for coordinators, _INBOX_node_<id> for storage nodes, _INBOX_operator for tenant, node, migration and repair, _INBOX for the key-value commands and bench (dev ignores it)"`
 }
 
 // DefaultGlobal returns the global defaults.
@@ -78,6 +81,19 @@ func (g Global) Validate() error {
 	}
 	if g.LogFormat != LogConsole && g.LogFormat != LogJSON {
 		return errors.Newf("log_format must be console or json, got %q", g.LogFormat)
+	}
+	if g.InboxPrefix != "" {
+		return validateInbox("inbox_prefix", g.InboxPrefix)
+	}
+	return nil
+}
+
+// validateInbox checks an inbox prefix as nats.CustomInboxPrefix takes it:
+// a literal subject (its replies are prefix.<id>), no wildcards.
+func validateInbox(name, prefix string) error {
+	if prefix == "" || strings.ContainsAny(prefix, "*> \t\r\n") || strings.HasPrefix(prefix, ".") ||
+		strings.HasSuffix(prefix, ".") || strings.Contains(prefix, "..") {
+		return errors.Newf("%s must be a NATS subject without wildcards, such as %s, got %q", name, bus.CoordinatorInbox, prefix)
 	}
 	return nil
 }
@@ -219,7 +235,7 @@ type StorageNode struct {
 	Data                string        `yaml:"data" usage:"data directory (Pebble); required"`
 	NoSync              bool          `yaml:"no_sync" usage:"skip fsync (benchmarks only: a crash can lose acknowledged writes)"`
 	CleanupGrace        time.Duration `yaml:"cleanup_grace" usage:"how long ranges this node no longer replicates are kept after a change"`
-	StreamReplicas      int           `yaml:"stream_replicas" usage:"JetStream replicas of the control-plane streams (3 on a NATS cluster)"`
+	StreamReplicas      int           `yaml:"stream_replicas" usage:"JetStream replicas of the node's hint consumer (3 on a NATS cluster); the streams are the coordinators'"`
 	CacheBytes          Bytes         `yaml:"cache_bytes" usage:"Pebble block cache size (e.g. 256MiB)"`
 	WALMinSyncInterval  time.Duration `yaml:"wal_min_sync_interval" usage:"least time between two fsyncs of the write-ahead log, so concurrent writes share one (0: sync at once)"`
 	HintRate            int           `yaml:"hint_rate" usage:"hints replayed per second when the node comes back (pacing, so a long outage is no storm)"`
@@ -228,6 +244,7 @@ type StorageNode struct {
 	TombstoneGrace      time.Duration `yaml:"tombstone_grace" usage:"a tombstone is purged only this long after the delete, and once every replica holds it (at least hint_max_age)"`
 	HintMaxAge          time.Duration `yaml:"hint_max_age" usage:"the hint stream's max age (must equal the coordinators'); tombstone_grace may not be shorter"`
 	OriginTTL           time.Duration `yaml:"origin_ttl" usage:"how long the node remembers the keyed writes it minted or received (at least the coordinators' idempotency_ttl: a retry is recognised only while both last)"`
+	CoordinatorInbox    string        `yaml:"coordinator_inbox_prefix" usage:"the coordinators' inbox_prefix: the node sends the acks of forwarded writes only to replies under it"`
 	Process             `yaml:",inline"`
 }
 
@@ -246,6 +263,7 @@ func DefaultStorageNode() StorageNode {
 		TombstoneGrace:      240 * time.Hour,
 		HintMaxAge:          3 * time.Hour,
 		OriginTTL:           storagenode.DefaultOriginTTL,
+		CoordinatorInbox:    bus.CoordinatorInbox,
 	}
 }
 
@@ -282,7 +300,7 @@ func (s StorageNode) Validate() error {
 	case s.OriginTTL <= 0:
 		return errors.Newf("storagenode.origin_ttl must be positive, got %s", s.OriginTTL)
 	}
-	return nil
+	return validateInbox("storagenode.coordinator_inbox_prefix", s.CoordinatorInbox)
 }
 
 // validateToken checks a NATS subject token.

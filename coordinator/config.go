@@ -79,6 +79,9 @@ type Membership interface {
 	Append(ctx context.Context, expectedSeq uint64, ev *pb.RingEvent) (uint64, error)
 	// Progress returns the last progress report of each node of migration id.
 	Progress(ctx context.Context, id string, nodes []string) map[string]*pb.MigrationProgress
+	// PublishProgress records a node's progress report (nodes send theirs
+	// to the coordinators, see members.go).
+	PublishProgress(ctx context.Context, p *pb.MigrationProgress) error
 }
 
 // HintQueue stores hints: the merges a replica missed, for that node to

@@ -104,11 +104,7 @@ func (s *Service) addEndpoints() error {
 	s.svc = svc
 	sub := s.cfg.Subjects
 	srv := &bus.Server{Conn: s.nc, Limiter: s.limiter, Timeout: s.cfg.RequestTimeout, Log: s.log, Faults: s.cfg.Faults}
-	type ep struct {
-		name, subject string
-		h             micro.Handler
-	}
-	eps := []ep{
+	eps := []endpoint{
 		{"put", sub.KVAny(bus.OpPut), bus.Endpoint(srv, "put", newMsg[*pb.PutRequest], newMsg[*pb.PutResponse], s.put)},
 		{"get", sub.KVAny(bus.OpGet), bus.Endpoint(srv, "get", newMsg[*pb.GetRequest], newMsg[*pb.GetResponse], s.get)},
 		{"delete", sub.KVAny(bus.OpDelete), bus.Endpoint(srv, "delete", newMsg[*pb.DeleteRequest], newMsg[*pb.DeleteResponse], s.delete)},
@@ -123,12 +119,19 @@ func (s *Service) addEndpoints() error {
 		{"migrations-get", sub.Admin("migrations", "get"), bus.Endpoint(srv, "migrations-get", newMsg[*pb.GetMigrationRequest], newMsg[*pb.MigrationResponse], s.getMigration)},
 		{"migrations-list", sub.Admin("migrations", "list"), bus.Endpoint(srv, "migrations-list", newMsg[*pb.ListMigrationsRequest], newMsg[*pb.ListMigrationsResponse], s.listMigrations)},
 	}
+	eps = append(eps, s.memberEndpoints(srv)...)
 	for _, e := range eps {
 		if err := svc.AddEndpoint(e.name, e.subject, e.h); err != nil {
 			return errors.CombineErrors(errors.Wrapf(err, "on %s", e.subject), svc.Stop(context.Background()))
 		}
 	}
 	return nil
+}
+
+// endpoint is one micro endpoint of the coordinator service.
+type endpoint struct {
+	name, subject string
+	h             micro.Handler
 }
 
 // newMsg allocates a fresh message of type M (M is a pointer to a

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/pairdb/pairdb/natsauth"
 	"github.com/pairdb/pairdb/ops"
 )
 
@@ -81,14 +82,25 @@ type podSpec struct {
 		RunAsNonRoot bool `yaml:"runAsNonRoot"`
 		RunAsUser    int  `yaml:"runAsUser"`
 	} `yaml:"securityContext"`
-	Containers []container `yaml:"containers"`
+	Containers     []container `yaml:"containers"`
+	InitContainers []container `yaml:"initContainers"`
+	Volumes        []struct {
+		Name   string `yaml:"name"`
+		Secret *struct {
+			SecretName string `yaml:"secretName"`
+		} `yaml:"secret"`
+		EmptyDir *struct {
+			Medium string `yaml:"medium"`
+		} `yaml:"emptyDir"`
+	} `yaml:"volumes"`
 }
 
 type container struct {
-	Name  string   `yaml:"name"`
-	Image string   `yaml:"image"`
-	Args  []string `yaml:"args"`
-	Env   []struct {
+	Name    string   `yaml:"name"`
+	Image   string   `yaml:"image"`
+	Command []string `yaml:"command"`
+	Args    []string `yaml:"args"`
+	Env     []struct {
 		Name      string `yaml:"name"`
 		Value     string `yaml:"value"`
 		ValueFrom *struct {
@@ -114,6 +126,7 @@ type container struct {
 	VolumeMounts []struct {
 		Name      string `yaml:"name"`
 		MountPath string `yaml:"mountPath"`
+		ReadOnly  bool   `yaml:"readOnly"`
 	} `yaml:"volumeMounts"`
 }
 
@@ -411,7 +424,7 @@ func TestStorageNodeIdentityAndVolume(t *testing.T) {
 	c := pairdbContainer(t, sts)
 	require.Equal(t, "storagenode", c.Args[0])
 
-	_, _, fieldPath, idIndex := c.env("PAIRDB_NODE_ID")
+	_, _, fieldPath, _ := c.env("PAIRDB_NODE_ID")
 	require.Equal(t, "metadata.name", fieldPath, "PAIRDB_NODE_ID must be the pod name: stable across restarts and rescheduling")
 
 	data, ok := flag(c.Args, "data")
@@ -432,14 +445,52 @@ func TestStorageNodeIdentityAndVolume(t *testing.T) {
 	headless := m.get(t, "Service", sts.Spec.ServiceName)
 	require.Equal(t, "None", headless.Spec.ClusterIP, "the StatefulSet's serviceName must be a headless Service")
 
-	// NATS_URL names the node's own NATS user; Kubernetes expands $(VAR)
-	// only from variables defined before it.
-	natsURL, _, _, urlIndex := c.env("NATS_URL")
-	require.Contains(t, natsURL, "$(PAIRDB_NODE_ID):$(NATS_NODE_PASSWORD)@")
-	_, secret, _, pwIndex := c.env("NATS_NODE_PASSWORD")
-	require.Equal(t, secretName+"/nats-node-password", secret)
-	require.Greater(t, urlIndex, idIndex)
-	require.Greater(t, urlIndex, pwIndex)
+	// Each node logs in as its own NATS user with its own password, which
+	// no other node can read: only the init container mounts the Secret of
+	// every node's password, and writes the node's settings file (the NATS
+	// URL with the node's user and password) into a memory volume the
+	// storage node container mounts read-only.
+	_, _, _, urlIndex := c.env("NATS_URL")
+	require.Equal(t, -1, urlIndex, "NATS_URL would override the settings file")
+	file, _, _, _ := c.env("PAIRDB_CONFIG")
+	require.Len(t, sts.Spec.Template.Spec.InitContainers, 1)
+	init := sts.Spec.Template.Spec.InitContainers[0]
+	_, _, initID, _ := init.env("PAIRDB_NODE_ID")
+	require.Equal(t, "metadata.name", initID)
+	script := strings.Join(init.Command, " ")
+	require.Contains(t, script, "nats://%s:%s@nats:4222")
+	require.Contains(t, script, `"$PAIRDB_NODE_ID" "$(cat "/passwords/$PAIRDB_NODE_ID")"`)
+	require.Contains(t, script, "> "+file)
+	volumes := map[string]string{}
+	for _, v := range sts.Spec.Template.Spec.Volumes {
+		switch {
+		case v.Secret != nil:
+			volumes[v.Name] = "secret/" + v.Secret.SecretName
+		case v.EmptyDir != nil:
+			volumes[v.Name] = "emptyDir/" + v.EmptyDir.Medium
+		}
+	}
+	mounts := func(c container) map[string]string {
+		out := map[string]string{}
+		for _, vm := range c.VolumeMounts {
+			out[volumes[vm.Name]] = vm.MountPath
+		}
+		return out
+	}
+	require.Equal(t, "/passwords", mounts(init)["secret/pairdb-storage-nats"])
+	require.NotContains(t, mounts(c), "secret/pairdb-storage-nats", "the storage node must not see the other nodes' passwords")
+	require.Equal(t, filepath.Dir(file), mounts(c)["emptyDir/Memory"])
+	require.Equal(t, filepath.Dir(file), mounts(init)["emptyDir/Memory"])
+	for _, vm := range c.VolumeMounts {
+		if volumes[vm.Name] == "emptyDir/Memory" {
+			require.True(t, vm.ReadOnly, "the storage node mounts its credentials read-only")
+		}
+	}
+	// The example Secret has a password for every node of the StatefulSet.
+	nodeSecret := m.get(t, "Secret", "pairdb-storage-nats")
+	for _, id := range storageNodeIDs(t, m) {
+		require.Contains(t, nodeSecret.StringData, id)
+	}
 }
 
 // TestCoordinatorConfiguration checks the coordinators' storage node list,
@@ -489,8 +540,6 @@ func TestCoordinatorConfiguration(t *testing.T) {
 	nu, err := url.Parse(secret.StringData["nats-coordinator-url"])
 	require.NoError(t, err)
 	require.Equal(t, "nats:4222", nu.Host)
-	storageURL, _, _, _ := pairdbContainer(t, m.get(t, "StatefulSet", storageName)).env("NATS_URL")
-	require.True(t, strings.HasSuffix(storageURL, "@nats:4222"), storageURL)
 }
 
 func natsValue(t *testing.T, v any, path ...string) any {
@@ -518,8 +567,17 @@ func TestNATSHelmValues(t *testing.T) {
 	require.Equal(t, "accounts.conf", filepath.Base(include))
 	_, err := os.Stat(filepath.Join("nats", "accounts.conf"))
 	require.NoError(t, err)
-	// Every password the accounts reference is given to the NATS container.
+	// Every password the accounts reference is given to the NATS container,
+	// from the Secret, under its user's name: the block is what
+	// `pairdb nats-accounts --helm-env` prints for the example ids.
 	env := natsValue(t, m.values, "container", "env").(map[string]any)
+	rendered, err := natsauth.HelmEnv(exampleIDs, "pairdb-nats-auth")
+	require.NoError(t, err)
+	var want struct {
+		Env map[string]any `yaml:"env"`
+	}
+	require.NoError(t, yaml.Unmarshal(rendered, &want))
+	require.Equal(t, want.Env, env, "values.yaml container.env is stale: run `%s --helm-env`", exampleCommand)
 	conf, err := os.ReadFile(filepath.Join("nats", "accounts.conf"))
 	require.NoError(t, err)
 	for _, v := range regexp.MustCompile(`password:\s*\$([A-Z0-9_]+)`).FindAllStringSubmatch(string(conf), -1) {

@@ -60,8 +60,8 @@ const (
 
 const (
 	// opDigests and opRepair are the node subjects' last tokens.
-	opDigests = "digests"
-	opRepair  = "repair"
+	opDigests = bus.OpDigests
+	opRepair  = bus.OpRepair
 
 	// aeFanout is how many sub-arcs one narrowing step compares.
 	aeFanout = 16
@@ -401,11 +401,17 @@ func isPeerError(err error) bool {
 // ring, with their other replicas. Tenants are those the node holds plus
 // those the ring log knows (a node that lost a whole tenant must still get
 // it back), or just tenant when set. Replication factors come from the ring
-// log as cleanup reads them, then from the tenant store for tenants created
-// since the last change.
-func (ae *antiEntropy) plan(ctx context.Context, st *membership.State, only string) ([]arcWork, error) {
+// log as cleanup reads them, then, for tenants created since the last
+// change, from the factor the log recorded them with (TenantChanged): a
+// node needs no tenant store, and reaches none (deploy/nats).
+func (ae *antiEntropy) plan(_ context.Context, st *membership.State, only string) ([]arcWork, error) {
 	n := ae.n
 	rfs := tenantRFs(st)
+	for t, rec := range st.Tenants {
+		if rfs[t] == 0 && !rec.Deleted {
+			rfs[t], _ = st.TenantRF(t, rec.RF)
+		}
+	}
 	var tenants []string
 	if only != "" {
 		tenants = []string{only}
@@ -420,19 +426,6 @@ func (ae *antiEntropy) plan(ctx context.Context, st *membership.State, only stri
 		}
 		slices.Sort(tenants)
 		tenants = slices.Compact(tenants)
-	}
-	var errs error
-	if slices.ContainsFunc(tenants, func(t string) bool { return rfs[t] == 0 }) {
-		stored, err := ae.storedRFs(ctx)
-		if err != nil {
-			errs = peerError{errors.Wrap(err, "anti-entropy: read replication factors of tenants created since the last change")}
-		}
-		for t, rf := range stored {
-			if rfs[t] == 0 {
-				cur, _ := st.TenantRF(t, rf)
-				rfs[t] = cur
-			}
-		}
 	}
 	byRF := map[uint32][]arcWork{}
 	var out []arcWork
@@ -452,7 +445,7 @@ func (ae *antiEntropy) plan(ctx context.Context, st *membership.State, only stri
 			out = append(out, a)
 		}
 	}
-	return out, errs
+	return out, nil
 }
 
 // replicatedArcs are the arcs of r whose first rf replicas include id, with
@@ -467,28 +460,6 @@ func replicatedArcs(r *ring.Ring, rf int, id string) []arcWork {
 		}
 	}
 	return out
-}
-
-// storedRFs reads every tenant's replication factor from the coordinators.
-func (ae *antiEntropy) storedRFs(ctx context.Context) (map[string]uint32, error) {
-	out := map[string]uint32{}
-	token := ""
-	for {
-		resp := &pb.ListTenantsResponse{}
-		rctx, cancel := context.WithTimeout(ctx, adminTimeout)
-		err := bus.Request(rctx, ae.n.nc, ae.n.cfg.Subjects.Admin("tenants", "list"),
-			&pb.ListTenantsRequest{PageSize: 1000, PageToken: token}, resp)
-		cancel()
-		if err != nil {
-			return out, err
-		}
-		for _, t := range resp.GetTenants() {
-			out[t.GetTenantId()] = t.GetReplicationFactor()
-		}
-		if token = resp.GetNextPageToken(); token == "" {
-			return out, nil
-		}
-	}
 }
 
 // syncArc compares one arc with its other replicas, repairs differences and

@@ -48,9 +48,11 @@ const (
 	// the coordinators keep idempotency records by default, since a retry
 	// is recognised only while both exist.
 	DefaultOriginTTL = 24 * time.Hour
-	// DefaultReplyPrefix is the inbox prefix of NATS clients that set none
-	// (nats.go's _INBOX).
-	DefaultReplyPrefix = "_INBOX."
+	// DefaultReplyPrefix is the coordinators' inbox prefix
+	// (bus.CoordinatorInbox): acks of forwarded writes go there and nowhere
+	// else, so an apply cannot make the node answer into another part's
+	// inbox, nor anywhere a sender chose.
+	DefaultReplyPrefix = bus.CoordinatorInbox + "."
 	// DefaultHintBatch is how many hints one fetch takes (and one commit
 	// per tenant in it holds); never more than a second's worth.
 	DefaultHintBatch = 256
@@ -135,9 +137,9 @@ type Config struct {
 	// through these records.
 	OriginTTL time.Duration
 	// ReplyPrefix is the prefix every reply subject of a forwarded write
-	// must have (the coordinators' inbox prefix; default "_INBOX."), so an
-	// apply cannot make the node publish on a subject of the sender's
-	// choosing.
+	// must have: the coordinators' inbox prefix and a dot (default
+	// "_INBOX_coordinator."), so an apply cannot make the node publish on a
+	// subject of the sender's choosing.
 	ReplyPrefix string
 
 	// transferHook, set by tests only, runs before every transfer page

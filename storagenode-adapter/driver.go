@@ -154,8 +154,7 @@ func (d *driver) requestReadd(ctx context.Context) error {
 	n.log.Info("this node is JOINING with no change running (a new incarnation under a known id); asking the coordinators to add it")
 	rctx, cancel := context.WithTimeout(ctx, adminTimeout)
 	defer cancel()
-	err := bus.Request(rctx, n.nc, n.cfg.Subjects.Admin("nodes", "add"),
-		&pb.AddNodesRequest{NodeIds: []string{n.cfg.ID}}, &pb.NodeChangeResponse{})
+	err := n.mem.AskReadd(rctx, n.cfg.ID, n.eng.Incarnation())
 	if err == nil || bus.Is(err, pb.ErrorCode_CHANGE_IN_PROGRESS) {
 		// Started (or another change runs first): give the log time to
 		// show it before asking again.

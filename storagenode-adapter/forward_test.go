@@ -20,7 +20,8 @@ import (
 // the same object as the minting one. A retry of the same origin mints
 // nothing and forwards what is stored.
 func TestApplyForwardsTheMintedObject(t *testing.T) {
-	_, nc := natstest.Start(t)
+	srv, _ := natstest.Start(t)
+	nc := natstest.ConnectCoordinator(t, srv)
 	for _, id := range []string{"n1", "n2", "n3"} {
 		startNode(t, nc, testConfig(t, id, t.TempDir()))
 	}
@@ -67,12 +68,15 @@ func TestApplyForwardsTheMintedObject(t *testing.T) {
 	require.Equal(t, minted, dvvpb.ObjectFromProto(again.GetObject()))
 }
 
-// Forward targets are subject tokens: anything else is refused before a
-// version is minted.
+// Forward targets are subject tokens and acks go to the coordinators'
+// inboxes only: anything else is refused before a version is minted.
 func TestApplyRefusesBadForwards(t *testing.T) {
 	_, nc := natstest.Start(t)
 	startNode(t, nc, testConfig(t, "n1", t.TempDir()))
-	for _, f := range []*pb.Forward{{NodeId: "n2.>", Reply: "_INBOX.x"}, {NodeId: "", Reply: "_INBOX.x"}, {NodeId: "n2"}} {
+	coordinator := bus.CoordinatorInbox + ".x"
+	for _, f := range []*pb.Forward{{NodeId: "n2.>", Reply: coordinator}, {NodeId: "", Reply: coordinator}, {NodeId: "n2"},
+		// nats.go's default inbox and another part's: not the coordinators'.
+		{NodeId: "n2", Reply: "_INBOX.x"}, {NodeId: "n2", Reply: bus.NodeInbox("n2") + ".x"}} {
 		_, err := apply(t, nc, "n1", &pb.ApplyRequest{TenantId: "acme", Key: "k", Value: []byte("v"), Forwards: []*pb.Forward{f}})
 		require.True(t, bus.Is(err, pb.ErrorCode_INVALID_ARGUMENT), "forward %v: got %v", f, err)
 	}
@@ -84,7 +88,8 @@ func TestApplyRefusesBadForwards(t *testing.T) {
 // real Pebble with fsync: an apply on one node that forwards to two
 // others, until both acks are in. Parallel clients show group commit.
 func BenchmarkNodeApplyForwarded(b *testing.B) {
-	_, nc := natstest.Start(b)
+	srv, _ := natstest.Start(b)
+	nc := natstest.ConnectCoordinator(b, srv)
 	for _, id := range []string{"n1", "n2", "n3"} {
 		startNode(b, nc, testConfig(b, id, b.TempDir()))
 	}

@@ -32,6 +32,9 @@ type ringNet struct {
 	log      *ringlog.Log
 	progress jetstream.Stream
 	f        *ringlog.Follower // the test's own view of the log
+	// readds receives the id of every node that asks to be added back (the
+	// coordinators' part, played by the test).
+	readds chan string
 }
 
 func newRingNet(t *testing.T, nc *nats.Conn) *ringNet {
@@ -43,7 +46,7 @@ func newRingNet(t *testing.T, nc *nats.Conn) *ringNet {
 	require.NoError(t, err)
 	st, err := ringlog.OpenProgress(ctx, js, subjects, 1)
 	require.NoError(t, err)
-	r := &ringNet{t: t, nc: nc, js: js, log: l, progress: st}
+	r := &ringNet{t: t, nc: nc, js: js, log: l, progress: st, readds: make(chan string, 64)}
 	r.f = r.follow()
 	return r
 }
@@ -57,15 +60,17 @@ func (r *ringNet) follow() *ringlog.Follower {
 }
 
 // membershipOf adapts the ring log to the node's Membership, with the
-// node's own follower (as the wiring in cluster/ does).
+// node's own follower (as the wiring in cluster/ does); what a node asks of
+// the coordinators the test does at once, as a coordinator would.
 func (r *ringNet) membership() storagenode.Membership {
-	return &ringMembership{log: r.log, f: r.follow(), js: r.js}
+	return &ringMembership{log: r.log, f: r.follow(), js: r.js, readds: r.readds}
 }
 
 type ringMembership struct {
-	log *ringlog.Log
-	f   *ringlog.Follower
-	js  jetstream.JetStream
+	log    *ringlog.Log
+	f      *ringlog.Follower
+	js     jetstream.JetStream
+	readds chan string
 }
 
 func (m *ringMembership) State() *membership.State { return m.f.State() }
@@ -76,8 +81,15 @@ func (m *ringMembership) WaitForEpoch(ctx context.Context, e uint64) error {
 func (m *ringMembership) Register(ctx context.Context, id, inc string) error {
 	return m.log.Register(ctx, m.f, id, inc)
 }
-func (m *ringMembership) Append(ctx context.Context, seq uint64, ev *pb.RingEvent) (uint64, error) {
-	return m.log.Append(ctx, seq, ev)
+func (m *ringMembership) ReportTransferDone(ctx context.Context, seq uint64, _ string, d *pb.TransferDone) (uint64, error) {
+	return m.log.Append(ctx, seq, &pb.RingEvent{Event: &pb.RingEvent_TransferDone{TransferDone: d}})
+}
+func (m *ringMembership) AskReadd(_ context.Context, id, _ string) error {
+	select {
+	case m.readds <- id:
+	default: // the test reads the first asks only
+	}
+	return nil
 }
 func (m *ringMembership) WaitFor(ctx context.Context, seq uint64) error { return m.f.WaitFor(ctx, seq) }
 func (m *ringMembership) PublishProgress(ctx context.Context, p *pb.MigrationProgress) error {

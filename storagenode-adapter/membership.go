@@ -12,8 +12,10 @@ import (
 )
 
 // Membership is the ring log as a node uses it: the folded state, live
-// notifications, conditional appends and migration progress. The wiring
-// (cluster/, cmd/) adapts jetstream/ringlog's Log and Follower to it.
+// notifications, and the requests a node makes of the coordinators. A node
+// never writes the log itself: it asks, and a coordinator validates and
+// appends (coordinator/members.go); NATS permissions bind each node to its
+// own id (deploy/nats). The wiring (cluster/) implements it over NATS.
 type Membership interface {
 	// State is the latest fold of the ring log (immutable).
 	State() *membership.State
@@ -21,11 +23,16 @@ type Membership interface {
 	Changed() <-chan struct{}
 	// WaitForEpoch blocks until the fold's epoch is at least epoch.
 	WaitForEpoch(ctx context.Context, epoch uint64) error
-	// Register announces (id, incarnation) unless the log already knows it.
+	// Register has (id, incarnation) recorded unless the log already
+	// knows it, and returns once the fold shows it.
 	Register(ctx context.Context, id, incarnation string) error
-	// Append adds ev if the log's last sequence is still expectedSeq; a
-	// lost race is VERSION_CONFLICT.
-	Append(ctx context.Context, expectedSeq uint64, ev *pb.RingEvent) (uint64, error)
+	// ReportTransferDone has done (this node's TransferDone) appended if the
+	// log's last sequence is still expectedSeq, and returns the event's
+	// sequence; a log that moved is VERSION_CONFLICT.
+	ReportTransferDone(ctx context.Context, expectedSeq uint64, incarnation string, done *pb.TransferDone) (uint64, error)
+	// AskReadd asks for this node (id, incarnation), JOINING outside any
+	// change, to be added back; CHANGE_IN_PROGRESS when a change runs.
+	AskReadd(ctx context.Context, id, incarnation string) error
 	// WaitFor blocks until the fold has reached log sequence seq.
 	WaitFor(ctx context.Context, seq uint64) error
 	// PublishProgress records a target's transfer progress.

@@ -299,27 +299,14 @@ func TestNodeWithLostDataAsksToBeAddedBack(t *testing.T) {
 	r.bootstrap("a", "b")
 	require.NoError(t, a1.Stop(context.Background()))
 
-	asks := make(chan *pb.AddNodesRequest, 8)
-	sub, err := nc.Subscribe(subjects.Admin("nodes", "add"), func(m *nats.Msg) {
-		var req pb.AddNodesRequest
-		if proto.Unmarshal(m.Data, &req) == nil {
-			asks <- &req
-		}
-		body, _ := proto.Marshal(&pb.NodeChangeResponse{MigrationId: "readd-a"})
-		_ = m.Respond(body)
-	})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	require.NoError(t, nc.Flush())
-
 	a2 := startNode(t, nc, memberConfig(t, r, "a", t.TempDir()))
 	require.NotEqual(t, a1.Incarnation(), a2.Incarnation())
 	r.waitState("a to rejoin as JOINING", func(st *membership.State) bool {
 		return st.Nodes["a"].Incarnation == a2.Incarnation() && st.Nodes["a"].State == ring.Joining
 	})
 	select {
-	case req := <-asks:
-		require.Equal(t, []string{"a"}, req.GetNodeIds())
+	case id := <-r.readds:
+		require.Equal(t, "a", id)
 	case <-time.After(waitTimeout):
 		t.Fatal("the node never asked to be added back")
 	}

@@ -430,8 +430,8 @@ func (d *driver) pullFrom(ctx context.Context, st *membership.State, mv membersh
 	}
 }
 
-// reportDone appends TransferDone for this node, retrying lost races while
-// the change still runs and still waits for this node.
+// reportDone has TransferDone appended for this node, retrying lost races
+// while the change still runs and still waits for this node.
 func (d *driver) reportDone(ctx context.Context, st *membership.State, keys uint64) error {
 	n := d.n
 	id := st.Change.ID
@@ -451,9 +451,8 @@ func (d *driver) reportDone(ctx context.Context, st *membership.State, keys uint
 			return errors.Wrap(errPlacementMoved, "transfer done not reported")
 		}
 		actx, cancel := context.WithTimeout(ctx, adminTimeout)
-		seq, err := n.mem.Append(actx, cur.Seq, &pb.RingEvent{Event: &pb.RingEvent_TransferDone{
-			TransferDone: &pb.TransferDone{MigrationId: id, NodeId: n.cfg.ID, Keys: keys},
-		}})
+		seq, err := n.mem.ReportTransferDone(actx, cur.Seq, n.eng.Incarnation(),
+			&pb.TransferDone{MigrationId: id, NodeId: n.cfg.ID, Keys: keys})
 		if err == nil {
 			err = n.mem.WaitFor(actx, seq)
 			cancel()

@@ -173,10 +173,8 @@ func TestNodesRefuseHostileRequests(t *testing.T) {
 		require.False(t, found, "nothing stored for %s", tenant)
 	}
 
-	mux, err := bus.NewMux(h.nc)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = mux.Close() })
-	inbox := mux.Open(1).Subject(0)
+	// A coordinator's inbox: the one reply prefix nodes answer forwards on.
+	inbox := bus.CoordinatorInbox + ".hostile.1"
 	many := make([]*pb.Forward, 2000)
 	for i := range many {
 		many[i] = &pb.Forward{NodeId: fmt.Sprintf("node-%d", i%3+2), Reply: inbox}

@@ -23,6 +23,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/bus/embedded"
 	"github.com/pairdb/pairdb/client"
 	"github.com/pairdb/pairdb/cluster"
@@ -164,15 +165,15 @@ func (c *natsCluster) start(i int) {
 
 // connect opens a connection that prefers server first but lists all three,
 // and reconnects forever.
-func (c *natsCluster) connect(name string, first int) *nats.Conn {
+func (c *natsCluster) connect(name string, first int, opts ...nats.Option) *nats.Conn {
 	c.t.Helper()
 	urls := make([]string, 0, len(c.opts))
 	for k := range c.opts {
 		i := (first + k) % len(c.opts)
 		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", c.opts[i].Port))
 	}
-	nc, err := nats.Connect(strings.Join(urls, ","), nats.Name(name),
-		nats.DontRandomize(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	nc, err := nats.Connect(strings.Join(urls, ","), append([]nats.Option{nats.Name(name),
+		nats.DontRandomize(), nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond)}, opts...)...)
 	require.NoError(c.t, err)
 	require.Equal(c.t, c.opts[first].ServerName, nc.ConnectedServerName(), "%s attached to the wrong server", name)
 	c.t.Cleanup(nc.Close)
@@ -267,7 +268,26 @@ func TestNATSClusterRestartUnderLoad(t *testing.T) {
 	nc := startNATSCluster(t)
 	const restarted = 0 // s1: one storage node and one coordinator live there
 
-	// Storage node i on server i, following a three-replica ring log.
+	// Two coordinators, on s1 and s2, so one keeps serving while the other's
+	// server restarts. They start first: they create the control plane's
+	// streams, which storage nodes wait for.
+	var coords []*cluster.Coordinator
+	for i := range 2 {
+		conn := nc.connect(fmt.Sprintf("pairdb-coordinator-%d", i+1), i, nats.CustomInboxPrefix(bus.CoordinatorInbox))
+		coord, err := cluster.StartCoordinator(ctx, conn, cluster.CoordinatorConfig{
+			StreamReplicas: 3,
+			Logger:         log.Named(fmt.Sprintf("coordinator-%d", i+1)), Metrics: metrics.NewSet(),
+		})
+		require.NoError(t, err)
+		t.Cleanup(func() {
+			sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer scancel()
+			require.NoError(t, coord.Stop(sctx))
+		})
+		coords = append(coords, coord)
+	}
+	// Storage node i on server i, following a three-replica ring log the
+	// coordinators created.
 	nodes := cluster.NodeIDs(3)
 	for i, id := range nodes {
 		conn := nc.connect("pairdb-storagenode-"+id, i)
@@ -283,23 +303,6 @@ func TestNATSClusterRestartUnderLoad(t *testing.T) {
 		})
 	}
 
-	// Two coordinators, on s1 and s2, so one keeps serving while the other's
-	// server restarts.
-	var coords []*cluster.Coordinator
-	for i := range 2 {
-		conn := nc.connect(fmt.Sprintf("pairdb-coordinator-%d", i+1), i)
-		coord, err := cluster.StartCoordinator(ctx, conn, cluster.CoordinatorConfig{
-			StreamReplicas: 3,
-			Logger:         log.Named(fmt.Sprintf("coordinator-%d", i+1)), Metrics: metrics.NewSet(),
-		})
-		require.NoError(t, err)
-		t.Cleanup(func() {
-			sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer scancel()
-			require.NoError(t, coord.Stop(sctx))
-		})
-		coords = append(coords, coord)
-	}
 	// The registered nodes become the first ring; every coordinator sees it.
 	require.NoError(t, coords[0].Ring.Bootstrap(ctx, nodes))
 	for _, c := range coords {

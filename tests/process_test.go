@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/client"
 	"github.com/pairdb/pairdb/cluster"
 	"github.com/pairdb/pairdb/dvv"
@@ -114,7 +115,9 @@ func startProcessCluster(t *testing.T, cc cluster.CoordinatorConfig, withOps boo
 		}
 	})
 	var err error
-	pc.nc, err = nats.Connect(url, nats.MaxReconnects(-1))
+	// The coordinator's connection (the test's clients share it): storage
+	// nodes ack forwarded writes only under the coordinators' inbox prefix.
+	pc.nc, err = nats.Connect(url, nats.MaxReconnects(-1), nats.CustomInboxPrefix(bus.CoordinatorInbox))
 	require.NoError(t, err)
 	t.Cleanup(pc.nc.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

@@ -127,7 +127,7 @@ func runBench(ctx context.Context, cmd *cobra.Command, g *globals, f benchFlags)
 		cfg.KVSync = "every write (the embedded server syncs always)"
 	}
 	dial := func(name string) (*nats.Conn, error) {
-		nc, err := nats.Connect(url, nats.Name(name), nats.Timeout(g.timeout))
+		nc, err := nats.Connect(url, g.clientOptions(name)...)
 		if err != nil {
 			return nil, fmt.Errorf("connect to NATS at %s: %w", redactURL(url), err)
 		}

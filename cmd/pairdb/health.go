@@ -44,8 +44,8 @@ func natsCheck(nc *nats.Conn) func(context.Context) error {
 // that the node has folded a ring with members. It is how readiness checks
 // a storage node without reaching into it.
 type heartbeats struct {
-	sub *nats.Subscription
-	now func() time.Time
+	subs []*nats.Subscription
+	now  func() time.Time
 
 	mu   sync.Mutex
 	want map[string]string // node id → expected incarnation ("" = any)
@@ -59,22 +59,27 @@ type beat struct {
 }
 
 // watchHeartbeats subscribes to the heartbeats of the nodes in want (id →
-// incarnation, "" for any) and returns once the server has the
-// subscription, so a node started afterwards is seen from its first beat.
+// incarnation, "" for any), one subject per node, and returns once the
+// server has the subscriptions, so a node started afterwards is seen from
+// its first beat. A storage node process watches its own heartbeat only:
+// that is all its NATS user may read of them (deploy/nats).
 func watchHeartbeats(nc *nats.Conn, subjects bus.Subjects, want map[string]string) (*heartbeats, error) {
 	h := &heartbeats{now: time.Now, want: want, last: map[string]beat{}}
 	prefix := strings.TrimSuffix(subjects.Heartbeat("*"), "*")
-	sub, err := nc.Subscribe(subjects.Heartbeat("*"), func(m *nats.Msg) {
-		h.record(strings.TrimPrefix(m.Subject, prefix), m.Data)
-	})
-	if err != nil {
-		return nil, errors.Wrap(err, "subscribe to storage node heartbeats")
+	for id := range want {
+		sub, err := nc.Subscribe(subjects.Heartbeat(id), func(m *nats.Msg) {
+			h.record(strings.TrimPrefix(m.Subject, prefix), m.Data)
+		})
+		if err != nil {
+			h.stop()
+			return nil, errors.Wrap(err, "subscribe to storage node heartbeats")
+		}
+		h.subs = append(h.subs, sub)
 	}
 	if err := nc.FlushTimeout(5 * time.Second); err != nil {
-		_ = sub.Unsubscribe()
+		h.stop()
 		return nil, errors.Wrap(err, "subscribe to storage node heartbeats")
 	}
-	h.sub = sub
 	return h, nil
 }
 
@@ -154,4 +159,8 @@ func (h *heartbeats) each(fn func(id string, b beat, ok bool) error) error {
 }
 
 // stop unsubscribes.
-func (h *heartbeats) stop() { _ = h.sub.Unsubscribe() }
+func (h *heartbeats) stop() {
+	for _, sub := range h.subs {
+		_ = sub.Unsubscribe()
+	}
+}

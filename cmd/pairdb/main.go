@@ -50,6 +50,9 @@ type globals struct {
 	// The resolved values, as the commands read them (copies of cfg).
 	server, tenant, prefix string
 	timeout                time.Duration
+	// inbox is the client commands' inbox prefix: inbox_prefix, else the
+	// command's role's ("" keeps nats.go's _INBOX).
+	inbox string
 
 	// environ lists the process's environment (os.Environ), for the
 	// warning about PAIRDB_ variables no command reads.
@@ -89,7 +92,7 @@ func newRootWith(env config.LookupEnv) (*cobra.Command, *globals) {
 	root.AddCommand(
 		newDevCmd(g), newCoordinatorCmd(g), newStorageNodeCmd(g),
 		newPutCmd(g), newGetCmd(g), newDeleteCmd(g), newTenantCmd(g), newMigrateCmd(g),
-		newNodeCmd(g), newMigrationCmd(g), newBenchCmd(g), newRepairCmd(g), newConfigCmd(),
+		newNodeCmd(g), newMigrationCmd(g), newBenchCmd(g), newRepairCmd(g), newConfigCmd(), newNATSAccountsCmd(g),
 	)
 	return root, g
 }
@@ -121,7 +124,45 @@ func (g *globals) load(cmd *cobra.Command) error {
 		}
 	}
 	g.server, g.tenant, g.prefix, g.timeout = g.cfg.Server, g.cfg.Tenant, g.cfg.Prefix, g.cfg.Timeout
+	g.inbox = g.cfg.InboxPrefix
+	if g.inbox == "" && operatorCommands[topLevel(cmd)] {
+		g.inbox = bus.OperatorInbox
+	}
 	return nil
+}
+
+// operatorCommands are the commands of the operator role (deploy/nats): the
+// admin API and repair rounds. Their replies arrive under
+// bus.OperatorInbox, where only the operator user may subscribe; the
+// key-value commands and bench keep nats.go's _INBOX, which is private to
+// a tenant's own account.
+var operatorCommands = map[string]bool{"tenant": true, "node": true, "migration": true, "repair": true}
+
+// topLevel is the name of cmd's ancestor right under the root (cmd's own
+// name for a top-level command).
+func topLevel(cmd *cobra.Command) string {
+	for cmd.HasParent() && cmd.Parent().HasParent() {
+		cmd = cmd.Parent()
+	}
+	return cmd.Name()
+}
+
+// partInbox is a long-running part's inbox prefix: inbox_prefix, else its
+// role's (def).
+func (g *globals) partInbox(def string) string {
+	if g.cfg.InboxPrefix != "" {
+		return g.cfg.InboxPrefix
+	}
+	return def
+}
+
+// clientOptions are the NATS options of a client command's connection.
+func (g *globals) clientOptions(name string) []nats.Option {
+	opts := []nats.Option{nats.Name(name), nats.Timeout(g.timeout)}
+	if g.inbox != "" {
+		opts = append(opts, nats.CustomInboxPrefix(g.inbox))
+	}
+	return opts
 }
 
 // resolve fills a command's own settings (section) from its flags, the
@@ -158,13 +199,13 @@ func (g *globals) logger() (*zap.Logger, error) {
 // connect opens a NATS connection to the configured server for a
 // long-running part: it reconnects forever, since NATS servers restart under
 // a running cluster, and logs each disconnection and reconnection.
-func (g *globals) connect(name string, log *zap.Logger) (*nats.Conn, error) {
-	return dial(g.server, name, log)
+func (g *globals) connect(name, inbox string, log *zap.Logger) (*nats.Conn, error) {
+	return dial(g.server, name, inbox, log)
 }
 
 // client opens a connection and a client for one CLI call.
 func (g *globals) client() (*client.Client, func(), error) {
-	nc, err := nats.Connect(g.server, nats.Name("pairdb-cli"), nats.Timeout(g.timeout))
+	nc, err := nats.Connect(g.server, g.clientOptions("pairdb-cli")...)
 	if err != nil {
 		return nil, nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "connect to NATS at %s (is `pairdb dev` running? --server picks another)", redactURL(g.server))
 	}

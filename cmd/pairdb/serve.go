@@ -76,7 +76,7 @@ func startDev(ctx context.Context, g *globals, cfg config.Dev, log *zap.Logger, 
 	}
 	// The process's own connection: readiness watches NATS and the storage
 	// nodes' heartbeats through it.
-	nc, err := dial(d.ClientURL(), "pairdb-dev-ops", log)
+	nc, err := dial(d.ClientURL(), "pairdb-dev-ops", "", log)
 	if err != nil {
 		return nil, errors.CombineErrors(err, closeDev(context.WithoutCancel(ctx)))
 	}
@@ -162,7 +162,7 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 				name: "coordinator", settings: cfg.Process, metrics: []*metrics.Set{set},
 				checkNames: []string{checkNATS, checkRing, checkCoordinator},
 				start: func(ctx context.Context) (*part, error) {
-					nc, err := g.connect("pairdb-coordinator", log)
+					nc, err := g.connect("pairdb-coordinator", g.partInbox(bus.CoordinatorInbox), log)
 					if err != nil {
 						return nil, err
 					}
@@ -236,11 +236,12 @@ func newStorageNodeCmd(g *globals) *cobra.Command {
 }
 
 func startStorageNode(ctx context.Context, g *globals, cfg config.StorageNode, log *zap.Logger, set *metrics.Set) (*part, error) {
-	nc, err := g.connect("pairdb-storagenode-"+cfg.ID, log)
+	nc, err := g.connect("pairdb-storagenode-"+cfg.ID, g.partInbox(bus.NodeInbox(cfg.ID)), log)
 	if err != nil {
 		return nil, err
 	}
-	// Subscribed before the node starts, so its first heartbeat counts.
+	// Subscribed before the node starts, so its first heartbeat counts. It
+	// is the node's own heartbeat only, the one its NATS user may read.
 	hb, err := watchHeartbeats(nc, g.subjects(), map[string]string{cfg.ID: ""})
 	if err != nil {
 		nc.Close()
@@ -258,6 +259,7 @@ func startStorageNode(ctx context.Context, g *globals, cfg config.StorageNode, l
 	sc.TombstoneGrace = cfg.TombstoneGrace
 	sc.HintMaxAge = cfg.HintMaxAge
 	sc.OriginTTL = cfg.OriginTTL
+	sc.ReplyPrefix = cfg.CoordinatorInbox + "."
 	sc.Logger = log.Named(cfg.ID)
 	sc.Metrics = set
 	n, err := cluster.StartStorageNode(ctx, nc, sc, cfg.StreamReplicas, 0)
@@ -294,9 +296,10 @@ func ringCheck(r *cluster.Ring) ops.Check {
 	}
 }
 
-// dial connects a long-running part to NATS at url; see globals.connect.
-func dial(url, name string, log *zap.Logger) (*nats.Conn, error) {
-	nc, err := nats.Connect(url, append(bus.PartOptions(name),
+// dial connects a long-running part to NATS at url, its replies under
+// inbox; see globals.connect.
+func dial(url, name, inbox string, log *zap.Logger) (*nats.Conn, error) {
+	nc, err := nats.Connect(url, append(bus.PartOptions(name, inbox),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn("disconnected from NATS; reconnecting", zap.String("conn", name), zap.Error(err))

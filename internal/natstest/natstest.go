@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/bus/embedded"
 )
 
@@ -32,8 +33,22 @@ func StartServer(t testing.TB, dir string) *server.Server {
 // Connect opens a connection closed at cleanup.
 func Connect(t testing.TB, s *server.Server) *nats.Conn {
 	t.Helper()
-	nc, err := nats.Connect(s.ClientURL())
+	return ConnectWith(t, s)
+}
+
+// ConnectWith opens a connection with opts, closed at cleanup.
+func ConnectWith(t testing.TB, s *server.Server, opts ...nats.Option) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(s.ClientURL(), opts...)
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)
 	return nc
+}
+
+// ConnectCoordinator opens a connection whose replies arrive under the
+// coordinators' inbox prefix, the only one under which storage nodes send
+// the acks of forwarded writes.
+func ConnectCoordinator(t testing.TB, s *server.Server) *nats.Conn {
+	t.Helper()
+	return ConnectWith(t, s, nats.CustomInboxPrefix(bus.CoordinatorInbox))
 }

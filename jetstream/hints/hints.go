@@ -76,7 +76,7 @@ const (
 
 // Config locates and limits the stream. Coordinators create or update the
 // stream with it, so every coordinator must use the same limits; storage
-// nodes only create it (with their config) when it does not exist yet.
+// nodes never create it (their NATS users may not): they wait for it.
 type Config struct {
 	// Stream names the stream; "" means DefaultStream.
 	Stream string
@@ -153,13 +153,7 @@ func (c Config) streamConfig() jetstream.StreamConfig {
 }
 
 // Subject is node's hint subject: <prefix>.v1.hints.<node>.
-func Subject(s bus.Subjects, node string) string {
-	prefix := s.Prefix
-	if prefix == "" {
-		prefix = bus.DefaultPrefix
-	}
-	return prefix + ".v1.hints." + node
-}
+func Subject(s bus.Subjects, node string) string { return s.Hints(node) }
 
 // DurableName is the durable consumer node drains its hints with.
 func DurableName(node string) string { return "pairdb-hints-" + node }
@@ -214,11 +208,12 @@ type Inbox struct {
 	log  *zap.Logger
 }
 
-// OpenInbox returns node's inbox, creating the stream (with cfg) only if it
-// does not exist yet — coordinators own its limits — and creating or
-// updating the node's durable consumer. The consumer lives in the stream
-// (file storage), so a restarted node, coordinator or server resumes where
-// the node left off.
+// OpenInbox returns node's inbox: it waits (until ctx ends) for a
+// coordinator to create the stream — coordinators own it and its limits —
+// then creates or updates the node's durable consumer, filtered to the
+// node's own subject (the one consumer a node's NATS user may create on
+// the stream). The consumer lives in the stream (file storage), so a
+// restarted node, coordinator or server resumes where the node left off.
 func OpenInbox(ctx context.Context, js jetstream.JetStream, cfg Config, node string) (*Inbox, error) {
 	if err := keyspace.ValidateTenantID(node); err != nil {
 		return nil, errors.Wrap(err, "hints: node id")
@@ -229,14 +224,9 @@ func OpenInbox(ctx context.Context, js jetstream.JetStream, cfg Config, node str
 	}
 	ctx, cancel := jsbucket.WithDefaultTimeout(ctx)
 	defer cancel()
-	stream, err := js.Stream(ctx, cfg.Stream)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		stream, err = js.CreateStream(ctx, cfg.streamConfig())
-		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-			// A coordinator created it meanwhile.
-			stream, err = js.Stream(ctx, cfg.Stream)
-		}
-	}
+	stream, err := jsbucket.WaitStream(ctx, js, cfg.Stream, func() {
+		cfg.Logger.Info("waiting for a coordinator to create the hints stream", zap.String("stream", cfg.Stream), zap.String("node", node))
+	})
 	if err != nil {
 		return nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "open hints stream %s", cfg.Stream)
 	}

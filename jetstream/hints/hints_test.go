@@ -90,9 +90,39 @@ func TestAddFetchAckAndPending(t *testing.T) {
 	require.Equal(t, hints.DefaultMaxPerNode, info.Config.MaxMsgsPerSubject)
 }
 
+// A node's inbox never creates the stream (a node's NATS user may not): it
+// waits for a coordinator's, and gives up when its context ends.
+func TestInboxWaitsForTheStream(t *testing.T) {
+	_, nc := natstest.Start(t)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	short, cancel := context.WithTimeout(ctxT(t), 300*time.Millisecond)
+	defer cancel()
+	_, err = hints.OpenInbox(short, js, hints.Config{}, "node-1")
+	require.ErrorContains(t, err, "does not exist")
+	_, err = js.Stream(ctxT(t), hints.DefaultStream)
+	require.ErrorIs(t, err, jetstream.ErrStreamNotFound, "the inbox created no stream")
+
+	opened := make(chan error, 1)
+	go func() {
+		_, err := hints.OpenInbox(ctxT(t), js, hints.Config{}, "node-1")
+		opened <- err
+	}()
+	_, err = hints.Open(ctxT(t), js, hints.Config{})
+	require.NoError(t, err)
+	select {
+	case err := <-opened:
+		require.NoError(t, err, "the inbox opens once a coordinator created the stream")
+	case <-ctxT(t).Done():
+		t.Fatal("the inbox kept waiting after the stream was created")
+	}
+}
+
 func TestEmptyFetchReturnsAtDeadline(t *testing.T) {
 	_, nc := natstest.Start(t)
 	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	_, err = hints.Open(ctxT(t), js, hints.Config{})
 	require.NoError(t, err)
 	in, err := hints.OpenInbox(ctxT(t), js, hints.Config{}, "node-1")
 	require.NoError(t, err)

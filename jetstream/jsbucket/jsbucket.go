@@ -61,3 +61,35 @@ func IsConflict(err error) bool {
 	}
 	return false
 }
+
+// streamPoll is how often WaitStream looks for a stream that is missing.
+const streamPoll = 250 * time.Millisecond
+
+// WaitStream returns stream name once it exists, looking again every
+// streamPoll until ctx ends; it never creates it. Storage nodes use it:
+// only coordinators create the control plane's streams and buckets (a
+// node's NATS user may not), so a node that starts first waits for them.
+// waiting, when set, is called once if the stream is missing at first.
+func WaitStream(ctx context.Context, js jetstream.JetStream, name string, waiting func()) (jetstream.Stream, error) {
+	t := time.NewTicker(streamPoll)
+	defer t.Stop()
+	told := false
+	for {
+		st, err := js.Stream(ctx, name)
+		if err == nil {
+			return st, nil
+		}
+		if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, errors.Wrapf(err, "look up JetStream stream %s", name)
+		}
+		if !told && waiting != nil {
+			waiting()
+			told = true
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return nil, errors.Wrapf(ctx.Err(), "JetStream stream %s does not exist (a coordinator creates it at start)", name)
+		}
+	}
+}

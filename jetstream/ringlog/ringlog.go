@@ -42,8 +42,7 @@ type Log struct {
 	cfg     Config
 }
 
-// Open creates the stream if needed (idempotently) and returns the log.
-func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Log, error) {
+func (cfg Config) withDefaults() Config {
 	if cfg.Stream == "" {
 		cfg.Stream = DefaultStream
 	}
@@ -53,9 +52,16 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Log, error)
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
+	return cfg
+}
+
+// Open creates the stream if needed (idempotently) and returns the log.
+// Coordinators open it; storage nodes Attach.
+func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Log, error) {
+	cfg = cfg.withDefaults()
 	ctx, cancel := jsbucket.WithDefaultTimeout(ctx)
 	defer cancel()
-	subject := cfg.Subjects.Events("ring")
+	subject := cfg.Subjects.Events(bus.EventsRing)
 	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        cfg.Stream,
 		Description: "PairDB ring log: membership and replication-factor changes",
@@ -71,6 +77,20 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Log, error)
 		return nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "create ring log stream %s", cfg.Stream)
 	}
 	return &Log{js: js, stream: st, subject: subject, cfg: cfg}, nil
+}
+
+// Attach returns the log for reading, waiting (until ctx ends) for a
+// coordinator to create the stream: storage nodes follow the log but
+// neither create nor write it (their NATS users may not).
+func Attach(ctx context.Context, js jetstream.JetStream, cfg Config) (*Log, error) {
+	cfg = cfg.withDefaults()
+	st, err := jsbucket.WaitStream(ctx, js, cfg.Stream, func() {
+		cfg.Logger.Info("waiting for a coordinator to create the ring log", zap.String("stream", cfg.Stream))
+	})
+	if err != nil {
+		return nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "open ring log stream %s", cfg.Stream)
+	}
+	return &Log{js: js, stream: st, subject: cfg.Subjects.Events(bus.EventsRing), cfg: cfg}, nil
 }
 
 // Append adds ev if the log's last sequence is still expectedSeq (the Seq of
@@ -124,8 +144,12 @@ func (l *Log) Follow(ctx context.Context) (*Follower, error) {
 	}
 	// An ordered consumer: in-order, gap-free, recreated by the client after
 	// a server or connection loss, resuming from the last folded sequence.
+	// Filtered to the log's one subject: the consumer is then created on
+	// an API subject that names it, the only form storage nodes' NATS
+	// users may use on this stream (deploy/nats).
 	cons, err := l.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverAllPolicy,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		FilterSubjects: []string{l.subject},
 	})
 	if err != nil {
 		return nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "follow ring log")
@@ -252,7 +276,7 @@ func OpenProgress(ctx context.Context, js jetstream.JetStream, subjects bus.Subj
 	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:              MigrationsStream,
 		Description:       "PairDB migration progress, one subject per (migration, target node)",
-		Subjects:          []string{subjects.Events("migrations") + ".>"},
+		Subjects:          []string{subjects.Events(bus.EventsMigrations) + ".>"},
 		Storage:           jetstream.FileStorage,
 		Replicas:          max(replicas, 1),
 		MaxMsgsPerSubject: 1,
@@ -266,7 +290,7 @@ func OpenProgress(ctx context.Context, js jetstream.JetStream, subjects bus.Subj
 
 // ProgressSubject is where node publishes progress of migration id.
 func ProgressSubject(subjects bus.Subjects, id, node string) string {
-	return subjects.Events("migrations") + "." + id + "." + node
+	return subjects.Events(bus.EventsMigrations) + "." + id + "." + node
 }
 
 // PublishProgress records p; the stream keeps the last one per subject.

@@ -1,0 +1,205 @@
+package coordinator
+
+import (
+	"context"
+	"regexp"
+
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/coordinator/ring"
+	"github.com/pairdb/pairdb/keyspace"
+	"github.com/pairdb/pairdb/membership"
+	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+)
+
+// Storage nodes write nothing to the control plane themselves: they ask the
+// coordinators on <prefix>.v1.member.<node>.<op> (bus.Subjects.Member), and
+// a coordinator checks the request against its fold of the ring log before
+// it appends. The node is the subject's token, which NATS permissions bind
+// to the node's own credentials (deploy/nats), so a node speaks only for
+// itself: it cannot register, report or re-add another node, and cannot
+// append a change, a tenant or anything else to the ring log. Every request
+// names the asking process's incarnation, so a process that lost its disk
+// (or an old one still running) cannot speak for the current one.
+
+// maxMemberAttempts bounds the appends one request loses to other writers.
+const maxMemberAttempts = 10
+
+// migrationIDRule is what a migration id may hold: it becomes a subject token
+// of the progress stream (<prefix>.v1.events.migrations.<id>.<node>).
+var migrationIDRule = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
+
+// memberEndpoints are the membership endpoints, one per op, each on every
+// node's subject.
+func (s *Service) memberEndpoints(srv *bus.Server) []endpoint {
+	sub := s.cfg.Subjects
+	return []endpoint{
+		{"member-register", sub.Member("*", bus.OpRegister), bus.Endpoint(srv, "member-register",
+			newMsg[*pb.RegisterNodeRequest], newMsg[*pb.MemberResponse], s.registerNode)},
+		{"member-done", sub.Member("*", bus.OpTransferDone), bus.Endpoint(srv, "member-done",
+			newMsg[*pb.TransferDoneRequest], newMsg[*pb.MemberResponse], s.transferDone)},
+		{"member-readd", sub.Member("*", bus.OpReadd), bus.Endpoint(srv, "member-readd",
+			newMsg[*pb.ReaddNodeRequest], newMsg[*pb.MemberResponse], s.readdNode)},
+		{"member-progress", sub.Member("*", bus.OpProgress), bus.Endpoint(srv, "member-progress",
+			newMsg[*pb.ProgressRequest], newMsg[*pb.MemberResponse], s.nodeProgress)},
+	}
+}
+
+// member reads the asking node from the subject and checks the incarnation
+// it names.
+func (s *Service) member(subject, incarnation string) (string, error) {
+	id, ok := s.cfg.Subjects.MemberOf(subject)
+	if !ok {
+		return "", bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "%q is not a member subject", subject)
+	}
+	if err := keyspace.ValidateTenantID(id); err != nil {
+		return "", bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad node id in %q", subject)
+	}
+	// Incarnations are hex ids (storagenode-adapter/engine); the tenant id
+	// rule bounds their length and keeps them printable.
+	if err := keyspace.ValidateTenantID(incarnation); err != nil {
+		return "", bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "node %s: bad incarnation", id)
+	}
+	return id, nil
+}
+
+// current checks that the log knows node id under incarnation.
+func current(nodes map[string]membership.Node, id, incarnation string) error {
+	n, ok := nodes[id]
+	switch {
+	case !ok:
+		return bus.Errorf(pb.ErrorCode_NODE_NOT_FOUND, "node %s has not registered", id)
+	case n.Incarnation != incarnation:
+		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+			"node %s runs incarnation %s in the ring log, not %s: a process of another incarnation may not speak for it", id, n.Incarnation, incarnation)
+	}
+	return nil
+}
+
+// registerNode appends NodeRegistered for the asking node unless the log
+// already knows its incarnation. A new incarnation under a NORMAL id makes
+// the node JOINING (it lost its data): a node can do that to itself only.
+func (s *Service) registerNode(ctx context.Context, subject string, req *pb.RegisterNodeRequest) (*pb.MemberResponse, error) {
+	id, err := s.member(subject, req.GetIncarnation())
+	if err != nil {
+		return nil, err
+	}
+	for attempt := 0; ; attempt++ {
+		st := s.cfg.Membership.State()
+		if n, ok := st.Nodes[id]; ok && n.Incarnation == req.GetIncarnation() {
+			return &pb.MemberResponse{Seq: st.Seq}, nil
+		}
+		seq, err := s.cfg.Membership.Append(ctx, st.Seq, &pb.RingEvent{Event: &pb.RingEvent_Registered{
+			Registered: &pb.NodeRegistered{NodeId: id, Incarnation: req.GetIncarnation()},
+		}})
+		if err == nil {
+			s.log.Info("storage node registered", zap.String("node", id), zap.String("incarnation", req.GetIncarnation()),
+				zap.Uint64("seq", seq))
+			return &pb.MemberResponse{Seq: seq}, nil
+		}
+		if !bus.Is(err, pb.ErrorCode_VERSION_CONFLICT) || attempt >= maxMemberAttempts {
+			return nil, bus.Wrap(bus.CodeOf(err), err, "register node %s", id)
+		}
+		if err := s.cfg.Membership.WaitFor(ctx, st.Seq+1); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// transferDone appends TransferDone for the asking node, conditional on the
+// log still being at the sequence the node decided on: the node computed
+// its transfer from that fold, and any event since may have moved what it
+// gains (exactly as when nodes appended themselves). The coordinator judges
+// with its own fold at that same sequence.
+func (s *Service) transferDone(ctx context.Context, subject string, req *pb.TransferDoneRequest) (*pb.MemberResponse, error) {
+	id, err := s.member(subject, req.GetIncarnation())
+	if err != nil {
+		return nil, err
+	}
+	// The node may have folded further than this coordinator.
+	if err := s.cfg.Membership.WaitFor(ctx, req.GetExpectedSeq()); err != nil {
+		return nil, err
+	}
+	st := s.cfg.Membership.State()
+	if st.Seq != req.GetExpectedSeq() {
+		return nil, bus.Errorf(pb.ErrorCode_VERSION_CONFLICT,
+			"the ring log moved past sequence %d (now %d); fold and decide again", req.GetExpectedSeq(), st.Seq)
+	}
+	if err := current(st.Nodes, id, req.GetIncarnation()); err != nil {
+		return nil, err
+	}
+	c := st.Change
+	switch {
+	case c == nil || c.ID != req.GetMigrationId():
+		return nil, bus.Errorf(pb.ErrorCode_MIGRATION_NOT_FOUND, "migration %q is not running", req.GetMigrationId())
+	case !c.Targets[id]:
+		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "node %s is no target of migration %s", id, c.ID)
+	}
+	if _, done := c.Done[id]; done {
+		return &pb.MemberResponse{Seq: st.Seq}, nil
+	}
+	seq, err := s.cfg.Membership.Append(ctx, st.Seq, &pb.RingEvent{Event: &pb.RingEvent_TransferDone{
+		TransferDone: &pb.TransferDone{MigrationId: c.ID, NodeId: id, Keys: req.GetKeys()},
+	}})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.MemberResponse{Seq: seq}, nil
+}
+
+// readdNode starts the addition of a node that came back with an empty disk
+// under a known id: it is JOINING with no change running. Any other state
+// is refused, so a node cannot start changes at will.
+func (s *Service) readdNode(ctx context.Context, subject string, req *pb.ReaddNodeRequest) (*pb.MemberResponse, error) {
+	id, err := s.member(subject, req.GetIncarnation())
+	if err != nil {
+		return nil, err
+	}
+	st := s.cfg.Membership.State()
+	if err := current(st.Nodes, id, req.GetIncarnation()); err != nil {
+		return nil, err
+	}
+	if c := st.Change; c != nil {
+		return nil, bus.Errorf(pb.ErrorCode_CHANGE_IN_PROGRESS, "migration %s is running; node %s is added after it", c.ID, id)
+	}
+	if state := st.Nodes[id].State; state != ring.Joining {
+		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+			"node %s is %s: only a JOINING node outside a change is added back", id, stateName(state))
+	}
+	resp, err := s.addNodes(ctx, "", &pb.AddNodesRequest{NodeIds: []string{id}})
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("storage node asked to be added back", zap.String("node", id), zap.String("migration", resp.GetMigrationId()))
+	return &pb.MemberResponse{Seq: resp.GetEpoch(), MigrationId: resp.GetMigrationId()}, nil
+}
+
+// nodeProgress records the asking node's progress in a migration (or any
+// other long task a node reports by migration id). It is written under the
+// node's own id only, so a node can misreport nothing but itself.
+func (s *Service) nodeProgress(ctx context.Context, subject string, req *pb.ProgressRequest) (*pb.MemberResponse, error) {
+	id, err := s.member(subject, req.GetIncarnation())
+	if err != nil {
+		return nil, err
+	}
+	p := req.GetProgress()
+	switch {
+	case p == nil:
+		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "progress request without progress")
+	case p.GetNodeId() != "" && p.GetNodeId() != id:
+		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "node %s cannot report progress of node %s", id, p.GetNodeId())
+	case !migrationIDRule.MatchString(p.GetMigrationId()):
+		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "bad migration id %q (want %s)", p.GetMigrationId(), migrationIDRule)
+	}
+	if err := current(s.cfg.Membership.State().Nodes, id, req.GetIncarnation()); err != nil {
+		return nil, err
+	}
+	p = proto.Clone(p).(*pb.MigrationProgress)
+	p.NodeId = id
+	if err := s.cfg.Membership.PublishProgress(ctx, p); err != nil {
+		return nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "record progress of node %s", id)
+	}
+	return &pb.MemberResponse{}, nil
+}
