@@ -99,7 +99,7 @@ const (
 const (
 	OpRegister     = "register"
 	OpTransferDone = "done"
-	OpReadd        = "readd"
+	OpRefilled     = "refilled"
 	OpProgress     = "progress"
 )
 

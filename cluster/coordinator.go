@@ -22,6 +22,7 @@ import (
 	"github.com/pairdb/pairdb/jetstream/idempotency"
 	"github.com/pairdb/pairdb/jetstream/secrets"
 	"github.com/pairdb/pairdb/jetstream/tenantkv"
+	"github.com/pairdb/pairdb/membership"
 	"github.com/pairdb/pairdb/postgres/tenantpg"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
@@ -30,9 +31,12 @@ import (
 
 // CoordinatorConfig is what a coordinator process needs beyond NATS.
 type CoordinatorConfig struct {
-	// VirtualNodes per storage node on the ring (default 150).
-	VirtualNodes int
-	Subjects     bus.Subjects
+	// Cluster are the settings this coordinator records in the ring log
+	// when it bootstraps the ring (zero fields: the defaults). Once the
+	// ring is bootstrapped they must agree with the log's, or the
+	// coordinator does not start: every part reads them from the log.
+	Cluster  membership.Settings
+	Subjects bus.Subjects
 	// StreamReplicas is the JetStream replica count of the control-plane
 	// buckets: 1 on a single server, 3 on a cluster.
 	StreamReplicas int
@@ -133,12 +137,25 @@ func StartCoordinator(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig)
 		return nil, errors.Wrap(err, "open the idempotency bucket")
 	}
 	ring, err := OpenRing(ctx, nc, RingConfig{
-		Subjects: cfg.Subjects, StreamReplicas: cfg.StreamReplicas, VirtualNodes: cfg.VirtualNodes, Logger: cfg.Logger.Named("ring"),
+		Subjects: cfg.Subjects, StreamReplicas: cfg.StreamReplicas, Logger: cfg.Logger.Named("ring"),
 	})
 	if err != nil {
 		closeStore()
 		return nil, err
 	}
+	settings := cfg.Cluster.WithDefaults()
+	if err := settings.Validate(); err != nil {
+		ring.Close()
+		closeStore()
+		return nil, errors.Wrap(err, "coordinator settings")
+	}
+	if err := ring.State().CheckSettings("coordinator", settings); err != nil {
+		ring.Close()
+		closeStore()
+		return nil, err
+	}
+	// The hints stream keeps hints as long as the cluster says.
+	cfg.Hints.MaxAge = settings.HintMaxAge
 	key, err := secrets.ContextKey(ctx, js, cfg.StreamReplicas)
 	if err != nil {
 		ring.Close()
@@ -164,6 +181,7 @@ func StartCoordinator(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig)
 		hq = q
 	}
 	svc, err := coordinator.Start(nc, coordinator.Config{
+		Cluster:          settings,
 		Subjects:         cfg.Subjects,
 		Membership:       ring,
 		Tenants:          tenants,
@@ -220,7 +238,7 @@ func hintsConfig(c hints.Config, subjects bus.Subjects, replicas int, log *zap.L
 // that replays its hints (unless cfg.Hints is already set). It creates no
 // stream: it waits (until ctx ends) for a coordinator to have created the
 // ring log and the hints stream.
-func StartStorageNode(ctx context.Context, nc *nats.Conn, cfg storagenode.Config, streamReplicas, vnodes int) (*StorageNode, error) {
+func StartStorageNode(ctx context.Context, nc *nats.Conn, cfg storagenode.Config, streamReplicas int) (*StorageNode, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
@@ -236,7 +254,7 @@ func StartStorageNode(ctx context.Context, nc *nats.Conn, cfg storagenode.Config
 		cfg.Hints = hintInbox{in}
 	}
 	ring, err := OpenNodeRing(ctx, nc, RingConfig{
-		Subjects: cfg.Subjects, StreamReplicas: streamReplicas, VirtualNodes: vnodes, Logger: cfg.Logger.Named("ring"),
+		Subjects: cfg.Subjects, StreamReplicas: streamReplicas, Logger: cfg.Logger.Named("ring"),
 	})
 	if err != nil {
 		return nil, err
@@ -255,6 +273,9 @@ type StorageNode struct {
 	*storagenode.Node
 	ring *NodeRing
 }
+
+// RingState is the node's own fold of the ring log.
+func (n *StorageNode) RingState() *membership.State { return n.ring.State() }
 
 // Stop stops the node, then its ring follower.
 func (n *StorageNode) Stop(ctx context.Context) error {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/bus/embedded"
+	"github.com/pairdb/pairdb/membership"
 	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
 )
 
@@ -40,7 +41,10 @@ type DevConfig struct {
 	// DefaultTenantRF is the replication factor of tenant "default",
 	// created if absent (default min(3, Nodes)).
 	DefaultTenantRF uint32
-	Coordinator     CoordinatorConfig
+	// Cluster are the settings the dev cluster bootstraps its ring with
+	// (zero fields: the defaults); its coordinators are configured to match.
+	Cluster     membership.Settings
+	Coordinator CoordinatorConfig
 	// NodeURL, when set, is the NATS URL storage node id connects to (a
 	// fault proxy in front of the server, in tests); nil: the server's.
 	NodeURL func(id string) string
@@ -81,6 +85,7 @@ func StartDev(ctx context.Context, cfg DevConfig) (*Dev, error) {
 	if cfg.Nodes <= 0 {
 		cfg.Nodes = 3
 	}
+	cfg.Cluster = cfg.Cluster.WithDefaults()
 	if cfg.DefaultTenantRF == 0 {
 		cfg.DefaultTenantRF = uint32(min(3, cfg.Nodes))
 	}
@@ -130,7 +135,7 @@ func (d *Dev) start(ctx context.Context) error {
 		}
 	}
 	// A new data directory: the configured nodes become the first members.
-	if err := c.Ring.Bootstrap(ctx, d.NodeIDs()); err != nil {
+	if err := c.Ring.Bootstrap(ctx, d.NodeIDs(), d.cfg.Cluster); err != nil {
 		return err
 	}
 	if err := EnsureTenant(ctx, store, "default", d.cfg.DefaultTenantRF); err != nil {
@@ -217,7 +222,7 @@ func (d *Dev) StartNodeVia(id, url string) error {
 		Faults:             d.cfg.Faults,
 		Logger:             d.cfg.Logger.Named(id),
 		Metrics:            d.cfg.Metrics,
-	}, 1, d.cfg.Coordinator.VirtualNodes)
+	}, 1)
 	if err != nil {
 		nc.Close()
 		return errors.Wrapf(err, "start storage node %s", id)
@@ -266,6 +271,9 @@ func (d *Dev) StartCoordinatorVia(ctx context.Context, url string) (*Coordinator
 	cfg.StreamReplicas = 1
 	if cfg.Faults == nil {
 		cfg.Faults = d.cfg.Faults
+	}
+	if cfg.Cluster == (membership.Settings{}) {
+		cfg.Cluster = d.cfg.Cluster
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = d.cfg.Logger.Named("coordinator")

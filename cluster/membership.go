@@ -30,7 +30,6 @@ type Ring struct {
 type RingConfig struct {
 	Subjects       bus.Subjects
 	StreamReplicas int
-	VirtualNodes   int
 	Logger         *zap.Logger
 }
 
@@ -41,7 +40,7 @@ func OpenRing(ctx context.Context, nc *nats.Conn, cfg RingConfig) (*Ring, error)
 		return nil, errors.Wrap(err, "open JetStream")
 	}
 	log, err := ringlog.Open(ctx, js, ringlog.Config{
-		Subjects: cfg.Subjects, Replicas: cfg.StreamReplicas, VirtualNodes: cfg.VirtualNodes, Logger: cfg.Logger,
+		Subjects: cfg.Subjects, Replicas: cfg.StreamReplicas, Logger: cfg.Logger,
 	})
 	if err != nil {
 		return nil, err
@@ -76,8 +75,12 @@ func (r *Ring) Progress(ctx context.Context, id string, nodes []string) map[stri
 }
 
 // Bootstrap makes ids the first members of an empty ring once they have all
-// registered; it does nothing when the ring already has members.
-func (r *Ring) Bootstrap(ctx context.Context, ids []string) error {
+// registered, recording the cluster's settings; it does nothing when the
+// ring already has members.
+func (r *Ring) Bootstrap(ctx context.Context, ids []string, settings membership.Settings) error {
+	if err := settings.Validate(); err != nil {
+		return errors.Wrap(err, "bootstrap settings")
+	}
 	for {
 		st := r.State()
 		if len(st.Normal()) > 0 {
@@ -97,7 +100,7 @@ func (r *Ring) Bootstrap(ctx context.Context, ids []string) error {
 				return errors.Wrap(ctx.Err(), "waiting for the storage nodes to register")
 			}
 		}
-		c := &pb.ChangeStarted{MigrationId: "bootstrap", Type: pb.ChangeType_BOOTSTRAP, NodeIds: ids}
+		c := &pb.ChangeStarted{MigrationId: "bootstrap", Type: pb.ChangeType_BOOTSTRAP, NodeIds: ids, Settings: settings.Proto()}
 		if err := st.CheckStart(c); err != nil {
 			return err
 		}

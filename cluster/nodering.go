@@ -42,7 +42,7 @@ func OpenNodeRing(ctx context.Context, nc *nats.Conn, cfg RingConfig) (*NodeRing
 		return nil, errors.Wrap(err, "open JetStream")
 	}
 	log, err := ringlog.Attach(ctx, js, ringlog.Config{
-		Subjects: cfg.Subjects, Replicas: cfg.StreamReplicas, VirtualNodes: cfg.VirtualNodes, Logger: cfg.Logger,
+		Subjects: cfg.Subjects, Replicas: cfg.StreamReplicas, Logger: cfg.Logger,
 	})
 	if err != nil {
 		return nil, err
@@ -92,10 +92,14 @@ func (r *NodeRing) ReportTransferDone(ctx context.Context, expectedSeq uint64, i
 	return resp.GetSeq(), nil
 }
 
-// AskReadd asks a coordinator to add node id back.
-func (r *NodeRing) AskReadd(ctx context.Context, id, incarnation string) error {
-	_, err := r.ask(ctx, id, bus.OpReadd, &pb.ReaddNodeRequest{Incarnation: incarnation})
-	return err
+// ReportRefilled asks a coordinator to record that node id (incarnation)
+// is refilled, as of the ring at basisSeq, and returns the event's sequence.
+func (r *NodeRing) ReportRefilled(ctx context.Context, id, incarnation string, basisSeq, keys uint64) (uint64, error) {
+	resp, err := r.ask(ctx, id, bus.OpRefilled, &pb.RefilledRequest{Incarnation: incarnation, BasisSeq: basisSeq, Keys: keys})
+	if err != nil {
+		return 0, err
+	}
+	return resp.GetSeq(), nil
 }
 
 // PublishProgress sends a coordinator the node's progress report, under the

@@ -183,6 +183,7 @@ func TestValidationNamesTheSetting(t *testing.T) {
 		{coord(func(c *Coordinator) { c.TenantCacheTTL = 0 }), "coordinator.tenant_cache_ttl must be positive"},
 		{coord(func(c *Coordinator) { c.StreamReplicas = 6 }), "coordinator.stream_replicas must be between 1 and 5"},
 		{coord(func(c *Coordinator) { c.VirtualNodes = 0 }), "coordinator.virtual_nodes must be between 1 and 4096"},
+		{coord(func(c *Coordinator) { c.TombstoneGrace = time.Hour }), "coordinator.tombstone_grace (1h0m0s) must be at least coordinator.hint_max_age (3h0m0s)"},
 		{coord(func(c *Coordinator) { c.IdempotencyTTL = 0 }), "coordinator.idempotency_ttl must be positive"},
 		{coord(func(c *Coordinator) { c.OpsAddr = "9090" }), "coordinator.ops_addr must be host:port"},
 		{coord(func(c *Coordinator) { c.ShutdownTimeout = 0 }), "coordinator.shutdown_timeout must be positive"},

@@ -12,6 +12,7 @@ import (
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/coordinator"
 	"github.com/pairdb/pairdb/keyspace"
+	"github.com/pairdb/pairdb/membership"
 	"github.com/pairdb/pairdb/ops"
 	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
 	"github.com/pairdb/pairdb/storagenode-adapter/engine"
@@ -155,7 +156,7 @@ func (d Dev) Validate() error {
 
 // Coordinator configures `pairdb coordinator`.
 type Coordinator struct {
-	VirtualNodes     int           `yaml:"virtual_nodes" usage:"ring points per storage node"`
+	VirtualNodes     int           `yaml:"virtual_nodes" usage:"ring points per storage node: the cluster's, recorded in the ring log when this coordinator bootstraps it; a coordinator set otherwise than the log does not start"`
 	StreamReplicas   int           `yaml:"stream_replicas" usage:"JetStream replicas of the control-plane streams and buckets (3 on a NATS cluster)"`
 	IdempotencyTTL   time.Duration `yaml:"idempotency_ttl" usage:"how long idempotency records are kept"`
 	PostgresURL      string        `yaml:"postgres_url" usage:"keep tenants in this PostgreSQL database (migrated at start); empty: the JetStream bucket"`
@@ -166,7 +167,8 @@ type Coordinator struct {
 	HeartbeatTimeout time.Duration `yaml:"heartbeat_timeout" usage:"a storage node not heard from for this long is suspect (tried last)"`
 	DownAfter        time.Duration `yaml:"down_after" usage:"a storage node not heard from for this long is down: skipped, its writes hinted at once"`
 	NoHints          bool          `yaml:"no_hints" usage:"turn hinted handoff off (missed writes then wait for read repair and anti-entropy)"`
-	HintMaxAge       time.Duration `yaml:"hint_max_age" usage:"how long an undelivered hint is kept (the same on every coordinator and storage node)"`
+	HintMaxAge       time.Duration `yaml:"hint_max_age" usage:"how long an undelivered hint is kept: the cluster's, recorded in the ring log when this coordinator bootstraps it; a coordinator set otherwise than the log does not start"`
+	TombstoneGrace   time.Duration `yaml:"tombstone_grace" usage:"a tombstone is purged only this long after its delete, and once every replica holds it (at least hint_max_age): the cluster's, recorded in the ring log like hint_max_age"`
 	HintsPerNode     int           `yaml:"hints_per_node" usage:"most hints kept for one storage node; the oldest are dropped past it"`
 	MaxClockSkew     time.Duration `yaml:"max_clock_skew" usage:"most a storage node's clock may differ from this coordinator's: apply deadlines leave this much room, and a node past it mints nothing for this coordinator"`
 	Process          `yaml:",inline"`
@@ -177,7 +179,7 @@ type Coordinator struct {
 func DefaultCoordinator() Coordinator {
 	return Coordinator{
 		Process:          Process{OpsAddr: ops.DefaultAddr, ShutdownTimeout: DefaultShutdownTimeout},
-		VirtualNodes:     150,
+		VirtualNodes:     membership.DefaultSettings().VNodes,
 		StreamReplicas:   1,
 		IdempotencyTTL:   24 * time.Hour,
 		RequestTimeout:   5 * time.Second,
@@ -186,7 +188,8 @@ func DefaultCoordinator() Coordinator {
 		ReadRepairChance: coordinator.DefaultReadRepairChance,
 		HeartbeatTimeout: 3 * time.Second,
 		DownAfter:        9 * time.Second,
-		HintMaxAge:       3 * time.Hour,
+		HintMaxAge:       membership.DefaultHintMaxAge,
+		TombstoneGrace:   membership.DefaultTombstoneGrace,
 		HintsPerNode:     1_000_000,
 		MaxClockSkew:     coordinator.DefaultMaxClockSkew,
 	}
@@ -198,8 +201,8 @@ func (c Coordinator) Validate() error {
 		return err
 	}
 	switch {
-	case c.VirtualNodes < 1 || c.VirtualNodes > 4096:
-		return errors.Newf("coordinator.virtual_nodes must be between 1 and 4096, got %d", c.VirtualNodes)
+	case c.VirtualNodes < 1 || c.VirtualNodes > membership.MaxVNodes:
+		return errors.Newf("coordinator.virtual_nodes must be between 1 and %d, got %d", membership.MaxVNodes, c.VirtualNodes)
 	case c.StreamReplicas < 1 || c.StreamReplicas > MaxStreamReplicas:
 		return errors.Newf("coordinator.stream_replicas must be between 1 and %d, got %d", MaxStreamReplicas, c.StreamReplicas)
 	case c.IdempotencyTTL <= 0:
@@ -216,6 +219,8 @@ func (c Coordinator) Validate() error {
 		return errors.Newf("coordinator.down_after (%s) must be at least coordinator.heartbeat_timeout (%s)", c.DownAfter, c.HeartbeatTimeout)
 	case c.HintMaxAge <= 0:
 		return errors.Newf("coordinator.hint_max_age must be positive, got %s", c.HintMaxAge)
+	case c.TombstoneGrace < c.HintMaxAge:
+		return errors.Newf("coordinator.tombstone_grace (%s) must be at least coordinator.hint_max_age (%s): a hint could otherwise resurrect a purged key", c.TombstoneGrace, c.HintMaxAge)
 	case c.HintsPerNode < 1:
 		return errors.Newf("coordinator.hints_per_node must be positive, got %d", c.HintsPerNode)
 	case c.ReadRepairChance <= 0 || c.ReadRepairChance > 1:
@@ -241,8 +246,6 @@ type StorageNode struct {
 	HintRate            int           `yaml:"hint_rate" usage:"hints replayed per second when the node comes back (pacing, so a long outage is no storm)"`
 	AntiEntropyInterval time.Duration `yaml:"anti_entropy_interval" usage:"how often the node compares its ranges' digests with the other replicas"`
 	AntiEntropyRate     int           `yaml:"anti_entropy_rate" usage:"keys per second anti-entropy may read and repair"`
-	TombstoneGrace      time.Duration `yaml:"tombstone_grace" usage:"a tombstone is purged only this long after the delete, and once every replica holds it (at least hint_max_age)"`
-	HintMaxAge          time.Duration `yaml:"hint_max_age" usage:"the hint stream's max age (must equal the coordinators'); tombstone_grace may not be shorter"`
 	OriginTTL           time.Duration `yaml:"origin_ttl" usage:"how long the node remembers the keyed writes it minted or received (at least the coordinators' idempotency_ttl: a retry is recognised only while both last)"`
 	CoordinatorInbox    string        `yaml:"coordinator_inbox_prefix" usage:"the coordinators' inbox_prefix: the node sends the acks of forwarded writes only to replies under it"`
 	Process             `yaml:",inline"`
@@ -260,8 +263,6 @@ func DefaultStorageNode() StorageNode {
 		HintRate:            2000,
 		AntiEntropyInterval: 10 * time.Minute,
 		AntiEntropyRate:     20000,
-		TombstoneGrace:      240 * time.Hour,
-		HintMaxAge:          3 * time.Hour,
 		OriginTTL:           storagenode.DefaultOriginTTL,
 		CoordinatorInbox:    bus.CoordinatorInbox,
 	}
@@ -293,8 +294,6 @@ func (s StorageNode) Validate() error {
 		return errors.Newf("storagenode.anti_entropy_interval must be positive, got %s", s.AntiEntropyInterval)
 	case s.AntiEntropyRate <= 0:
 		return errors.Newf("storagenode.anti_entropy_rate must be positive, got %d", s.AntiEntropyRate)
-	case s.TombstoneGrace < s.HintMaxAge:
-		return errors.Newf("storagenode.tombstone_grace (%s) must be at least storagenode.hint_max_age (%s): a hint could otherwise resurrect a purged key", s.TombstoneGrace, s.HintMaxAge)
 	case s.CacheBytes < 1<<20:
 		return errors.Newf("storagenode.cache_bytes must be at least 1MiB, got %s", s.CacheBytes)
 	case s.OriginTTL <= 0:

@@ -94,6 +94,10 @@ type HintQueue interface {
 
 // Config configures a coordinator. Zero durations and sizes take defaults.
 type Config struct {
+	// Cluster are the settings this coordinator records in the ring log
+	// when it bootstraps the ring (the first nodes.add). Zero fields take
+	// membership.DefaultSettings.
+	Cluster  membership.Settings
 	Subjects bus.Subjects
 	// Membership is the folded ring log: placement, epochs, changes.
 	Membership Membership
@@ -168,6 +172,10 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Contexts == nil {
 		return errors.New("coordinator: Config.Contexts is required (the cluster's context-sealing key)")
+	}
+	c.Cluster = c.Cluster.WithDefaults()
+	if err := c.Cluster.Validate(); err != nil {
+		return errors.Wrap(err, "coordinator: Config.Cluster")
 	}
 	if c.RequestTimeout <= 0 {
 		c.RequestTimeout = 5 * time.Second

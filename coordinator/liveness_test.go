@@ -6,6 +6,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 )
 
@@ -64,9 +65,9 @@ func TestLivenessSkew(t *testing.T) {
 	require.False(t, beat("c", 3*time.Second), "still past it: not reported again")
 	require.True(t, l.skewed("c"))
 	require.False(t, l.skewed("a"))
-	require.Equal(t, []string{"a", "b"}, s.minterCandidates([]string{"c", "a", "b"}), "a skewed node mints nothing")
+	require.Equal(t, []string{"a", "b"}, s.minterCandidates(membership.New(), []string{"c", "a", "b"}), "a skewed node mints nothing")
 	require.True(t, beat("c", 0), "back within: reported")
-	require.Equal(t, []string{"c", "a", "b"}, s.minterCandidates([]string{"c", "a", "b"}))
+	require.Equal(t, []string{"c", "a", "b"}, s.minterCandidates(membership.New(), []string{"c", "a", "b"}))
 	require.True(t, beat("b", -time.Second), "behind past the bound counts too")
 	require.True(t, l.skewed("b"))
 }

@@ -8,7 +8,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pairdb/pairdb/bus"
-	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
@@ -19,7 +18,7 @@ import (
 // a coordinator checks the request against its fold of the ring log before
 // it appends. The node is the subject's token, which NATS permissions bind
 // to the node's own credentials (deploy/nats), so a node speaks only for
-// itself: it cannot register, report or re-add another node, and cannot
+// itself: it cannot register or report for another node, and cannot
 // append a change, a tenant or anything else to the ring log. Every request
 // names the asking process's incarnation, so a process that lost its disk
 // (or an old one still running) cannot speak for the current one.
@@ -40,8 +39,8 @@ func (s *Service) memberEndpoints(srv *bus.Server) []endpoint {
 			newMsg[*pb.RegisterNodeRequest], newMsg[*pb.MemberResponse], s.registerNode)},
 		{"member-done", sub.Member("*", bus.OpTransferDone), bus.Endpoint(srv, "member-done",
 			newMsg[*pb.TransferDoneRequest], newMsg[*pb.MemberResponse], s.transferDone)},
-		{"member-readd", sub.Member("*", bus.OpReadd), bus.Endpoint(srv, "member-readd",
-			newMsg[*pb.ReaddNodeRequest], newMsg[*pb.MemberResponse], s.readdNode)},
+		{"member-refilled", sub.Member("*", bus.OpRefilled), bus.Endpoint(srv, "member-refilled",
+			newMsg[*pb.RefilledRequest], newMsg[*pb.MemberResponse], s.refilled)},
 		{"member-progress", sub.Member("*", bus.OpProgress), bus.Endpoint(srv, "member-progress",
 			newMsg[*pb.ProgressRequest], newMsg[*pb.MemberResponse], s.nodeProgress)},
 	}
@@ -79,8 +78,8 @@ func current(nodes map[string]membership.Node, id, incarnation string) error {
 }
 
 // registerNode appends NodeRegistered for the asking node unless the log
-// already knows its incarnation. A new incarnation under a NORMAL id makes
-// the node JOINING (it lost its data): a node can do that to itself only.
+// already knows its incarnation. A new incarnation of a member makes it
+// refilling (it lost its data): a node can do that to itself only.
 func (s *Service) registerNode(ctx context.Context, subject string, req *pb.RegisterNodeRequest) (*pb.MemberResponse, error) {
 	id, err := s.member(subject, req.GetIncarnation())
 	if err != nil {
@@ -149,31 +148,45 @@ func (s *Service) transferDone(ctx context.Context, subject string, req *pb.Tran
 	return &pb.MemberResponse{Seq: seq}, nil
 }
 
-// readdNode starts the addition of a node that came back with an empty disk
-// under a known id: it is JOINING with no change running. Any other state
-// is refused, so a node cannot start changes at will.
-func (s *Service) readdNode(ctx context.Context, subject string, req *pb.ReaddNodeRequest) (*pb.MemberResponse, error) {
+// refilled appends RefillDone for the asking node: it is refilling under
+// the incarnation it names, and its refill covered the ring as folded at
+// basis_seq, which must still be the last fold to have moved data between
+// nodes (the fold checks that again; a refill it skips is redone).
+func (s *Service) refilled(ctx context.Context, subject string, req *pb.RefilledRequest) (*pb.MemberResponse, error) {
 	id, err := s.member(subject, req.GetIncarnation())
 	if err != nil {
 		return nil, err
 	}
-	st := s.cfg.Membership.State()
-	if err := current(st.Nodes, id, req.GetIncarnation()); err != nil {
+	// The node may have folded further than this coordinator.
+	if err := s.cfg.Membership.WaitFor(ctx, req.GetBasisSeq()); err != nil {
 		return nil, err
 	}
-	if c := st.Change; c != nil {
-		return nil, bus.Errorf(pb.ErrorCode_CHANGE_IN_PROGRESS, "migration %s is running; node %s is added after it", c.ID, id)
+	for attempt := 0; ; attempt++ {
+		st := s.cfg.Membership.State()
+		if err := current(st.Nodes, id, req.GetIncarnation()); err != nil {
+			return nil, err
+		}
+		switch {
+		case !st.Nodes[id].Refilling:
+			return &pb.MemberResponse{Seq: st.Seq}, nil
+		case req.GetBasisSeq() < st.HoldersSeq:
+			return nil, bus.Errorf(pb.ErrorCode_VERSION_CONFLICT,
+				"node %s refilled the ring as of sequence %d, but data moved between nodes at %d: refill again", id, req.GetBasisSeq(), st.HoldersSeq)
+		}
+		seq, err := s.cfg.Membership.Append(ctx, st.Seq, &pb.RingEvent{Event: &pb.RingEvent_RefillDone{
+			RefillDone: &pb.RefillDone{NodeId: id, Incarnation: req.GetIncarnation(), BasisSeq: req.GetBasisSeq(), Keys: req.GetKeys()},
+		}})
+		if err == nil {
+			s.log.Info("storage node refilled", zap.String("node", id), zap.Uint64("keys", req.GetKeys()), zap.Uint64("seq", seq))
+			return &pb.MemberResponse{Seq: seq}, nil
+		}
+		if !bus.Is(err, pb.ErrorCode_VERSION_CONFLICT) || attempt >= maxMemberAttempts {
+			return nil, bus.Wrap(bus.CodeOf(err), err, "record the refill of node %s", id)
+		}
+		if err := s.cfg.Membership.WaitFor(ctx, st.Seq+1); err != nil {
+			return nil, err
+		}
 	}
-	if state := st.Nodes[id].State; state != ring.Joining {
-		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
-			"node %s is %s: only a JOINING node outside a change is added back", id, stateName(state))
-	}
-	resp, err := s.addNodes(ctx, "", &pb.AddNodesRequest{NodeIds: []string{id}})
-	if err != nil {
-		return nil, err
-	}
-	s.log.Info("storage node asked to be added back", zap.String("node", id), zap.String("migration", resp.GetMigrationId()))
-	return &pb.MemberResponse{Seq: resp.GetEpoch(), MigrationId: resp.GetMigrationId()}, nil
 }
 
 // nodeProgress records the asking node's progress in a migration (or any

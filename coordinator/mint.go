@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"context"
 	"slices"
 	"time"
@@ -84,10 +85,21 @@ type minted struct {
 // minterCandidates orders the replicas to try as minter: healthy first,
 // then suspect (see liveness.order), leaving out nodes whose clock is
 // further from this coordinator's than MaxClockSkew (their deadline checks
-// could not be trusted).
-func (s *Service) minterCandidates(all []string) []string {
-	out := s.liveness.order(all)
-	return slices.DeleteFunc(out, s.liveness.skewed)
+// could not be trusted). Replicas being refilled go last: one could mint,
+// but the version it answers would not hold what it has yet to pull.
+func (s *Service) minterCandidates(st *membership.State, all []string) []string {
+	out := slices.DeleteFunc(s.liveness.order(all), s.liveness.skewed)
+	slices.SortStableFunc(out, func(a, b string) int {
+		return cmp.Compare(boolInt(st.Nodes[a].Refilling), boolInt(st.Nodes[b].Refilling))
+	})
+	return out
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // mint obtains the write's version: a fresh mint, or, for a retry, the
@@ -97,7 +109,7 @@ func (s *Service) mint(ctx context.Context, w *writeReq, st *membership.State, p
 	if w.claim != nil && w.claim.Retry() && !w.resolved {
 		return s.resolve(ctx, w, st, p)
 	}
-	candidates := s.minterCandidates(p.all)
+	candidates := s.minterCandidates(st, p.all)
 	if w.claim != nil {
 		// The named minter goes first: it may still be asked, and asking
 		// another first would need a Reassign anyway.

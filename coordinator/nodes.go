@@ -24,11 +24,12 @@ import (
 // depends on the shape the previous one leaves.
 
 // startChange appends ChangeStarted built by build from the latest state,
-// retrying when another writer appended first. The tenant snapshot is taken
-// once: tenants do not change replication factor while a change runs.
+// retrying when another writer appended first. The ring log's fold takes
+// the change's tenant snapshot (every live tenant's replication factor);
+// tenants whose records predate the ring log's tenants are recorded first,
+// so their data moves too.
 func (s *Service) startChange(ctx context.Context, build func(st *membership.State) (*pb.ChangeStarted, error)) (*pb.NodeChangeResponse, error) {
-	snapshot, err := s.tenantSnapshot(ctx)
-	if err != nil {
+	if err := s.recordStoredTenants(ctx); err != nil {
 		return nil, err
 	}
 	for attempt := 0; ; attempt++ {
@@ -36,15 +37,6 @@ func (s *Service) startChange(ctx context.Context, build func(st *membership.Sta
 		c, err := build(st)
 		if err != nil {
 			return nil, err
-		}
-		if c.TenantRf == nil {
-			c.TenantRf = map[string]uint32{}
-		}
-		for t, rf := range snapshot {
-			if _, ok := c.TenantRf[t]; !ok {
-				cur, _ := st.TenantRF(t, rf)
-				c.TenantRf[t] = cur
-			}
 		}
 		c.MigrationId = newMigrationID(c.GetType())
 		if err := st.CheckStart(c); err != nil {
@@ -71,20 +63,22 @@ func (s *Service) startChange(ctx context.Context, build func(st *membership.Sta
 	}
 }
 
-// tenantSnapshot lists every tenant and its stored replication factor.
-func (s *Service) tenantSnapshot(ctx context.Context) (map[string]uint32, error) {
-	out := map[string]uint32{}
+// recordStoredTenants records in the ring log every stored tenant it does
+// not know (tenants created before the ring log held tenants).
+func (s *Service) recordStoredTenants(ctx context.Context) error {
 	token := ""
 	for {
 		ts, next, err := s.cfg.Tenants.List(ctx, tenant.MaxPageSize, token)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		for _, t := range ts {
-			out[t.GetTenantId()] = t.GetReplicationFactor()
+			if _, err := s.knownToRing(ctx, t); err != nil && !bus.Is(err, pb.ErrorCode_TENANT_NOT_FOUND) {
+				return err
+			}
 		}
 		if next == "" {
-			return out, nil
+			return nil
 		}
 		token = next
 	}
@@ -108,7 +102,9 @@ func (s *Service) addNodes(ctx context.Context, _ string, req *pb.AddNodesReques
 	}
 	return s.startChange(ctx, func(st *membership.State) (*pb.ChangeStarted, error) {
 		if len(st.Normal()) == 0 {
-			return &pb.ChangeStarted{Type: pb.ChangeType_BOOTSTRAP, NodeIds: ids}, nil
+			// The cluster's settings, for its life: every part reads
+			// them from the log from now on.
+			return &pb.ChangeStarted{Type: pb.ChangeType_BOOTSTRAP, NodeIds: ids, Settings: s.cfg.Cluster.Proto()}, nil
 		}
 		if len(ids) > 1 {
 			return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
@@ -120,10 +116,6 @@ func (s *Service) addNodes(ctx context.Context, _ string, req *pb.AddNodesReques
 
 func (s *Service) removeNode(ctx context.Context, _ string, req *pb.RemoveNodeRequest) (*pb.NodeChangeResponse, error) {
 	id := req.GetNodeId()
-	snapshot, err := s.tenantSnapshot(ctx)
-	if err != nil {
-		return nil, err
-	}
 	resp, err := s.startChange(ctx, func(st *membership.State) (*pb.ChangeStarted, error) {
 		typ := pb.ChangeType_REMOVE_NODE
 		if req.GetForce() {
@@ -137,8 +129,8 @@ func (s *Service) removeNode(ctx context.Context, _ string, req *pb.RemoveNodeRe
 		if !req.GetForce() {
 			// Every tenant's replication factor must still fit.
 			remaining := len(st.Normal()) - 1
-			for t, rf := range snapshot {
-				if cur, next := st.TenantRF(t, rf); int(max(cur, next)) > remaining {
+			for t := range st.Tenants {
+				if cur, next := st.TenantRF(t); int(max(cur, next)) > remaining {
 					return nil, bus.Errorf(pb.ErrorCode_NODE_IN_USE,
 						"removing %s leaves %d NORMAL nodes but tenant %q has replication factor %d; lower it first, or force the removal",
 						id, remaining, t, max(cur, next))
@@ -156,11 +148,7 @@ func (s *Service) removeNode(ctx context.Context, _ string, req *pb.RemoveNodeRe
 // changeRF starts a replication-factor change for t.
 func (s *Service) changeRF(ctx context.Context, t *pb.Tenant, rf uint32) (string, error) {
 	resp, err := s.startChange(ctx, func(st *membership.State) (*pb.ChangeStarted, error) {
-		cur, _ := st.TenantRF(t.GetTenantId(), t.GetReplicationFactor())
-		return &pb.ChangeStarted{
-			Type: pb.ChangeType_REPLICATION_FACTOR, TenantId: t.GetTenantId(), ReplicationFactor: rf,
-			TenantRf: map[string]uint32{t.GetTenantId(): cur},
-		}, nil
+		return &pb.ChangeStarted{Type: pb.ChangeType_REPLICATION_FACTOR, TenantId: t.GetTenantId(), ReplicationFactor: rf}, nil
 	})
 	if err != nil {
 		return "", err
@@ -179,7 +167,10 @@ func (s *Service) listNodes(_ context.Context, _ string, _ *pb.ListNodesRequest)
 	now := time.Now()
 	for _, id := range ids {
 		n := st.Nodes[id]
-		info := &pb.NodeInfo{NodeId: id, State: stateName(n.State), Incarnation: n.Incarnation, LastHeartbeatMsAgo: -1}
+		info := &pb.NodeInfo{NodeId: id, State: stateName(n.State), Incarnation: n.Incarnation, LastHeartbeatMsAgo: -1, Refilling: n.Refilling}
+		if n.Refilling && n.State == ring.Normal {
+			info.State = "REFILLING"
+		}
 		if hb, at, ok := s.liveness.last(id); ok {
 			info.Epoch, info.Keys, info.DiskBytes = hb.GetEpoch(), hb.GetKeys(), hb.GetDiskBytes()
 			info.LastHeartbeatMsAgo = now.Sub(at).Milliseconds()

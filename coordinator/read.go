@@ -117,13 +117,18 @@ func (s *Service) readQuorum(ctx context.Context, t *pb.Tenant, key string, l qu
 	if err != nil {
 		return nil, nil, 0, 0, err
 	}
-	n := len(p.cur)
-	need := quorum.Required(l, n)
+	// R counts against all N replicas; only the serving ones are asked.
+	n, need := len(p.serving), quorum.Required(l, len(p.cur))
+	if n < need {
+		return nil, nil, 0, 0, bus.Errorf(pb.ErrorCode_UNAVAILABLE,
+			"%s reads need %d of the key's %d replicas, and %d of them are being refilled after losing their data; retry later or read at a lower level",
+			l, need, len(p.cur), len(p.cur)-n)
+	}
 	first := n
 	if need < n && rand.Float64() >= s.cfg.ReadRepairChance {
 		first = need
 	}
-	g := s.gather(s.readOrder(p.cur), bus.OpRead, &pb.ReadRequest{TenantId: t.GetTenantId(), Key: key, Epoch: st.Epoch}, first)
+	g := s.gather(s.readOrder(p.serving), bus.OpRead, &pb.ReadRequest{TenantId: t.GetTenantId(), Key: key, Epoch: st.Epoch}, first)
 	var hedge <-chan time.Time
 	if g.unsent() > 0 {
 		ht := time.NewTimer(s.cfg.ReadHedgeAfter)

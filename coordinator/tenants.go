@@ -193,7 +193,10 @@ func (s *Service) updateTenant(ctx context.Context, _ string, req *pb.UpdateTena
 		if err != nil {
 			return nil, err
 		}
-		oldRF, _ := s.cfg.Membership.State().TenantRF(cur.GetTenantId(), cur.GetReplicationFactor())
+		if _, err := s.knownToRing(ctx, cur); err != nil {
+			return nil, err
+		}
+		oldRF, _ := s.cfg.Membership.State().TenantRF(cur.GetTenantId())
 		migration := ""
 		if req.ReplicationFactor != nil && req.GetReplicationFactor() != oldRF {
 			// The change goes first: once it is in the log, writes reach the

@@ -228,7 +228,7 @@ func (s *Service) proposeMinter(w *writeReq) (node, incarnation string, err erro
 	if err != nil {
 		return "", "", err
 	}
-	if c := s.minterCandidates(p.all); len(c) > 0 {
+	if c := s.minterCandidates(st, p.all); len(c) > 0 {
 		return c[0], st.Nodes[c[0]].Incarnation, nil
 	}
 	return "", "", bus.Errorf(pb.ErrorCode_UNAVAILABLE,

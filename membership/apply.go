@@ -28,6 +28,8 @@ func (s *State) Apply(seq uint64, ev *pb.RingEvent) (next *State, skipped error)
 		err = n.transferDone(seq, ev.GetUnixMs(), e.TransferDone)
 	case *pb.RingEvent_Tenant:
 		err = n.tenant(seq, ev.GetUnixMs(), e.Tenant)
+	case *pb.RingEvent_RefillDone:
+		err = n.refillDone(seq, e.RefillDone)
 	default:
 		err = bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "ring event %d is of no known kind", seq)
 	}
@@ -48,17 +50,40 @@ func (s *State) register(seq uint64, r *pb.NodeRegistered) {
 	case !ok:
 		s.Nodes[r.GetNodeId()] = Node{ID: r.GetNodeId(), Incarnation: r.GetIncarnation(), State: Registered}
 	case cur.Incarnation == r.GetIncarnation():
-	case cur.State == ring.Normal || cur.State == ring.Leaving:
-		// The node lost its data (a new incarnation under a known id): it
-		// must not serve reads until it is filled again, but it takes writes
-		// at once. An add of the node refills it.
-		cur.Incarnation, cur.State = r.GetIncarnation(), ring.Joining
+	case cur.State == ring.Normal || cur.State == ring.Leaving || cur.State == ring.Joining:
+		// A member lost its data (a new incarnation under a known id). It
+		// keeps its place, so no other node silently becomes a replica of
+		// its arcs; it takes writes at once, and serves no reads until it
+		// has pulled its arcs from the other replicas (RefillDone). What
+		// it reported for a running change is lost with its disk.
+		cur.Incarnation, cur.Refilling = r.GetIncarnation(), true
 		s.Nodes[cur.ID] = cur
+		if c := s.Change; c != nil {
+			delete(c.Done, cur.ID)
+		}
+		s.HoldersSeq = seq
 		s.placementChanged(seq)
 	default:
 		cur.Incarnation = r.GetIncarnation()
 		s.Nodes[cur.ID] = cur
 	}
+}
+
+// refillDone ends a member's refill, if it was computed on a fold no older
+// than the last movement of data between nodes.
+func (s *State) refillDone(seq uint64, d *pb.RefillDone) error {
+	n, ok := s.Nodes[d.GetNodeId()]
+	switch {
+	case !ok || n.Incarnation != d.GetIncarnation() || !n.Refilling:
+		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "node %s (incarnation %s) is not refilling", d.GetNodeId(), d.GetIncarnation())
+	case d.GetBasisSeq() < s.HoldersSeq || d.GetBasisSeq() >= seq:
+		return bus.Errorf(pb.ErrorCode_VERSION_CONFLICT,
+			"the refill of node %s covered the ring at sequence %d; data moved at %d since", d.GetNodeId(), d.GetBasisSeq(), s.HoldersSeq)
+	}
+	n.Refilling = false
+	s.Nodes[n.ID] = n
+	s.placementChanged(seq)
+	return nil
 }
 
 // tenant records a tenant's existence or deletion. Recording what the log
@@ -68,15 +93,20 @@ func (s *State) tenant(seq uint64, unixMs int64, t *pb.TenantChanged) error {
 		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "a tenant event needs a tenant id")
 	}
 	cur, ok := s.Tenants[t.GetTenantId()]
-	next := Tenant{RF: t.GetReplicationFactor(), Policy: t.GetConflictPolicy(), Seq: seq, AtMs: unixMs, Deleted: t.GetDeleted()}
-	if ok && cur.Deleted == next.Deleted {
-		if cur.RF == next.RF && cur.Policy == next.Policy {
+	if ok && cur.Deleted == t.GetDeleted() {
+		if t.GetDeleted() || cur.Policy == t.GetConflictPolicy() {
 			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %s is already recorded so", t.GetTenantId())
 		}
-		// New settings of the same incarnation (or of the same deletion).
-		next.Seq, next.AtMs = cur.Seq, cur.AtMs
+		// A new policy of the same incarnation: not a placement input. Its
+		// replication factor is the replication-factor changes' to set.
+		cur.Policy = t.GetConflictPolicy()
+		s.Tenants[t.GetTenantId()] = cur
+		return nil
 	}
-	s.Tenants[t.GetTenantId()] = next
+	if t.GetReplicationFactor() == 0 && !t.GetDeleted() {
+		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %s is recorded without a replication factor", t.GetTenantId())
+	}
+	s.Tenants[t.GetTenantId()] = Tenant{RF: t.GetReplicationFactor(), Policy: t.GetConflictPolicy(), Seq: seq, AtMs: unixMs, Deleted: t.GetDeleted()}
 	// A tenant's existence is an input to where data may go: requests
 	// routed under it carry its epoch, and nodes wait to fold it.
 	s.placementChanged(seq)
@@ -102,6 +132,12 @@ func (s *State) CheckStart(c *pb.ChangeStarted) error {
 		}
 		if len(nodes) == 0 {
 			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "bootstrap needs at least one node")
+		}
+		if s.bootstrapped {
+			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "the cluster was bootstrapped already")
+		}
+		if err := settingsFrom(c.GetSettings()).Validate(); err != nil {
+			return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bootstrap settings")
 		}
 		for _, id := range nodes {
 			if err := s.registered(id); err != nil {
@@ -133,10 +169,11 @@ func (s *State) CheckStart(c *pb.ChangeStarted) error {
 		if c.GetTenantId() == "" {
 			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "a replication factor change needs a tenant")
 		}
-		if _, ok := c.GetTenantRf()[c.GetTenantId()]; !ok {
-			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "the change's tenant snapshot lacks %s", c.GetTenantId())
+		old, ok := s.snapshotOf(c)[c.GetTenantId()]
+		if !ok {
+			return bus.Errorf(pb.ErrorCode_TENANT_NOT_FOUND, "the ring log has no tenant %s", c.GetTenantId())
 		}
-		if old := c.GetTenantRf()[c.GetTenantId()]; old == c.GetReplicationFactor() {
+		if old == c.GetReplicationFactor() {
 			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %s already has replication factor %d", c.GetTenantId(), old)
 		}
 		if int(c.GetReplicationFactor()) > len(s.Normal()) || c.GetReplicationFactor() == 0 {
@@ -147,6 +184,16 @@ func (s *State) CheckStart(c *pb.ChangeStarted) error {
 		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "unknown change type %v", c.GetType())
 	}
 	return nil
+}
+
+// snapshotOf is a change's tenant snapshot: the one its event carries
+// (written by coordinators before the ring log held tenants), else every
+// live tenant's replication factor in this state.
+func (s *State) snapshotOf(c *pb.ChangeStarted) map[string]uint32 {
+	if len(c.GetTenantRf()) > 0 {
+		return maps.Clone(c.GetTenantRf())
+	}
+	return s.tenantSnapshot()
 }
 
 func (s *State) registered(id string) error {
@@ -160,7 +207,7 @@ func (s *State) registered(id string) error {
 func (s *State) start(seq uint64, unixMs int64, c *pb.ChangeStarted) {
 	ch := &Change{
 		ID: c.GetMigrationId(), Type: c.GetType(), Nodes: slices.Clone(c.GetNodeIds()),
-		Tenant: c.GetTenantId(), RF: c.GetReplicationFactor(), TenantRF: maps.Clone(c.GetTenantRf()),
+		Tenant: c.GetTenantId(), RF: c.GetReplicationFactor(), TenantRF: s.snapshotOf(c),
 		StartSeq: seq, StartedMs: unixMs, Targets: map[string]bool{}, Done: map[string]uint64{},
 	}
 	if ch.TenantRF == nil {
@@ -168,6 +215,7 @@ func (s *State) start(seq uint64, unixMs int64, c *pb.ChangeStarted) {
 	}
 	switch ch.Type {
 	case pb.ChangeType_BOOTSTRAP:
+		s.Settings, s.bootstrapped = settingsFrom(c.GetSettings()), true
 		for _, id := range ch.Nodes {
 			n := s.Nodes[id]
 			n.State = ring.Normal
@@ -183,6 +231,7 @@ func (s *State) start(seq uint64, unixMs int64, c *pb.ChangeStarted) {
 		s.Nodes[n.ID] = n
 	}
 	s.Change = ch
+	s.HoldersSeq = seq
 	s.placementChanged(seq)
 	for _, mv := range moves(s.cur, s.next, ch) {
 		for _, g := range mv.Targets() {
@@ -219,16 +268,20 @@ func (s *State) finish(seq uint64, unixMs int64) {
 		s.Nodes[n.ID] = n
 	case pb.ChangeType_REMOVE_NODE, pb.ChangeType_FORCE_REMOVE_NODE:
 		n := s.Nodes[c.Nodes[0]]
-		n.State = ring.Removed
+		n.State, n.Refilling = ring.Removed, false
 		s.Nodes[n.ID] = n
 	case pb.ChangeType_REPLICATION_FACTOR:
-		s.RF[c.Tenant] = RFChange{From: c.TenantRF[c.Tenant], To: c.RF}
+		if t, ok := s.Tenants[c.Tenant]; ok && !t.Deleted {
+			t.RF = c.RF
+			s.Tenants[c.Tenant] = t
+		}
 	}
 	s.History = append(s.History, Record{Change: *c, EndedMs: unixMs, EndSeq: seq})
 	if len(s.History) > historyLimit {
 		s.History = s.History[len(s.History)-historyLimit:]
 	}
 	s.Change = nil
+	s.HoldersSeq = seq
 	s.placementChanged(seq)
 }
 

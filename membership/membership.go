@@ -29,6 +29,10 @@ type Node struct {
 	ID          string
 	Incarnation string
 	State       ring.State
+	// Refilling is set when a ring member comes back under a new
+	// incarnation (it lost its data): it keeps its place on the ring and
+	// takes writes, but serves no reads until RefillDone clears it.
+	Refilling bool
 }
 
 // Change is the membership or replication-factor change in progress.
@@ -63,9 +67,17 @@ type State struct {
 	Seq uint64
 	// Epoch is the sequence of the last event that changed placement;
 	// replica messages carry it.
-	Epoch  uint64
-	VNodes int
-	Nodes  map[string]Node
+	Epoch uint64
+	// HoldersSeq is the sequence of the last event that moved data between
+	// nodes: a change started or ended, a member lost its data. A refill
+	// computed on an older fold may have missed a range, so RefillDone
+	// must be based on a fold at least this new.
+	HoldersSeq uint64
+	// Settings are the cluster's (see settings.go): the defaults until the
+	// bootstrap records them.
+	Settings     Settings
+	bootstrapped bool
+	Nodes        map[string]Node
 	// Incarnations maps every incarnation ever registered to its node id:
 	// the actors a version vector may name. Old incarnations of wiped
 	// nodes stay, since their dots live on in clocks.
@@ -73,10 +85,6 @@ type State struct {
 	// Tenants are the tenants the log knows, deleted ones included (as
 	// such): storage nodes take data only for live ones.
 	Tenants map[string]Tenant
-	// RF holds the outcome of finished replication-factor changes: tenant →
-	// {old, new}. The tenant store is updated when a change starts; this
-	// covers a store update that failed.
-	RF      map[string]RFChange
 	Change  *Change
 	History []Record
 	cur     *ring.Ring
@@ -84,9 +92,8 @@ type State struct {
 }
 
 // New is the state of an empty log.
-func New(vnodes int) *State {
-	s := &State{VNodes: vnodes, Nodes: map[string]Node{}, Incarnations: map[string]string{}, Tenants: map[string]Tenant{},
-		RF: map[string]RFChange{}}
+func New() *State {
+	s := &State{Settings: DefaultSettings(), Nodes: map[string]Node{}, Incarnations: map[string]string{}, Tenants: map[string]Tenant{}}
 	s.rebuild()
 	return s
 }
@@ -109,9 +116,39 @@ func (s *State) Normal() []string {
 	return out
 }
 
+// Serving reports whether node id serves reads: a member of the current
+// ring that holds its data (not refilling).
+func (s *State) Serving(id string) bool {
+	n, ok := s.Nodes[id]
+	return ok && (n.State == ring.Normal || n.State == ring.Leaving) && !n.Refilling
+}
+
+// Refill lists what node id must pull to be refilled: every arc of every
+// live tenant it replicates on the current ring, with the arc's full
+// replica set as From (its own copy included, which it no longer has).
+// Arcs it gains in a running change are that change's to move.
+func (s *State) Refill(id string) []TenantMove {
+	var out []TenantMove
+	for _, t := range slices.Sorted(maps.Keys(s.Tenants)) {
+		rf, _ := s.TenantRF(t)
+		if rf == 0 {
+			continue
+		}
+		// Diff against no replicas at all lists every arc with its set.
+		for _, mv := range ring.Diff(s.cur, int(rf), s.cur, 0) {
+			if slices.Contains(mv.From, id) {
+				out = append(out, TenantMove{Tenant: t, Move: ring.Move{Arc: mv.Arc, From: mv.From, To: mv.From}})
+			}
+		}
+	}
+	return out
+}
+
 // Tenant is a tenant as the ring log knows it.
 type Tenant struct {
-	// RF is the replication factor it was recorded with.
+	// RF is its replication factor: the one it was created with, then the
+	// outcome of each replication-factor change (the ring log is the only
+	// place placement reads it from; the tenant record mirrors it).
 	RF uint32
 	// Policy is its conflict policy.
 	Policy pb.ConflictPolicy
@@ -129,30 +166,41 @@ func (s *State) TenantLive(tenant string) bool {
 	return ok && !t.Deleted
 }
 
-// RFChange is a finished replication-factor change.
-type RFChange struct{ From, To uint32 }
-
 // TenantRF is a tenant's replication factor now and after the change in
-// progress; storeRF is what the tenant store says. While the tenant's RF
-// change runs, reads keep the old factor and writes also reach the new
-// replicas; a finished change wins over a store still at the old factor.
-func (s *State) TenantRF(tenant string, storeRF uint32) (cur, next uint32) {
+// progress (0 when the ring log does not know the tenant). While the
+// tenant's RF change runs, reads keep the old factor and writes also reach
+// the new replicas.
+func (s *State) TenantRF(tenant string) (cur, next uint32) {
 	if c := s.Change; c != nil && c.Type == pb.ChangeType_REPLICATION_FACTOR && c.Tenant == tenant {
 		return c.TenantRF[tenant], c.RF
 	}
-	if rc, ok := s.RF[tenant]; ok && storeRF == rc.From {
-		return rc.To, rc.To
+	t, ok := s.Tenants[tenant]
+	if !ok || t.Deleted {
+		return 0, 0
 	}
-	return storeRF, storeRF
+	return t.RF, t.RF
 }
 
 // ReplicaSets are a key's replicas now (reads) and after the change (writes
 // go to both and must meet W in each). Without a change they are equal.
-func (s *State) ReplicaSets(tenant string, storeRF uint32, hash uint64) (cur, next []string) {
-	rc, rn := s.TenantRF(tenant, storeRF)
+// Everything they depend on is in the ring log.
+func (s *State) ReplicaSets(tenant string, hash uint64) (cur, next []string) {
+	rc, rn := s.TenantRF(tenant)
 	cur = s.cur.Preference(hash, int(rc))
 	next = s.next.Preference(hash, int(rn))
 	return cur, next
+}
+
+// tenantSnapshot is every live tenant's replication factor: what a change
+// moves (Change.TenantRF).
+func (s *State) tenantSnapshot() map[string]uint32 {
+	out := make(map[string]uint32, len(s.Tenants))
+	for id, t := range s.Tenants {
+		if !t.Deleted {
+			out[id] = t.RF
+		}
+	}
+	return out
 }
 
 // Dead is the node a forced removal gave up on: never a transfer source.
@@ -203,7 +251,6 @@ func (s *State) clone() *State {
 	n.Nodes = maps.Clone(s.Nodes)
 	n.Incarnations = maps.Clone(s.Incarnations)
 	n.Tenants = maps.Clone(s.Tenants)
-	n.RF = maps.Clone(s.RF)
 	n.History = slices.Clone(s.History)
 	if s.Change != nil {
 		c := *s.Change
@@ -228,8 +275,8 @@ func (s *State) rebuild() {
 			next = append(next, ring.Member{ID: id, State: ring.Normal})
 		}
 	}
-	s.cur = ring.New(s.Epoch, s.VNodes, cur)
-	s.next = ring.New(s.Epoch, s.VNodes, next)
+	s.cur = ring.New(s.Epoch, s.Settings.VNodes, cur)
+	s.next = ring.New(s.Epoch, s.Settings.VNodes, next)
 }
 
 // ChangeTypeName is the migration type shown to operators.

@@ -90,7 +90,7 @@ func TestNodesAreBoundToTheirIDs(t *testing.T) {
 	s := bus.Subjects{}
 	p := natsauth.StorageNode(s, "n0")
 	pub, sub := natsauth.Allowed(p.Publish), natsauth.Allowed(p.Subscribe)
-	for _, op := range []string{bus.OpRegister, bus.OpTransferDone, bus.OpReadd, bus.OpProgress} {
+	for _, op := range []string{bus.OpRegister, bus.OpTransferDone, bus.OpRefilled, bus.OpProgress} {
 		require.True(t, may(pub, s.Member("n0", op)))
 		require.False(t, may(pub, s.Member("n1", op)))
 	}

@@ -357,7 +357,7 @@ func (ae *antiEntropy) round(ctx context.Context, r *round) (partial bool, err e
 		return false, werr
 	}
 	r.update(func(s *pb.RepairStatus) { s.ArcsTotal = uint64(len(work)) })
-	rc := &roundCtx{st: st, cutoff: time.Now().Add(-n.cfg.TombstoneGrace).UnixMilli(), r: r}
+	rc := &roundCtx{st: st, cutoff: time.Now().Add(-st.Settings.TombstoneGrace).UnixMilli(), r: r}
 	errs := werr
 	for _, w := range work {
 		if err := ae.placementHolds(st); err != nil {
@@ -401,17 +401,10 @@ func isPeerError(err error) bool {
 // ring, with their other replicas. Tenants are those the node holds plus
 // those the ring log knows (a node that lost a whole tenant must still get
 // it back), or just tenant when set. Replication factors come from the ring
-// log as cleanup reads them, then, for tenants created since the last
-// change, from the factor the log recorded them with (TenantChanged): a
-// node needs no tenant store, and reaches none (deploy/nats).
+// log: a node needs no tenant store, and reaches none (deploy/nats).
 func (ae *antiEntropy) plan(_ context.Context, st *membership.State, only string) ([]arcWork, error) {
 	n := ae.n
 	rfs := tenantRFs(st)
-	for t, rec := range st.Tenants {
-		if rfs[t] == 0 && !rec.Deleted {
-			rfs[t], _ = st.TenantRF(t, rec.RF)
-		}
-	}
 	var tenants []string
 	if only != "" {
 		tenants = []string{only}

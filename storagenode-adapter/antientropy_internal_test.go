@@ -67,18 +67,7 @@ func TestPacerSpacesWork(t *testing.T) {
 	require.ErrorIs(t, p.wait(cctx, 1_000_000), context.Canceled, "waits end with the context")
 }
 
-func TestTombstoneGraceNotBelowHintMaxAge(t *testing.T) {
-	cfg := DefaultConfig("n1", t.TempDir())
-	require.NoError(t, cfg.Validate())
-	cfg.TombstoneGrace = time.Hour
-	err := cfg.Validate()
-	require.ErrorContains(t, err, "TombstoneGrace")
-	require.ErrorContains(t, err, "HintMaxAge")
-	cfg.HintMaxAge = time.Hour
-	require.NoError(t, cfg.Validate())
-	// Zero means the defaults, which are consistent; a zero grace with a
-	// long hint max age is judged with the default grace.
-	require.NoError(t, Config{ID: "n1", DataDir: "d"}.Validate())
-	require.ErrorContains(t, Config{ID: "n1", DataDir: "d", HintMaxAge: 500 * time.Hour}.Validate(), "TombstoneGrace")
+func TestHealingSettingsAreChecked(t *testing.T) {
+	require.NoError(t, DefaultConfig("n1", t.TempDir()).Validate())
 	require.ErrorContains(t, Config{ID: "n1", DataDir: "d", AntiEntropyRate: -1}.Validate(), "AntiEntropyRate")
 }

@@ -122,13 +122,6 @@ type Config struct {
 	// AntiEntropyRate paces anti-entropy in keys per second: keys digested
 	// locally or remotely, pulled and pushed (default 20000).
 	AntiEntropyRate int
-	// TombstoneGrace is how long a tombstone is kept at least before it
-	// may be collected (default 240h). It must not be below HintMaxAge: a
-	// hint still queued could otherwise bring back what was deleted.
-	TombstoneGrace time.Duration
-	// HintMaxAge is the hinted-handoff queue's max age (default 3h); only
-	// TombstoneGrace's check reads it here.
-	HintMaxAge time.Duration
 
 	// OriginTTL is how long the node keeps origin records, its memory of
 	// the writes with an idempotency key it minted or received (default
@@ -171,8 +164,6 @@ func DefaultConfig(id, dataDir string) Config {
 
 		AntiEntropyInterval: DefaultAntiEntropyInterval,
 		AntiEntropyRate:     DefaultAntiEntropyRate,
-		TombstoneGrace:      DefaultTombstoneGrace,
-		HintMaxAge:          DefaultHintMaxAge,
 		OriginTTL:           DefaultOriginTTL,
 		ReplyPrefix:         DefaultReplyPrefix,
 	}

@@ -8,10 +8,8 @@ import (
 	"github.com/cockroachdb/errors"
 	"go.uber.org/zap"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/membership"
-	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 )
 
 // The membership driver is one goroutine per node, owned by the Node and
@@ -21,20 +19,17 @@ import (
 //   - not registered under its incarnation: register (again);
 //   - a change runs and this node is a target that has not reported: pull
 //     every (tenant, arc) it gains, verify, report TransferDone;
-//   - JOINING with no change running (it came back with an empty disk under
-//     a known id): ask the coordinators to add it again;
+//   - refilling (it came back with an empty disk under a known id): pull
+//     every (tenant, arc) it replicates, verify, report RefillDone
+//     (refill.go);
 //   - NORMAL, no change, CleanupGrace after the last cutover: delete the
 //     ranges it no longer replicates.
 //
 // Everything it does is driven by durable state (the ring log and the
 // node's checkpoints), so a restart resumes rather than forgets.
 
-const (
-	readdMinBackoff = time.Second
-	readdMaxBackoff = 30 * time.Second
-	// adminTimeout bounds one admin request the node makes.
-	adminTimeout = 10 * time.Second
-)
+// adminTimeout bounds one admin request the node makes.
+const adminTimeout = 10 * time.Second
 
 type driver struct {
 	n      *Node
@@ -50,9 +45,6 @@ type driver struct {
 	cutoverEpoch uint64
 	cutoverAt    time.Time
 	cleaned      bool
-
-	readdAt      time.Time
-	readdBackoff time.Duration
 
 	// totals caches the keys a migration moves to this node (sum of the
 	// sources' digest key counts), keyed by migration id and epoch.
@@ -129,42 +121,18 @@ func (d *driver) reconcile(ctx context.Context) error {
 		}
 	}
 	switch {
+	case me.Refilling:
+		// First: until it is refilled, reads skip this node.
+		return d.refill(ctx, st)
 	case st.Change != nil:
 		c := st.Change
 		if _, done := c.Done[n.cfg.ID]; c.Targets[n.cfg.ID] && !done {
 			return d.transfer(ctx, st)
 		}
-	case me.State == ring.Joining:
-		return d.requestReadd(ctx)
 	case me.State == ring.Normal && !d.cleaned && time.Since(d.cutoverAt) >= n.cfg.CleanupGrace:
 		return d.cleanup(ctx, st)
 	}
 	return nil
-}
-
-// requestReadd asks the coordinators to add this node back: it is JOINING
-// outside any change, so it came back with an empty disk under a known id
-// and only an ADD_NODE refills it. Retried with backoff until the change
-// starts.
-func (d *driver) requestReadd(ctx context.Context) error {
-	if time.Now().Before(d.readdAt) {
-		return nil
-	}
-	n := d.n
-	n.log.Info("this node is JOINING with no change running (a new incarnation under a known id); asking the coordinators to add it")
-	rctx, cancel := context.WithTimeout(ctx, adminTimeout)
-	defer cancel()
-	err := n.mem.AskReadd(rctx, n.cfg.ID, n.eng.Incarnation())
-	if err == nil || bus.Is(err, pb.ErrorCode_CHANGE_IN_PROGRESS) {
-		// Started (or another change runs first): give the log time to
-		// show it before asking again.
-		d.readdBackoff = readdMinBackoff
-		d.readdAt = time.Now().Add(readdMaxBackoff)
-		return nil
-	}
-	d.readdBackoff = min(max(2*d.readdBackoff, readdMinBackoff), readdMaxBackoff)
-	d.readdAt = time.Now().Add(d.readdBackoff)
-	return errors.Wrapf(err, "ask to re-add node %s (retry in %s)", n.cfg.ID, d.readdBackoff)
 }
 
 // cleanup deletes every (tenant, arc) this node holds but does not
@@ -229,18 +197,14 @@ func (d *driver) deleteArc(st *membership.State, tenant string, a ring.Arc) (uin
 	return deleted, nil
 }
 
-// tenantRFs are the replication factors the ring log knows: the last
-// finished change's snapshot, overridden by finished RF changes. A tenant
-// created after that change is unknown (and kept).
+// tenantRFs are the replication factors the ring log knows, for every live
+// tenant (a tenant it does not know is kept as it is).
 func tenantRFs(st *membership.State) map[string]uint32 {
 	out := map[string]uint32{}
-	if h := st.History; len(h) > 0 {
-		for t, rf := range h[len(h)-1].TenantRF {
-			out[t] = rf
+	for t := range st.Tenants {
+		if cur, _ := st.TenantRF(t); cur > 0 {
+			out[t] = cur
 		}
-	}
-	for t, rf := range st.RF {
-		out[t] = rf.To
 	}
 	return out
 }

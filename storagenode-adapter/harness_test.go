@@ -32,9 +32,6 @@ type ringNet struct {
 	log      *ringlog.Log
 	progress jetstream.Stream
 	f        *ringlog.Follower // the test's own view of the log
-	// readds receives the id of every node that asks to be added back (the
-	// coordinators' part, played by the test).
-	readds chan string
 }
 
 func newRingNet(t *testing.T, nc *nats.Conn) *ringNet {
@@ -42,11 +39,11 @@ func newRingNet(t *testing.T, nc *nats.Conn) *ringNet {
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
 	ctx := context.Background()
-	l, err := ringlog.Open(ctx, js, ringlog.Config{Subjects: subjects, VirtualNodes: 8, Logger: zaptest.NewLogger(t)})
+	l, err := ringlog.Open(ctx, js, ringlog.Config{Subjects: subjects, Logger: zaptest.NewLogger(t)})
 	require.NoError(t, err)
 	st, err := ringlog.OpenProgress(ctx, js, subjects, 1)
 	require.NoError(t, err)
-	r := &ringNet{t: t, nc: nc, js: js, log: l, progress: st, readds: make(chan string, 64)}
+	r := &ringNet{t: t, nc: nc, js: js, log: l, progress: st}
 	r.f = r.follow()
 	return r
 }
@@ -63,14 +60,13 @@ func (r *ringNet) follow() *ringlog.Follower {
 // node's own follower (as the wiring in cluster/ does); what a node asks of
 // the coordinators the test does at once, as a coordinator would.
 func (r *ringNet) membership() storagenode.Membership {
-	return &ringMembership{log: r.log, f: r.follow(), js: r.js, readds: r.readds}
+	return &ringMembership{log: r.log, f: r.follow(), js: r.js}
 }
 
 type ringMembership struct {
-	log    *ringlog.Log
-	f      *ringlog.Follower
-	js     jetstream.JetStream
-	readds chan string
+	log *ringlog.Log
+	f   *ringlog.Follower
+	js  jetstream.JetStream
 }
 
 func (m *ringMembership) State() *membership.State { return m.f.State() }
@@ -84,12 +80,19 @@ func (m *ringMembership) Register(ctx context.Context, id, inc string) error {
 func (m *ringMembership) ReportTransferDone(ctx context.Context, seq uint64, _ string, d *pb.TransferDone) (uint64, error) {
 	return m.log.Append(ctx, seq, &pb.RingEvent{Event: &pb.RingEvent_TransferDone{TransferDone: d}})
 }
-func (m *ringMembership) AskReadd(_ context.Context, id, _ string) error {
-	select {
-	case m.readds <- id:
-	default: // the test reads the first asks only
+
+// ReportRefilled appends RefillDone unless data moved since the refill's
+// fold, as the coordinators do.
+func (m *ringMembership) ReportRefilled(ctx context.Context, id, inc string, basis, keys uint64) (uint64, error) {
+	if err := m.f.WaitFor(ctx, basis); err != nil {
+		return 0, err
 	}
-	return nil
+	st := m.f.State()
+	if basis < st.HoldersSeq {
+		return 0, bus.Errorf(pb.ErrorCode_VERSION_CONFLICT, "data moved at %d", st.HoldersSeq)
+	}
+	return m.log.Append(ctx, st.Seq, &pb.RingEvent{Event: &pb.RingEvent_RefillDone{
+		RefillDone: &pb.RefillDone{NodeId: id, Incarnation: inc, BasisSeq: basis, Keys: keys}}})
 }
 func (m *ringMembership) WaitFor(ctx context.Context, seq uint64) error { return m.f.WaitFor(ctx, seq) }
 func (m *ringMembership) PublishProgress(ctx context.Context, p *pb.MigrationProgress) error {
@@ -158,7 +161,7 @@ func finished(id string) func(*membership.State) bool {
 func (r *ringNet) bootstrap(ids ...string) *membership.State {
 	r.t.Helper()
 	r.waitState("registration", registered(ids...))
-	st := r.start(&pb.ChangeStarted{MigrationId: "boot", Type: pb.ChangeType_BOOTSTRAP, NodeIds: ids})
+	st := r.start(&pb.ChangeStarted{MigrationId: "boot", Type: pb.ChangeType_BOOTSTRAP, NodeIds: ids, Settings: &pb.ClusterSettings{VirtualNodes: 8}})
 	require.Nil(r.t, st.Change, "a bootstrap moves nothing")
 	return r.tenant("t")
 }
@@ -168,11 +171,17 @@ func (r *ringNet) bootstrap(ids ...string) *membership.State {
 // the fold right after it.
 func (r *ringNet) tenant(id string) *membership.State {
 	r.t.Helper()
+	return r.tenantRF(id, 1)
+}
+
+// tenantRF is tenant with a replication factor.
+func (r *ringNet) tenantRF(id string, rf uint32) *membership.State {
+	r.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	st := r.f.State()
 	seq, err := r.log.Append(ctx, st.Seq, &pb.RingEvent{Event: &pb.RingEvent_Tenant{
-		Tenant: &pb.TenantChanged{TenantId: id, ReplicationFactor: 1}}})
+		Tenant: &pb.TenantChanged{TenantId: id, ReplicationFactor: rf}}})
 	require.NoError(r.t, err)
 	require.NoError(r.t, r.f.WaitFor(ctx, seq))
 	return r.f.State()

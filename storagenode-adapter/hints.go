@@ -32,6 +32,8 @@ type Hint interface {
 	Request() (*pb.MergeRequest, error)
 	// Pending is how many hints were still undelivered after this one.
 	Pending() uint64
+	// Stored is when the hint was stored.
+	Stored() time.Time
 	// Ack settles the hint once its merge is committed.
 	Ack() error
 	// Retry has the hint delivered again after delay.
@@ -48,6 +50,9 @@ const (
 	hintRetryDelay = time.Second
 	// hintMaxBackoff bounds the pause after failed fetches (NATS away).
 	hintMaxBackoff = 30 * time.Second
+	// hintMaxAge is the hint age past which a node without membership
+	// (static mode) drops a hint; members use the ring log's.
+	hintMaxAge = 3 * time.Hour
 )
 
 // hintDrainer is the node's hint consumer: one goroutine, owned by the Node,
@@ -56,9 +61,13 @@ const (
 // batch into Pebble (one commit per tenant and policy in the batch) and
 // acks each hint only after the commit that holds it.
 //
-// Epochs are not checked: a merge is idempotent, and if the key's arc moved
-// away from this node meanwhile, the merged copy is harmless and range
-// cleanup removes it.
+// A hint is checked like any merge (tenant incarnation, actors, policy),
+// and is obsolete, so acked without merging, when it is older than the
+// cluster's hint_max_age (a tombstone it predates may be purged), or when
+// this node gained the key's arc after the hint's epoch (the transfer
+// brought what the replicas hold, gains.go). If the key's arc moved away
+// from this node meanwhile, the merged copy is harmless: range cleanup
+// removes it, and a later gain of the arc clears it first.
 type hintDrainer struct {
 	n      *Node
 	inbox  HintInbox
@@ -221,6 +230,14 @@ func (d *hintDrainer) applyGroup(k groupKey, hs []Hint) error {
 	if len(hs) == 0 {
 		return nil
 	}
+	// Under the placement lock, so a gain (which takes it exclusively)
+	// is either seen by the check or clears after the merge.
+	d.n.placeMu.RLock()
+	defer d.n.placeMu.RUnlock()
+	hs = d.dropObsolete(k.tenant, hs)
+	if len(hs) == 0 {
+		return nil
+	}
 	items := make([]engine.MergeItem, len(hs))
 	for i, h := range hs {
 		req, _ := h.Request()
@@ -258,11 +275,30 @@ func (d *hintDrainer) applyGroup(k groupKey, hs []Hint) error {
 	return nil
 }
 
-// mergeBatch commits items under the placement lock shared, like a merge
-// request, so it is ordered against range cleanup.
+// dropObsolete acks the hints of hs that are obsolete (see hintDrainer)
+// and returns the rest.
+func (d *hintDrainer) dropObsolete(tenant string, hs []Hint) []Hint {
+	maxAge := hintMaxAge
+	if d.n.mem != nil {
+		maxAge = d.n.mem.State().Settings.HintMaxAge
+	}
+	kept := hs[:0:0]
+	for _, h := range hs {
+		req, _ := h.Request()
+		old := !h.Stored().IsZero() && time.Since(h.Stored()) > maxAge
+		if old || (req.GetEpoch() > 0 && d.n.gainedSince(tenant, req.GetKey(), req.GetEpoch())) {
+			d.n.met.hintsObsolete.Inc()
+			d.ack(h)
+			continue
+		}
+		kept = append(kept, h)
+	}
+	return kept
+}
+
+// mergeBatch commits items; the caller holds the placement lock shared,
+// like a merge request, so it is ordered against range cleanup and gains.
 func (d *hintDrainer) mergeBatch(tenant string, items []engine.MergeItem, p dvv.Policy) error {
-	d.n.placeMu.RLock()
-	defer d.n.placeMu.RUnlock()
 	changed, err := d.n.mergeBatch(tenant, items, p)
 	if changed > 0 {
 		d.n.met.mergeChanged.Add(changed)

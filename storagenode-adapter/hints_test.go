@@ -98,17 +98,24 @@ func (f *fakeInbox) waitSettled(t *testing.T, n int) map[string]string {
 }
 
 type fakeHint struct {
-	inbox *fakeInbox
-	name  string
-	req   *pb.MergeRequest
-	err   error
+	inbox  *fakeInbox
+	name   string
+	req    *pb.MergeRequest
+	err    error
+	stored time.Time // zero: now
 }
 
 func (h *fakeHint) Request() (*pb.MergeRequest, error) { return h.req, h.err }
 func (h *fakeHint) Pending() uint64                    { return 0 }
-func (h *fakeHint) Ack() error                         { return h.inbox.settle(h.name, "ack") }
-func (h *fakeHint) Retry(time.Duration) error          { return h.inbox.settle(h.name, "retry") }
-func (h *fakeHint) Reject(string) error                { return h.inbox.settle(h.name, "reject") }
+func (h *fakeHint) Stored() time.Time {
+	if h.stored.IsZero() {
+		return time.Now()
+	}
+	return h.stored
+}
+func (h *fakeHint) Ack() error                { return h.inbox.settle(h.name, "ack") }
+func (h *fakeHint) Retry(time.Duration) error { return h.inbox.settle(h.name, "retry") }
+func (h *fakeHint) Reject(string) error       { return h.inbox.settle(h.name, "reject") }
 
 func objectOf(actor, value string) dvv.Object {
 	return dvv.Update(dvv.Object{}, nil, actor, []byte(value), false, time.Now().UnixMilli(), dvv.Siblings)

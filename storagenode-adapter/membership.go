@@ -7,6 +7,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 )
@@ -30,9 +31,10 @@ type Membership interface {
 	// log's last sequence is still expectedSeq, and returns the event's
 	// sequence; a log that moved is VERSION_CONFLICT.
 	ReportTransferDone(ctx context.Context, expectedSeq uint64, incarnation string, done *pb.TransferDone) (uint64, error)
-	// AskReadd asks for this node (id, incarnation), JOINING outside any
-	// change, to be added back; CHANGE_IN_PROGRESS when a change runs.
-	AskReadd(ctx context.Context, id, incarnation string) error
+	// ReportRefilled has RefillDone recorded for this node (id,
+	// incarnation), refilled on the ring as folded at basisSeq, and returns
+	// the event's sequence; VERSION_CONFLICT when data moved since.
+	ReportRefilled(ctx context.Context, id, incarnation string, basisSeq, keys uint64) (uint64, error)
 	// WaitFor blocks until the fold has reached log sequence seq.
 	WaitFor(ctx context.Context, seq uint64) error
 	// PublishProgress records a target's transfer progress.
@@ -83,8 +85,14 @@ func (n *Node) ringState() string {
 	if !ok || me.Incarnation != n.eng.Incarnation() || me.State == membership.Registered {
 		return stateRegistered
 	}
+	if me.Refilling && me.State == ring.Normal {
+		return StateRefilling
+	}
 	return me.State.String()
 }
+
+// StateRefilling is the state shown for a NORMAL member being refilled.
+const StateRefilling = "REFILLING"
 
 // checkEpoch compares a request's epoch with the node's. A request from an
 // older ring (epoch > 0 and below the node's) is STALE_EPOCH: the sender
@@ -112,7 +120,35 @@ func (n *Node) checkEpoch(ctx context.Context, op string, epoch uint64) (uint64,
 		return st.Epoch, bus.Errorf(pb.ErrorCode_STALE_EPOCH,
 			"%s at epoch %d is stale: node %s is at epoch %d; refresh the ring and retry", op, epoch, n.cfg.ID, st.Epoch)
 	}
+	// The storage is ready for the epoch (gains.go): arcs the node gains
+	// in it are cleared before anything is written there.
+	gctx, cancel := context.WithTimeout(ctx, n.cfg.EpochWait)
+	err := n.gate.wait(gctx, st.Epoch)
+	cancel()
+	if err != nil {
+		return st.Epoch, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "%s: node %s is preparing for epoch %d; retry", op, n.cfg.ID, st.Epoch)
+	}
+	if !n.registered(st) {
+		// A process that just started on an empty disk under a known id
+		// must not answer for the incarnation that held the data.
+		return st.Epoch, bus.Errorf(pb.ErrorCode_UNAVAILABLE,
+			"%s: node %s runs incarnation %s, which the ring log does not know yet; retry", op, n.cfg.ID, n.eng.Incarnation())
+	}
 	return st.Epoch, nil
+}
+
+// checkServing refuses a read while this node is being refilled: it does
+// not hold its arcs' data yet (the coordinators leave it out of reads; a
+// read reaching it anyway is answered UNAVAILABLE, never with a miss).
+func (n *Node) checkServing(op string) error {
+	if n.mem == nil {
+		return nil
+	}
+	if me := n.mem.State().Nodes[n.cfg.ID]; me.Refilling {
+		return bus.Errorf(pb.ErrorCode_UNAVAILABLE,
+			"%s: node %s lost its data and is being refilled from the other replicas; it serves no reads until then", op, n.cfg.ID)
+	}
+	return nil
 }
 
 // heartbeatState fills the membership fields of a heartbeat.

@@ -286,32 +286,53 @@ func TestTransferSpeed(t *testing.T) {
 		moved, n, took, moved/took.Seconds(), storagenode.DefaultTransferPageSize)
 }
 
-// TestNodeWithLostDataAsksToBeAddedBack restarts a NORMAL node on an empty
-// disk: it registers a new incarnation, the log makes it JOINING, and with
-// no change running it asks the coordinators (here: the test) to add it;
-// the addition refills it and makes it NORMAL again.
-func TestNodeWithLostDataAsksToBeAddedBack(t *testing.T) {
+// TestNodeWithLostDataIsRefilled restarts a NORMAL node on an empty disk:
+// it registers a new incarnation, keeps its place on the ring as
+// refilling, refuses reads while it pulls its arcs from the other replica,
+// and is serving again once it holds everything that replica holds.
+func TestNodeWithLostDataIsRefilled(t *testing.T) {
 	_, nc := natstest.Start(t)
 	r := newRingNet(t, nc)
 	a1, err := storagenode.Start(nc, memberConfig(t, r, "a", t.TempDir()))
 	require.NoError(t, err)
 	startNode(t, nc, memberConfig(t, r, "b", t.TempDir()))
 	r.bootstrap("a", "b")
+	st := r.tenantRF("u", 2)
+	keys := writeKeys(t, nc, "b", "u", 300, st.Epoch)
 	require.NoError(t, a1.Stop(context.Background()))
 
-	a2 := startNode(t, nc, memberConfig(t, r, "a", t.TempDir()))
-	require.NotEqual(t, a1.Incarnation(), a2.Incarnation())
-	r.waitState("a to rejoin as JOINING", func(st *membership.State) bool {
-		return st.Nodes["a"].Incarnation == a2.Incarnation() && st.Nodes["a"].State == ring.Joining
+	// The refill is held at its first page until the test saw a refuse a
+	// read.
+	cfg := memberConfig(t, r, "a", t.TempDir())
+	cfg.TransferPageSize = 10
+	release := make(chan struct{})
+	storagenode.SetTransferHook(&cfg, func(ctx context.Context, _ int) {
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
 	})
-	select {
-	case id := <-r.readds:
-		require.Equal(t, "a", id)
-	case <-time.After(waitTimeout):
-		t.Fatal("the node never asked to be added back")
+	a2 := startNode(t, nc, cfg)
+	require.NotEqual(t, a1.Incarnation(), a2.Incarnation())
+	st = r.waitState("a to come back refilling", func(st *membership.State) bool {
+		return st.Nodes["a"].Incarnation == a2.Incarnation() && st.Nodes["a"].Refilling
+	})
+	require.Equal(t, ring.Normal, st.Nodes["a"].State, "it keeps its place")
+	require.False(t, st.Serving("a"))
+	err = bus.Request(context.Background(), nc, subjects.Node("a", bus.OpRead),
+		&pb.ReadRequest{TenantId: "u", Key: keys[0], Epoch: st.Epoch}, &pb.ReadResponse{})
+	require.Equal(t, pb.ErrorCode_UNAVAILABLE, bus.CodeOf(err), "a refilling node serves no reads: %v", err)
+
+	close(release)
+	st = r.waitState("a to be refilled", func(st *membership.State) bool { return !st.Nodes["a"].Refilling })
+	require.True(t, st.Serving("a"))
+	full := func(node string) *pb.DigestResponse { return digest(t, nc, node, "u", 0, 0, st.Epoch) }
+	require.EqualValues(t, len(keys), full("a").GetKeys())
+	require.Equal(t, full("b").GetDigest(), full("a").GetDigest())
+	for _, k := range keys[:10] {
+		resp := &pb.ReadResponse{}
+		require.NoError(t, bus.Request(context.Background(), nc, subjects.Node("a", bus.OpRead),
+			&pb.ReadRequest{TenantId: "u", Key: k, Epoch: st.Epoch}, resp))
+		require.True(t, resp.GetFound(), k)
 	}
-	r.start(&pb.ChangeStarted{MigrationId: "readd-a", Type: pb.ChangeType_ADD_NODE,
-		NodeIds: []string{"a"}, TenantRf: map[string]uint32{"t": 1}})
-	end := r.waitState("the re-addition to finish", finished("readd-a"))
-	require.Equal(t, ring.Normal, end.Nodes["a"].State)
 }

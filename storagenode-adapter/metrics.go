@@ -25,6 +25,8 @@ type nodeMetrics struct {
 
 	keysTransferred *metrics.Counter
 	cleanupDeleted  *metrics.Counter
+	gainedCleared   *metrics.Counter
+	hintsObsolete   *metrics.Counter
 	staleEpoch      *metrics.Counter
 	originsSwept    *metrics.Counter
 }
@@ -43,6 +45,8 @@ func newNodeMetrics(set *metrics.Set, node string, ops ...string) *nodeMetrics {
 
 		keysTransferred: set.GetOrCreateCounter(fmt.Sprintf(`pairdb_migration_keys_transferred_total{node=%q}`, node)),
 		cleanupDeleted:  set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_cleanup_deleted_keys_total{node=%q}`, node)),
+		gainedCleared:   set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_gained_orphans_cleared_total{node=%q}`, node)),
+		hintsObsolete:   set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_hints_obsolete_total{node=%q}`, node)),
 		staleEpoch:      set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_stale_epoch_total{node=%q}`, node)),
 		originsSwept:    set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_origin_records_swept_total{node=%q}`, node)),
 	}

@@ -63,6 +63,10 @@ type Node struct {
 	// shared, a range deletion exclusively after rechecking that the ring
 	// has not moved, so a write routed on a newer ring is never deleted.
 	placeMu sync.RWMutex
+	// gate is the epoch the node's storage is prepared for (gains.go);
+	// prepMu serializes the preparing.
+	gate   *gate
+	prepMu sync.Mutex
 
 	stopMu  sync.Mutex
 	stopped bool
@@ -105,17 +109,28 @@ func Start(nc *nats.Conn, cfg Config) (*Node, error) {
 	if err := n.loadTenantMarks(); err != nil {
 		return nil, errors.CombineErrors(errors.Wrapf(err, "storage node %s", cfg.ID), eng.Close())
 	}
+	n.gate = newGate()
+	if err := n.loadGains(); err != nil {
+		return nil, errors.CombineErrors(errors.Wrapf(err, "storage node %s", cfg.ID), eng.Close())
+	}
+	if n.mem != nil {
+		// Before the endpoints: a request of a new epoch waits until the
+		// arcs it gains are cleared.
+		n.startGate()
+	}
 	if n.mem != nil {
 		// Built before the endpoints are registered: the repair endpoint
 		// queues rounds on it; it starts working with the driver.
 		n.ae = newAntiEntropy(n)
 	}
 	if err := n.register(); err != nil {
+		n.stopGate()
 		return nil, errors.CombineErrors(errors.Wrapf(err, "storage node %s: register service", cfg.ID), eng.Close())
 	}
 	// A round trip makes the server register the subscriptions before Start
 	// returns: whoever started the node may send to it at once.
 	if err := nc.FlushTimeout(5 * time.Second); err != nil {
+		n.stopGate()
 		return nil, errors.CombineErrors(errors.Wrapf(err, "storage node %s: flush subscriptions", cfg.ID),
 			errors.CombineErrors(n.svc.Stop(context.Background()), eng.Close()))
 	}
@@ -354,6 +369,14 @@ func (n *Node) read(ctx context.Context, _ string, req *pb.ReadRequest) (*pb.Rea
 	if err != nil {
 		return &pb.ReadResponse{Epoch: epoch}, err
 	}
+	if len(req.GetOrigin()) == 0 {
+		// A retry's search for its write (an origin) is answered: what
+		// this node holds is all it can say, and silence would leave the
+		// retry unresolved until the refill ends.
+		if err := n.checkServing(bus.OpRead); err != nil {
+			return &pb.ReadResponse{Epoch: epoch}, err
+		}
+	}
 	if _, err := n.liveTenant(req.GetTenantId(), req.GetTenantIncarnation()); err != nil {
 		return &pb.ReadResponse{Epoch: epoch}, err
 	}
@@ -474,6 +497,7 @@ func (n *Node) Stop(ctx context.Context) error {
 		n.log.Warn("requests still in flight at stop deadline", zap.Error(err))
 		errs = errors.CombineErrors(errs, errors.Wrap(err, "wait for in-flight requests"))
 	}
+	n.stopGate()
 	if err := n.eng.Close(); err != nil {
 		errs = errors.CombineErrors(errs, err)
 	}

@@ -3,7 +3,6 @@ package storagenode
 import (
 	"bytes"
 	"context"
-	"time"
 
 	"github.com/cockroachdb/errors"
 	"go.uber.org/zap"
@@ -29,15 +28,11 @@ import (
 // ones that did not purge yet still digest equal to the ones that did.
 // A write to a purged key gets a dot no purged tombstone covers (the
 // engine's dot counter is node-wide), so it is never mistaken for history.
-// The grace must exceed the hint max age (a hint holds a value for at most
-// that long) and should exceed the anti-entropy interval by a wide margin,
-// so a replica that missed a delete gets its tombstone before it is due.
-
-// Defaults of the tombstone settings.
-const (
-	DefaultTombstoneGrace = 240 * time.Hour
-	DefaultHintMaxAge     = 3 * time.Hour
-)
+// The grace is the cluster's (membership.Settings, recorded in the ring log
+// at bootstrap): it exceeds the hint max age (a hint holds a value for at
+// most that long), checked at bootstrap, and should exceed the anti-entropy
+// interval by a wide margin, so a replica that missed a delete gets its
+// tombstone before it is due.
 
 // validateHealing checks the anti-entropy and tombstone settings.
 func (c Config) validateHealing() error {
@@ -46,15 +41,6 @@ func (c Config) validateHealing() error {
 		return errors.Newf("storage node: AntiEntropyInterval must not be negative, got %s", c.AntiEntropyInterval)
 	case c.AntiEntropyRate < 0:
 		return errors.Newf("storage node: AntiEntropyRate must not be negative, got %d", c.AntiEntropyRate)
-	case c.TombstoneGrace < 0:
-		return errors.Newf("storage node: TombstoneGrace must not be negative, got %s", c.TombstoneGrace)
-	case c.HintMaxAge < 0:
-		return errors.Newf("storage node: HintMaxAge must not be negative, got %s", c.HintMaxAge)
-	}
-	c = c.withHealingDefaults()
-	if c.TombstoneGrace < c.HintMaxAge {
-		return errors.Newf("storage node: TombstoneGrace (%s) must not be below HintMaxAge (%s): "+
-			"a hint still queued could bring back a key whose tombstone was collected", c.TombstoneGrace, c.HintMaxAge)
 	}
 	return nil
 }
@@ -66,12 +52,6 @@ func (c Config) withHealingDefaults() Config {
 	}
 	if c.AntiEntropyRate == 0 {
 		c.AntiEntropyRate = DefaultAntiEntropyRate
-	}
-	if c.TombstoneGrace == 0 {
-		c.TombstoneGrace = DefaultTombstoneGrace
-	}
-	if c.HintMaxAge == 0 {
-		c.HintMaxAge = DefaultHintMaxAge
 	}
 	return c
 }

@@ -113,20 +113,54 @@ func (p *progress) publish(ctx context.Context, done bool, failure error, force 
 func (d *driver) transfer(ctx context.Context, st *membership.State) error {
 	n := d.n
 	c := st.Change
+	// What it gains starts empty; nothing may be pulled in before.
+	if err := n.prepare(st); err != nil {
+		return err
+	}
 	var moves []membership.TenantMove
 	for _, mv := range st.Moves() {
 		if slices.Contains(mv.Targets(), n.cfg.ID) {
 			moves = append(moves, mv)
 		}
 	}
-	p := &progress{n: n, migration: c.ID}
-	totalKey := fmt.Sprintf("%s@%d", c.ID, st.Epoch)
+	// Its own copy counts as a source, unless it lost its data.
+	refilling := st.Nodes[n.cfg.ID].Refilling
+	keys, err := d.pull(ctx, st, pullJob{
+		id: c.ID, moves: moves,
+		checkpoint: func(mv membership.TenantMove) string { return checkpointName(c.ID, mv) },
+		holds:      func(mv membership.TenantMove) bool { return !refilling && slices.Contains(mv.From, n.cfg.ID) },
+	})
+	if err != nil {
+		return err
+	}
+	return d.reportDone(ctx, st, keys)
+}
+
+// pullJob is a set of (tenant, arc) this node pulls from the arcs' current
+// replicas: a change's transfer, or a refill.
+type pullJob struct {
+	// id names the job in progress reports (a migration id).
+	id    string
+	moves []membership.TenantMove
+	// checkpoint names a move's durable progress.
+	checkpoint func(membership.TenantMove) string
+	// holds says this node's own copy of the move's arc is one of its
+	// replicas' copies (it was in From and kept its data).
+	holds func(membership.TenantMove) bool
+}
+
+// pull moves every range of job to this node and verifies it, from the
+// checkpoints on, and returns the keys it moved.
+func (d *driver) pull(ctx context.Context, st *membership.State, job pullJob) (uint64, error) {
+	n := d.n
+	p := &progress{n: n, migration: job.id}
+	totalKey := fmt.Sprintf("%s@%d", job.id, st.Epoch)
 	total, known := d.totals[totalKey]
-	cks := make([]checkpoint, len(moves))
-	for i, mv := range moves {
-		ck, err := n.loadCheckpoint(checkpointName(c.ID, mv))
+	cks := make([]checkpoint, len(job.moves))
+	for i, mv := range job.moves {
+		ck, err := n.loadCheckpoint(job.checkpoint(mv))
 		if err != nil {
-			return err
+			return 0, err
 		}
 		cks[i] = ck
 		p.transferred += ck.Keys
@@ -140,32 +174,37 @@ func (d *driver) transfer(ctx context.Context, st *membership.State) error {
 	}
 	d.totals[totalKey] = total
 	p.total = total
-	n.log.Info("transfer starting", zap.String("migration", c.ID), zap.Int("ranges", len(moves)),
+	n.log.Info("transfer starting", zap.String("migration", job.id), zap.Int("ranges", len(job.moves)),
 		zap.Uint64("keys_total", total), zap.Uint64("keys_done", p.transferred))
 	p.publish(ctx, false, nil, true)
 	start := time.Now()
-	for i, mv := range moves {
-		if err := d.transferMove(ctx, st, mv, cks[i], p); err != nil {
+	for i, mv := range job.moves {
+		self := 0
+		if job.holds(mv) {
+			self = 1
+		}
+		if err := d.transferMove(ctx, st, mv, job.checkpoint(mv), self, cks[i], p); err != nil {
 			if ctx.Err() != nil {
-				return ctx.Err() // stopping: the checkpoint resumes it
+				return 0, ctx.Err() // stopping: the checkpoint resumes it
 			}
 			n.met.transfer(transferFailed)
 			p.publish(ctx, false, err, true)
-			return errors.Wrapf(err, "migration %s: tenant %s range (%d, %d]", c.ID, mv.Tenant, mv.Arc.Start, mv.Arc.End)
+			return 0, errors.Wrapf(err, "%s: tenant %s range (%d, %d]", job.id, mv.Tenant, mv.Arc.Start, mv.Arc.End)
 		}
 	}
 	p.publish(ctx, true, nil, true)
-	n.log.Info("transfer verified", zap.String("migration", c.ID), zap.Int("ranges", len(moves)),
+	n.log.Info("transfer verified", zap.String("migration", job.id), zap.Int("ranges", len(job.moves)),
 		zap.Uint64("keys", p.transferred), zap.Duration("took", time.Since(start)))
-	return d.reportDone(ctx, st, p.transferred)
+	return p.transferred, nil
 }
 
 // sources are the live current replicas of mv to pull from, in preference
-// order.
+// order: never a dead one (force removal), nor one that lost its data and
+// is being refilled.
 func (d *driver) sources(st *membership.State, mv membership.TenantMove) []string {
 	var out []string
 	for _, id := range mv.From {
-		if id != d.n.cfg.ID && id != st.Dead() {
+		if id != d.n.cfg.ID && id != st.Dead() && !st.Nodes[id].Refilling {
 			out = append(out, id)
 		}
 	}
@@ -234,9 +273,10 @@ func (d *driver) digestFrom(ctx context.Context, st *membership.State, mv member
 // replica is asked, and the arc is accepted once ⌈N/2⌉ (or every live one,
 // after a force removal) have been caught up with, so one replica failing
 // mid-transfer does not stall the change.
-func (d *driver) transferMove(ctx context.Context, st *membership.State, mv membership.TenantMove, ck checkpoint, p *progress) error {
+// self is 1 when this node's own copy is one of From's (see pullJob.holds).
+func (d *driver) transferMove(ctx context.Context, st *membership.State, mv membership.TenantMove, name string,
+	self int, ck checkpoint, p *progress) error {
 	n := d.n
-	name := checkpointName(st.Change.ID, mv)
 	if ck.Verified {
 		return nil
 	}
@@ -251,10 +291,6 @@ func (d *driver) transferMove(ctx context.Context, st *membership.State, mv memb
 			zap.Uint64("start", mv.Arc.Start), zap.Uint64("end", mv.Arc.End), zap.Uint64("keys_done", ck.Keys))
 	}
 	sources := d.sources(st, mv)
-	self := 0
-	if slices.Contains(mv.From, n.cfg.ID) {
-		self = 1 // it holds its own copy
-	}
 	// Dead replicas (force removal) are not asked: with none left alive
 	// there is nothing to copy, and the arc is accepted as it is here.
 	need := min((len(mv.From)+1)/2, len(sources)+self)

@@ -19,6 +19,7 @@ import (
 	"github.com/pairdb/pairdb/cluster"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/dvv/dvvpb"
+	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
 )
@@ -38,9 +39,9 @@ type aeCluster struct {
 	conns map[string]*nats.Conn
 }
 
-func startHealingCluster(t *testing.T, tweak func(*storagenode.Config)) *aeCluster {
+func startHealingCluster(t *testing.T, settings membership.Settings, tweak func(*storagenode.Config)) *aeCluster {
 	t.Helper()
-	h := startClusterWith(t, cluster.DevConfig{Nodes: 3, CleanupGrace: time.Hour})
+	h := startClusterWith(t, cluster.DevConfig{Nodes: 3, CleanupGrace: time.Hour, Cluster: settings})
 	c := &aeCluster{harness: h, tweak: tweak, nodes: map[string]*cluster.StorageNode{}, conns: map[string]*nats.Conn{}}
 	// Registered after the harness's cleanup, so it runs first: these
 	// nodes stop before the dev cluster and its NATS server.
@@ -80,7 +81,7 @@ func (c *aeCluster) start(id string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	n, err := cluster.StartStorageNode(ctx, nc, cfg, 1, 0)
+	n, err := cluster.StartStorageNode(ctx, nc, cfg, 1)
 	require.NoError(c.t, err)
 	c.mu.Lock()
 	c.nodes[id], c.conns[id] = n, nc
@@ -165,7 +166,7 @@ func (c *aeCluster) metric(name, node string) uint64 {
 // anti-entropy round on any replica: pulled when the round runs on the
 // replica that missed them, pushed when it runs on another.
 func TestAntiEntropyHealsMissedWrites(t *testing.T) {
-	c := startHealingCluster(t, nil)
+	c := startHealingCluster(t, membership.Settings{}, nil)
 	base := c.putKeys("base", 500, "all")
 	const missed = 400
 	var keys []string
@@ -222,7 +223,7 @@ func TestAntiEntropyHealsMissedWrites(t *testing.T) {
 
 // Scheduled rounds heal without anyone asking.
 func TestAntiEntropyRunsOnSchedule(t *testing.T) {
-	c := startHealingCluster(t, func(cfg *storagenode.Config) { cfg.AntiEntropyInterval = 100 * time.Millisecond })
+	c := startHealingCluster(t, membership.Settings{}, func(cfg *storagenode.Config) { cfg.AntiEntropyInterval = 100 * time.Millisecond })
 	var keys []string
 	for i := range 100 {
 		keys = append(keys, fmt.Sprintf("k-%d", i))
@@ -235,7 +236,7 @@ func TestAntiEntropyRunsOnSchedule(t *testing.T) {
 // re-add refills it by transfer, and a repair round then finds (and fixes)
 // nothing missing.
 func TestAntiEntropyAfterWipedDataDir(t *testing.T) {
-	c := startHealingCluster(t, nil)
+	c := startHealingCluster(t, membership.Settings{}, nil)
 	keys := c.putKeys("wipe", 300, "all")
 	c.stop("node-3")
 	require.NoError(t, os.RemoveAll(filepath.Join(c.dir, "node-3")))
@@ -267,10 +268,7 @@ func TestAntiEntropyAfterWipedDataDir(t *testing.T) {
 // enough to purge by time alone; the key stays deleted everywhere.
 func TestDeletedKeyIsNeverResurrected(t *testing.T) {
 	const grace = 300 * time.Millisecond
-	c := startHealingCluster(t, func(cfg *storagenode.Config) {
-		cfg.TombstoneGrace = grace
-		cfg.HintMaxAge = grace
-	})
+	c := startHealingCluster(t, membership.Settings{TombstoneGrace: grace, HintMaxAge: grace}, nil)
 	keys := c.putKeys("del", 50, "all")
 	victim := keys[0]
 	c.stop("node-3")

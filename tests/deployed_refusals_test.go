@@ -51,7 +51,7 @@ var publishCases = []subjectCase{
 	{"pairdb.v1.member." + n0 + ".register", []string{roleNode}},
 	{"pairdb.v1.member." + n1 + ".register", nil},
 	{"pairdb.v1.member." + n1 + ".done", nil},
-	{"pairdb.v1.member." + n1 + ".readd", nil},
+	{"pairdb.v1.member." + n1 + ".refilled", nil},
 	{"pairdb.v1.member." + n1 + ".progress", nil},
 	// Storage node endpoints.
 	{"pairdb.v1.node." + n1 + ".apply", []string{roleCoord}},
@@ -241,8 +241,10 @@ func TestShippedAccountsRefuseForbiddenActions(t *testing.T) {
 		return bus.Request(ctx, node, bus.Subjects{}.Member(n0, op), req, new(pb.MemberResponse))
 	}
 	requireCode(t, ask(bus.OpRegister, &pb.RegisterNodeRequest{Incarnation: "bad.incarnation"}), pb.ErrorCode_INVALID_ARGUMENT)
-	requireCode(t, ask(bus.OpReadd, &pb.ReaddNodeRequest{Incarnation: inc}), pb.ErrorCode_INVALID_ARGUMENT)
-	requireCode(t, ask(bus.OpReadd, &pb.ReaddNodeRequest{Incarnation: "0123abcd"}), pb.ErrorCode_INVALID_ARGUMENT)
+	// A node that is not refilling cannot end a refill: nothing is
+	// appended (the ring log is checked below).
+	require.NoError(t, ask(bus.OpRefilled, &pb.RefilledRequest{Incarnation: inc, BasisSeq: seq}))
+	requireCode(t, ask(bus.OpRefilled, &pb.RefilledRequest{Incarnation: "0123abcd", BasisSeq: seq}), pb.ErrorCode_INVALID_ARGUMENT)
 	requireCode(t, ask(bus.OpTransferDone, &pb.TransferDoneRequest{Incarnation: inc, MigrationId: "nope", ExpectedSeq: seq}),
 		pb.ErrorCode_MIGRATION_NOT_FOUND)
 	requireCode(t, ask(bus.OpProgress, &pb.ProgressRequest{Incarnation: inc,

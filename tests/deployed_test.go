@@ -147,7 +147,7 @@ func (d *deployed) migrated(id string) *pb.Migration {
 // level as tenant acme; a node stopped and its hints replayed; read repair;
 // anti-entropy started by the operator (pairdb repair); tenant admin; a
 // node removed and added back with transfers (and their progress); a node
-// back with an empty disk that asks to be added again; service discovery.
+// back with an empty disk that is refilled; service discovery.
 // No connection is refused anything along the way.
 func TestShippedAccountsRunTheCluster(t *testing.T) {
 	d := startDeployed(t)
@@ -237,16 +237,16 @@ func TestShippedAccountsRunTheCluster(t *testing.T) {
 	}
 
 	// A node back with an empty disk registers a new incarnation, which
-	// makes it JOINING, and asks to be added back: the coordinator checks
-	// the request and starts the addition, which refills it.
+	// makes it refilling: it pulls its ranges from the other replicas and
+	// asks the coordinators to record that it is refilled.
 	old := d.c.Node("pairdb-storage-0").Incarnation()
 	d.c.StopNode(ctx, "pairdb-storage-0")
 	fresh := d.c.StartNode(ctx, "pairdb-storage-0", t.TempDir()).Incarnation()
 	require.NotEqual(t, old, fresh)
 	require.Eventually(t, func() bool {
 		n := d.coord.Ring.State().Nodes["pairdb-storage-0"]
-		return n.Incarnation == fresh && n.State == ring.Normal && d.coord.Ring.State().Change == nil
-	}, deployedWait, 20*time.Millisecond, "the wiped node was not added back")
+		return n.Incarnation == fresh && n.State == ring.Normal && !n.Refilling
+	}, deployedWait, 20*time.Millisecond, "the wiped node was not refilled")
 	for i := range 20 {
 		k := fmt.Sprintf("k%02d", i)
 		got, err := d.acme.Get(ctx, k, client.ReadConsistency("all"))

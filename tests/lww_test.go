@@ -30,7 +30,7 @@ func TestLastWriteWinsHoldsInTransfersAndAntiEntropy(t *testing.T) {
 	const keys = 60
 	for i := range keys {
 		key := fmt.Sprint("k-", i)
-		cur, _ := st.ReplicaSets("lww", 3, keyspace.Hash("lww", key))
+		cur, _ := st.ReplicaSets("lww", keyspace.Hash("lww", key))
 		for j, o := range []dvv.Object{
 			{Siblings: []dvv.Sibling{{Value: []byte("early"), Dot: dvv.Dot{Actor: early, Counter: 1}, TimestampMs: 1000}}, Clock: dvv.VV{early: 1}},
 			{Siblings: []dvv.Sibling{{Value: []byte("late"), Dot: dvv.Dot{Actor: late, Counter: 1}, TimestampMs: 2000}}, Clock: dvv.VV{late: 1}},
@@ -59,7 +59,7 @@ func TestLastWriteWinsHoldsInTransfersAndAntiEntropy(t *testing.T) {
 	gained := 0
 	for i := range keys {
 		key := fmt.Sprint("k-", i)
-		if cur, _ := st.ReplicaSets("lww", 3, keyspace.Hash("lww", key)); slices.Contains(cur, "node-4") {
+		if cur, _ := st.ReplicaSets("lww", keyspace.Hash("lww", key)); slices.Contains(cur, "node-4") {
 			gained++
 			require.Equal(t, []string{"late"}, live("node-4", key), "%s pulled by node-4", key)
 		}
@@ -72,7 +72,7 @@ func TestLastWriteWinsHoldsInTransfersAndAntiEntropy(t *testing.T) {
 	}
 	for i := range keys {
 		key := fmt.Sprint("k-", i)
-		cur, _ := st.ReplicaSets("lww", 3, keyspace.Hash("lww", key))
+		cur, _ := st.ReplicaSets("lww", keyspace.Hash("lww", key))
 		for _, n := range cur {
 			require.Equal(t, []string{"late"}, live(n, key), "%s on %s after anti-entropy", key, n)
 		}

@@ -117,7 +117,7 @@ func (h *harness) requireEverywhere(tenant string, rf uint32, acked map[string]s
 		got, err := c.Get(ctxT(h.t), key, client.ReadConsistency("quorum"))
 		require.NoError(h.t, err, key)
 		require.Contains(h.t, values(got), val, "acknowledged %s=%s lost", key, val)
-		cur, _ := st.ReplicaSets(tenant, rf, keyspace.Hash(tenant, key))
+		cur, _ := st.ReplicaSets(tenant, keyspace.Hash(tenant, key))
 		require.Len(h.t, cur, int(rf))
 		for _, node := range cur {
 			require.Eventually(h.t, func() bool {
@@ -249,7 +249,7 @@ func TestReplicationFactorTwoThreeTwo(t *testing.T) {
 	st := h.dev.Coordinators()[0].Ring.State()
 	require.Eventually(t, func() bool {
 		for key := range acked {
-			cur, _ := st.ReplicaSets("rf", 2, keyspace.Hash("rf", key))
+			cur, _ := st.ReplicaSets("rf", keyspace.Hash("rf", key))
 			for _, n := range h.dev.NodeIDs() {
 				if _, found := h.readNode(n, "rf", key); found && !contains(cur, n) {
 					return false
@@ -331,7 +331,7 @@ func TestTransferPullsFromEveryReplica(t *testing.T) {
 	moved := 0
 	for i := range keys {
 		key := fmt.Sprintf("partial-%d", i)
-		cur, _ := st.ReplicaSets("default", 3, keyspace.Hash("default", key))
+		cur, _ := st.ReplicaSets("default", keyspace.Hash("default", key))
 		holders := 0
 		for _, node := range cur {
 			if _, found := h.readNode(node, "default", key); found {
@@ -379,7 +379,7 @@ func TestMergeRefusedAfterTheAnswerIsResent(t *testing.T) {
 	st := h.dev.Coordinators()[0].Ring.State()
 	for i := range keys {
 		key := fmt.Sprintf("late-%d", i)
-		cur, _ := st.ReplicaSets("default", 3, keyspace.Hash("default", key))
+		cur, _ := st.ReplicaSets("default", keyspace.Hash("default", key))
 		for _, node := range cur {
 			require.Eventually(t, func() bool {
 				_, found := h.readNode(node, "default", key)
@@ -407,7 +407,7 @@ func TestLoweringReplicationFactorKeepsAMajority(t *testing.T) {
 	const keys = 100
 	for i := range keys {
 		key := fmt.Sprintf("k-%d", i)
-		cur, _ := st.ReplicaSets("rf", 3, keyspace.Hash("rf", key))
+		cur, _ := st.ReplicaSets("rf", keyspace.Hash("rf", key))
 		obj := dvv.Update(dvv.Object{}, nil, writer, []byte(key), false, time.Now().UnixMilli(), dvv.Siblings)
 		for _, node := range cur[1:] { // the first replica missed it
 			err := bus.Request(ctx, h.nc, bus.Subjects{}.Node(node, bus.OpMerge), &pb.MergeRequest{
@@ -424,7 +424,7 @@ func TestLoweringReplicationFactorKeepsAMajority(t *testing.T) {
 	st = h.dev.Coordinators()[0].Ring.State()
 	for i := range keys {
 		key := fmt.Sprintf("k-%d", i)
-		cur, _ := st.ReplicaSets("rf", 2, keyspace.Hash("rf", key))
+		cur, _ := st.ReplicaSets("rf", keyspace.Hash("rf", key))
 		for _, node := range cur {
 			_, found := h.readNode(node, "rf", key)
 			require.True(t, found, "key %s missing on %s of its new set %v", key, node, cur)

@@ -30,6 +30,7 @@ import (
 	"github.com/pairdb/pairdb/jetstream/idempotency"
 	"github.com/pairdb/pairdb/jetstream/ringlog"
 	"github.com/pairdb/pairdb/jetstream/tenantkv"
+	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
 )
@@ -294,7 +295,7 @@ func TestNATSClusterRestartUnderLoad(t *testing.T) {
 		n, err := cluster.StartStorageNode(ctx, conn, storagenode.Config{
 			ID: id, DataDir: filepath.Join(t.TempDir(), id), Sync: true,
 			Logger: log.Named(id), Metrics: metrics.NewSet(),
-		}, 3, 0)
+		}, 3)
 		require.NoError(t, err)
 		t.Cleanup(func() {
 			sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -304,7 +305,7 @@ func TestNATSClusterRestartUnderLoad(t *testing.T) {
 	}
 
 	// The registered nodes become the first ring; every coordinator sees it.
-	require.NoError(t, coords[0].Ring.Bootstrap(ctx, nodes))
+	require.NoError(t, coords[0].Ring.Bootstrap(ctx, nodes, membership.DefaultSettings()))
 	for _, c := range coords {
 		require.NoError(t, c.Ring.WaitFor(ctx, coords[0].Ring.State().Seq))
 	}

@@ -39,7 +39,7 @@ func (h *harness) keyFirstAt(tenant, node string, rf uint32) string {
 	st := h.dev.Coordinators()[0].Ring.State()
 	for i := 0; ; i++ {
 		k := fmt.Sprintf("%s-key-%d", node, i)
-		if cur, _ := st.ReplicaSets(tenant, rf, keyspace.Hash(tenant, k)); cur[0] == node {
+		if cur, _ := st.ReplicaSets(tenant, keyspace.Hash(tenant, k)); cur[0] == node {
 			return k
 		}
 	}

@@ -69,7 +69,7 @@ func TestPausedNodeProcessMintsNothingLate(t *testing.T) {
 	keyAt := func(tenant string) string {
 		for i := 0; ; i++ {
 			k := fmt.Sprint("paused-", i)
-			if cur, _ := st.ReplicaSets(tenant, 3, keyspace.Hash(tenant, k)); cur[0] == paused.id {
+			if cur, _ := st.ReplicaSets(tenant, keyspace.Hash(tenant, k)); cur[0] == paused.id {
 				return k
 			}
 		}

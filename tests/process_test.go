@@ -25,6 +25,7 @@ import (
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/internal/natstest"
 	"github.com/pairdb/pairdb/keyspace"
+	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 )
 
@@ -127,7 +128,7 @@ func startProcessCluster(t *testing.T, cc cluster.CoordinatorConfig, withOps boo
 	pc.coord, err = cluster.StartCoordinator(ctx, pc.nc, cc)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = pc.coord.Stop(context.Background()) })
-	require.NoError(t, pc.coord.Ring.Bootstrap(ctx, []string{"node-1", "node-2", "node-3"}))
+	require.NoError(t, pc.coord.Ring.Bootstrap(ctx, []string{"node-1", "node-2", "node-3"}, membership.DefaultSettings()))
 	pc.admin = client.New(pc.nc)
 	for _, tn := range tenants {
 		id, policy, _ := strings.Cut(tn, ":")
@@ -208,7 +209,7 @@ func TestStorageNodeProcessesSurviveSIGKILL(t *testing.T) {
 	// no read asked all of them (reads ask R) and no anti-entropy ran yet.
 	h := &harness{t: t, nc: nc}
 	for k, v := range acked {
-		cur, _ := st.ReplicaSets("default", 3, keyspace.Hash("default", k))
+		cur, _ := st.ReplicaSets("default", keyspace.Hash("default", k))
 		for _, n := range cur {
 			require.Eventually(t, func() bool {
 				o, found := h.readNode(n, "default", k)
@@ -225,7 +226,7 @@ func TestStorageNodeProcessesSurviveSIGKILL(t *testing.T) {
 		require.Equal(t, "done", runRepair(t, admin, n.id, "default").GetState(), "repair round on %s", n.id)
 	}
 	for k := range acked {
-		cur, _ := st.ReplicaSets("default", 3, keyspace.Hash("default", k))
+		cur, _ := st.ReplicaSets("default", keyspace.Hash("default", k))
 		objs := make([]dvv.Object, len(cur))
 		require.Eventually(t, func() bool {
 			for i, n := range cur {

@@ -495,7 +495,7 @@ func checkDeletes(h *harness, hist *History, v *Verdict) {
 func checkConvergence(h *harness, hist *History, v *Verdict) {
 	st := h.dev.Coordinators()[0].Ring.State()
 	for _, k := range touchedKeys(hist) {
-		cur, _ := st.ReplicaSets(k.tenant, 3, keyspace.Hash(k.tenant, k.key))
+		cur, _ := st.ReplicaSets(k.tenant, keyspace.Hash(k.tenant, k.key))
 		converged := waitFor(10*time.Second, 20*time.Millisecond, func() bool {
 			objs := make([]dvv.Object, 0, len(cur))
 			for _, n := range cur {

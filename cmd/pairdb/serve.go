@@ -17,6 +17,7 @@ import (
 	"github.com/pairdb/pairdb/cluster"
 	"github.com/pairdb/pairdb/config"
 	"github.com/pairdb/pairdb/jetstream/hints"
+	"github.com/pairdb/pairdb/membership"
 	"github.com/pairdb/pairdb/ops"
 	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
 )
@@ -167,12 +168,13 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 						return nil, err
 					}
 					svc, err := cluster.StartCoordinator(ctx, nc, cluster.CoordinatorConfig{
-						VirtualNodes: cfg.VirtualNodes, Subjects: g.subjects(), StreamReplicas: cfg.StreamReplicas,
+						Cluster:  membership.Settings{VNodes: cfg.VirtualNodes, HintMaxAge: cfg.HintMaxAge, TombstoneGrace: cfg.TombstoneGrace},
+						Subjects: g.subjects(), StreamReplicas: cfg.StreamReplicas,
 						IdempotencyTTL: cfg.IdempotencyTTL, PostgresURL: cfg.PostgresURL,
 						RequestTimeout: cfg.RequestTimeout, ReplicaTimeout: cfg.ReplicaTimeout, TenantCacheTTL: cfg.TenantCacheTTL,
 						HeartbeatTimeout: cfg.HeartbeatTimeout, DownAfter: cfg.DownAfter, NoHints: cfg.NoHints,
 						ReadRepairChance: cfg.ReadRepairChance, MaxClockSkew: cfg.MaxClockSkew,
-						Hints:  hints.Config{MaxAge: cfg.HintMaxAge, MaxPerNode: int64(cfg.HintsPerNode)},
+						Hints:  hints.Config{MaxPerNode: int64(cfg.HintsPerNode)},
 						Logger: log, Metrics: set,
 					})
 					if err != nil {
@@ -256,13 +258,11 @@ func startStorageNode(ctx context.Context, g *globals, cfg config.StorageNode, l
 	sc.HintRate = float64(cfg.HintRate)
 	sc.AntiEntropyInterval = cfg.AntiEntropyInterval
 	sc.AntiEntropyRate = cfg.AntiEntropyRate
-	sc.TombstoneGrace = cfg.TombstoneGrace
-	sc.HintMaxAge = cfg.HintMaxAge
 	sc.OriginTTL = cfg.OriginTTL
 	sc.ReplyPrefix = cfg.CoordinatorInbox + "."
 	sc.Logger = log.Named(cfg.ID)
 	sc.Metrics = set
-	n, err := cluster.StartStorageNode(ctx, nc, sc, cfg.StreamReplicas, 0)
+	n, err := cluster.StartStorageNode(ctx, nc, sc, cfg.StreamReplicas)
 	if err != nil {
 		hb.stop()
 		nc.Close()

@@ -219,7 +219,7 @@ func (c *Cluster) StartNode(ctx context.Context, id, dir string) *cluster.Storag
 	if c.Tweak != nil {
 		c.Tweak(&cfg)
 	}
-	n, err := cluster.StartStorageNode(ctx, nc, cfg, 1, 0)
+	n, err := cluster.StartStorageNode(ctx, nc, cfg, 1)
 	if err != nil {
 		nc.Close()
 	}

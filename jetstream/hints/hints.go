@@ -254,6 +254,7 @@ type Hint struct {
 	err error
 	// pending is the consumer's undelivered count after this hint.
 	pending uint64
+	stored  time.Time
 }
 
 // Request is the merge the node missed, or why the hint is unreadable
@@ -263,6 +264,10 @@ func (h *Hint) Request() (*pb.MergeRequest, error) { return h.req, h.err }
 // Pending is how many hints of this node were still undelivered when this
 // one was.
 func (h *Hint) Pending() uint64 { return h.pending }
+
+// Stored is when the hint was stored (the stream's timestamp; zero when
+// unknown).
+func (h *Hint) Stored() time.Time { return h.stored }
 
 // Ack settles the hint: it is not delivered again. Acks are not confirmed:
 // a lost ack only means the hint is merged again, which changes nothing.
@@ -324,7 +329,7 @@ func (in *Inbox) pull(ctx context.Context, batch int, noWait bool) ([]*Hint, err
 	for msg := range mb.Messages() {
 		h := &Hint{msg: msg, req: new(pb.MergeRequest)}
 		if meta, err := msg.Metadata(); err == nil {
-			h.pending = meta.NumPending
+			h.pending, h.stored = meta.NumPending, meta.Timestamp
 		}
 		if err := proto.Unmarshal(msg.Data(), h.req); err != nil {
 			h.req, h.err = nil, errors.Wrapf(err, "hint on %s is not a MergeRequest", msg.Subject())

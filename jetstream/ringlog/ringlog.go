@@ -29,9 +29,7 @@ type Config struct {
 	Subjects bus.Subjects
 	// Replicas of the stream: 1 on a single server, 3 on a cluster.
 	Replicas int
-	// VirtualNodes per storage node (default 150).
-	VirtualNodes int
-	Logger       *zap.Logger
+	Logger   *zap.Logger
 }
 
 // Log is the ring log.
@@ -139,7 +137,7 @@ func (l *Log) Follow(ctx context.Context) (*Follower, error) {
 	last := info.State.LastSeq
 	f := &Follower{
 		log:    l.cfg.Logger,
-		state:  membership.New(l.cfg.VirtualNodes),
+		state:  membership.New(),
 		notify: make(chan struct{}),
 	}
 	// An ordered consumer: in-order, gap-free, recreated by the client after

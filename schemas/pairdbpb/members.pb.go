@@ -138,30 +138,32 @@ func (x *TransferDoneRequest) GetExpectedSeq() uint64 {
 	return 0
 }
 
-// ReaddNodeRequest (op "readd") asks to add the node again: it is JOINING
-// with no change running (it came back with an empty disk under a known
-// id).
-type ReaddNodeRequest struct {
+// RefilledRequest (op "refilled") asks to append RefillDone for the node:
+// it is refilling (it came back with an empty disk under a known id) and
+// has pulled every range it replicates on the ring as folded at basis_seq.
+type RefilledRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Incarnation   string                 `protobuf:"bytes,1,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	BasisSeq      uint64                 `protobuf:"varint,2,opt,name=basis_seq,json=basisSeq,proto3" json:"basis_seq,omitempty"`
+	Keys          uint64                 `protobuf:"varint,3,opt,name=keys,proto3" json:"keys,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *ReaddNodeRequest) Reset() {
-	*x = ReaddNodeRequest{}
+func (x *RefilledRequest) Reset() {
+	*x = RefilledRequest{}
 	mi := &file_pairdb_v1_members_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *ReaddNodeRequest) String() string {
+func (x *RefilledRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*ReaddNodeRequest) ProtoMessage() {}
+func (*RefilledRequest) ProtoMessage() {}
 
-func (x *ReaddNodeRequest) ProtoReflect() protoreflect.Message {
+func (x *RefilledRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_pairdb_v1_members_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -173,16 +175,30 @@ func (x *ReaddNodeRequest) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use ReaddNodeRequest.ProtoReflect.Descriptor instead.
-func (*ReaddNodeRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use RefilledRequest.ProtoReflect.Descriptor instead.
+func (*RefilledRequest) Descriptor() ([]byte, []int) {
 	return file_pairdb_v1_members_proto_rawDescGZIP(), []int{2}
 }
 
-func (x *ReaddNodeRequest) GetIncarnation() string {
+func (x *RefilledRequest) GetIncarnation() string {
 	if x != nil {
 		return x.Incarnation
 	}
 	return ""
+}
+
+func (x *RefilledRequest) GetBasisSeq() uint64 {
+	if x != nil {
+		return x.BasisSeq
+	}
+	return 0
+}
+
+func (x *RefilledRequest) GetKeys() uint64 {
+	if x != nil {
+		return x.Keys
+	}
+	return 0
 }
 
 // ProgressRequest (op "progress") records the node's transfer progress;
@@ -240,12 +256,10 @@ func (x *ProgressRequest) GetProgress() *MigrationProgress {
 }
 
 // MemberResponse answers every member request: the ring log sequence that
-// holds what was asked (wait to fold it), and the migration a re-add
-// started.
+// holds what was asked (wait to fold it).
 type MemberResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
-	MigrationId   string                 `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
 	Error         *Error                 `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -288,13 +302,6 @@ func (x *MemberResponse) GetSeq() uint64 {
 	return 0
 }
 
-func (x *MemberResponse) GetMigrationId() string {
-	if x != nil {
-		return x.MigrationId
-	}
-	return ""
-}
-
 func (x *MemberResponse) GetError() *Error {
 	if x != nil {
 		return x.Error
@@ -313,16 +320,17 @@ const file_pairdb_v1_members_proto_rawDesc = "" +
 	"\vincarnation\x18\x01 \x01(\tR\vincarnation\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x12\n" +
 	"\x04keys\x18\x03 \x01(\x04R\x04keys\x12!\n" +
-	"\fexpected_seq\x18\x04 \x01(\x04R\vexpectedSeq\"4\n" +
-	"\x10ReaddNodeRequest\x12 \n" +
-	"\vincarnation\x18\x01 \x01(\tR\vincarnation\"m\n" +
+	"\fexpected_seq\x18\x04 \x01(\x04R\vexpectedSeq\"d\n" +
+	"\x0fRefilledRequest\x12 \n" +
+	"\vincarnation\x18\x01 \x01(\tR\vincarnation\x12\x1b\n" +
+	"\tbasis_seq\x18\x02 \x01(\x04R\bbasisSeq\x12\x12\n" +
+	"\x04keys\x18\x03 \x01(\x04R\x04keys\"m\n" +
 	"\x0fProgressRequest\x12 \n" +
 	"\vincarnation\x18\x01 \x01(\tR\vincarnation\x128\n" +
-	"\bprogress\x18\x02 \x01(\v2\x1c.pairdb.v1.MigrationProgressR\bprogress\"m\n" +
+	"\bprogress\x18\x02 \x01(\v2\x1c.pairdb.v1.MigrationProgressR\bprogress\"P\n" +
 	"\x0eMemberResponse\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12!\n" +
-	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12&\n" +
-	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05errorB+Z)github.com/pairdb/pairdb/schemas/pairdbpbb\x06proto3"
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12&\n" +
+	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05errorJ\x04\b\x02\x10\x03B+Z)github.com/pairdb/pairdb/schemas/pairdbpbb\x06proto3"
 
 var (
 	file_pairdb_v1_members_proto_rawDescOnce sync.Once
@@ -340,7 +348,7 @@ var file_pairdb_v1_members_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_pairdb_v1_members_proto_goTypes = []any{
 	(*RegisterNodeRequest)(nil), // 0: pairdb.v1.RegisterNodeRequest
 	(*TransferDoneRequest)(nil), // 1: pairdb.v1.TransferDoneRequest
-	(*ReaddNodeRequest)(nil),    // 2: pairdb.v1.ReaddNodeRequest
+	(*RefilledRequest)(nil),     // 2: pairdb.v1.RefilledRequest
 	(*ProgressRequest)(nil),     // 3: pairdb.v1.ProgressRequest
 	(*MemberResponse)(nil),      // 4: pairdb.v1.MemberResponse
 	(*MigrationProgress)(nil),   // 5: pairdb.v1.MigrationProgress

@@ -93,6 +93,7 @@ type RingEvent struct {
 	//	*RingEvent_Started
 	//	*RingEvent_TransferDone
 	//	*RingEvent_Tenant
+	//	*RingEvent_RefillDone
 	Event         isRingEvent_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -178,6 +179,15 @@ func (x *RingEvent) GetTenant() *TenantChanged {
 	return nil
 }
 
+func (x *RingEvent) GetRefillDone() *RefillDone {
+	if x != nil {
+		if x, ok := x.Event.(*RingEvent_RefillDone); ok {
+			return x.RefillDone
+		}
+	}
+	return nil
+}
+
 type isRingEvent_Event interface {
 	isRingEvent_Event()
 }
@@ -198,6 +208,10 @@ type RingEvent_Tenant struct {
 	Tenant *TenantChanged `protobuf:"bytes,13,opt,name=tenant,proto3,oneof"`
 }
 
+type RingEvent_RefillDone struct {
+	RefillDone *RefillDone `protobuf:"bytes,14,opt,name=refill_done,json=refillDone,proto3,oneof"`
+}
+
 func (*RingEvent_Registered) isRingEvent_Event() {}
 
 func (*RingEvent_Started) isRingEvent_Event() {}
@@ -205,6 +219,8 @@ func (*RingEvent_Started) isRingEvent_Event() {}
 func (*RingEvent_TransferDone) isRingEvent_Event() {}
 
 func (*RingEvent_Tenant) isRingEvent_Event() {}
+
+func (*RingEvent_RefillDone) isRingEvent_Event() {}
 
 // TenantChanged records that a tenant exists (with its replication factor
 // when it was recorded) or was deleted. Storage nodes accept data only for
@@ -284,7 +300,9 @@ func (x *TenantChanged) GetConflictPolicy() ConflictPolicy {
 }
 
 // NodeRegistered is appended by a storage node at start when the log does
-// not already know its (id, incarnation).
+// not already know its (id, incarnation). A new incarnation of a ring
+// member lost its data: it keeps its place on the ring and takes writes at
+// once, but serves no reads until it is refilled (RefillDone).
 type NodeRegistered struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -337,6 +355,79 @@ func (x *NodeRegistered) GetIncarnation() string {
 	return ""
 }
 
+// RefillDone says a refilling node holds again every range it replicates:
+// it pulled each from the other replicas and verified it by digest, on the
+// ring as the log stood at basis_seq. It is skipped unless that fold is
+// still the last to have moved data between nodes (a change started or
+// ended, a node lost its data), so the refill covered the ring that holds.
+type RefillDone struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Incarnation   string                 `protobuf:"bytes,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	BasisSeq      uint64                 `protobuf:"varint,3,opt,name=basis_seq,json=basisSeq,proto3" json:"basis_seq,omitempty"`
+	Keys          uint64                 `protobuf:"varint,4,opt,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefillDone) Reset() {
+	*x = RefillDone{}
+	mi := &file_pairdb_v1_membership_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefillDone) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefillDone) ProtoMessage() {}
+
+func (x *RefillDone) ProtoReflect() protoreflect.Message {
+	mi := &file_pairdb_v1_membership_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefillDone.ProtoReflect.Descriptor instead.
+func (*RefillDone) Descriptor() ([]byte, []int) {
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RefillDone) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *RefillDone) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
+}
+
+func (x *RefillDone) GetBasisSeq() uint64 {
+	if x != nil {
+		return x.BasisSeq
+	}
+	return 0
+}
+
+func (x *RefillDone) GetKeys() uint64 {
+	if x != nil {
+		return x.Keys
+	}
+	return 0
+}
+
 // ChangeStarted begins a membership or replication-factor change.
 type ChangeStarted struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -348,15 +439,19 @@ type ChangeStarted struct {
 	ReplicationFactor uint32 `protobuf:"varint,5,opt,name=replication_factor,json=replicationFactor,proto3" json:"replication_factor,omitempty"`
 	// Every tenant and its replication factor when the change started: the
 	// data that predates the change and must be moved. Tenants created later
-	// write to both replica sets from their first write.
-	TenantRf      map[string]uint32 `protobuf:"bytes,6,rep,name=tenant_rf,json=tenantRf,proto3" json:"tenant_rf,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// write to both replica sets from their first write. Empty: the fold
+	// takes it (every live tenant the ring log records).
+	TenantRf map[string]uint32 `protobuf:"bytes,6,rep,name=tenant_rf,json=tenantRf,proto3" json:"tenant_rf,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// BOOTSTRAP: the settings every part must agree on, recorded once for the
+	// cluster's life (absent in logs written before they were: the defaults).
+	Settings      *ClusterSettings `protobuf:"bytes,7,opt,name=settings,proto3" json:"settings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ChangeStarted) Reset() {
 	*x = ChangeStarted{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[3]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -368,7 +463,7 @@ func (x *ChangeStarted) String() string {
 func (*ChangeStarted) ProtoMessage() {}
 
 func (x *ChangeStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[3]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -381,7 +476,7 @@ func (x *ChangeStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeStarted.ProtoReflect.Descriptor instead.
 func (*ChangeStarted) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{3}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ChangeStarted) GetMigrationId() string {
@@ -426,6 +521,80 @@ func (x *ChangeStarted) GetTenantRf() map[string]uint32 {
 	return nil
 }
 
+func (x *ChangeStarted) GetSettings() *ClusterSettings {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
+// ClusterSettings are the inputs to placement and to safety that must be
+// the same in every coordinator and storage node, so they live in the ring
+// log rather than in each process's configuration.
+type ClusterSettings struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Ring points per storage node.
+	VirtualNodes uint32 `protobuf:"varint,1,opt,name=virtual_nodes,json=virtualNodes,proto3" json:"virtual_nodes,omitempty"`
+	// How long an undelivered hint is kept (the hints stream's max age).
+	HintMaxAgeMs int64 `protobuf:"varint,2,opt,name=hint_max_age_ms,json=hintMaxAgeMs,proto3" json:"hint_max_age_ms,omitempty"`
+	// A tombstone is purged only this long after its delete; at least
+	// hint_max_age, so no hint can bring back what was purged.
+	TombstoneGraceMs int64 `protobuf:"varint,3,opt,name=tombstone_grace_ms,json=tombstoneGraceMs,proto3" json:"tombstone_grace_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ClusterSettings) Reset() {
+	*x = ClusterSettings{}
+	mi := &file_pairdb_v1_membership_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterSettings) ProtoMessage() {}
+
+func (x *ClusterSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_pairdb_v1_membership_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterSettings.ProtoReflect.Descriptor instead.
+func (*ClusterSettings) Descriptor() ([]byte, []int) {
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ClusterSettings) GetVirtualNodes() uint32 {
+	if x != nil {
+		return x.VirtualNodes
+	}
+	return 0
+}
+
+func (x *ClusterSettings) GetHintMaxAgeMs() int64 {
+	if x != nil {
+		return x.HintMaxAgeMs
+	}
+	return 0
+}
+
+func (x *ClusterSettings) GetTombstoneGraceMs() int64 {
+	if x != nil {
+		return x.TombstoneGraceMs
+	}
+	return 0
+}
+
 // TransferDone says a target node holds every range it gains in the change.
 type TransferDone struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -438,7 +607,7 @@ type TransferDone struct {
 
 func (x *TransferDone) Reset() {
 	*x = TransferDone{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[4]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -450,7 +619,7 @@ func (x *TransferDone) String() string {
 func (*TransferDone) ProtoMessage() {}
 
 func (x *TransferDone) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[4]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -463,7 +632,7 @@ func (x *TransferDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferDone.ProtoReflect.Descriptor instead.
 func (*TransferDone) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{4}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TransferDone) GetMigrationId() string {
@@ -499,7 +668,7 @@ type HashRange struct {
 
 func (x *HashRange) Reset() {
 	*x = HashRange{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[5]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -511,7 +680,7 @@ func (x *HashRange) String() string {
 func (*HashRange) ProtoMessage() {}
 
 func (x *HashRange) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[5]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -524,7 +693,7 @@ func (x *HashRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HashRange.ProtoReflect.Descriptor instead.
 func (*HashRange) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{5}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *HashRange) GetStart() uint64 {
@@ -562,7 +731,7 @@ type ScanRequest struct {
 
 func (x *ScanRequest) Reset() {
 	*x = ScanRequest{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[6]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -574,7 +743,7 @@ func (x *ScanRequest) String() string {
 func (*ScanRequest) ProtoMessage() {}
 
 func (x *ScanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[6]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -587,7 +756,7 @@ func (x *ScanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanRequest.ProtoReflect.Descriptor instead.
 func (*ScanRequest) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{6}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ScanRequest) GetTenantId() string {
@@ -657,7 +826,7 @@ type ScanItem struct {
 
 func (x *ScanItem) Reset() {
 	*x = ScanItem{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[7]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -669,7 +838,7 @@ func (x *ScanItem) String() string {
 func (*ScanItem) ProtoMessage() {}
 
 func (x *ScanItem) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[7]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -682,7 +851,7 @@ func (x *ScanItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanItem.ProtoReflect.Descriptor instead.
 func (*ScanItem) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{7}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ScanItem) GetKey() string {
@@ -719,7 +888,7 @@ type ScanResponse struct {
 
 func (x *ScanResponse) Reset() {
 	*x = ScanResponse{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[8]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -731,7 +900,7 @@ func (x *ScanResponse) String() string {
 func (*ScanResponse) ProtoMessage() {}
 
 func (x *ScanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[8]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -744,7 +913,7 @@ func (x *ScanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanResponse.ProtoReflect.Descriptor instead.
 func (*ScanResponse) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{8}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ScanResponse) GetItems() []*ScanItem {
@@ -791,7 +960,7 @@ type DigestRequest struct {
 
 func (x *DigestRequest) Reset() {
 	*x = DigestRequest{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[9]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -803,7 +972,7 @@ func (x *DigestRequest) String() string {
 func (*DigestRequest) ProtoMessage() {}
 
 func (x *DigestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[9]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -816,7 +985,7 @@ func (x *DigestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DigestRequest.ProtoReflect.Descriptor instead.
 func (*DigestRequest) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{9}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DigestRequest) GetTenantId() string {
@@ -860,7 +1029,7 @@ type DigestResponse struct {
 
 func (x *DigestResponse) Reset() {
 	*x = DigestResponse{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[10]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -872,7 +1041,7 @@ func (x *DigestResponse) String() string {
 func (*DigestResponse) ProtoMessage() {}
 
 func (x *DigestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[10]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -885,7 +1054,7 @@ func (x *DigestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DigestResponse.ProtoReflect.Descriptor instead.
 func (*DigestResponse) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{10}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DigestResponse) GetDigest() []byte {
@@ -919,7 +1088,9 @@ func (x *DigestResponse) GetError() *Error {
 type NodeInfo struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	// JOINING, NORMAL, LEAVING, REMOVED, or REGISTERED (known, not a member).
+	// JOINING, NORMAL, LEAVING, REMOVED, REGISTERED (known, not a member),
+	// or REFILLING: a NORMAL member that lost its data, takes writes and
+	// serves no reads until the other replicas have refilled it.
 	State       string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
 	Incarnation string `protobuf:"bytes,3,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	Epoch       uint64 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
@@ -927,13 +1098,15 @@ type NodeInfo struct {
 	DiskBytes   uint64 `protobuf:"varint,6,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
 	// Milliseconds since the last heartbeat this coordinator saw; -1: never.
 	LastHeartbeatMsAgo int64 `protobuf:"varint,7,opt,name=last_heartbeat_ms_ago,json=lastHeartbeatMsAgo,proto3" json:"last_heartbeat_ms_ago,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The node lost its data and is being refilled (whatever its state).
+	Refilling     bool `protobuf:"varint,8,opt,name=refilling,proto3" json:"refilling,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[11]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1118,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[11]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1131,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{11}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *NodeInfo) GetNodeId() string {
@@ -1010,6 +1183,13 @@ func (x *NodeInfo) GetLastHeartbeatMsAgo() int64 {
 	return 0
 }
 
+func (x *NodeInfo) GetRefilling() bool {
+	if x != nil {
+		return x.Refilling
+	}
+	return false
+}
+
 type AddNodesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeIds       []string               `protobuf:"bytes,1,rep,name=node_ids,json=nodeIds,proto3" json:"node_ids,omitempty"`
@@ -1019,7 +1199,7 @@ type AddNodesRequest struct {
 
 func (x *AddNodesRequest) Reset() {
 	*x = AddNodesRequest{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[12]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1031,7 +1211,7 @@ func (x *AddNodesRequest) String() string {
 func (*AddNodesRequest) ProtoMessage() {}
 
 func (x *AddNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[12]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1044,7 +1224,7 @@ func (x *AddNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddNodesRequest.ProtoReflect.Descriptor instead.
 func (*AddNodesRequest) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{12}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AddNodesRequest) GetNodeIds() []string {
@@ -1066,7 +1246,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[13]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1078,7 +1258,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[13]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1091,7 +1271,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{13}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RemoveNodeRequest) GetNodeId() string {
@@ -1120,7 +1300,7 @@ type NodeChangeResponse struct {
 
 func (x *NodeChangeResponse) Reset() {
 	*x = NodeChangeResponse{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[14]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1312,7 @@ func (x *NodeChangeResponse) String() string {
 func (*NodeChangeResponse) ProtoMessage() {}
 
 func (x *NodeChangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[14]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1325,7 @@ func (x *NodeChangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeChangeResponse.ProtoReflect.Descriptor instead.
 func (*NodeChangeResponse) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{14}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *NodeChangeResponse) GetMigrationId() string {
@@ -1184,7 +1364,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[15]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1196,7 +1376,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[15]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1209,7 +1389,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{15}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{17}
 }
 
 type ListNodesResponse struct {
@@ -1223,7 +1403,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[16]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1235,7 +1415,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[16]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1248,7 +1428,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{16}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeInfo {
@@ -1296,7 +1476,7 @@ type Migration struct {
 
 func (x *Migration) Reset() {
 	*x = Migration{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[17]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1308,7 +1488,7 @@ func (x *Migration) String() string {
 func (*Migration) ProtoMessage() {}
 
 func (x *Migration) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[17]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1321,7 +1501,7 @@ func (x *Migration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Migration.ProtoReflect.Descriptor instead.
 func (*Migration) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{17}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Migration) GetMigrationId() string {
@@ -1417,7 +1597,7 @@ type GetMigrationRequest struct {
 
 func (x *GetMigrationRequest) Reset() {
 	*x = GetMigrationRequest{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[18]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1429,7 +1609,7 @@ func (x *GetMigrationRequest) String() string {
 func (*GetMigrationRequest) ProtoMessage() {}
 
 func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[18]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1442,7 +1622,7 @@ func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{18}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetMigrationRequest) GetMigrationId() string {
@@ -1462,7 +1642,7 @@ type MigrationResponse struct {
 
 func (x *MigrationResponse) Reset() {
 	*x = MigrationResponse{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[19]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1474,7 +1654,7 @@ func (x *MigrationResponse) String() string {
 func (*MigrationResponse) ProtoMessage() {}
 
 func (x *MigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[19]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1487,7 +1667,7 @@ func (x *MigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationResponse.ProtoReflect.Descriptor instead.
 func (*MigrationResponse) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{19}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *MigrationResponse) GetMigration() *Migration {
@@ -1512,7 +1692,7 @@ type ListMigrationsRequest struct {
 
 func (x *ListMigrationsRequest) Reset() {
 	*x = ListMigrationsRequest{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[20]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1524,7 +1704,7 @@ func (x *ListMigrationsRequest) String() string {
 func (*ListMigrationsRequest) ProtoMessage() {}
 
 func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[20]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1537,7 +1717,7 @@ func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationsRequest) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{20}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{22}
 }
 
 type ListMigrationsResponse struct {
@@ -1550,7 +1730,7 @@ type ListMigrationsResponse struct {
 
 func (x *ListMigrationsResponse) Reset() {
 	*x = ListMigrationsResponse{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[21]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1562,7 +1742,7 @@ func (x *ListMigrationsResponse) String() string {
 func (*ListMigrationsResponse) ProtoMessage() {}
 
 func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[21]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1575,7 +1755,7 @@ func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationsResponse) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{21}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListMigrationsResponse) GetMigrations() []*Migration {
@@ -1615,7 +1795,7 @@ type MigrationProgress struct {
 
 func (x *MigrationProgress) Reset() {
 	*x = MigrationProgress{}
-	mi := &file_pairdb_v1_membership_proto_msgTypes[22]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1627,7 +1807,7 @@ func (x *MigrationProgress) String() string {
 func (*MigrationProgress) ProtoMessage() {}
 
 func (x *MigrationProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_pairdb_v1_membership_proto_msgTypes[22]
+	mi := &file_pairdb_v1_membership_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1640,7 +1820,7 @@ func (x *MigrationProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationProgress.ProtoReflect.Descriptor instead.
 func (*MigrationProgress) Descriptor() ([]byte, []int) {
-	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{22}
+	return file_pairdb_v1_membership_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *MigrationProgress) GetMigrationId() string {
@@ -1703,7 +1883,7 @@ var File_pairdb_v1_membership_proto protoreflect.FileDescriptor
 
 const file_pairdb_v1_membership_proto_rawDesc = "" +
 	"\n" +
-	"\x1apairdb/v1/membership.proto\x12\tpairdb.v1\x1a\x16pairdb/v1/common.proto\x1a\x14pairdb/v1/node.proto\"\x94\x02\n" +
+	"\x1apairdb/v1/membership.proto\x12\tpairdb.v1\x1a\x16pairdb/v1/common.proto\x1a\x14pairdb/v1/node.proto\"\xce\x02\n" +
 	"\tRingEvent\x12\x17\n" +
 	"\aunix_ms\x18\x01 \x01(\x03R\x06unixMs\x12;\n" +
 	"\n" +
@@ -1712,7 +1892,9 @@ const file_pairdb_v1_membership_proto_rawDesc = "" +
 	"registered\x124\n" +
 	"\astarted\x18\v \x01(\v2\x18.pairdb.v1.ChangeStartedH\x00R\astarted\x12>\n" +
 	"\rtransfer_done\x18\f \x01(\v2\x17.pairdb.v1.TransferDoneH\x00R\ftransferDone\x122\n" +
-	"\x06tenant\x18\r \x01(\v2\x18.pairdb.v1.TenantChangedH\x00R\x06tenantB\a\n" +
+	"\x06tenant\x18\r \x01(\v2\x18.pairdb.v1.TenantChangedH\x00R\x06tenant\x128\n" +
+	"\vrefill_done\x18\x0e \x01(\v2\x15.pairdb.v1.RefillDoneH\x00R\n" +
+	"refillDoneB\a\n" +
 	"\x05event\"\xb9\x01\n" +
 	"\rTenantChanged\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12-\n" +
@@ -1721,17 +1903,28 @@ const file_pairdb_v1_membership_proto_rawDesc = "" +
 	"\x0fconflict_policy\x18\x04 \x01(\x0e2\x19.pairdb.v1.ConflictPolicyR\x0econflictPolicy\"K\n" +
 	"\x0eNodeRegistered\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12 \n" +
-	"\vincarnation\x18\x02 \x01(\tR\vincarnation\"\xc6\x02\n" +
+	"\vincarnation\x18\x02 \x01(\tR\vincarnation\"x\n" +
+	"\n" +
+	"RefillDone\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12 \n" +
+	"\vincarnation\x18\x02 \x01(\tR\vincarnation\x12\x1b\n" +
+	"\tbasis_seq\x18\x03 \x01(\x04R\bbasisSeq\x12\x12\n" +
+	"\x04keys\x18\x04 \x01(\x04R\x04keys\"\xfe\x02\n" +
 	"\rChangeStarted\x12!\n" +
 	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x12)\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x15.pairdb.v1.ChangeTypeR\x04type\x12\x19\n" +
 	"\bnode_ids\x18\x03 \x03(\tR\anodeIds\x12\x1b\n" +
 	"\ttenant_id\x18\x04 \x01(\tR\btenantId\x12-\n" +
 	"\x12replication_factor\x18\x05 \x01(\rR\x11replicationFactor\x12C\n" +
-	"\ttenant_rf\x18\x06 \x03(\v2&.pairdb.v1.ChangeStarted.TenantRfEntryR\btenantRf\x1a;\n" +
+	"\ttenant_rf\x18\x06 \x03(\v2&.pairdb.v1.ChangeStarted.TenantRfEntryR\btenantRf\x126\n" +
+	"\bsettings\x18\a \x01(\v2\x1a.pairdb.v1.ClusterSettingsR\bsettings\x1a;\n" +
 	"\rTenantRfEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"^\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\x8b\x01\n" +
+	"\x0fClusterSettings\x12#\n" +
+	"\rvirtual_nodes\x18\x01 \x01(\rR\fvirtualNodes\x12%\n" +
+	"\x0fhint_max_age_ms\x18\x02 \x01(\x03R\fhintMaxAgeMs\x12,\n" +
+	"\x12tombstone_grace_ms\x18\x03 \x01(\x03R\x10tombstoneGraceMs\"^\n" +
 	"\fTransferDone\x12!\n" +
 	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x12\n" +
@@ -1767,7 +1960,7 @@ const file_pairdb_v1_membership_proto_rawDesc = "" +
 	"\x06digest\x18\x01 \x01(\fR\x06digest\x12\x12\n" +
 	"\x04keys\x18\x02 \x01(\x04R\x04keys\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12&\n" +
-	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"\xd7\x01\n" +
+	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"\xf5\x01\n" +
 	"\bNodeInfo\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12 \n" +
@@ -1776,7 +1969,8 @@ const file_pairdb_v1_membership_proto_rawDesc = "" +
 	"\x04keys\x18\x05 \x01(\x04R\x04keys\x12\x1d\n" +
 	"\n" +
 	"disk_bytes\x18\x06 \x01(\x04R\tdiskBytes\x121\n" +
-	"\x15last_heartbeat_ms_ago\x18\a \x01(\x03R\x12lastHeartbeatMsAgo\",\n" +
+	"\x15last_heartbeat_ms_ago\x18\a \x01(\x03R\x12lastHeartbeatMsAgo\x12\x1c\n" +
+	"\trefilling\x18\b \x01(\bR\trefilling\",\n" +
 	"\x0fAddNodesRequest\x12\x19\n" +
 	"\bnode_ids\x18\x01 \x03(\tR\anodeIds\"B\n" +
 	"\x11RemoveNodeRequest\x12\x17\n" +
@@ -1853,63 +2047,67 @@ func file_pairdb_v1_membership_proto_rawDescGZIP() []byte {
 }
 
 var file_pairdb_v1_membership_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_pairdb_v1_membership_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_pairdb_v1_membership_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_pairdb_v1_membership_proto_goTypes = []any{
 	(ChangeType)(0),                // 0: pairdb.v1.ChangeType
 	(*RingEvent)(nil),              // 1: pairdb.v1.RingEvent
 	(*TenantChanged)(nil),          // 2: pairdb.v1.TenantChanged
 	(*NodeRegistered)(nil),         // 3: pairdb.v1.NodeRegistered
-	(*ChangeStarted)(nil),          // 4: pairdb.v1.ChangeStarted
-	(*TransferDone)(nil),           // 5: pairdb.v1.TransferDone
-	(*HashRange)(nil),              // 6: pairdb.v1.HashRange
-	(*ScanRequest)(nil),            // 7: pairdb.v1.ScanRequest
-	(*ScanItem)(nil),               // 8: pairdb.v1.ScanItem
-	(*ScanResponse)(nil),           // 9: pairdb.v1.ScanResponse
-	(*DigestRequest)(nil),          // 10: pairdb.v1.DigestRequest
-	(*DigestResponse)(nil),         // 11: pairdb.v1.DigestResponse
-	(*NodeInfo)(nil),               // 12: pairdb.v1.NodeInfo
-	(*AddNodesRequest)(nil),        // 13: pairdb.v1.AddNodesRequest
-	(*RemoveNodeRequest)(nil),      // 14: pairdb.v1.RemoveNodeRequest
-	(*NodeChangeResponse)(nil),     // 15: pairdb.v1.NodeChangeResponse
-	(*ListNodesRequest)(nil),       // 16: pairdb.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),      // 17: pairdb.v1.ListNodesResponse
-	(*Migration)(nil),              // 18: pairdb.v1.Migration
-	(*GetMigrationRequest)(nil),    // 19: pairdb.v1.GetMigrationRequest
-	(*MigrationResponse)(nil),      // 20: pairdb.v1.MigrationResponse
-	(*ListMigrationsRequest)(nil),  // 21: pairdb.v1.ListMigrationsRequest
-	(*ListMigrationsResponse)(nil), // 22: pairdb.v1.ListMigrationsResponse
-	(*MigrationProgress)(nil),      // 23: pairdb.v1.MigrationProgress
-	nil,                            // 24: pairdb.v1.ChangeStarted.TenantRfEntry
-	(ConflictPolicy)(0),            // 25: pairdb.v1.ConflictPolicy
-	(*Object)(nil),                 // 26: pairdb.v1.Object
-	(*Error)(nil),                  // 27: pairdb.v1.Error
+	(*RefillDone)(nil),             // 4: pairdb.v1.RefillDone
+	(*ChangeStarted)(nil),          // 5: pairdb.v1.ChangeStarted
+	(*ClusterSettings)(nil),        // 6: pairdb.v1.ClusterSettings
+	(*TransferDone)(nil),           // 7: pairdb.v1.TransferDone
+	(*HashRange)(nil),              // 8: pairdb.v1.HashRange
+	(*ScanRequest)(nil),            // 9: pairdb.v1.ScanRequest
+	(*ScanItem)(nil),               // 10: pairdb.v1.ScanItem
+	(*ScanResponse)(nil),           // 11: pairdb.v1.ScanResponse
+	(*DigestRequest)(nil),          // 12: pairdb.v1.DigestRequest
+	(*DigestResponse)(nil),         // 13: pairdb.v1.DigestResponse
+	(*NodeInfo)(nil),               // 14: pairdb.v1.NodeInfo
+	(*AddNodesRequest)(nil),        // 15: pairdb.v1.AddNodesRequest
+	(*RemoveNodeRequest)(nil),      // 16: pairdb.v1.RemoveNodeRequest
+	(*NodeChangeResponse)(nil),     // 17: pairdb.v1.NodeChangeResponse
+	(*ListNodesRequest)(nil),       // 18: pairdb.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),      // 19: pairdb.v1.ListNodesResponse
+	(*Migration)(nil),              // 20: pairdb.v1.Migration
+	(*GetMigrationRequest)(nil),    // 21: pairdb.v1.GetMigrationRequest
+	(*MigrationResponse)(nil),      // 22: pairdb.v1.MigrationResponse
+	(*ListMigrationsRequest)(nil),  // 23: pairdb.v1.ListMigrationsRequest
+	(*ListMigrationsResponse)(nil), // 24: pairdb.v1.ListMigrationsResponse
+	(*MigrationProgress)(nil),      // 25: pairdb.v1.MigrationProgress
+	nil,                            // 26: pairdb.v1.ChangeStarted.TenantRfEntry
+	(ConflictPolicy)(0),            // 27: pairdb.v1.ConflictPolicy
+	(*Object)(nil),                 // 28: pairdb.v1.Object
+	(*Error)(nil),                  // 29: pairdb.v1.Error
 }
 var file_pairdb_v1_membership_proto_depIdxs = []int32{
 	3,  // 0: pairdb.v1.RingEvent.registered:type_name -> pairdb.v1.NodeRegistered
-	4,  // 1: pairdb.v1.RingEvent.started:type_name -> pairdb.v1.ChangeStarted
-	5,  // 2: pairdb.v1.RingEvent.transfer_done:type_name -> pairdb.v1.TransferDone
+	5,  // 1: pairdb.v1.RingEvent.started:type_name -> pairdb.v1.ChangeStarted
+	7,  // 2: pairdb.v1.RingEvent.transfer_done:type_name -> pairdb.v1.TransferDone
 	2,  // 3: pairdb.v1.RingEvent.tenant:type_name -> pairdb.v1.TenantChanged
-	25, // 4: pairdb.v1.TenantChanged.conflict_policy:type_name -> pairdb.v1.ConflictPolicy
-	0,  // 5: pairdb.v1.ChangeStarted.type:type_name -> pairdb.v1.ChangeType
-	24, // 6: pairdb.v1.ChangeStarted.tenant_rf:type_name -> pairdb.v1.ChangeStarted.TenantRfEntry
-	6,  // 7: pairdb.v1.ScanRequest.range:type_name -> pairdb.v1.HashRange
-	26, // 8: pairdb.v1.ScanItem.object:type_name -> pairdb.v1.Object
-	8,  // 9: pairdb.v1.ScanResponse.items:type_name -> pairdb.v1.ScanItem
-	27, // 10: pairdb.v1.ScanResponse.error:type_name -> pairdb.v1.Error
-	6,  // 11: pairdb.v1.DigestRequest.range:type_name -> pairdb.v1.HashRange
-	27, // 12: pairdb.v1.DigestResponse.error:type_name -> pairdb.v1.Error
-	27, // 13: pairdb.v1.NodeChangeResponse.error:type_name -> pairdb.v1.Error
-	12, // 14: pairdb.v1.ListNodesResponse.nodes:type_name -> pairdb.v1.NodeInfo
-	27, // 15: pairdb.v1.ListNodesResponse.error:type_name -> pairdb.v1.Error
-	18, // 16: pairdb.v1.MigrationResponse.migration:type_name -> pairdb.v1.Migration
-	27, // 17: pairdb.v1.MigrationResponse.error:type_name -> pairdb.v1.Error
-	18, // 18: pairdb.v1.ListMigrationsResponse.migrations:type_name -> pairdb.v1.Migration
-	27, // 19: pairdb.v1.ListMigrationsResponse.error:type_name -> pairdb.v1.Error
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	4,  // 4: pairdb.v1.RingEvent.refill_done:type_name -> pairdb.v1.RefillDone
+	27, // 5: pairdb.v1.TenantChanged.conflict_policy:type_name -> pairdb.v1.ConflictPolicy
+	0,  // 6: pairdb.v1.ChangeStarted.type:type_name -> pairdb.v1.ChangeType
+	26, // 7: pairdb.v1.ChangeStarted.tenant_rf:type_name -> pairdb.v1.ChangeStarted.TenantRfEntry
+	6,  // 8: pairdb.v1.ChangeStarted.settings:type_name -> pairdb.v1.ClusterSettings
+	8,  // 9: pairdb.v1.ScanRequest.range:type_name -> pairdb.v1.HashRange
+	28, // 10: pairdb.v1.ScanItem.object:type_name -> pairdb.v1.Object
+	10, // 11: pairdb.v1.ScanResponse.items:type_name -> pairdb.v1.ScanItem
+	29, // 12: pairdb.v1.ScanResponse.error:type_name -> pairdb.v1.Error
+	8,  // 13: pairdb.v1.DigestRequest.range:type_name -> pairdb.v1.HashRange
+	29, // 14: pairdb.v1.DigestResponse.error:type_name -> pairdb.v1.Error
+	29, // 15: pairdb.v1.NodeChangeResponse.error:type_name -> pairdb.v1.Error
+	14, // 16: pairdb.v1.ListNodesResponse.nodes:type_name -> pairdb.v1.NodeInfo
+	29, // 17: pairdb.v1.ListNodesResponse.error:type_name -> pairdb.v1.Error
+	20, // 18: pairdb.v1.MigrationResponse.migration:type_name -> pairdb.v1.Migration
+	29, // 19: pairdb.v1.MigrationResponse.error:type_name -> pairdb.v1.Error
+	20, // 20: pairdb.v1.ListMigrationsResponse.migrations:type_name -> pairdb.v1.Migration
+	29, // 21: pairdb.v1.ListMigrationsResponse.error:type_name -> pairdb.v1.Error
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_pairdb_v1_membership_proto_init() }
@@ -1924,6 +2122,7 @@ func file_pairdb_v1_membership_proto_init() {
 		(*RingEvent_Started)(nil),
 		(*RingEvent_TransferDone)(nil),
 		(*RingEvent_Tenant)(nil),
+		(*RingEvent_RefillDone)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1931,7 +2130,7 @@ func file_pairdb_v1_membership_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pairdb_v1_membership_proto_rawDesc), len(file_pairdb_v1_membership_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

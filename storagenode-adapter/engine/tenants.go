@@ -5,6 +5,8 @@ import (
 
 	"github.com/cockroachdb/errors"
 	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/pairdb/pairdb/coordinator/ring"
 )
 
 // DropTenant removes everything this store holds for tenant, its data and
@@ -79,4 +81,54 @@ func (e *Engine) TenantKeys(tenant string) (uint64, error) {
 	defer e.mu.RUnlock()
 	lo, hi := tenantSpan(tenant)
 	return e.count(span{lo, hi})
+}
+
+// TenantArc is one arc of one tenant.
+type TenantArc struct {
+	Tenant string
+	Arc    ring.Arc
+}
+
+// ClearArcs removes every key of the given arcs and sets the metadata
+// marker name to value, in one synced batch: after a crash either all of
+// it happened or none did, so a caller that checks the marker first clears
+// each set of arcs exactly once. It returns how many keys it removed
+// (counted just before; see DeleteArc). The caller keeps writes to the
+// arcs out while it runs.
+func (e *Engine) ClearArcs(arcs []TenantArc, marker string, value []byte) (uint64, error) {
+	for _, ta := range arcs {
+		if err := validateTenant(ta.Tenant); err != nil {
+			return 0, err
+		}
+	}
+	if err := e.acquire(); err != nil {
+		return 0, err
+	}
+	defer e.mu.RUnlock()
+	b := e.db.NewBatch()
+	defer func() { _ = b.Close() }()
+	var n uint64
+	for _, ta := range arcs {
+		for _, sp := range arcSpans(ta.Tenant, ta.Arc) {
+			c, err := e.count(sp)
+			if err != nil {
+				return 0, err
+			}
+			n += c
+			if c == 0 {
+				continue
+			}
+			if err := b.DeleteRange(sp.lo, sp.hi, nil); err != nil {
+				return 0, errors.Wrap(err, "engine: stage range deletion")
+			}
+		}
+	}
+	if err := b.Set(metaKey(marker), value, nil); err != nil {
+		return 0, errors.Wrap(err, "engine: stage marker")
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return 0, errors.Wrap(err, "engine: clear arcs")
+	}
+	e.keys.Add(-int64(n))
+	return n, nil
 }
