@@ -67,7 +67,9 @@ with a progress bar over the arcs compared and ends with the number of keys fixe
 
 // repairable reports whether a node in this state replicates arcs (a
 // refilling one does: a round pulls what it lacks).
-func repairable(state string) bool { return state == "NORMAL" || state == "LEAVING" || state == "REFILLING" }
+func repairable(state string) bool {
+	return state == "NORMAL" || state == "LEAVING" || state == "REFILLING"
+}
 
 // repairTargets checks what the command names before any round starts, so
 // an unknown tenant or node is a NOT_FOUND error, not a round over nothing
