@@ -85,21 +85,42 @@ func (s *Service) registerNode(ctx context.Context, subject string, req *pb.Regi
 	if err != nil {
 		return nil, err
 	}
+	return s.appendFor(ctx, "register node "+id, func(st *membership.State) (*pb.RingEvent, error) {
+		if n, ok := st.Nodes[id]; ok && n.Incarnation == req.GetIncarnation() {
+			return nil, nil
+		}
+		return &pb.RingEvent{Event: &pb.RingEvent_Registered{
+			Registered: &pb.NodeRegistered{NodeId: id, Incarnation: req.GetIncarnation()},
+		}}, nil
+	}, func(seq uint64) {
+		s.log.Info("storage node registered", zap.String("node", id), zap.String("incarnation", req.GetIncarnation()),
+			zap.Uint64("seq", seq))
+	})
+}
+
+// appendFor appends the event decide makes of the current fold, deciding
+// again after each append lost to another writer (at most
+// maxMemberAttempts times). decide answers nil when the log already holds
+// what is asked (the answer is then the fold's sequence); appended is
+// called with the event's sequence.
+func (s *Service) appendFor(ctx context.Context, what string, decide func(*membership.State) (*pb.RingEvent, error),
+	appended func(seq uint64)) (*pb.MemberResponse, error) {
 	for attempt := 0; ; attempt++ {
 		st := s.cfg.Membership.State()
-		if n, ok := st.Nodes[id]; ok && n.Incarnation == req.GetIncarnation() {
+		ev, err := decide(st)
+		if err != nil {
+			return nil, err
+		}
+		if ev == nil {
 			return &pb.MemberResponse{Seq: st.Seq}, nil
 		}
-		seq, err := s.cfg.Membership.Append(ctx, st.Seq, &pb.RingEvent{Event: &pb.RingEvent_Registered{
-			Registered: &pb.NodeRegistered{NodeId: id, Incarnation: req.GetIncarnation()},
-		}})
+		seq, err := s.cfg.Membership.Append(ctx, st.Seq, ev)
 		if err == nil {
-			s.log.Info("storage node registered", zap.String("node", id), zap.String("incarnation", req.GetIncarnation()),
-				zap.Uint64("seq", seq))
+			appended(seq)
 			return &pb.MemberResponse{Seq: seq}, nil
 		}
 		if !bus.Is(err, pb.ErrorCode_VERSION_CONFLICT) || attempt >= maxMemberAttempts {
-			return nil, bus.Wrap(bus.CodeOf(err), err, "register node %s", id)
+			return nil, bus.Wrap(bus.CodeOf(err), err, "%s", what)
 		}
 		if err := s.cfg.Membership.WaitFor(ctx, st.Seq+1); err != nil {
 			return nil, err
@@ -161,32 +182,23 @@ func (s *Service) refilled(ctx context.Context, subject string, req *pb.Refilled
 	if err := s.cfg.Membership.WaitFor(ctx, req.GetBasisSeq()); err != nil {
 		return nil, err
 	}
-	for attempt := 0; ; attempt++ {
-		st := s.cfg.Membership.State()
+	return s.appendFor(ctx, "record the refill of node "+id, func(st *membership.State) (*pb.RingEvent, error) {
 		if err := current(st.Nodes, id, req.GetIncarnation()); err != nil {
 			return nil, err
 		}
 		switch {
 		case !st.Nodes[id].Refilling:
-			return &pb.MemberResponse{Seq: st.Seq}, nil
+			return nil, nil
 		case req.GetBasisSeq() < st.HoldersSeq:
 			return nil, bus.Errorf(pb.ErrorCode_VERSION_CONFLICT,
 				"node %s refilled the ring as of sequence %d, but data moved between nodes at %d: refill again", id, req.GetBasisSeq(), st.HoldersSeq)
 		}
-		seq, err := s.cfg.Membership.Append(ctx, st.Seq, &pb.RingEvent{Event: &pb.RingEvent_RefillDone{
+		return &pb.RingEvent{Event: &pb.RingEvent_RefillDone{
 			RefillDone: &pb.RefillDone{NodeId: id, Incarnation: req.GetIncarnation(), BasisSeq: req.GetBasisSeq(), Keys: req.GetKeys()},
-		}})
-		if err == nil {
-			s.log.Info("storage node refilled", zap.String("node", id), zap.Uint64("keys", req.GetKeys()), zap.Uint64("seq", seq))
-			return &pb.MemberResponse{Seq: seq}, nil
-		}
-		if !bus.Is(err, pb.ErrorCode_VERSION_CONFLICT) || attempt >= maxMemberAttempts {
-			return nil, bus.Wrap(bus.CodeOf(err), err, "record the refill of node %s", id)
-		}
-		if err := s.cfg.Membership.WaitFor(ctx, st.Seq+1); err != nil {
-			return nil, err
-		}
-	}
+		}}, nil
+	}, func(seq uint64) {
+		s.log.Info("storage node refilled", zap.String("node", id), zap.Uint64("keys", req.GetKeys()), zap.Uint64("seq", seq))
+	})
 }
 
 // nodeProgress records the asking node's progress in a migration (or any
