@@ -14,6 +14,7 @@ import (
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/client"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // Dialer opens a NATS connection with the given client name.
@@ -217,10 +218,10 @@ func (t *Transport) request(ctx context.Context, op string, req proto.Message) (
 	}
 	m, err := t.client.RequestWithContext(ctx, t.subject(op), data)
 	if err != nil {
-		return nil, bus.Wrap(bus.CodeOf(err), err, "baseline %s", op)
+		return nil, status.Wrap(status.CodeOf(err), err, "baseline %s", op)
 	}
 	if m.Header.Get(micro.ErrorCodeHeader) != "" {
-		return nil, bus.Errorf(pb.ErrorCode_UNAVAILABLE, "baseline responder refused a request: too many in flight")
+		return nil, status.Errorf(pb.ErrorCode_UNAVAILABLE, "baseline responder refused a request: too many in flight")
 	}
 	return m, nil
 }
@@ -281,7 +282,7 @@ func (k *KV) Get(ctx context.Context, key string) (ReadResult, error) {
 		return ReadResult{}, nil
 	}
 	if err != nil {
-		return ReadResult{}, bus.Wrap(bus.CodeOf(err), err, "JetStream KV get")
+		return ReadResult{}, status.Wrap(status.CodeOf(err), err, "JetStream KV get")
 	}
 	return ReadResult{Found: true}, nil
 }
@@ -289,7 +290,7 @@ func (k *KV) Get(ctx context.Context, key string) (ReadResult, error) {
 // Put writes key (the server acknowledges once stored).
 func (k *KV) Put(ctx context.Context, key string, value []byte, _ *ReadResult) error {
 	if _, err := k.kv.Put(ctx, key, value); err != nil {
-		return bus.Wrap(bus.CodeOf(err), err, "JetStream KV put")
+		return status.Wrap(status.CodeOf(err), err, "JetStream KV put")
 	}
 	return nil
 }

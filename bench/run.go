@@ -15,8 +15,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/errors"
-
-	"github.com/pairdb/pairdb/bus"
+	"github.com/pairdb/pairdb/status"
 )
 
 // PhaseConfig is what one measured phase needs.
@@ -127,7 +126,7 @@ func (w *worker) fail(op Op, err error) {
 	if w.errs[op] == nil {
 		w.errs[op] = map[string]uint64{}
 	}
-	w.errs[op][bus.CodeOf(err).String()]++
+	w.errs[op][status.CodeOf(err).String()]++
 	if w.firstErr == nil {
 		w.firstErr = errors.Wrapf(err, "%s", op)
 	}

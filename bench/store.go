@@ -9,6 +9,7 @@ import (
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/client"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // Store is a key-value backend a workload runs against. Implementations
@@ -74,7 +75,7 @@ func NewPairDB(nc *nats.Conn, opts PairDBOptions) *PairDB {
 func (s *PairDB) Get(ctx context.Context, key string) (ReadResult, error) {
 	resp := new(pb.GetResponse)
 	err := bus.Request(ctx, s.nc, s.get, &pb.GetRequest{Key: key, Consistency: s.opts.Consistency}, resp)
-	if err != nil && !bus.Is(err, pb.ErrorCode_KEY_NOT_FOUND) {
+	if err != nil && !status.Is(err, pb.ErrorCode_KEY_NOT_FOUND) {
 		return ReadResult{}, err
 	}
 	s.clocks.set(key, resp.GetContext())

@@ -15,6 +15,7 @@ import (
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/internal/natstest"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 func TestSubjects(t *testing.T) {
@@ -33,16 +34,16 @@ func TestSubjects(t *testing.T) {
 }
 
 func TestErrorCodes(t *testing.T) {
-	err := bus.Errorf(pb.ErrorCode_TENANT_NOT_FOUND, "tenant %q does not exist", "x")
-	require.Equal(t, pb.ErrorCode_TENANT_NOT_FOUND, bus.CodeOf(errors.Wrap(err, "outer")), "codes survive wrapping")
-	wrapped := bus.Wrap(pb.ErrorCode_UNAVAILABLE, nats.ErrNoResponders, "node down")
+	err := status.Errorf(pb.ErrorCode_TENANT_NOT_FOUND, "tenant %q does not exist", "x")
+	require.Equal(t, pb.ErrorCode_TENANT_NOT_FOUND, status.CodeOf(errors.Wrap(err, "outer")), "codes survive wrapping")
+	wrapped := status.Wrap(pb.ErrorCode_UNAVAILABLE, nats.ErrNoResponders, "node down")
 	require.True(t, errors.Is(wrapped, nats.ErrNoResponders), "the cause stays reachable")
-	require.Equal(t, pb.ErrorCode_DEADLINE_EXCEEDED, bus.CodeOf(context.DeadlineExceeded))
-	require.Equal(t, pb.ErrorCode_UNAVAILABLE, bus.CodeOf(nats.ErrNoResponders))
-	require.Equal(t, pb.ErrorCode_INTERNAL, bus.CodeOf(errors.New("boom")))
-	require.Nil(t, bus.ToProto(nil))
-	require.NoError(t, bus.FromProto(nil))
-	back := bus.FromProto(bus.ToProto(err))
+	require.Equal(t, pb.ErrorCode_DEADLINE_EXCEEDED, status.CodeOf(context.DeadlineExceeded))
+	require.Equal(t, pb.ErrorCode_UNAVAILABLE, status.CodeOf(nats.ErrNoResponders))
+	require.Equal(t, pb.ErrorCode_INTERNAL, status.CodeOf(errors.New("boom")))
+	require.Nil(t, status.ToProto(nil))
+	require.NoError(t, status.FromProto(nil))
+	back := status.FromProto(status.ToProto(err))
 	require.Equal(t, err.Error(), back.Error())
 }
 
@@ -55,9 +56,9 @@ func TestCodecJSONUsesProtoNames(t *testing.T) {
 	require.Equal(t, uint64(2), req.GetVectorClock()[0].GetCounter())
 	require.NoError(t, bus.Unmarshal(bus.JSON, nil, &req), "an empty JSON body is an empty message")
 	err = bus.Unmarshal(bus.JSON, []byte(`{"nope":1}`), &req)
-	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err), "unknown fields are refused")
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(err), "unknown fields are refused")
 	err = bus.Unmarshal(bus.Proto, []byte{0xff}, &req)
-	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(err))
 }
 
 func TestLimiterRefusesWhenFullAndDrains(t *testing.T) {
@@ -110,7 +111,7 @@ func TestEndpointAnswersConcurrentlyWithTypedErrors(t *testing.T) {
 			case "block":
 				<-gate
 			case "missing":
-				return &pb.GetResponse{Key: "missing"}, bus.Errorf(pb.ErrorCode_KEY_NOT_FOUND, "no such key")
+				return &pb.GetResponse{Key: "missing"}, status.Errorf(pb.ErrorCode_KEY_NOT_FOUND, "no such key")
 			}
 			return &pb.GetResponse{Key: req.GetKey(), Found: true}, nil
 		})
@@ -130,11 +131,11 @@ func TestEndpointAnswersConcurrentlyWithTypedErrors(t *testing.T) {
 
 	resp = new(pb.GetResponse)
 	err = bus.Request(context.Background(), nc, "test.get", &pb.GetRequest{Key: "missing"}, resp)
-	require.Equal(t, pb.ErrorCode_KEY_NOT_FOUND, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_KEY_NOT_FOUND, status.CodeOf(err))
 	require.Equal(t, "missing", resp.GetKey(), "the body of an error reply is kept")
 
 	err = bus.Request(context.Background(), nc, "test.none", &pb.GetRequest{}, new(pb.GetResponse))
-	require.Equal(t, pb.ErrorCode_UNAVAILABLE, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_UNAVAILABLE, status.CodeOf(err))
 	require.True(t, errors.Is(err, nats.ErrNoResponders))
 
 	require.Eventually(t, func() bool {

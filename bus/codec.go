@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // Encoding is the wire encoding of a message body.
@@ -65,16 +66,16 @@ func Unmarshal(enc Encoding, data []byte, m proto.Message) error {
 	}
 	if err != nil {
 		if enc == JSON {
-			e := Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "malformed JSON request body")
+			e := status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "malformed JSON request body")
 			if strings.Contains(err.Error(), "bytes field") {
 				// protojson says only "invalid value for bytes field".
-				e.(*Error).Message += hintBase64
+				e.(*status.Error).Message += hintBase64
 			}
 			return e
 		}
-		e := Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "malformed protobuf request body")
+		e := status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "malformed protobuf request body")
 		if looksLikeJSON(data) {
-			e.(*Error).Message += hintContentType
+			e.(*status.Error).Message += hintContentType
 		}
 		return e
 	}

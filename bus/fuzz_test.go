@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // fuzzRequests are the request bodies the servers decode with Unmarshal:
@@ -109,8 +110,8 @@ func FuzzUnmarshal(f *testing.F) {
 		for _, m := range fuzzRequests() {
 			err := Unmarshal(enc, data, m)
 			if err != nil {
-				var e *Error
-				if !errors.As(err, &e) || CodeOf(err) != pb.ErrorCode_INVALID_ARGUMENT {
+				var e *status.Error
+				if !errors.As(err, &e) || status.CodeOf(err) != pb.ErrorCode_INVALID_ARGUMENT {
 					t.Fatalf("%T: error %v (%T) is not a typed INVALID_ARGUMENT", m, err, err)
 				}
 				continue
@@ -171,9 +172,9 @@ func FuzzDecodeReply(f *testing.F) {
 			if err == nil {
 				continue
 			}
-			var e *Error
+			var e *status.Error
 			if !errors.As(err, &e) {
-				t.Fatalf("%T: error %v (%T) is not a *bus.Error", resp, err, err)
+				t.Fatalf("%T: error %v (%T) is not a *status.Error", resp, err, err)
 			}
 			if e.Code == pb.ErrorCode_ERROR_CODE_UNSPECIFIED {
 				t.Fatalf("%T: error %v has no code", resp, err)

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // Limiter bounds how many requests run at once and owns their goroutines,
@@ -227,7 +228,7 @@ func Endpoint[Req, Resp proto.Message](s *Server, name string, newReq func() Req
 			}
 			resp, err := fn(ctx, r.Subject(), req)
 			if err == nil && isNil(resp) {
-				err = Errorf(pb.ErrorCode_INTERNAL, "handler for %s returned no response", r.Subject())
+				err = status.Errorf(pb.ErrorCode_INTERNAL, "handler for %s returned no response", r.Subject())
 			}
 			if isNil(resp) {
 				resp = newResp()
@@ -242,7 +243,7 @@ func Endpoint[Req, Resp proto.Message](s *Server, name string, newReq func() Req
 			if s.Limiter.Draining() {
 				msg = "this server is shutting down; retry elsewhere"
 			}
-			s.reply(name, start, r, enc, newResp(), Errorf(pb.ErrorCode_UNAVAILABLE, "%s", msg))
+			s.reply(name, start, r, enc, newResp(), status.Errorf(pb.ErrorCode_UNAVAILABLE, "%s", msg))
 		}
 	})
 }
@@ -263,7 +264,7 @@ func (s *Server) reply(name string, start time.Time, r micro.Request, enc Encodi
 	}
 	code := ""
 	if err != nil {
-		pe := ToProto(err)
+		pe := status.ToProto(err)
 		code = pe.GetCode().String()
 		if serr := setError(resp, pe); serr != nil {
 			s.Log.Error("cannot set error on response", zap.Error(serr))
@@ -279,7 +280,7 @@ func (s *Server) reply(name string, start time.Time, r micro.Request, enc Encodi
 		s.Log.Warn("reply over the NATS max_payload; answered with an error instead",
 			zap.String("subject", r.Subject()), zap.Int("bytes", len(body)), zap.Int64("max_payload", s.Conn.MaxPayload()))
 		proto.Reset(resp)
-		s.reply(name, start, r, enc, resp, Errorf(pb.ErrorCode_VALUE_TOO_LARGE,
+		s.reply(name, start, r, enc, resp, status.Errorf(pb.ErrorCode_VALUE_TOO_LARGE,
 			"the answer is %d bytes, over this NATS server's max_payload of %d: read it as protobuf rather than JSON, "+
 				"or resolve the key's siblings (read it, then write with its context)", len(body), s.Conn.MaxPayload()))
 		return

@@ -108,7 +108,7 @@ func (m *Mux) deliver(msg *nats.Msg) {
 }
 
 // DecodeReply decodes a reply received through a Mux as Request does: a
-// reply carrying an error becomes a typed *Error.
+// reply carrying an error becomes a typed *status.Error.
 func DecodeReply(subject string, msg *nats.Msg, resp proto.Message) error {
 	return decodeReply(subject, msg, resp)
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/internal/natstest"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // A waiter gets one reply per subject, in any order, each tagged with its
@@ -97,7 +98,7 @@ func TestDecodeReplyTurnsNoRespondersStatusIntoAnError(t *testing.T) {
 	case r := <-w.Replies():
 		err := bus.DecodeReply("nobody.home", r.Msg, new(pb.MergeResponse))
 		require.Error(t, err)
-		require.True(t, bus.Is(err, pb.ErrorCode_UNAVAILABLE), "got %v", err)
+		require.True(t, status.Is(err, pb.ErrorCode_UNAVAILABLE), "got %v", err)
 	case <-time.After(5 * time.Second):
 		t.Fatal("no status reply")
 	}

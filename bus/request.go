@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // DefaultTimeout bounds a request whose context carries no deadline: no call
@@ -25,7 +26,7 @@ func WithDefaultTimeout(ctx context.Context) (context.Context, context.CancelFun
 }
 
 // Request sends req to subject as protobuf and decodes the reply into resp.
-// A reply carrying an error becomes a typed *Error; "no responders" becomes
+// A reply carrying an error becomes a typed *status.Error; "no responders" becomes
 // UNAVAILABLE (still matching nats.ErrNoResponders), a missed deadline
 // DEADLINE_EXCEEDED.
 func Request(ctx context.Context, nc *nats.Conn, subject string, req, resp proto.Message) error {
@@ -35,7 +36,7 @@ func Request(ctx context.Context, nc *nats.Conn, subject string, req, resp proto
 	if err != nil {
 		// A generated message fails to encode only for what it holds: a
 		// string field (a key, a tenant) that is not valid UTF-8.
-		return Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "cannot encode the request for %s (keys and other text fields must be valid UTF-8)", subject)
+		return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "cannot encode the request for %s (keys and other text fields must be valid UTF-8)", subject)
 	}
 	msg, err := nc.RequestWithContext(ctx, subject, data)
 	if err != nil {
@@ -47,11 +48,11 @@ func Request(ctx context.Context, nc *nats.Conn, subject string, req, resp proto
 func classifyRequestError(subject string, err error) error {
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
-		return Wrap(pb.ErrorCode_UNAVAILABLE, err, "nothing is serving %s", subject)
+		return status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "nothing is serving %s", subject)
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
-		return Wrap(pb.ErrorCode_DEADLINE_EXCEEDED, err, "no reply from %s before the deadline", subject)
+		return status.Wrap(pb.ErrorCode_DEADLINE_EXCEEDED, err, "no reply from %s before the deadline", subject)
 	}
-	return Wrap(CodeOf(err), err, "request to %s", subject)
+	return status.Wrap(status.CodeOf(err), err, "request to %s", subject)
 }
 
 func decodeReply(subject string, msg *nats.Msg, resp proto.Message) error {
@@ -59,20 +60,20 @@ func decodeReply(subject string, msg *nats.Msg, resp proto.Message) error {
 		// The server's "no responders" status, which nats.go's Request
 		// turns into an error itself; a Mux sees it raw when the sender
 		// shares its connection.
-		return Wrap(pb.ErrorCode_UNAVAILABLE, nats.ErrNoResponders, "nothing is serving %s", subject)
+		return status.Wrap(pb.ErrorCode_UNAVAILABLE, nats.ErrNoResponders, "nothing is serving %s", subject)
 	}
 	if err := proto.Unmarshal(msg.Data, resp); err != nil {
-		return Wrap(pb.ErrorCode_INTERNAL, err, "malformed reply from %s", subject)
+		return status.Wrap(pb.ErrorCode_INTERNAL, err, "malformed reply from %s", subject)
 	}
 	if e := getError(resp); e != nil {
-		return errors.Mark(FromProto(e), errReplied)
+		return errors.Mark(status.FromProto(e), errReplied)
 	}
 	if code := msg.Header.Get("Nats-Service-Error-Code"); code != "" {
 		c := pb.ErrorCode(pb.ErrorCode_value[code])
 		if c == pb.ErrorCode_ERROR_CODE_UNSPECIFIED {
 			c = pb.ErrorCode_INTERNAL
 		}
-		return errors.Mark(&Error{Code: c, Message: msg.Header.Get("Nats-Service-Error")}, errReplied)
+		return errors.Mark(&status.Error{Code: c, Message: msg.Header.Get("Nats-Service-Error")}, errReplied)
 	}
 	return nil
 }

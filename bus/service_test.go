@@ -14,6 +14,7 @@ import (
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/internal/natstest"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // monitor asks the micro monitoring subject of verb for service name, as
@@ -40,7 +41,7 @@ func TestServiceStatsCountAnswers(t *testing.T) {
 	h := bus.Endpoint(srv, "get", func() *pb.GetRequest { return &pb.GetRequest{} }, func() *pb.GetResponse { return &pb.GetResponse{} },
 		func(ctx context.Context, _ string, req *pb.GetRequest) (*pb.GetResponse, error) {
 			if req.GetKey() == "missing" {
-				return nil, bus.Errorf(pb.ErrorCode_KEY_NOT_FOUND, "no such key")
+				return nil, status.Errorf(pb.ErrorCode_KEY_NOT_FOUND, "no such key")
 			}
 			// Simulated work that the statistics must see.
 			timer := time.NewTimer(work)
@@ -56,7 +57,7 @@ func TestServiceStatsCountAnswers(t *testing.T) {
 
 	require.NoError(t, bus.Request(context.Background(), nc, "stats.get", &pb.GetRequest{Key: "k"}, new(pb.GetResponse)))
 	err = bus.Request(context.Background(), nc, "stats.get", &pb.GetRequest{Key: "missing"}, new(pb.GetResponse))
-	require.Equal(t, pb.ErrorCode_KEY_NOT_FOUND, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_KEY_NOT_FOUND, status.CodeOf(err))
 
 	var stats micro.Stats
 	monitor(t, nc, micro.StatsVerb, "stats-test", &stats)
@@ -125,19 +126,19 @@ func TestServiceRequestAnsweredDirectly(t *testing.T) {
 // a hint, and a request that cannot be encoded is the caller's error.
 func TestDecodeErrorsSayWhatToDo(t *testing.T) {
 	err := bus.Unmarshal(bus.JSON, []byte(`{"key":"k","value":"hello"}`), new(pb.PutRequest))
-	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(err))
 	require.Contains(t, err.Error(), "base64")
 
 	err = bus.Unmarshal(bus.Proto, []byte(` {"key":"k"}`), new(pb.GetRequest))
-	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(err))
 	require.Contains(t, err.Error(), "Content-Type: application/json")
 
 	err = bus.Unmarshal(bus.Proto, []byte{0x0a, 0x05, 'k'}, new(pb.GetRequest))
-	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(err))
 	require.NotContains(t, err.Error(), "Content-Type", "no JSON hint for a body that is not JSON")
 
 	_, nc := natstest.Start(t)
 	err = bus.Request(context.Background(), nc, "nobody.listens", &pb.GetRequest{Key: "\xff"}, new(pb.GetResponse))
-	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(err))
 	require.Contains(t, err.Error(), "valid UTF-8")
 }

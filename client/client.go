@@ -17,6 +17,7 @@ import (
 
 	"github.com/pairdb/pairdb/bus"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // Client talks to PairDB coordinators. It is safe for concurrent use.
@@ -127,7 +128,7 @@ func (c *Client) Get(ctx context.Context, key string, opts ...ReadOption) (*pb.G
 	}
 	resp := new(pb.GetResponse)
 	err := c.call(ctx, c.subjects.KV(c.tenant, bus.OpGet), req, resp)
-	if bus.Is(err, pb.ErrorCode_KEY_NOT_FOUND) {
+	if status.Is(err, pb.ErrorCode_KEY_NOT_FOUND) {
 		resp.Error = nil
 		return resp, nil
 	}
@@ -159,7 +160,7 @@ func (c *Client) call(ctx context.Context, subject string, req, resp proto.Messa
 // write's OUTCOME_UNKNOWN is retried too: every write here carries an
 // idempotency key, so the retry completes or finds the first attempt.
 func retryable(err error) bool {
-	switch bus.CodeOf(err) {
+	switch status.CodeOf(err) {
 	case pb.ErrorCode_UNAVAILABLE, pb.ErrorCode_DEADLINE_EXCEEDED, pb.ErrorCode_OUTCOME_UNKNOWN:
 		return true
 	}

@@ -3,8 +3,8 @@ package client
 import (
 	"context"
 
-	"github.com/pairdb/pairdb/bus"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // CreateTenant creates a tenant; zero fields take the server's defaults.
@@ -45,7 +45,7 @@ func (c *Client) DeleteTenant(ctx context.Context, req *pb.DeleteTenantRequest) 
 }
 
 // IsCode reports whether err is a PairDB error with the given code.
-func IsCode(err error, code pb.ErrorCode) bool { return bus.Is(err, code) }
+func IsCode(err error, code pb.ErrorCode) bool { return status.Is(err, code) }
 
 // AddNodes adds registered storage nodes to the ring (several only when the
 // ring is empty); the response names the migration that moves the data.

@@ -25,6 +25,7 @@ import (
 	"github.com/pairdb/pairdb/membership"
 	"github.com/pairdb/pairdb/postgres/tenantpg"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
 	"github.com/pairdb/pairdb/tenant"
 )
@@ -214,7 +215,7 @@ func EnsureTenant(ctx context.Context, store tenant.Store, id string, rf uint32)
 	if err != nil {
 		return err
 	}
-	if err := store.Create(ctx, t); err != nil && !bus.Is(err, pb.ErrorCode_TENANT_EXISTS) {
+	if err := store.Create(ctx, t); err != nil && !status.Is(err, pb.ErrorCode_TENANT_EXISTS) {
 		return errors.Wrapf(err, "create tenant %q", id)
 	}
 	return nil

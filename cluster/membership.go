@@ -12,6 +12,7 @@ import (
 	"github.com/pairdb/pairdb/jetstream/ringlog"
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // Ring is a coordinator's view of the ring log: the log, a follower folding
@@ -105,7 +106,7 @@ func (r *Ring) Bootstrap(ctx context.Context, ids []string, settings membership.
 			return err
 		}
 		seq, err := r.Append(ctx, st.Seq, &pb.RingEvent{Event: &pb.RingEvent_Started{Started: c}})
-		if bus.Is(err, pb.ErrorCode_VERSION_CONFLICT) {
+		if status.Is(err, pb.ErrorCode_VERSION_CONFLICT) {
 			continue
 		}
 		if err != nil {

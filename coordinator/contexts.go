@@ -1,10 +1,10 @@
 package coordinator
 
 import (
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/dvv/dvvpb"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // Causal contexts travel to clients sealed (package causal): every answer
@@ -24,22 +24,22 @@ func (s *Service) sealContext(tenant, key string, clock []*pb.ClockEntry) []byte
 func (s *Service) openContext(tenant, key string, token []byte, readable []*pb.ClockEntry) (dvv.VV, error) {
 	clock, err := s.cfg.Contexts.Open(tenant, key, token)
 	if err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err,
+		return nil, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err,
 			"bad context: pass back the `context` of a get, put or delete of this key exactly as it came")
 	}
 	if len(readable) > 0 {
 		if len(token) == 0 {
-			return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+			return nil, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 				"vector_clock is read-only: send the `context` that came with it (the token a get, put or delete answers)")
 		}
 		if !dvv.VV(clock).Equal(dvvpb.ClockFromProto(readable)) {
-			return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "vector_clock does not match context; send context alone")
+			return nil, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "vector_clock does not match context; send context alone")
 		}
 	}
 	// Sealed clocks come from replicas' objects, so this holds; checked
 	// anyway, since what leaves here is minted from.
 	if err := dvv.ValidateClock(clock); err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad context")
+		return nil, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad context")
 	}
 	return clock, nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/quorum"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // fanout brings one minted version to the key's replicas and counts their
@@ -86,7 +87,7 @@ func (f *fanout) run(ctx context.Context, p placement, epoch uint64) (acks int, 
 			var err error
 			if s.cfg.Hints != nil && s.liveness.health(node, time.Now()) == Down {
 				// No call: it would find no responders or time out.
-				err = bus.Errorf(pb.ErrorCode_UNAVAILABLE, "node %s is down; its merge is hinted", node)
+				err = status.Errorf(pb.ErrorCode_UNAVAILABLE, "node %s is down; its merge is hinted", node)
 			} else {
 				err = s.callNode(context.Background(), node, bus.OpMerge, merge, resp)
 				s.m.replica("writes", node, err)
@@ -103,7 +104,7 @@ func (f *fanout) run(ctx context.Context, p placement, epoch uint64) (acks int, 
 		if stale == 0 {
 			s.m.quorumFailure(w.op, w.level.String())
 		}
-		return 0, stale, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
+		return 0, stale, status.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
 			"write reached %d of its replicas%s; %s needs %s (it may still be applied: retry with the same idempotency key)",
 			len(f.acked), why, w.level, p.need(w.level))
 	}
@@ -127,7 +128,7 @@ func (f *fanout) run(ctx context.Context, p placement, epoch uint64) (acks int, 
 			switch {
 			case r.err == nil:
 				f.acked[r.node] = true
-			case bus.Is(r.err, pb.ErrorCode_STALE_EPOCH):
+			case status.Is(r.err, pb.ErrorCode_STALE_EPOCH):
 				stale = max(stale, r.epoch, epoch+1)
 				// Sent again under the newer ring.
 				delete(f.sent, r.node)
@@ -150,7 +151,7 @@ func (f *fanout) run(ctx context.Context, p placement, epoch uint64) (acks int, 
 func (s *Service) settleMiss(t *pb.Tenant, node string, merge *pb.MergeRequest, err error, refused uint64) {
 	switch {
 	case err == nil:
-	case !bus.Is(err, pb.ErrorCode_STALE_EPOCH):
+	case !status.Is(err, pb.ErrorCode_STALE_EPOCH):
 		s.missedWrite(node, merge, err)
 	default:
 		ctx, cancel := context.WithTimeout(context.Background(), 2*s.cfg.ReplicaTimeout)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/pairdb/pairdb/bus"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // gather is one request sent to several replicas, their replies arriving
@@ -83,9 +84,9 @@ func (g *gather) send(k int) {
 		g.left++
 		var err error
 		if g.encErr != nil {
-			err = bus.Wrap(pb.ErrorCode_INTERNAL, g.encErr, "encode %s for %s", g.op, g.nodes[i])
+			err = status.Wrap(pb.ErrorCode_INTERNAL, g.encErr, "encode %s for %s", g.op, g.nodes[i])
 		} else if perr := g.s.nc.PublishMsg(&nats.Msg{Subject: g.s.cfg.Subjects.Node(g.nodes[i], g.op), Reply: g.w.Subject(i), Data: g.data}); perr != nil {
-			err = bus.Wrap(pb.ErrorCode_UNAVAILABLE, perr, "send %s to %s", g.op, g.nodes[i])
+			err = status.Wrap(pb.ErrorCode_UNAVAILABLE, perr, "send %s to %s", g.op, g.nodes[i])
 		}
 		if err != nil {
 			g.failed = append(g.failed, gatherReply{node: g.nodes[i], err: err, index: i})
@@ -126,7 +127,7 @@ func (g *gather) next(abort <-chan struct{}, hedge <-chan time.Time) (gatherRepl
 				if !g.done[i] {
 					// Reported one by one: the rest stay due at once.
 					g.timer.Reset(0)
-					return g.finish(i, nil, bus.Errorf(pb.ErrorCode_DEADLINE_EXCEEDED,
+					return g.finish(i, nil, status.Errorf(pb.ErrorCode_DEADLINE_EXCEEDED,
 						"no reply from %s to %s within %s", g.nodes[i], g.op, g.s.cfg.ReplicaTimeout)), gotReply
 				}
 			}

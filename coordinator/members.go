@@ -11,6 +11,7 @@ import (
 	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // Storage nodes write nothing to the control plane themselves: they ask the
@@ -51,15 +52,15 @@ func (s *Service) memberEndpoints(srv *bus.Server) []endpoint {
 func (s *Service) member(subject, incarnation string) (string, error) {
 	id, ok := s.cfg.Subjects.MemberOf(subject)
 	if !ok {
-		return "", bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "%q is not a member subject", subject)
+		return "", status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "%q is not a member subject", subject)
 	}
 	if err := keyspace.ValidateTenantID(id); err != nil {
-		return "", bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad node id in %q", subject)
+		return "", status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad node id in %q", subject)
 	}
 	// Incarnations are hex ids (storagenode-adapter/engine); the tenant id
 	// rule bounds their length and keeps them printable.
 	if err := keyspace.ValidateTenantID(incarnation); err != nil {
-		return "", bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "node %s: bad incarnation", id)
+		return "", status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "node %s: bad incarnation", id)
 	}
 	return id, nil
 }
@@ -69,9 +70,9 @@ func current(nodes map[string]membership.Node, id, incarnation string) error {
 	n, ok := nodes[id]
 	switch {
 	case !ok:
-		return bus.Errorf(pb.ErrorCode_NODE_NOT_FOUND, "node %s has not registered", id)
+		return status.Errorf(pb.ErrorCode_NODE_NOT_FOUND, "node %s has not registered", id)
 	case n.Incarnation != incarnation:
-		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+		return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 			"node %s runs incarnation %s in the ring log, not %s: a process of another incarnation may not speak for it", id, n.Incarnation, incarnation)
 	}
 	return nil
@@ -119,8 +120,8 @@ func (s *Service) appendFor(ctx context.Context, what string, decide func(*membe
 			appended(seq)
 			return &pb.MemberResponse{Seq: seq}, nil
 		}
-		if !bus.Is(err, pb.ErrorCode_VERSION_CONFLICT) || attempt >= maxMemberAttempts {
-			return nil, bus.Wrap(bus.CodeOf(err), err, "%s", what)
+		if !status.Is(err, pb.ErrorCode_VERSION_CONFLICT) || attempt >= maxMemberAttempts {
+			return nil, status.Wrap(status.CodeOf(err), err, "%s", what)
 		}
 		if err := s.cfg.Membership.WaitFor(ctx, st.Seq+1); err != nil {
 			return nil, err
@@ -144,7 +145,7 @@ func (s *Service) transferDone(ctx context.Context, subject string, req *pb.Tran
 	}
 	st := s.cfg.Membership.State()
 	if st.Seq != req.GetExpectedSeq() {
-		return nil, bus.Errorf(pb.ErrorCode_VERSION_CONFLICT,
+		return nil, status.Errorf(pb.ErrorCode_VERSION_CONFLICT,
 			"the ring log moved past sequence %d (now %d); fold and decide again", req.GetExpectedSeq(), st.Seq)
 	}
 	if err := current(st.Nodes, id, req.GetIncarnation()); err != nil {
@@ -153,9 +154,9 @@ func (s *Service) transferDone(ctx context.Context, subject string, req *pb.Tran
 	c := st.Change
 	switch {
 	case c == nil || c.ID != req.GetMigrationId():
-		return nil, bus.Errorf(pb.ErrorCode_MIGRATION_NOT_FOUND, "migration %q is not running", req.GetMigrationId())
+		return nil, status.Errorf(pb.ErrorCode_MIGRATION_NOT_FOUND, "migration %q is not running", req.GetMigrationId())
 	case !c.Targets[id]:
-		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "node %s is no target of migration %s", id, c.ID)
+		return nil, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "node %s is no target of migration %s", id, c.ID)
 	}
 	if _, done := c.Done[id]; done {
 		return &pb.MemberResponse{Seq: st.Seq}, nil
@@ -190,7 +191,7 @@ func (s *Service) refilled(ctx context.Context, subject string, req *pb.Refilled
 		case !st.Nodes[id].Refilling:
 			return nil, nil
 		case req.GetBasisSeq() < st.HoldersSeq:
-			return nil, bus.Errorf(pb.ErrorCode_VERSION_CONFLICT,
+			return nil, status.Errorf(pb.ErrorCode_VERSION_CONFLICT,
 				"node %s refilled the ring as of sequence %d, but data moved between nodes at %d: refill again", id, req.GetBasisSeq(), st.HoldersSeq)
 		}
 		return &pb.RingEvent{Event: &pb.RingEvent_RefillDone{
@@ -212,11 +213,11 @@ func (s *Service) nodeProgress(ctx context.Context, subject string, req *pb.Prog
 	p := req.GetProgress()
 	switch {
 	case p == nil:
-		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "progress request without progress")
+		return nil, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "progress request without progress")
 	case p.GetNodeId() != "" && p.GetNodeId() != id:
-		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "node %s cannot report progress of node %s", id, p.GetNodeId())
+		return nil, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "node %s cannot report progress of node %s", id, p.GetNodeId())
 	case !migrationIDRule.MatchString(p.GetMigrationId()):
-		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "bad migration id %q (want %s)", p.GetMigrationId(), migrationIDRule)
+		return nil, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "bad migration id %q (want %s)", p.GetMigrationId(), migrationIDRule)
 	}
 	if err := current(s.cfg.Membership.State().Nodes, id, req.GetIncarnation()); err != nil {
 		return nil, err
@@ -224,7 +225,7 @@ func (s *Service) nodeProgress(ctx context.Context, subject string, req *pb.Prog
 	p = proto.Clone(p).(*pb.MigrationProgress)
 	p.NodeId = id
 	if err := s.cfg.Membership.PublishProgress(ctx, p); err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "record progress of node %s", id)
+		return nil, status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "record progress of node %s", id)
 	}
 	return &pb.MemberResponse{}, nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/pairdb/pairdb/dvv/dvvpb"
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // One write, at most one version (DESIGN.md §6, step 3).
@@ -119,7 +120,7 @@ func (s *Service) mint(ctx context.Context, w *writeReq, st *membership.State, p
 		}
 	}
 	if len(candidates) == 0 {
-		return nil, 0, bus.Errorf(pb.ErrorCode_UNAVAILABLE,
+		return nil, 0, status.Errorf(pb.ErrorCode_UNAVAILABLE,
 			"no replica of key %q can mint the write: every one is down or its clock is off by more than %s",
 			w.key, s.cfg.MaxClockSkew)
 	}
@@ -130,7 +131,7 @@ func (s *Service) mint(ctx context.Context, w *writeReq, st *membership.State, p
 				// The named minter certainly refused: name the next one
 				// before asking it.
 				if err := w.claim.Reassign(ctx, node, st.Nodes[node].Incarnation); err != nil {
-					return nil, 0, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err,
+					return nil, 0, status.Wrap(pb.ErrorCode_UNAVAILABLE, err,
 						"could not name replica %s as the write's minter; nothing was written, retry", node)
 				}
 				s.m.minterReassigned.Inc()
@@ -153,7 +154,7 @@ func (s *Service) mint(ctx context.Context, w *writeReq, st *membership.State, p
 		}
 	}
 	s.m.quorumFailure(w.op, w.level.String())
-	return nil, 0, bus.Wrap(pb.ErrorCode_QUORUM_NOT_REACHED, errOrNone(last),
+	return nil, 0, status.Wrap(pb.ErrorCode_QUORUM_NOT_REACHED, errOrNone(last),
 		"no replica of key %q could take the write; nothing was written", w.key)
 }
 
@@ -182,7 +183,7 @@ func (s *Service) outcomeUnknown(w *writeReq, node string, cause error) error {
 	if w.idemKey == "" {
 		hint = "without an idempotency key, a retry is a new write (it may store the value twice)"
 	}
-	return bus.Wrap(pb.ErrorCode_OUTCOME_UNKNOWN, cause,
+	return status.Wrap(pb.ErrorCode_OUTCOME_UNKNOWN, cause,
 		"the write of key %q may or may not have been applied: replica %s, the only one allowed to mint it, did not confirm it in time; %s",
 		w.key, node, hint)
 }
@@ -200,7 +201,7 @@ func (s *Service) applyAt(ctx context.Context, w *writeReq, node string, p place
 	// waiting at wait.
 	deadline := wait.Add(-s.cfg.MaxClockSkew)
 	if deadline.Sub(now) < minApplyWindow {
-		return applyResult{verdict: refusedNode, node: node, err: bus.Errorf(pb.ErrorCode_DEADLINE_EXCEEDED,
+		return applyResult{verdict: refusedNode, node: node, err: status.Errorf(pb.ErrorCode_DEADLINE_EXCEEDED,
 			"too little time left to ask replica %s to mint the write (%s)", node, deadline.Sub(now))}
 	}
 	fw := s.openForwards(p.all, node, now)
@@ -250,7 +251,7 @@ func classifyApply(err error) applyVerdict {
 		// read: the replica may have minted.
 		return unknownOutcome
 	}
-	switch bus.CodeOf(err) {
+	switch status.CodeOf(err) {
 	case pb.ErrorCode_OUTCOME_UNKNOWN:
 		return unknownOutcome
 	case pb.ErrorCode_STALE_EPOCH:
@@ -320,8 +321,8 @@ func (s *Service) findOrigin(ctx context.Context, w *writeReq, nodes []string, e
 	var merged dvv.Object
 	complete = true
 	for g.left > 0 {
-		r, status := g.next(ctx.Done(), nil)
-		if status != gotReply {
+		r, gs := g.next(ctx.Done(), nil)
+		if gs != gotReply {
 			return found, nil, nil, false
 		}
 		resp := new(pb.ReadResponse)

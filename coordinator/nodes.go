@@ -10,11 +10,11 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 	"github.com/pairdb/pairdb/tenant"
 )
 
@@ -43,7 +43,7 @@ func (s *Service) startChange(ctx context.Context, build func(st *membership.Sta
 			return nil, err
 		}
 		seq, err := s.cfg.Membership.Append(ctx, st.Seq, &pb.RingEvent{Event: &pb.RingEvent_Started{Started: c}})
-		if bus.Is(err, pb.ErrorCode_VERSION_CONFLICT) && attempt < 5 {
+		if status.Is(err, pb.ErrorCode_VERSION_CONFLICT) && attempt < 5 {
 			// Someone else appended; fold it and decide again.
 			if werr := s.cfg.Membership.WaitFor(ctx, st.Seq+1); werr != nil {
 				return nil, werr
@@ -73,7 +73,7 @@ func (s *Service) recordStoredTenants(ctx context.Context) error {
 			return err
 		}
 		for _, t := range ts {
-			if _, err := s.knownToRing(ctx, t); err != nil && !bus.Is(err, pb.ErrorCode_TENANT_NOT_FOUND) {
+			if _, err := s.knownToRing(ctx, t); err != nil && !status.Is(err, pb.ErrorCode_TENANT_NOT_FOUND) {
 				return err
 			}
 		}
@@ -93,11 +93,11 @@ func newMigrationID(t pb.ChangeType) string {
 func (s *Service) addNodes(ctx context.Context, _ string, req *pb.AddNodesRequest) (*pb.NodeChangeResponse, error) {
 	ids := req.GetNodeIds()
 	if len(ids) == 0 {
-		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "name at least one node to add")
+		return nil, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "name at least one node to add")
 	}
 	for _, id := range ids {
 		if err := keyspace.ValidateTenantID(id); err != nil {
-			return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad node id")
+			return nil, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad node id")
 		}
 	}
 	return s.startChange(ctx, func(st *membership.State) (*pb.ChangeStarted, error) {
@@ -107,7 +107,7 @@ func (s *Service) addNodes(ctx context.Context, _ string, req *pb.AddNodesReques
 			return &pb.ChangeStarted{Type: pb.ChangeType_BOOTSTRAP, NodeIds: ids, Settings: s.cfg.Cluster.Proto()}, nil
 		}
 		if len(ids) > 1 {
-			return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+			return nil, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 				"the ring has members: add one node at a time (only the first nodes of an empty ring are added together)")
 		}
 		return &pb.ChangeStarted{Type: pb.ChangeType_ADD_NODE, NodeIds: ids}, nil
@@ -124,14 +124,14 @@ func (s *Service) removeNode(ctx context.Context, _ string, req *pb.RemoveNodeRe
 		// Checked before the arithmetic below, which counts the node among
 		// the NORMAL ones (CheckStart checks it again, too late for that).
 		if n, ok := st.Nodes[id]; !ok || n.State != ring.Normal {
-			return nil, bus.Errorf(pb.ErrorCode_NODE_NOT_FOUND, "node %s is not a NORMAL member of the ring (pairdb node list)", id)
+			return nil, status.Errorf(pb.ErrorCode_NODE_NOT_FOUND, "node %s is not a NORMAL member of the ring (pairdb node list)", id)
 		}
 		if !req.GetForce() {
 			// Every tenant's replication factor must still fit.
 			remaining := len(st.Normal()) - 1
 			for t := range st.Tenants {
 				if cur, next := st.TenantRF(t); int(max(cur, next)) > remaining {
-					return nil, bus.Errorf(pb.ErrorCode_NODE_IN_USE,
+					return nil, status.Errorf(pb.ErrorCode_NODE_IN_USE,
 						"removing %s leaves %d NORMAL nodes but tenant %q has replication factor %d; lower it first, or force the removal",
 						id, remaining, t, max(cur, next))
 				}
@@ -198,7 +198,7 @@ func (s *Service) getMigration(ctx context.Context, _ string, req *pb.GetMigrati
 	st := s.cfg.Membership.State()
 	rec, running, ok := st.Migration(req.GetMigrationId())
 	if !ok {
-		return nil, bus.Errorf(pb.ErrorCode_MIGRATION_NOT_FOUND, "no migration %q (the last %d are kept)", req.GetMigrationId(), 100)
+		return nil, status.Errorf(pb.ErrorCode_MIGRATION_NOT_FOUND, "no migration %q (the last %d are kept)", req.GetMigrationId(), 100)
 	}
 	return &pb.MigrationResponse{Migration: s.migration(ctx, rec, running)}, nil
 }

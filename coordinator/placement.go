@@ -4,10 +4,10 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/membership"
 	"github.com/pairdb/pairdb/quorum"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 	"github.com/pairdb/pairdb/tenant"
 )
 
@@ -28,11 +28,11 @@ type placement struct {
 func placeFor(st *membership.State, t *pb.Tenant, hash uint64) (placement, error) {
 	rc, rn := st.TenantRF(t.GetTenantId())
 	if rc == 0 {
-		return placement{}, bus.Errorf(pb.ErrorCode_TENANT_NOT_FOUND, "the ring log has no tenant %q", t.GetTenantId())
+		return placement{}, status.Errorf(pb.ErrorCode_TENANT_NOT_FOUND, "the ring log has no tenant %q", t.GetTenantId())
 	}
 	cur, next := st.ReplicaSets(t.GetTenantId(), hash)
 	if len(cur) < int(rc) || len(next) < int(rn) {
-		return placement{}, bus.Errorf(pb.ErrorCode_UNAVAILABLE,
+		return placement{}, status.Errorf(pb.ErrorCode_UNAVAILABLE,
 			"tenant %q needs %d replicas but the ring has %d storage nodes", t.GetTenantId(), max(rc, rn), st.Current().Size())
 	}
 	p := placement{cur: cur, next: next, all: slices.Clone(cur)}

@@ -13,6 +13,7 @@ import (
 	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/quorum"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // readReply is one replica's answer to a read.
@@ -37,7 +38,7 @@ func (s *Service) get(ctx context.Context, subject string, req *pb.GetRequest) (
 		return nil, err
 	}
 	if err := keyspace.ValidateKey(req.GetKey()); err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad key")
+		return nil, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad key")
 	}
 	l, err := levelOf(t, req.GetConsistency())
 	if err != nil {
@@ -91,7 +92,7 @@ func (s *Service) get(ctx context.Context, subject string, req *pb.GetRequest) (
 	switch {
 	case len(live) == 0:
 		// The body still carries vector_clock: a delete's tombstone context.
-		return resp, bus.Errorf(pb.ErrorCode_KEY_NOT_FOUND, "key %q not found in tenant %q", req.GetKey(), tid)
+		return resp, status.Errorf(pb.ErrorCode_KEY_NOT_FOUND, "key %q not found in tenant %q", req.GetKey(), tid)
 	case len(live) == 1:
 		resp.Value = live[0].Value
 	default:
@@ -120,7 +121,7 @@ func (s *Service) readQuorum(ctx context.Context, t *pb.Tenant, key string, l qu
 	// R counts against all N replicas; only the serving ones are asked.
 	n, need := len(p.serving), quorum.Required(l, len(p.cur))
 	if n < need {
-		return nil, nil, 0, 0, bus.Errorf(pb.ErrorCode_UNAVAILABLE,
+		return nil, nil, 0, 0, status.Errorf(pb.ErrorCode_UNAVAILABLE,
 			"%s reads need %d of the key's %d replicas, and %d of them are being refilled after losing their data; retry later or read at a lower level",
 			l, need, len(p.cur), len(p.cur)-n)
 	}
@@ -137,11 +138,11 @@ func (s *Service) readQuorum(ctx context.Context, t *pb.Tenant, key string, l qu
 	}
 	tally := quorum.NewTally(need, n)
 	for tally.Outcome() == quorum.Pending {
-		rep, status := g.readReply(ctx.Done(), hedge)
-		switch status {
+		rep, gs := g.readReply(ctx.Done(), hedge)
+		switch gs {
 		case aborted:
 			g.close()
-			return nil, nil, 0, stale, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
+			return nil, nil, 0, stale, status.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
 				"read got %d of %d replicas before the deadline; %s needs %d", tally.Acks(), n, l, need)
 		case hedged:
 			s.m.readHedges.Inc()
@@ -156,13 +157,13 @@ func (s *Service) readQuorum(ctx context.Context, t *pb.Tenant, key string, l qu
 		}
 		tally.Fail()
 		g.send(1) // the next replica stands in
-		if bus.Is(rep.err, pb.ErrorCode_STALE_EPOCH) {
+		if status.Is(rep.err, pb.ErrorCode_STALE_EPOCH) {
 			stale = max(stale, rep.epoch, st.Epoch+1)
 		}
 	}
 	if tally.Outcome() == quorum.Lost {
 		g.close()
-		return nil, nil, 0, stale, bus.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
+		return nil, nil, 0, stale, status.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
 			"read got %d of %d replicas; %s needs %d", tally.Acks(), n, l, need)
 	}
 	return got, g, st.Epoch, 0, nil
@@ -185,9 +186,9 @@ func (s *Service) readOrder(nodes []string) []string {
 
 // readReply is the next reply of a read gather, decoded.
 func (g *gather) readReply(abort <-chan struct{}, hedge <-chan time.Time) (readReply, gatherStatus) {
-	r, status := g.next(abort, hedge)
-	if status != gotReply {
-		return readReply{}, status
+	r, gs := g.next(abort, hedge)
+	if gs != gotReply {
+		return readReply{}, gs
 	}
 	out := new(pb.ReadResponse)
 	err := g.decode(r, "reads", out)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/pairdb/pairdb/bus"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 	"github.com/pairdb/pairdb/tenant"
 )
 
@@ -27,7 +28,7 @@ func (s *Service) callNode(ctx context.Context, node, op string, req, resp proto
 // retryElsewhere reports whether a failed apply may be tried on the next
 // replica: transport trouble yes, a verdict about the request itself no.
 func retryElsewhere(err error) bool {
-	switch bus.CodeOf(err) {
+	switch status.CodeOf(err) {
 	case pb.ErrorCode_INVALID_ARGUMENT, pb.ErrorCode_TOO_MANY_SIBLINGS, pb.ErrorCode_VALUE_TOO_LARGE:
 		return false
 	}

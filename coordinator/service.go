@@ -13,6 +13,7 @@ import (
 
 	"github.com/pairdb/pairdb/bus"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // Service is a running coordinator.
@@ -195,14 +196,14 @@ type Pinger interface {
 // key-value traffic for cached tenants does not).
 func (s *Service) Ready(ctx context.Context) error {
 	if !s.nc.IsConnected() {
-		return bus.Errorf(pb.ErrorCode_UNAVAILABLE, "not connected to NATS (status %s)", s.nc.Status())
+		return status.Errorf(pb.ErrorCode_UNAVAILABLE, "not connected to NATS (status %s)", s.nc.Status())
 	}
 	if s.cfg.Membership.State().Current().Size() == 0 {
-		return bus.Errorf(pb.ErrorCode_UNAVAILABLE, "the ring has no storage nodes")
+		return status.Errorf(pb.ErrorCode_UNAVAILABLE, "the ring has no storage nodes")
 	}
 	if p, ok := s.cfg.Tenants.(Pinger); ok {
 		if err := p.Ping(ctx); err != nil {
-			return bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "tenant metadata store")
+			return status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "tenant metadata store")
 		}
 	}
 	return nil

@@ -11,6 +11,7 @@ import (
 	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // Deleting a tenant deletes its data, everywhere it lives:
@@ -33,11 +34,11 @@ import (
 func (s *Service) deleteTenant(ctx context.Context, _ string, req *pb.DeleteTenantRequest) (*pb.TenantResponse, error) {
 	id := req.GetTenantId()
 	if err := keyspace.ValidateTenantID(id); err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad tenant_id")
+		return nil, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad tenant_id")
 	}
 	t, err := s.cfg.Tenants.Get(ctx, id)
 	switch {
-	case bus.Is(err, pb.ErrorCode_TENANT_NOT_FOUND) && s.cfg.Membership.State().TenantLive(id):
+	case status.Is(err, pb.ErrorCode_TENANT_NOT_FOUND) && s.cfg.Membership.State().TenantLive(id):
 		// A delete that stopped after its first step: finish it.
 	case err != nil:
 		return nil, err
@@ -54,12 +55,12 @@ func (s *Service) deleteTenant(ctx context.Context, _ string, req *pb.DeleteTena
 	}
 	if s.cfg.Idempotency != nil {
 		if err := s.cfg.Idempotency.PurgeTenant(ctx, id); err != nil {
-			return nil, bus.Wrap(bus.CodeOf(err), err,
+			return nil, status.Wrap(status.CodeOf(err), err,
 				"tenant %q's record is deleted, but its idempotency records are not removed yet; delete it again", id)
 		}
 	}
 	if err := s.RecordTenant(ctx, &pb.Tenant{TenantId: id}, true); err != nil {
-		return nil, bus.Wrap(bus.CodeOf(err), err,
+		return nil, status.Wrap(status.CodeOf(err), err,
 			"tenant %q's record is deleted, but the ring log does not say so yet (its data stays until it does); delete it again", id)
 	}
 	rec := s.cfg.Membership.State().Tenants[id]
@@ -83,17 +84,17 @@ func (s *Service) requireEmpty(ctx context.Context, tenant string) error {
 	g := s.gather(nodes, bus.OpScan, &pb.ScanRequest{TenantId: tenant, Range: &pb.HashRange{}, Limit: 1, Epoch: st.Epoch}, len(nodes))
 	defer g.close()
 	for g.left > 0 {
-		r, status := g.next(ctx.Done(), nil)
-		if status != gotReply {
-			return bus.Errorf(pb.ErrorCode_UNAVAILABLE, "could not ask every storage node whether tenant %q holds data before the deadline", tenant)
+		r, gs := g.next(ctx.Done(), nil)
+		if gs != gotReply {
+			return status.Errorf(pb.ErrorCode_UNAVAILABLE, "could not ask every storage node whether tenant %q holds data before the deadline", tenant)
 		}
 		resp := new(pb.ScanResponse)
 		if err := g.decode(r, "reads", resp); err != nil {
-			return bus.Wrap(pb.ErrorCode_TENANT_NOT_EMPTY, err,
+			return status.Wrap(pb.ErrorCode_TENANT_NOT_EMPTY, err,
 				"cannot tell whether tenant %q holds data on node %s; delete with force to remove whatever it holds", tenant, r.node)
 		}
 		if len(resp.GetItems()) > 0 {
-			return bus.Errorf(pb.ErrorCode_TENANT_NOT_EMPTY,
+			return status.Errorf(pb.ErrorCode_TENANT_NOT_EMPTY,
 				"tenant %q still holds data (node %s has key %q); delete with force (pairdb tenant delete %s --force) to remove it from every replica",
 				tenant, r.node, resp.GetItems()[0].GetKey(), tenant)
 		}
@@ -108,7 +109,7 @@ func (s *Service) tenantDeletion(ctx context.Context, id, tenant string, seq uin
 	st := s.cfg.Membership.State()
 	rec, ok := st.Tenants[tenant]
 	if !ok || rec.Seq < seq || (rec.Seq == seq && !rec.Deleted) {
-		return nil, bus.Errorf(pb.ErrorCode_MIGRATION_NOT_FOUND, "no deletion %q of tenant %q in the ring log", id, tenant)
+		return nil, status.Errorf(pb.ErrorCode_MIGRATION_NOT_FOUND, "no deletion %q of tenant %q in the ring log", id, tenant)
 	}
 	nodes := st.Members()
 	// keys_transferred counts the keys the nodes dropped; percentage the

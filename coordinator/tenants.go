@@ -7,9 +7,9 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/keyspace"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 	"github.com/pairdb/pairdb/tenant"
 )
 
@@ -52,7 +52,7 @@ func newTenantCache(store tenant.Store, ttl time.Duration, m *serviceMetrics) *t
 
 func (c *tenantCache) get(ctx context.Context, id string) (*pb.Tenant, error) {
 	if err := keyspace.ValidateTenantID(id); err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad tenant in subject")
+		return nil, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad tenant in subject")
 	}
 	now := time.Now()
 	c.mu.Lock()
@@ -74,7 +74,7 @@ func (c *tenantCache) get(ctx context.Context, id string) (*pb.Tenant, error) {
 	}
 	t, err := c.store.Get(lookup, id)
 	if err != nil {
-		if ok && bus.CodeOf(err) != pb.ErrorCode_TENANT_NOT_FOUND {
+		if ok && status.CodeOf(err) != pb.ErrorCode_TENANT_NOT_FOUND {
 			// The metadata store is unreachable: keep serving the copy we
 			// have (key-value traffic must not depend on it) and ask again
 			// only after a pause, so an outage is not hammered per request.
@@ -122,7 +122,7 @@ func (s *Service) checkRF(rf uint32) error {
 		return err
 	}
 	if n := len(s.cfg.Membership.State().Normal()); int(rf) > n {
-		return bus.Errorf(pb.ErrorCode_INVALID_REPLICATION_FACTOR,
+		return status.Errorf(pb.ErrorCode_INVALID_REPLICATION_FACTOR,
 			"replication factor %d is more than the %d NORMAL storage nodes in the ring", rf, n)
 	}
 	return nil
@@ -156,7 +156,7 @@ func (s *Service) createTenant(ctx context.Context, _ string, req *pb.CreateTena
 
 func (s *Service) getTenant(ctx context.Context, _ string, req *pb.GetTenantRequest) (*pb.TenantResponse, error) {
 	if err := keyspace.ValidateTenantID(req.GetTenantId()); err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad tenant_id")
+		return nil, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad tenant_id")
 	}
 	t, err := s.cfg.Tenants.Get(ctx, req.GetTenantId())
 	if err != nil {
@@ -171,7 +171,7 @@ func (s *Service) getTenant(ctx context.Context, _ string, req *pb.GetTenantRequ
 // carries its migration_id.
 func (s *Service) updateTenant(ctx context.Context, _ string, req *pb.UpdateTenantRequest) (*pb.TenantResponse, error) {
 	if err := keyspace.ValidateTenantID(req.GetTenantId()); err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad tenant_id")
+		return nil, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad tenant_id")
 	}
 	if req.ReplicationFactor != nil {
 		if err := s.checkRF(req.GetReplicationFactor()); err != nil {
@@ -186,7 +186,7 @@ func (s *Service) updateTenant(ctx context.Context, _ string, req *pb.UpdateTena
 			return nil, err
 		}
 		if v := req.GetExpectedVersion(); v != 0 && v != cur.GetVersion() {
-			return nil, bus.Errorf(pb.ErrorCode_VERSION_CONFLICT,
+			return nil, status.Errorf(pb.ErrorCode_VERSION_CONFLICT,
 				"tenant %q is at version %d, not %d; read it again and retry", cur.GetTenantId(), cur.GetVersion(), v)
 		}
 		next, err := tenant.ApplyUpdate(cur, req, time.Now())
@@ -209,7 +209,7 @@ func (s *Service) updateTenant(ctx context.Context, _ string, req *pb.UpdateTena
 		if err == nil {
 			s.announce(next.GetTenantId())
 			if err := s.RecordTenant(ctx, next, false); err != nil {
-				return nil, bus.Wrap(bus.CodeOf(err), err,
+				return nil, status.Wrap(status.CodeOf(err), err,
 					"tenant %q is updated, but the ring log does not carry its new conflict policy yet; update it again", next.GetTenantId())
 			}
 			return &pb.TenantResponse{Tenant: next, OldReplicationFactor: oldRF, MigrationId: migration}, nil
@@ -217,9 +217,9 @@ func (s *Service) updateTenant(ctx context.Context, _ string, req *pb.UpdateTena
 		if migration != "" {
 			// The migration runs and its outcome overrides the stored factor;
 			// report the other fields' failure.
-			return nil, bus.Wrap(bus.CodeOf(err), err, "migration %s started, but the tenant record was not updated", migration)
+			return nil, status.Wrap(status.CodeOf(err), err, "migration %s started, but the tenant record was not updated", migration)
 		}
-		if !bus.Is(err, pb.ErrorCode_VERSION_CONFLICT) || req.GetExpectedVersion() != 0 || attempt >= 4 {
+		if !status.Is(err, pb.ErrorCode_VERSION_CONFLICT) || req.GetExpectedVersion() != 0 || attempt >= 4 {
 			return nil, err
 		}
 	}
@@ -251,11 +251,11 @@ func (s *Service) RecordTenant(ctx context.Context, t *pb.Tenant, deleted bool) 
 		if err == nil {
 			return s.cfg.Membership.WaitFor(ctx, seq)
 		}
-		if !bus.Is(err, pb.ErrorCode_VERSION_CONFLICT) || attempt >= maxRecordAttempts {
-			return bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "record tenant %q in the ring log", id)
+		if !status.Is(err, pb.ErrorCode_VERSION_CONFLICT) || attempt >= maxRecordAttempts {
+			return status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "record tenant %q in the ring log", id)
 		}
 		if err := s.cfg.Membership.WaitFor(ctx, st.Seq+1); err != nil {
-			return bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "record tenant %q in the ring log", id)
+			return status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "record tenant %q in the ring log", id)
 		}
 	}
 }
@@ -274,7 +274,7 @@ func (s *Service) knownToRing(ctx context.Context, t *pb.Tenant) (uint64, error)
 	if rec, ok := s.cfg.Membership.State().Tenants[id]; ok {
 		if rec.Deleted {
 			s.tenants.invalidate(id)
-			return 0, bus.Errorf(pb.ErrorCode_TENANT_NOT_FOUND, "tenant %q was deleted", id)
+			return 0, status.Errorf(pb.ErrorCode_TENANT_NOT_FOUND, "tenant %q was deleted", id)
 		}
 		return rec.Seq, nil
 	}

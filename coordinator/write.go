@@ -14,6 +14,7 @@ import (
 	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/quorum"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // writeReq is a validated put or delete.
@@ -91,10 +92,10 @@ func (s *Service) prepareWrite(ctx context.Context, subject, op, key string, val
 		return nil, err
 	}
 	if err := keyspace.ValidateKey(key); err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad key")
+		return nil, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad key")
 	}
 	if max := t.GetMaxValueBytes(); uint64(len(value)) > max {
-		return nil, bus.Errorf(pb.ErrorCode_VALUE_TOO_LARGE,
+		return nil, status.Errorf(pb.ErrorCode_VALUE_TOO_LARGE,
 			"value is %d bytes; tenant %q allows at most %d", len(value), t.GetTenantId(), max)
 	}
 	level, err := levelOf(t, consistency)
@@ -102,7 +103,7 @@ func (s *Service) prepareWrite(ctx context.Context, subject, op, key string, val
 		return nil, err
 	}
 	if len(idemKey) > 256 {
-		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "idempotency_key is %d bytes; the limit is 256", len(idemKey))
+		return nil, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "idempotency_key is %d bytes; the limit is 256", len(idemKey))
 	}
 	causal, err := s.openContext(t.GetTenantId(), key, token, readable)
 	if err != nil {
@@ -121,7 +122,7 @@ func (s *Service) prepareWrite(ctx context.Context, subject, op, key string, val
 func (s *Service) tenantOf(ctx context.Context, subject string) (*pb.Tenant, uint64, error) {
 	id, ok := s.cfg.Subjects.TenantOf(subject)
 	if !ok {
-		return nil, 0, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "subject %q names no tenant", subject)
+		return nil, 0, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "subject %q names no tenant", subject)
 	}
 	t, err := s.tenants.get(ctx, id)
 	if err != nil {
@@ -140,7 +141,7 @@ func levelOf(t *pb.Tenant, consistency string) (quorum.Level, error) {
 	}
 	l, err := quorum.ParseLevel(consistency)
 	if err != nil {
-		return 0, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad consistency")
+		return 0, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad consistency")
 	}
 	return l, nil
 }
@@ -170,7 +171,7 @@ func (s *Service) serveWrite(ctx context.Context, w *writeReq, resp proto.Messag
 	}
 	if stored, ok := claim.Done(); ok {
 		if err := proto.Unmarshal(stored, resp); err != nil {
-			return bus.Wrap(pb.ErrorCode_INTERNAL, err, "stored idempotent response is unreadable")
+			return status.Wrap(pb.ErrorCode_INTERNAL, err, "stored idempotent response is unreadable")
 		}
 		markDup()
 		s.m.idempotencyHits.Inc()
@@ -199,7 +200,7 @@ func (s *Service) serveWrite(ctx context.Context, w *writeReq, resp proto.Messag
 	}
 	data, err := proto.Marshal(resp)
 	if err != nil {
-		return bus.Wrap(pb.ErrorCode_INTERNAL, err, "encode the response for its idempotency record")
+		return status.Wrap(pb.ErrorCode_INTERNAL, err, "encode the response for its idempotency record")
 	}
 	// The answer does not wait for the DONE record (one JetStream fsync
 	// less on every keyed write): until it lands, a duplicate finds the
@@ -231,7 +232,7 @@ func (s *Service) proposeMinter(w *writeReq) (node, incarnation string, err erro
 	if c := s.minterCandidates(st, p.all); len(c) > 0 {
 		return c[0], st.Nodes[c[0]].Incarnation, nil
 	}
-	return "", "", bus.Errorf(pb.ErrorCode_UNAVAILABLE,
+	return "", "", status.Errorf(pb.ErrorCode_UNAVAILABLE,
 		"no replica of key %q can mint the write: every one is down or its clock is off by more than %s", w.key, s.cfg.MaxClockSkew)
 }
 
@@ -258,7 +259,7 @@ func (s *Service) write(ctx context.Context, w *writeReq) (writeOutcome, error) 
 			}
 			if m == nil {
 				if attempt >= maxEpochRetries {
-					return writeOutcome{}, bus.Errorf(pb.ErrorCode_UNAVAILABLE,
+					return writeOutcome{}, status.Errorf(pb.ErrorCode_UNAVAILABLE,
 						"the ring kept moving (epoch %d) while the write of key %q looked for its minter; nothing was written, retry", stale, w.key)
 				}
 				if err := s.catchUp(ctx, stale); err != nil {
@@ -305,7 +306,7 @@ func (s *Service) catchUp(ctx context.Context, epoch uint64) error {
 	wctx, cancel := context.WithTimeout(ctx, s.cfg.ReplicaTimeout)
 	defer cancel()
 	if err := s.cfg.Membership.WaitForEpoch(wctx, epoch); err != nil {
-		return bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "a replica is at ring epoch %d and this coordinator could not catch up", epoch)
+		return status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "a replica is at ring epoch %d and this coordinator could not catch up", epoch)
 	}
 	return nil
 }
@@ -315,5 +316,5 @@ func errLabel(err error) string {
 	if err == nil {
 		return ""
 	}
-	return bus.CodeOf(err).String()
+	return status.CodeOf(err).String()
 }

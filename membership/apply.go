@@ -4,9 +4,9 @@ import (
 	"maps"
 	"slices"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/coordinator/ring"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // Apply folds the event at log sequence seq. An event that is not valid in
@@ -31,7 +31,7 @@ func (s *State) Apply(seq uint64, ev *pb.RingEvent) (next *State, skipped error)
 	case *pb.RingEvent_RefillDone:
 		err = n.refillDone(seq, e.RefillDone)
 	default:
-		err = bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "ring event %d is of no known kind", seq)
+		err = status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "ring event %d is of no known kind", seq)
 	}
 	if err != nil {
 		s2 := *s
@@ -75,9 +75,9 @@ func (s *State) refillDone(seq uint64, d *pb.RefillDone) error {
 	n, ok := s.Nodes[d.GetNodeId()]
 	switch {
 	case !ok || n.Incarnation != d.GetIncarnation() || !n.Refilling:
-		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "node %s (incarnation %s) is not refilling", d.GetNodeId(), d.GetIncarnation())
+		return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "node %s (incarnation %s) is not refilling", d.GetNodeId(), d.GetIncarnation())
 	case d.GetBasisSeq() < s.HoldersSeq || d.GetBasisSeq() >= seq:
-		return bus.Errorf(pb.ErrorCode_VERSION_CONFLICT,
+		return status.Errorf(pb.ErrorCode_VERSION_CONFLICT,
 			"the refill of node %s covered the ring at sequence %d; data moved at %d since", d.GetNodeId(), d.GetBasisSeq(), s.HoldersSeq)
 	}
 	n.Refilling = false
@@ -90,12 +90,12 @@ func (s *State) refillDone(seq uint64, d *pb.RefillDone) error {
 // already says is skipped (racing coordinators may both append it).
 func (s *State) tenant(seq uint64, unixMs int64, t *pb.TenantChanged) error {
 	if t.GetTenantId() == "" {
-		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "a tenant event needs a tenant id")
+		return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "a tenant event needs a tenant id")
 	}
 	cur, ok := s.Tenants[t.GetTenantId()]
 	if ok && cur.Deleted == t.GetDeleted() {
 		if t.GetDeleted() || cur.Policy == t.GetConflictPolicy() {
-			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %s is already recorded so", t.GetTenantId())
+			return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %s is already recorded so", t.GetTenantId())
 		}
 		// A new policy of the same incarnation: not a placement input. Its
 		// replication factor is the replication-factor changes' to set.
@@ -104,7 +104,7 @@ func (s *State) tenant(seq uint64, unixMs int64, t *pb.TenantChanged) error {
 		return nil
 	}
 	if t.GetReplicationFactor() == 0 && !t.GetDeleted() {
-		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %s is recorded without a replication factor", t.GetTenantId())
+		return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %s is recorded without a replication factor", t.GetTenantId())
 	}
 	s.Tenants[t.GetTenantId()] = Tenant{RF: t.GetReplicationFactor(), Policy: t.GetConflictPolicy(), Seq: seq, AtMs: unixMs, Deleted: t.GetDeleted()}
 	// A tenant's existence is an input to where data may go: requests
@@ -118,26 +118,26 @@ func (s *State) tenant(seq uint64, unixMs int64, t *pb.TenantChanged) error {
 // is skipped by every folder.
 func (s *State) CheckStart(c *pb.ChangeStarted) error {
 	if s.Change != nil {
-		return bus.Errorf(pb.ErrorCode_CHANGE_IN_PROGRESS,
+		return status.Errorf(pb.ErrorCode_CHANGE_IN_PROGRESS,
 			"migration %s (%s) is still running; wait for it (pairdb migration watch %s)", s.Change.ID, ChangeTypeName(s.Change.Type), s.Change.ID)
 	}
 	if c.GetMigrationId() == "" {
-		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "a change needs a migration id")
+		return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "a change needs a migration id")
 	}
 	nodes := c.GetNodeIds()
 	switch c.GetType() {
 	case pb.ChangeType_BOOTSTRAP:
 		if len(s.Normal()) > 0 {
-			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "the ring already has members; add nodes one at a time")
+			return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "the ring already has members; add nodes one at a time")
 		}
 		if len(nodes) == 0 {
-			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "bootstrap needs at least one node")
+			return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "bootstrap needs at least one node")
 		}
 		if s.bootstrapped {
-			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "the cluster was bootstrapped already")
+			return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "the cluster was bootstrapped already")
 		}
 		if err := settingsFrom(c.GetSettings()).Validate(); err != nil {
-			return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bootstrap settings")
+			return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bootstrap settings")
 		}
 		for _, id := range nodes {
 			if err := s.registered(id); err != nil {
@@ -146,42 +146,42 @@ func (s *State) CheckStart(c *pb.ChangeStarted) error {
 		}
 	case pb.ChangeType_ADD_NODE:
 		if len(nodes) != 1 {
-			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "add one node at a time")
+			return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "add one node at a time")
 		}
 		if err := s.registered(nodes[0]); err != nil {
 			return err
 		}
 		if st := s.Nodes[nodes[0]].State; st == ring.Normal || st == ring.Leaving {
-			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "node %s is already %s", nodes[0], st)
+			return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "node %s is already %s", nodes[0], st)
 		}
 	case pb.ChangeType_REMOVE_NODE, pb.ChangeType_FORCE_REMOVE_NODE:
 		if len(nodes) != 1 {
-			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "remove one node at a time")
+			return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "remove one node at a time")
 		}
 		n, ok := s.Nodes[nodes[0]]
 		if !ok || n.State != ring.Normal {
-			return bus.Errorf(pb.ErrorCode_NODE_NOT_FOUND, "node %s is not a NORMAL member of the ring", nodes[0])
+			return status.Errorf(pb.ErrorCode_NODE_NOT_FOUND, "node %s is not a NORMAL member of the ring", nodes[0])
 		}
 		if len(s.Normal()) == 1 {
-			return bus.Errorf(pb.ErrorCode_NODE_IN_USE, "node %s is the last member of the ring", nodes[0])
+			return status.Errorf(pb.ErrorCode_NODE_IN_USE, "node %s is the last member of the ring", nodes[0])
 		}
 	case pb.ChangeType_REPLICATION_FACTOR:
 		if c.GetTenantId() == "" {
-			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "a replication factor change needs a tenant")
+			return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "a replication factor change needs a tenant")
 		}
 		old, ok := s.snapshotOf(c)[c.GetTenantId()]
 		if !ok {
-			return bus.Errorf(pb.ErrorCode_TENANT_NOT_FOUND, "the ring log has no tenant %s", c.GetTenantId())
+			return status.Errorf(pb.ErrorCode_TENANT_NOT_FOUND, "the ring log has no tenant %s", c.GetTenantId())
 		}
 		if old == c.GetReplicationFactor() {
-			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %s already has replication factor %d", c.GetTenantId(), old)
+			return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %s already has replication factor %d", c.GetTenantId(), old)
 		}
 		if int(c.GetReplicationFactor()) > len(s.Normal()) || c.GetReplicationFactor() == 0 {
-			return bus.Errorf(pb.ErrorCode_INVALID_REPLICATION_FACTOR,
+			return status.Errorf(pb.ErrorCode_INVALID_REPLICATION_FACTOR,
 				"replication factor %d does not fit the %d NORMAL storage nodes", c.GetReplicationFactor(), len(s.Normal()))
 		}
 	default:
-		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "unknown change type %v", c.GetType())
+		return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "unknown change type %v", c.GetType())
 	}
 	return nil
 }
@@ -198,7 +198,7 @@ func (s *State) snapshotOf(c *pb.ChangeStarted) map[string]uint32 {
 
 func (s *State) registered(id string) error {
 	if _, ok := s.Nodes[id]; !ok {
-		return bus.Errorf(pb.ErrorCode_NODE_NOT_FOUND,
+		return status.Errorf(pb.ErrorCode_NODE_NOT_FOUND,
 			"node %s has not registered: start it (pairdb storagenode --id %s) and retry", id, id)
 	}
 	return nil
@@ -246,10 +246,10 @@ func (s *State) start(seq uint64, unixMs int64, c *pb.ChangeStarted) {
 func (s *State) transferDone(seq uint64, unixMs int64, d *pb.TransferDone) error {
 	c := s.Change
 	if c == nil || c.ID != d.GetMigrationId() {
-		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "migration %s is not running", d.GetMigrationId())
+		return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "migration %s is not running", d.GetMigrationId())
 	}
 	if !c.Targets[d.GetNodeId()] {
-		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "node %s is not a target of migration %s", d.GetNodeId(), c.ID)
+		return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "node %s is not a target of migration %s", d.GetNodeId(), c.ID)
 	}
 	c.Done[d.GetNodeId()] = d.GetKeys()
 	if len(c.Done) == len(c.Targets) {

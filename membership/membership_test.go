@@ -7,9 +7,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/coordinator/ring"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // fold applies events in order, failing on a skipped one unless allowed.
@@ -160,7 +160,7 @@ func TestAddNodeCutsOverWhenTargetsFinish(t *testing.T) {
 
 	// A second change is refused while one runs.
 	err := f.st.CheckStart(&pb.ChangeStarted{MigrationId: "m2", Type: pb.ChangeType_REMOVE_NODE, NodeIds: []string{"a"}})
-	require.Equal(t, pb.ErrorCode_CHANGE_IN_PROGRESS, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_CHANGE_IN_PROGRESS, status.CodeOf(err))
 	require.Error(t, f.apply(start(&pb.ChangeStarted{MigrationId: "m2", Type: pb.ChangeType_REMOVE_NODE, NodeIds: []string{"a"}})),
 		"a racing change that reached the log is skipped by every folder")
 	require.Equal(t, "m1", f.st.Change.ID)

@@ -20,6 +20,7 @@ import (
 	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // Anti-entropy (DESIGN.md §5, issue 5 item 4). One goroutine per node,
@@ -224,7 +225,7 @@ func (ae *antiEntropy) enqueue(tenant string) (*round, error) {
 	ae.mu.Lock()
 	defer ae.mu.Unlock()
 	if len(ae.queue) >= aeQueueMax {
-		return nil, bus.Errorf(pb.ErrorCode_UNAVAILABLE,
+		return nil, status.Errorf(pb.ErrorCode_UNAVAILABLE,
 			"node %s already has %d repair rounds queued; poll them and retry later", ae.n.cfg.ID, len(ae.queue))
 	}
 	r := newRound(ae.n.cfg.ID, tenant)

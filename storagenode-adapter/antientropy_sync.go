@@ -13,6 +13,7 @@ import (
 	"github.com/pairdb/pairdb/dvv/dvvpb"
 	"github.com/pairdb/pairdb/keyspace"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 	"github.com/pairdb/pairdb/storagenode-adapter/engine"
 )
 
@@ -65,7 +66,7 @@ func (ae *antiEntropy) peerFailed(ctx context.Context, peer string, err error) e
 	switch {
 	case ctx.Err() != nil:
 		return errors.CombineErrors(ctx.Err(), err)
-	case bus.Is(err, pb.ErrorCode_STALE_EPOCH):
+	case status.Is(err, pb.ErrorCode_STALE_EPOCH):
 		return errors.Mark(errors.Wrapf(err, "peer %s is on a newer ring", peer), errPlacementMoved)
 	}
 	return peerError{err}
@@ -284,10 +285,10 @@ func (p *pacer) wait(ctx context.Context, n uint64) error {
 // with due tombstones counted as absent under the requester's cutoff.
 func (n *Node) digests(ctx context.Context, _ string, req *pb.RangeDigestsRequest) (*pb.RangeDigestsResponse, error) {
 	if err := keyspace.ValidateTenantID(req.GetTenantId()); err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant_id")
+		return nil, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant_id")
 	}
 	if k := len(req.GetRanges()); k == 0 || k > maxDigestRanges {
-		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "ask for 1 to %d ranges, not %d", maxDigestRanges, k)
+		return nil, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "ask for 1 to %d ranges, not %d", maxDigestRanges, k)
 	}
 	epoch, err := n.checkEpoch(ctx, opDigests, req.GetEpoch())
 	if err != nil {
@@ -315,20 +316,20 @@ func (n *Node) digests(ctx context.Context, _ string, req *pb.RangeDigestsReques
 // id), or report the state of a round by id.
 func (n *Node) repair(_ context.Context, _ string, req *pb.RepairRequest) (*pb.RepairResponse, error) {
 	if n.ae == nil {
-		return nil, bus.Errorf(pb.ErrorCode_UNAVAILABLE,
+		return nil, status.Errorf(pb.ErrorCode_UNAVAILABLE,
 			"node %s runs without membership (static mode): it knows no replicas to compare with", n.cfg.ID)
 	}
 	if id := req.GetRoundId(); id != "" {
 		st, ok := n.ae.status(id)
 		if !ok {
-			return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+			return nil, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 				"node %s has no repair round %q (it remembers its last %d, until it restarts)", n.cfg.ID, id, aeKeepRounds)
 		}
 		return &pb.RepairResponse{Status: st}, nil
 	}
 	if t := req.GetTenantId(); t != "" {
 		if err := keyspace.ValidateTenantID(t); err != nil {
-			return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant_id")
+			return nil, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant_id")
 		}
 	}
 	r, err := n.ae.enqueue(req.GetTenantId())

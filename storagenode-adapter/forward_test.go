@@ -13,6 +13,7 @@ import (
 	"github.com/pairdb/pairdb/dvv/dvvpb"
 	"github.com/pairdb/pairdb/internal/natstest"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // An apply with forwards sends the minted object to the named replicas,
@@ -78,7 +79,7 @@ func TestApplyRefusesBadForwards(t *testing.T) {
 		// nats.go's default inbox and another part's: not the coordinators'.
 		{NodeId: "n2", Reply: "_INBOX.x"}, {NodeId: "n2", Reply: bus.NodeInbox("n2") + ".x"}} {
 		_, err := apply(t, nc, "n1", &pb.ApplyRequest{TenantId: "acme", Key: "k", Value: []byte("v"), Forwards: []*pb.Forward{f}})
-		require.True(t, bus.Is(err, pb.ErrorCode_INVALID_ARGUMENT), "forward %v: got %v", f, err)
+		require.True(t, status.Is(err, pb.ErrorCode_INVALID_ARGUMENT), "forward %v: got %v", f, err)
 	}
 	require.False(t, read(t, nc, "n1", "acme", "k").GetFound(), "a refused apply stored nothing")
 }

@@ -7,10 +7,10 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/keyspace"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 	"github.com/pairdb/pairdb/storagenode-adapter/engine"
 	"github.com/pairdb/pairdb/tenant"
 )
@@ -47,7 +47,7 @@ func (n *Node) deadlineOf(op string, unixMs int64, required bool) (time.Time, er
 	if unixMs == 0 {
 		if required {
 			n.met.refused(refusedDeadline)
-			return time.Time{}, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "%s needs deadline_unix_ms", op)
+			return time.Time{}, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "%s needs deadline_unix_ms", op)
 		}
 		return time.Time{}, nil
 	}
@@ -56,7 +56,7 @@ func (n *Node) deadlineOf(op string, unixMs int64, required bool) (time.Time, er
 		n.met.refused(refusedDeadline)
 		n.log.Warn("refused a request whose deadline lies too far ahead: the sender's clock is ahead of this node's, or the deadline is forged",
 			zap.String("op", op), zap.Duration("ahead", ahead))
-		return time.Time{}, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+		return time.Time{}, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 			"%s: deadline is %s ahead of node %s's clock (at most %s allowed): check the clocks of the sender and this node",
 			op, ahead.Round(time.Millisecond), n.cfg.ID, maxDeadlineAhead)
 	}
@@ -73,7 +73,7 @@ func (n *Node) knownActors(v dvv.VV) error {
 	for a := range v {
 		if _, ok := incs[a]; !ok {
 			n.met.refused(refusedActor)
-			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+			return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 				"clock names actor %q, which is no storage-node incarnation the ring log knows", a)
 		}
 	}
@@ -88,7 +88,7 @@ func (n *Node) checkApplyTargets(req *pb.ApplyRequest) error {
 	fs := req.GetForwards()
 	if len(fs) > maxForwards {
 		n.met.refused(refusedForward)
-		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "apply names %d forwards; at most %d replicas exist", len(fs), maxForwards)
+		return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "apply names %d forwards; at most %d replicas exist", len(fs), maxForwards)
 	}
 	seen := make([]string, 0, len(fs))
 	for _, f := range fs {
@@ -96,13 +96,13 @@ func (n *Node) checkApplyTargets(req *pb.ApplyRequest) error {
 		switch {
 		case keyspace.ValidateTenantID(id) != nil:
 			n.met.refused(refusedForward)
-			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "invalid forward node id %q", id)
+			return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "invalid forward node id %q", id)
 		case id == n.cfg.ID || slices.Contains(seen, id):
 			n.met.refused(refusedForward)
-			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "forward to %s repeats a replica", id)
+			return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "forward to %s repeats a replica", id)
 		case !n.replySubject(f.GetReply()):
 			n.met.refused(refusedForward)
-			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+			return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 				"forward to %s answers on %q, which is not an inbox under %q", id, f.GetReply(), n.cfg.ReplyPrefix)
 		}
 		seen = append(seen, id)
@@ -120,13 +120,13 @@ func (n *Node) checkApplyTargets(req *pb.ApplyRequest) error {
 	}
 	if !slices.Contains(replicas, n.cfg.ID) {
 		n.met.refused(refusedReplica)
-		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+		return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 			"node %s is no replica of key %q of tenant %q at epoch %d", n.cfg.ID, req.GetKey(), req.GetTenantId(), st.Epoch)
 	}
 	for _, id := range seen {
 		if !slices.Contains(replicas, id) {
 			n.met.refused(refusedForward)
-			return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+			return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 				"forward to %s: no replica of key %q of tenant %q at epoch %d", id, req.GetKey(), req.GetTenantId(), st.Epoch)
 		}
 	}
@@ -154,7 +154,7 @@ func (n *Node) mergeBatch(tenant string, items []engine.MergeItem, p dvv.Policy)
 	}
 	for _, it := range items {
 		if err := n.knownActors(it.Object.Clock); err != nil {
-			return 0, bus.Wrap(bus.CodeOf(err), err, "key %q of tenant %q", it.Key, tenant)
+			return 0, status.Wrap(status.CodeOf(err), err, "key %q of tenant %q", it.Key, tenant)
 		}
 	}
 	return n.eng.MergeBatch(tenant, items, p)

@@ -18,6 +18,7 @@ import (
 	"github.com/pairdb/pairdb/jetstream/ringlog"
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
 )
 
@@ -89,7 +90,7 @@ func (m *ringMembership) ReportRefilled(ctx context.Context, id, inc string, bas
 	}
 	st := m.f.State()
 	if basis < st.HoldersSeq {
-		return 0, bus.Errorf(pb.ErrorCode_VERSION_CONFLICT, "data moved at %d", st.HoldersSeq)
+		return 0, status.Errorf(pb.ErrorCode_VERSION_CONFLICT, "data moved at %d", st.HoldersSeq)
 	}
 	return m.log.Append(ctx, st.Seq, &pb.RingEvent{Event: &pb.RingEvent_RefillDone{
 		RefillDone: &pb.RefillDone{NodeId: id, Incarnation: inc, BasisSeq: basis, Keys: keys}}})
@@ -127,7 +128,7 @@ func (r *ringNet) start(c *pb.ChangeStarted) *membership.State {
 		st := r.f.State()
 		require.NoError(r.t, st.CheckStart(c))
 		seq, err := r.log.Append(ctx, st.Seq, &pb.RingEvent{Event: &pb.RingEvent_Started{Started: c}})
-		if bus.Is(err, pb.ErrorCode_VERSION_CONFLICT) {
+		if status.Is(err, pb.ErrorCode_VERSION_CONFLICT) {
 			require.NoError(r.t, r.f.WaitFor(ctx, st.Seq+1))
 			continue
 		}

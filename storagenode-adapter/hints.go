@@ -10,10 +10,10 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/dvv/dvvpb"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 	"github.com/pairdb/pairdb/storagenode-adapter/engine"
 )
 
@@ -245,7 +245,7 @@ func (d *hintDrainer) applyGroup(k groupKey, hs []Hint) error {
 	}
 	policy := dvvpb.PolicyFromProto(d.n.policyOf(k.tenant, k.policy))
 	err = d.mergeBatch(k.tenant, items, policy)
-	if bus.CodeOf(err) == pb.ErrorCode_INVALID_ARGUMENT {
+	if status.CodeOf(err) == pb.ErrorCode_INVALID_ARGUMENT {
 		// One malformed object fails the whole batch: merge one by one to
 		// reject only the culprits.
 		var errs error
@@ -254,7 +254,7 @@ func (d *hintDrainer) applyGroup(k groupKey, hs []Hint) error {
 			switch {
 			case err == nil:
 				d.ack(h)
-			case bus.CodeOf(err) == pb.ErrorCode_INVALID_ARGUMENT:
+			case status.CodeOf(err) == pb.ErrorCode_INVALID_ARGUMENT:
 				d.reject(h, err)
 			default:
 				d.retry(h)

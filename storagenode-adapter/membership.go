@@ -6,10 +6,10 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // Membership is the ring log as a node uses it: the folded state, live
@@ -54,7 +54,7 @@ func (n *Node) registerSelf(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, registerTimeout)
 	defer cancel()
 	if err := n.mem.Register(ctx, n.cfg.ID, n.eng.Incarnation()); err != nil {
-		return bus.Wrap(bus.CodeOf(err), err, "register node %s (incarnation %s) in the ring log", n.cfg.ID, n.eng.Incarnation())
+		return status.Wrap(status.CodeOf(err), err, "register node %s (incarnation %s) in the ring log", n.cfg.ID, n.eng.Incarnation())
 	}
 	return nil
 }
@@ -110,14 +110,14 @@ func (n *Node) checkEpoch(ctx context.Context, op string, epoch uint64) (uint64,
 		err := n.mem.WaitForEpoch(wctx, epoch)
 		cancel()
 		if err != nil {
-			return st.Epoch, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err,
+			return st.Epoch, status.Wrap(pb.ErrorCode_UNAVAILABLE, err,
 				"%s: node %s is at epoch %d and has not caught up with the sender's epoch %d yet; retry", op, n.cfg.ID, st.Epoch, epoch)
 		}
 		st = n.mem.State()
 	}
 	if epoch > 0 && epoch < st.Epoch {
 		n.met.staleEpoch.Inc()
-		return st.Epoch, bus.Errorf(pb.ErrorCode_STALE_EPOCH,
+		return st.Epoch, status.Errorf(pb.ErrorCode_STALE_EPOCH,
 			"%s at epoch %d is stale: node %s is at epoch %d; refresh the ring and retry", op, epoch, n.cfg.ID, st.Epoch)
 	}
 	// The storage is ready for the epoch (gains.go): arcs the node gains
@@ -126,12 +126,12 @@ func (n *Node) checkEpoch(ctx context.Context, op string, epoch uint64) (uint64,
 	err := n.gate.wait(gctx, st.Epoch)
 	cancel()
 	if err != nil {
-		return st.Epoch, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "%s: node %s is preparing for epoch %d; retry", op, n.cfg.ID, st.Epoch)
+		return st.Epoch, status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "%s: node %s is preparing for epoch %d; retry", op, n.cfg.ID, st.Epoch)
 	}
 	if !n.registered(st) {
 		// A process that just started on an empty disk under a known id
 		// must not answer for the incarnation that held the data.
-		return st.Epoch, bus.Errorf(pb.ErrorCode_UNAVAILABLE,
+		return st.Epoch, status.Errorf(pb.ErrorCode_UNAVAILABLE,
 			"%s: node %s runs incarnation %s, which the ring log does not know yet; retry", op, n.cfg.ID, n.eng.Incarnation())
 	}
 	return st.Epoch, nil
@@ -145,7 +145,7 @@ func (n *Node) checkServing(op string) error {
 		return nil
 	}
 	if me := n.mem.State().Nodes[n.cfg.ID]; me.Refilling {
-		return bus.Errorf(pb.ErrorCode_UNAVAILABLE,
+		return status.Errorf(pb.ErrorCode_UNAVAILABLE,
 			"%s: node %s lost its data and is being refilled from the other replicas; it serves no reads until then", op, n.cfg.ID)
 	}
 	return nil

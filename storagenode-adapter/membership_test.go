@@ -21,6 +21,7 @@ import (
 	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
 	"github.com/pairdb/pairdb/storagenode-adapter/engine"
 )
@@ -111,7 +112,7 @@ func TestReplicationFactorChangeTransfersAndVerifies(t *testing.T) {
 	resp := &pb.ApplyResponse{}
 	err = bus.Request(context.Background(), nc, subjects.Node("a", bus.OpApply),
 		&pb.ApplyRequest{TenantId: "t", Key: "late", Value: []byte("v"), Epoch: boot.Epoch, DeadlineUnixMs: soon()}, resp)
-	require.Equal(t, pb.ErrorCode_STALE_EPOCH, bus.CodeOf(err), "%v", err)
+	require.Equal(t, pb.ErrorCode_STALE_EPOCH, status.CodeOf(err), "%v", err)
 	require.ErrorContains(t, err, strconv.FormatUint(end.Epoch, 10))
 	require.Equal(t, end.Epoch, resp.GetEpoch())
 	for _, op := range []string{bus.OpRead, bus.OpScan, bus.OpDigest} {
@@ -125,7 +126,7 @@ func TestReplicationFactorChangeTransfersAndVerifies(t *testing.T) {
 			req, rsp = &pb.DigestRequest{TenantId: "t", Range: &pb.HashRange{}, Epoch: boot.Epoch}, &pb.DigestResponse{}
 		}
 		err := bus.Request(context.Background(), nc, subjects.Node("b", op), req, rsp)
-		require.Equal(t, pb.ErrorCode_STALE_EPOCH, bus.CodeOf(err), "%s: %v", op, err)
+		require.Equal(t, pb.ErrorCode_STALE_EPOCH, status.CodeOf(err), "%s: %v", op, err)
 	}
 	require.Equal(t, float64(1), counter(cfgA.Metrics, `pairdb_node_stale_epoch_total{node="a"}`))
 	// Epoch 0 (a sender without a ring) is served; a newer epoch than the
@@ -134,17 +135,17 @@ func TestReplicationFactorChangeTransfersAndVerifies(t *testing.T) {
 	require.NoError(t, err)
 	err = bus.Request(context.Background(), nc, subjects.Node("a", bus.OpRead),
 		&pb.ReadRequest{TenantId: "t", Key: "k0", Epoch: end.Seq + 100}, &pb.ReadResponse{})
-	require.Equal(t, pb.ErrorCode_UNAVAILABLE, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_UNAVAILABLE, status.CodeOf(err))
 
 	// Scan and digest validate their input.
 	err = bus.Request(context.Background(), nc, subjects.Node("a", bus.OpScan), &pb.ScanRequest{TenantId: "t"}, &pb.ScanResponse{})
-	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(err))
 	err = bus.Request(context.Background(), nc, subjects.Node("a", bus.OpDigest),
 		&pb.DigestRequest{TenantId: "a.b", Range: &pb.HashRange{}}, &pb.DigestResponse{})
-	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(err))
 	err = bus.Request(context.Background(), nc, subjects.Node("a", bus.OpScan),
 		&pb.ScanRequest{TenantId: "t", Range: &pb.HashRange{Start: 10, End: 20}, HasAfter: true, AfterHash: 30}, &pb.ScanResponse{})
-	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(err))
 }
 
 // TestTransferResumesAfterRestartThenCleanup adds a third node and stops it
@@ -321,7 +322,7 @@ func TestNodeWithLostDataIsRefilled(t *testing.T) {
 	require.False(t, st.Serving("a"))
 	err = bus.Request(context.Background(), nc, subjects.Node("a", bus.OpRead),
 		&pb.ReadRequest{TenantId: "u", Key: keys[0], Epoch: st.Epoch}, &pb.ReadResponse{})
-	require.Equal(t, pb.ErrorCode_UNAVAILABLE, bus.CodeOf(err), "a refilling node serves no reads: %v", err)
+	require.Equal(t, pb.ErrorCode_UNAVAILABLE, status.CodeOf(err), "a refilling node serves no reads: %v", err)
 
 	close(release)
 	st = r.waitState("a to be refilled", func(st *membership.State) bool { return !st.Nodes["a"].Refilling })

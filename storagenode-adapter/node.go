@@ -23,6 +23,7 @@ import (
 	"github.com/pairdb/pairdb/dvv/dvvpb"
 	"github.com/pairdb/pairdb/keyspace"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 	"github.com/pairdb/pairdb/storagenode-adapter/engine"
 )
 
@@ -326,7 +327,7 @@ func (n *Node) merge(ctx context.Context, _ string, req *pb.MergeRequest) (*pb.M
 		return nil, err
 	}
 	if req.GetObject() == nil {
-		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "merge needs the object to merge")
+		return nil, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "merge needs the object to merge")
 	}
 	deadline, err := n.deadlineOf(bus.OpMerge, req.GetDeadlineUnixMs(), false)
 	if err != nil {
@@ -399,7 +400,7 @@ func (n *Node) read(ctx context.Context, _ string, req *pb.ReadRequest) (*pb.Rea
 // failed logs errors nobody but an operator can act on; typed errors go
 // back to the caller as they are.
 func (n *Node) failed(op string, err error) error {
-	if bus.CodeOf(err) == pb.ErrorCode_INTERNAL {
+	if status.CodeOf(err) == pb.ErrorCode_INTERNAL {
 		n.log.Error("request failed", zap.String("op", op), zap.Error(err))
 	}
 	return err
@@ -407,10 +408,10 @@ func (n *Node) failed(op string, err error) error {
 
 func validateTarget(tenant, key string) error {
 	if err := keyspace.ValidateTenantID(tenant); err != nil {
-		return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant_id")
+		return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant_id")
 	}
 	if err := keyspace.ValidateKey(key); err != nil {
-		return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid key")
+		return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid key")
 	}
 	return nil
 }

@@ -8,9 +8,9 @@ import (
 	"github.com/cockroachdb/errors"
 	"go.uber.org/zap"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // Refill (DESIGN.md §7). A node that comes back with an empty disk under a
@@ -59,7 +59,7 @@ func (d *driver) refill(ctx context.Context, st *membership.State) error {
 	actx, cancel := context.WithTimeout(ctx, adminTimeout)
 	defer cancel()
 	seq, err := n.mem.ReportRefilled(actx, n.cfg.ID, inc, st.Seq, keys)
-	if bus.Is(err, pb.ErrorCode_VERSION_CONFLICT) {
+	if status.Is(err, pb.ErrorCode_VERSION_CONFLICT) {
 		return errors.Wrap(errPlacementMoved, err.Error())
 	}
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"github.com/pairdb/pairdb/dvv/dvvpb"
 	"github.com/pairdb/pairdb/keyspace"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 	"github.com/pairdb/pairdb/storagenode-adapter/engine"
 )
 
@@ -24,10 +25,10 @@ const (
 
 func validateRange(tenant string, r *pb.HashRange) (ring.Arc, error) {
 	if err := keyspace.ValidateTenantID(tenant); err != nil {
-		return ring.Arc{}, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant_id")
+		return ring.Arc{}, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant_id")
 	}
 	if r == nil {
-		return ring.Arc{}, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+		return ring.Arc{}, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 			"range is required: the ring arc (start, end], with start == end for the whole ring")
 	}
 	return ring.Arc{Start: r.GetStart(), End: r.GetEnd()}, nil
@@ -39,7 +40,7 @@ func (n *Node) scan(ctx context.Context, _ string, req *pb.ScanRequest) (*pb.Sca
 		return nil, err
 	}
 	if req.GetHasAfter() && !arc.Contains(req.GetAfterHash()) {
-		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+		return nil, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 			"after_hash %d lies outside the range (%d, %d]", req.GetAfterHash(), arc.Start, arc.End)
 	}
 	epoch, err := n.checkEpoch(ctx, bus.OpScan, req.GetEpoch())

@@ -20,6 +20,7 @@ import (
 	"github.com/pairdb/pairdb/dvv/dvvpb"
 	"github.com/pairdb/pairdb/internal/natstest"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
 )
 
@@ -110,7 +111,7 @@ func TestMergeReplicatesToSecondNode(t *testing.T) {
 
 	err = bus.Request(context.Background(), nc, subjects.Node("n2", bus.OpMerge),
 		&pb.MergeRequest{TenantId: "acme", Key: "k"}, &pb.MergeResponse{})
-	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err), "a merge without an object is refused")
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(err), "a merge without an object is refused")
 }
 
 func TestConcurrentAppliesOverTheBus(t *testing.T) {
@@ -139,7 +140,7 @@ func TestTooManySiblings(t *testing.T) {
 	_, err := apply(t, nc, "n1", &pb.ApplyRequest{TenantId: "acme", Key: "k", Value: []byte("a"), MaxSiblings: 1})
 	require.NoError(t, err)
 	_, err = apply(t, nc, "n1", &pb.ApplyRequest{TenantId: "acme", Key: "k", Value: []byte("b"), MaxSiblings: 1})
-	require.Equal(t, pb.ErrorCode_TOO_MANY_SIBLINGS, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_TOO_MANY_SIBLINGS, status.CodeOf(err))
 	require.ErrorContains(t, err, "context")
 }
 
@@ -169,14 +170,14 @@ func TestInvalidTenantID(t *testing.T) {
 	startNode(t, nc, testConfig(t, "n1", t.TempDir()))
 	for _, tenant := range []string{"", "bad.tenant", "bad tenant", "x\x00"} {
 		_, err := apply(t, nc, "n1", &pb.ApplyRequest{TenantId: tenant, Key: "k", Value: []byte("v")})
-		require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err), "tenant %q", tenant)
+		require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(err), "tenant %q", tenant)
 		require.ErrorContains(t, err, "tenant")
 	}
 	_, err := apply(t, nc, "n1", &pb.ApplyRequest{TenantId: "acme", Key: "", Value: []byte("v")})
-	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(err))
 	err = bus.Request(context.Background(), nc, subjects.Node("n1", bus.OpRead),
 		&pb.ReadRequest{TenantId: "a.b", Key: "k"}, &pb.ReadResponse{})
-	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(err))
 }
 
 func TestMalformedProtobufIsInvalidArgument(t *testing.T) {
@@ -246,7 +247,7 @@ func TestStopIsIdempotentAndStopsIntake(t *testing.T) {
 	require.NoError(t, n.Stop(context.Background()))
 
 	_, err = apply(t, nc, "n1", &pb.ApplyRequest{TenantId: "acme", Key: "k", Value: []byte("v")})
-	require.Equal(t, pb.ErrorCode_UNAVAILABLE, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_UNAVAILABLE, status.CodeOf(err))
 	require.ErrorIs(t, err, nats.ErrNoResponders)
 }
 
@@ -345,7 +346,7 @@ func TestStopUnderLoad(t *testing.T) {
 
 func assertUnavailable(t *testing.T, err error) {
 	t.Helper()
-	if bus.CodeOf(err) != pb.ErrorCode_UNAVAILABLE {
+	if status.CodeOf(err) != pb.ErrorCode_UNAVAILABLE {
 		t.Errorf("a request racing Stop must be refused as UNAVAILABLE, got %v", err)
 	}
 }

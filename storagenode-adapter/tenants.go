@@ -9,9 +9,9 @@ import (
 	"github.com/cockroachdb/errors"
 	"go.uber.org/zap"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // Tenant incarnations. The ring log records each tenant's creation and
@@ -108,12 +108,12 @@ func (n *Node) liveTenant(tenant string, inc uint64) (uint64, error) {
 	t, ok := n.mem.State().Tenants[tenant]
 	if !ok || t.Deleted {
 		n.met.refused(refusedTenant)
-		return 0, bus.Errorf(pb.ErrorCode_TENANT_NOT_FOUND,
+		return 0, status.Errorf(pb.ErrorCode_TENANT_NOT_FOUND,
 			"node %s takes no data of tenant %q: the ring log does not know it, or it was deleted", n.cfg.ID, tenant)
 	}
 	if inc != 0 && inc != t.Seq {
 		n.met.refused(refusedTenant)
-		return 0, bus.Errorf(pb.ErrorCode_TENANT_NOT_FOUND,
+		return 0, status.Errorf(pb.ErrorCode_TENANT_NOT_FOUND,
 			"incarnation %d of tenant %q is gone: the tenant was deleted and created again (incarnation %d)", inc, tenant, t.Seq)
 	}
 	if _, err := n.settleTenant(tenant, tenantMark{seq: t.Seq}); err != nil {

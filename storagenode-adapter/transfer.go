@@ -15,6 +15,7 @@ import (
 	"github.com/pairdb/pairdb/dvv/dvvpb"
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 	"github.com/pairdb/pairdb/storagenode-adapter/engine"
 )
 
@@ -495,7 +496,7 @@ func (d *driver) reportDone(ctx context.Context, st *membership.State, keys uint
 			n.log.Info("transfer done reported", zap.String("migration", id), zap.Uint64("seq", seq), zap.Uint64("keys", keys))
 			return errors.Wrap(err, "fold own transfer done")
 		}
-		if !bus.Is(err, pb.ErrorCode_VERSION_CONFLICT) {
+		if !status.Is(err, pb.ErrorCode_VERSION_CONFLICT) {
 			cancel()
 			return errors.Wrap(err, "append transfer done")
 		}

@@ -16,10 +16,10 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/quorum"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // Conflict policies (DESIGN §5).
@@ -70,7 +70,7 @@ const (
 // and the result is validated.
 func FromCreate(req *pb.CreateTenantRequest, now time.Time) (*pb.Tenant, error) {
 	if req == nil {
-		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "create tenant: request is empty")
+		return nil, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "create tenant: request is empty")
 	}
 	ts := timestamp(now)
 	t := &pb.Tenant{
@@ -113,14 +113,14 @@ func FromCreate(req *pb.CreateTenantRequest, now time.Time) (*pb.Tenant, error) 
 // compare-and-swap still guards the race between this check and the write.
 func ApplyUpdate(t *pb.Tenant, req *pb.UpdateTenantRequest, now time.Time) (*pb.Tenant, error) {
 	if t == nil || req == nil {
-		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "update tenant: record or request is empty")
+		return nil, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "update tenant: record or request is empty")
 	}
 	if req.GetTenantId() != t.GetTenantId() {
-		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+		return nil, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 			"update tenant: request is for tenant %q but the record is %q", req.GetTenantId(), t.GetTenantId())
 	}
 	if ev := req.GetExpectedVersion(); ev != 0 && ev != t.GetVersion() {
-		return nil, bus.Errorf(pb.ErrorCode_VERSION_CONFLICT,
+		return nil, status.Errorf(pb.ErrorCode_VERSION_CONFLICT,
 			"tenant %q is at version %d, not the expected %d; re-read it and retry", t.GetTenantId(), t.GetVersion(), ev)
 	}
 	n := proto.Clone(t).(*pb.Tenant)
@@ -153,10 +153,10 @@ func ApplyUpdate(t *pb.Tenant, req *pb.UpdateTenantRequest, now time.Time) (*pb.
 // INVALID_ARGUMENT.
 func Validate(t *pb.Tenant) error {
 	if t == nil {
-		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant record is empty")
+		return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant record is empty")
 	}
 	if err := keyspace.ValidateTenantID(t.GetTenantId()); err != nil {
-		return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant")
+		return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant")
 	}
 	id := t.GetTenantId()
 	if err := CheckReplicationFactor(t.GetReplicationFactor()); err != nil {
@@ -164,18 +164,18 @@ func Validate(t *pb.Tenant) error {
 	}
 	lvl, err := quorum.ParseLevel(t.GetDefaultConsistency())
 	if err != nil {
-		return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "tenant %q: default consistency", id)
+		return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "tenant %q: default consistency", id)
 	}
 	if t.GetDefaultConsistency() != lvl.String() {
 		// Stored lower-case so that stores, caches and comparisons never see
 		// two spellings of one level.
-		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+		return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 			"tenant %q: default consistency must be stored as %q, got %q", id, lvl.String(), t.GetDefaultConsistency())
 	}
 	switch t.GetConflictPolicy() {
 	case PolicySiblings, PolicyLastWriteWins:
 	default:
-		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+		return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 			"tenant %q: conflict policy must be %q or %q, got %q", id, PolicySiblings, PolicyLastWriteWins, t.GetConflictPolicy())
 	}
 	if err := CheckMaxSiblings(t.GetMaxSiblings()); err != nil {
@@ -185,16 +185,16 @@ func Validate(t *pb.Tenant) error {
 		return inTenant(id, err)
 	}
 	if t.GetVersion() < 1 {
-		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %q: version must be at least 1", id)
+		return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %q: version must be at least 1", id)
 	}
 	if t.GetCreatedAt() == nil || t.GetUpdatedAt() == nil {
-		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %q: created_at and updated_at must be set", id)
+		return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %q: created_at and updated_at must be set", id)
 	}
 	if err := t.GetCreatedAt().CheckValid(); err != nil {
-		return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "tenant %q: created_at", id)
+		return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "tenant %q: created_at", id)
 	}
 	if err := t.GetUpdatedAt().CheckValid(); err != nil {
-		return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "tenant %q: updated_at", id)
+		return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "tenant %q: updated_at", id)
 	}
 	return nil
 }
@@ -204,7 +204,7 @@ func Validate(t *pb.Tenant) error {
 // update, and the CLI's flags all use it, so each says the same thing.
 func CheckReplicationFactor(rf uint32) error {
 	if rf < MinReplicationFactor || rf > MaxReplicationFactor {
-		return bus.Errorf(pb.ErrorCode_INVALID_REPLICATION_FACTOR,
+		return status.Errorf(pb.ErrorCode_INVALID_REPLICATION_FACTOR,
 			"replication factor must be between %d and %d, got %d", MinReplicationFactor, MaxReplicationFactor, rf)
 	}
 	return nil
@@ -213,7 +213,7 @@ func CheckReplicationFactor(rf uint32) error {
 // CheckMaxSiblings checks a sibling cap against the bounds.
 func CheckMaxSiblings(n uint32) error {
 	if n < MinMaxSiblings || n > MaxMaxSiblings {
-		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+		return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 			"max siblings must be between %d and %d, got %d", MinMaxSiblings, MaxMaxSiblings, n)
 	}
 	return nil
@@ -222,7 +222,7 @@ func CheckMaxSiblings(n uint32) error {
 // CheckMaxValueBytes checks a value size limit against the bounds.
 func CheckMaxValueBytes(n uint64) error {
 	if n < MinMaxValueBytes || n > MaxMaxValueBytes {
-		return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+		return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 			"max value bytes must be between %d and %d (4 MiB), got %d", MinMaxValueBytes, MaxMaxValueBytes, n)
 	}
 	return nil
@@ -230,7 +230,7 @@ func CheckMaxValueBytes(n uint64) error {
 
 // inTenant names the tenant in a check's error, keeping its code.
 func inTenant(id string, err error) error {
-	return bus.Errorf(bus.CodeOf(err), "tenant %q: %s", id, bus.ToProto(err).GetMessage())
+	return status.Errorf(status.CodeOf(err), "tenant %q: %s", id, status.ToProto(err).GetMessage())
 }
 
 // Level is the tenant's default consistency level. For a record that passed
@@ -265,7 +265,7 @@ func CheckPageToken(token string) error {
 		return nil
 	}
 	if err := keyspace.ValidateTenantID(token); err != nil {
-		return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid page token")
+		return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid page token")
 	}
 	return nil
 }
@@ -273,7 +273,7 @@ func CheckPageToken(token string) error {
 // CheckID validates a tenant id passed to Get or Delete.
 func CheckID(id string) error {
 	if err := keyspace.ValidateTenantID(id); err != nil {
-		return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant")
+		return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant")
 	}
 	return nil
 }

@@ -7,9 +7,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/quorum"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 var now = time.Date(2025, 3, 4, 5, 6, 7, 123456789, time.UTC)
@@ -82,11 +82,11 @@ func TestFromCreateBounds(t *testing.T) {
 				return
 			}
 			require.Error(t, err)
-			require.Equal(t, c.code, bus.CodeOf(err), "%v", err)
+			require.Equal(t, c.code, status.CodeOf(err), "%v", err)
 		})
 	}
 	_, err := FromCreate(nil, now)
-	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(err))
 }
 
 func TestApplyUpdate(t *testing.T) {
@@ -144,7 +144,7 @@ func TestApplyUpdateRejects(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := ApplyUpdate(orig, c.req, now)
-			require.Equal(t, c.code, bus.CodeOf(err), "%v", err)
+			require.Equal(t, c.code, status.CodeOf(err), "%v", err)
 			require.True(t, proto.Equal(snapshot, orig))
 		})
 	}
@@ -187,5 +187,5 @@ func TestPaging(t *testing.T) {
 	require.Equal(t, MaxPageSize, PageSize(MaxPageSize+1))
 	require.NoError(t, CheckPageToken(""))
 	require.NoError(t, CheckPageToken("acme"))
-	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(CheckPageToken("a.b")))
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(CheckPageToken("a.b")))
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/dvv/dvvpb"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 type harness struct {
@@ -100,7 +101,7 @@ func (h *harness) readNode(node, tenant, key string) (dvv.Object, bool) {
 		}
 	}
 	err := bus.Request(ctxT(h.t), h.nc, bus.Subjects{}.Node(node, bus.OpRead), &pb.ReadRequest{TenantId: tenant, Key: key, Epoch: epoch}, resp)
-	if bus.Is(err, pb.ErrorCode_STALE_EPOCH) {
+	if status.Is(err, pb.ErrorCode_STALE_EPOCH) {
 		// The node is ahead of the coordinator: it knows every tenant the
 		// coordinator does.
 		resp = new(pb.ReadResponse)
@@ -122,7 +123,7 @@ func values(resp *pb.GetResponse) []string {
 func requireCode(t *testing.T, err error, code pb.ErrorCode) {
 	t.Helper()
 	require.Error(t, err)
-	require.Equal(t, code.String(), bus.CodeOf(err).String(), "error: %v", err)
+	require.Equal(t, code.String(), status.CodeOf(err).String(), "error: %v", err)
 }
 
 // ghostActor registers incarnation inc (of a node "ghost-<inc>" that never

@@ -16,6 +16,7 @@ import (
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/dvv/dvvpb"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // putRaw sends a PutRequest as any NATS client could.
@@ -58,11 +59,11 @@ func TestForgedContextsAreRefused(t *testing.T) {
 		"token and a clock it lacks": {Key: "k", Value: []byte("f"), Context: got.GetContext(), VectorClock: []*pb.ClockEntry{{Actor: inc, Counter: 1 << 40}}},
 	} {
 		err := h.putRaw("default", req)
-		require.True(t, bus.Is(err, pb.ErrorCode_INVALID_ARGUMENT), "%s: %v", name, err)
+		require.True(t, status.Is(err, pb.ErrorCode_INVALID_ARGUMENT), "%s: %v", name, err)
 	}
 	err = bus.Request(ctx, h.nc, bus.Subjects{}.KV("default", bus.OpDelete),
 		&pb.DeleteRequest{Key: "k", Context: []byte("forged")}, new(pb.DeleteResponse))
-	require.True(t, bus.Is(err, pb.ErrorCode_INVALID_ARGUMENT), "delete: %v", err)
+	require.True(t, status.Is(err, pb.ErrorCode_INVALID_ARGUMENT), "delete: %v", err)
 
 	again, err := h.c.Get(ctx, "k", client.ReadConsistency("all"))
 	require.NoError(t, err)
@@ -150,7 +151,7 @@ func TestNodesRefuseHostileRequests(t *testing.T) {
 	} {
 		err := bus.Request(ctx, h.nc, bus.Subjects{}.Node("node-1", bus.OpMerge),
 			&pb.MergeRequest{TenantId: "default", Key: "k", Object: o, Epoch: epoch}, new(pb.MergeResponse))
-		require.True(t, bus.Is(err, pb.ErrorCode_INVALID_ARGUMENT), "merge with %s: %v", name, err)
+		require.True(t, status.Is(err, pb.ErrorCode_INVALID_ARGUMENT), "merge with %s: %v", name, err)
 	}
 
 	// Tenants the ring log never recorded, or recorded as deleted, take no
@@ -164,10 +165,10 @@ func TestNodesRefuseHostileRequests(t *testing.T) {
 	for _, tenant := range []string{"nosuch", "gone"} {
 		err := bus.Request(ctx, h.nc, bus.Subjects{}.Node("node-1", bus.OpMerge),
 			&pb.MergeRequest{TenantId: tenant, Key: "k", Object: valid, Epoch: epoch}, new(pb.MergeResponse))
-		require.True(t, bus.Is(err, pb.ErrorCode_TENANT_NOT_FOUND), "merge into %s: %v", tenant, err)
+		require.True(t, status.Is(err, pb.ErrorCode_TENANT_NOT_FOUND), "merge into %s: %v", tenant, err)
 		err = bus.Request(ctx, h.nc, bus.Subjects{}.Node("node-1", bus.OpApply),
 			&pb.ApplyRequest{TenantId: tenant, Key: "k", Value: []byte("v"), Epoch: epoch, DeadlineUnixMs: soon()}, new(pb.ApplyResponse))
-		require.True(t, bus.Is(err, pb.ErrorCode_TENANT_NOT_FOUND), "apply to %s: %v", tenant, err)
+		require.True(t, status.Is(err, pb.ErrorCode_TENANT_NOT_FOUND), "apply to %s: %v", tenant, err)
 		_, found, lerr := h.dev.Node("node-1").Local(tenant, "k")
 		require.NoError(t, lerr)
 		require.False(t, found, "nothing stored for %s", tenant)
@@ -209,7 +210,7 @@ func TestNodesRefuseHostileRequests(t *testing.T) {
 		}, pb.ErrorCode_INVALID_ARGUMENT},
 	} {
 		err := apply(tc.mod)
-		require.True(t, bus.Is(err, tc.code), "apply with %s: want %s, got %v", name, tc.code, err)
+		require.True(t, status.Is(err, tc.code), "apply with %s: want %s, got %v", name, tc.code, err)
 	}
 
 	after, _ := h.readNode("node-1", "default", "k")

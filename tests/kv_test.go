@@ -14,6 +14,7 @@ import (
 	"github.com/pairdb/pairdb/client"
 	"github.com/pairdb/pairdb/dvv"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 func TestPutGetDeleteAtEveryLevel(t *testing.T) {
@@ -249,7 +250,7 @@ func TestTwoCoordinatorsShareTheLoad(t *testing.T) {
 	get := func() error {
 		for {
 			err := bus.Request(ctx, h.nc, bus.Subjects{}.KV("default", bus.OpGet), &pb.GetRequest{Key: "k1"}, new(pb.GetResponse))
-			if !bus.Is(err, pb.ErrorCode_UNAVAILABLE) {
+			if !status.Is(err, pb.ErrorCode_UNAVAILABLE) {
 				return err
 			}
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/pairdb/pairdb/internal/faults"
 	"github.com/pairdb/pairdb/keyspace"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 func startMembershipCluster(t *testing.T, nodes int) *harness {
@@ -278,7 +279,7 @@ func TestRacingRingChangesOneWins(t *testing.T) {
 			won++
 			continue
 		}
-		require.True(t, bus.Is(err, pb.ErrorCode_CHANGE_IN_PROGRESS), "the loser is told a change runs: %v", err)
+		require.True(t, status.Is(err, pb.ErrorCode_CHANGE_IN_PROGRESS), "the loser is told a change runs: %v", err)
 	}
 	require.Equal(t, 1, won, "exactly one change wins: %v", errs)
 }

@@ -15,7 +15,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/client"
 	"github.com/pairdb/pairdb/cluster"
 	"github.com/pairdb/pairdb/dvv"
@@ -23,6 +22,7 @@ import (
 	"github.com/pairdb/pairdb/internal/tcpproxy"
 	"github.com/pairdb/pairdb/keyspace"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // seedFromEnv returns PAIRDB_SEED or a fresh seed, logged for replay.
@@ -51,7 +51,7 @@ func checkDuration(t *testing.T, def time.Duration) time.Duration {
 // failure; anything that may have happened after the write began (a
 // timeout, a lost reply, a quorum not reached) is unknown.
 func outcomeOf(err error) Outcome {
-	switch bus.CodeOf(err) {
+	switch status.CodeOf(err) {
 	case pb.ErrorCode_ERROR_CODE_UNSPECIFIED:
 		return OK
 	case pb.ErrorCode_INVALID_ARGUMENT, pb.ErrorCode_TOO_MANY_SIBLINGS, pb.ErrorCode_VALUE_TOO_LARGE,

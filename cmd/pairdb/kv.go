@@ -11,9 +11,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/client"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // maxStdinValue bounds a value read from stdin (the largest tenant limit).
@@ -179,7 +179,7 @@ answer, whose "found" is absent (false), and exits 0.`,
 // printValues writes what get found; see newGetCmd for the format.
 func printValues(out io.Writer, key, tenant string, resp *pb.GetResponse, raw, terminal bool) error {
 	if !resp.GetFound() {
-		return bus.Errorf(pb.ErrorCode_KEY_NOT_FOUND, "key %q not found in tenant %q", key, tenant)
+		return status.Errorf(pb.ErrorCode_KEY_NOT_FOUND, "key %q not found in tenant %q", key, tenant)
 	}
 	sibs := resp.GetSiblings()
 	if len(sibs) == 1 {

@@ -20,6 +20,7 @@ import (
 	"github.com/pairdb/pairdb/client"
 	"github.com/pairdb/pairdb/config"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // shutdownGrace bounds the shutdown of parts started without a
@@ -207,7 +208,7 @@ func (g *globals) connect(name, inbox string, log *zap.Logger) (*nats.Conn, erro
 func (g *globals) client() (*client.Client, func(), error) {
 	nc, err := nats.Connect(g.server, g.clientOptions("pairdb-cli")...)
 	if err != nil {
-		return nil, nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "connect to NATS at %s (is `pairdb dev` running? --server picks another)", redactURL(g.server))
+		return nil, nil, status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "connect to NATS at %s (is `pairdb dev` running? --server picks another)", redactURL(g.server))
 	}
 	c := client.New(nc, client.WithTenant(g.tenant), client.WithSubjects(g.subjects()), client.WithTimeout(g.timeout))
 	return c, nc.Close, nil

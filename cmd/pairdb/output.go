@@ -12,8 +12,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/pairdb/pairdb/bus"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // Exit statuses. Scripts branch on them, so they only ever gain members.
@@ -45,7 +45,7 @@ func report(w io.Writer, err error) int {
 		code = st.code
 	}
 	msg := err.Error()
-	var be *bus.Error
+	var be *status.Error
 	if errors.As(err, &be) {
 		// A server error wrapped with what the CLI was doing still leads
 		// with its code: "CODE: doing X: message".
@@ -129,7 +129,7 @@ func isTerminal(f *os.File) bool {
 
 // usageError is a mistake in the command line the CLI itself catches.
 func usageError(format string, args ...any) error {
-	return bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, format, args...)
+	return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, format, args...)
 }
 
 // writeValue writes v untouched, plus a newline when out is a terminal and

@@ -8,8 +8,8 @@ import (
 	"github.com/cockroachdb/errors"
 	"github.com/stretchr/testify/require"
 
-	"github.com/pairdb/pairdb/bus"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 func TestReportPrintsOneLineWithTheCodeFirst(t *testing.T) {
@@ -19,8 +19,8 @@ func TestReportPrintsOneLineWithTheCodeFirst(t *testing.T) {
 		code int
 	}{
 		{nil, "", exitOK},
-		{bus.Errorf(pb.ErrorCode_TENANT_NOT_FOUND, `tenant "x" does not exist`), `pairdb: TENANT_NOT_FOUND: tenant "x" does not exist` + "\n", exitError},
-		{errors.Wrap(bus.Errorf(pb.ErrorCode_UNAVAILABLE, "nothing is serving s"), "start a repair round on node-1"),
+		{status.Errorf(pb.ErrorCode_TENANT_NOT_FOUND, `tenant "x" does not exist`), `pairdb: TENANT_NOT_FOUND: tenant "x" does not exist` + "\n", exitError},
+		{errors.Wrap(status.Errorf(pb.ErrorCode_UNAVAILABLE, "nothing is serving s"), "start a repair round on node-1"),
 			"pairdb: UNAVAILABLE: start a repair round on node-1: nothing is serving s\n", exitError},
 		{errors.New("two\nlines"), "pairdb: two lines\n", exitError},
 		{&exitStatus{code: exitSiblings, msg: "2 siblings"}, "pairdb: 2 siblings\n", exitSiblings},

@@ -12,9 +12,9 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/client"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // repairPoll is how often `pairdb repair` polls the rounds it started.
@@ -92,10 +92,10 @@ func repairTargets(ctx context.Context, c *client.Client, tenant string, nodes [
 	for _, id := range nodes {
 		s, ok := state[id]
 		if !ok {
-			return nil, bus.Errorf(pb.ErrorCode_NODE_NOT_FOUND, "node %s is not in the ring (pairdb node list)", id)
+			return nil, status.Errorf(pb.ErrorCode_NODE_NOT_FOUND, "node %s is not in the ring (pairdb node list)", id)
 		}
 		if !repairable(s) {
-			return nil, bus.Errorf(pb.ErrorCode_NODE_NOT_FOUND, "node %s is %s, not a NORMAL or LEAVING member: it holds no ranges to repair", id, s)
+			return nil, status.Errorf(pb.ErrorCode_NODE_NOT_FOUND, "node %s is %s, not a NORMAL or LEAVING member: it holds no ranges to repair", id, s)
 		}
 	}
 	if len(nodes) > 0 {
@@ -107,7 +107,7 @@ func repairTargets(ctx context.Context, c *client.Client, tenant string, nodes [
 		}
 	}
 	if len(nodes) == 0 {
-		return nil, bus.Errorf(pb.ErrorCode_NODE_NOT_FOUND, "the ring has no NORMAL node to repair")
+		return nil, status.Errorf(pb.ErrorCode_NODE_NOT_FOUND, "the ring has no NORMAL node to repair")
 	}
 	return nodes, nil
 }

@@ -49,6 +49,7 @@ import (
 	"github.com/pairdb/pairdb/jetstream/jsbucket"
 	"github.com/pairdb/pairdb/keyspace"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // Defaults for zero Config fields.
@@ -174,7 +175,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Queue, erro
 	ctx, cancel := jsbucket.WithDefaultTimeout(ctx)
 	defer cancel()
 	if _, err := js.CreateOrUpdateStream(ctx, cfg.streamConfig()); err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err,
+		return nil, status.Wrap(pb.ErrorCode_UNAVAILABLE, err,
 			"create or update hints stream %s (max age %s, %d hints per node, %d bytes)", cfg.Stream, cfg.MaxAge, cfg.MaxPerNode, cfg.MaxBytes)
 	}
 	return &Queue{js: js, cfg: cfg}, nil
@@ -185,17 +186,17 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Queue, erro
 // deadline).
 func (q *Queue) Add(ctx context.Context, node string, m *pb.MergeRequest) error {
 	if err := keyspace.ValidateTenantID(node); err != nil {
-		return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "hint for an invalid node id")
+		return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "hint for an invalid node id")
 	}
 	data, err := proto.Marshal(m)
 	if err != nil {
-		return bus.Wrap(pb.ErrorCode_INTERNAL, err, "encode hint for node %s", node)
+		return status.Wrap(pb.ErrorCode_INTERNAL, err, "encode hint for node %s", node)
 	}
 	ctx, cancel := jsbucket.WithDefaultTimeout(ctx)
 	defer cancel()
 	subject := Subject(q.cfg.Subjects, node)
 	if _, err := q.js.Publish(ctx, subject, data); err != nil {
-		return bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "store hint for node %s on %s", node, subject)
+		return status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "store hint for node %s on %s", node, subject)
 	}
 	return nil
 }
@@ -228,7 +229,7 @@ func OpenInbox(ctx context.Context, js jetstream.JetStream, cfg Config, node str
 		cfg.Logger.Info("waiting for a coordinator to create the hints stream", zap.String("stream", cfg.Stream), zap.String("node", node))
 	})
 	if err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "open hints stream %s", cfg.Stream)
+		return nil, status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "open hints stream %s", cfg.Stream)
 	}
 	cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable:       DurableName(node),
@@ -241,7 +242,7 @@ func OpenInbox(ctx context.Context, js jetstream.JetStream, cfg Config, node str
 		Replicas:      cfg.Replicas,
 	})
 	if err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "create hint consumer %s", DurableName(node))
+		return nil, status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "create hint consumer %s", DurableName(node))
 	}
 	return &Inbox{cons: cons, node: node, log: cfg.Logger.With(zap.String("node", node))}, nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/pairdb/pairdb/internal/natstest"
 	"github.com/pairdb/pairdb/jetstream/hints"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 func ctxT(t *testing.T) context.Context {
@@ -231,7 +232,7 @@ func TestConfigValidation(t *testing.T) {
 	requireCode := func(err error, code pb.ErrorCode) {
 		t.Helper()
 		require.Error(t, err)
-		require.Equal(t, code, bus.CodeOf(err))
+		require.Equal(t, code, status.CodeOf(err))
 	}
 	requireCode(q.Add(ctxT(t), "bad.node", merge("k")), pb.ErrorCode_INVALID_ARGUMENT)
 }

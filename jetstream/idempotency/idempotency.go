@@ -41,10 +41,10 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/jetstream/jsbucket"
 	"github.com/pairdb/pairdb/keyspace"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 const (
@@ -148,7 +148,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 		Replicas:    cfg.Replicas,
 	})
 	if err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "open idempotency store")
+		return nil, status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "open idempotency store")
 	}
 	cfg.Logger.Info("idempotency store ready", zap.String("bucket", cfg.Bucket),
 		zap.Duration("ttl", cfg.TTL), zap.Duration("pending_timeout", cfg.PendingTimeout), zap.Int("replicas", cfg.Replicas))
@@ -202,14 +202,14 @@ func (c *Claim) Done() ([]byte, bool) { return c.response, c.done }
 // that continues an earlier attempt (Retry) keeps that attempt's minter.
 func (s *Store) Begin(ctx context.Context, tenant, idemKey string, hash []byte, minter, minterInc string) (*Claim, error) {
 	if err := keyspace.ValidateTenantID(tenant); err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant")
+		return nil, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant")
 	}
 	if idemKey == "" || len(idemKey) > MaxKeyBytes {
-		return nil, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+		return nil, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 			"idempotency key must be 1 to %d bytes, got %d", MaxKeyBytes, len(idemKey))
 	}
 	if len(hash) != sha256.Size {
-		return nil, bus.Errorf(pb.ErrorCode_INTERNAL, "request hash must be %d bytes, got %d", sha256.Size, len(hash))
+		return nil, status.Errorf(pb.ErrorCode_INTERNAL, "request hash must be %d bytes, got %d", sha256.Size, len(hash))
 	}
 	// The claim keeps the hash for Complete; a private copy so a caller
 	// reusing its buffer cannot change what gets recorded.
@@ -268,10 +268,10 @@ func (s *Store) Begin(ctx context.Context, tenant, idemKey string, hash []byte, 
 		rec := &pb.IdempotencyRecord{}
 		if err := proto.Unmarshal(e.Value(), rec); err != nil {
 			log.Error("undecodable idempotency record", zap.Uint64("revision", e.Revision()), zap.Error(err))
-			return nil, bus.Wrap(pb.ErrorCode_INTERNAL, err, "decode idempotency record %q", key)
+			return nil, status.Wrap(pb.ErrorCode_INTERNAL, err, "decode idempotency record %q", key)
 		}
 		if !bytes.Equal(rec.GetRequestHash(), hash) {
-			return nil, bus.Errorf(pb.ErrorCode_IDEMPOTENCY_KEY_CONFLICT,
+			return nil, status.Errorf(pb.ErrorCode_IDEMPOTENCY_KEY_CONFLICT,
 				"idempotency key was already used with a different payload (operation, key, value or context); use a fresh key for a different request")
 		}
 		switch rec.GetState() {
@@ -295,7 +295,7 @@ func (s *Store) Begin(ctx context.Context, tenant, idemKey string, hash []byte, 
 				minter: rec.GetMinter(), minterInc: rec.GetMinterIncarnation()}, nil
 		case pb.IdempotencyRecord_PENDING:
 		default:
-			return nil, bus.Errorf(pb.ErrorCode_INTERNAL, "idempotency record %q has state %v", key, rec.GetState())
+			return nil, status.Errorf(pb.ErrorCode_INTERNAL, "idempotency record %q has state %v", key, rec.GetState())
 		}
 
 		abandonAt := e.Created().Add(s.cfg.PendingTimeout)
@@ -386,7 +386,7 @@ func (c *Claim) Complete(ctx context.Context, response []byte) error {
 	if jsbucket.IsConflict(err) {
 		c.s.log.Warn("idempotency claim lost before completion; a duplicate may have executed the write again",
 			zap.String("record", c.key), zap.Uint64("revision", c.rev))
-		return errors.Mark(bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "complete idempotency record %q", c.key), ErrClaimLost)
+		return errors.Mark(status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "complete idempotency record %q", c.key), ErrClaimLost)
 	}
 	if err != nil {
 		return unavailable(err, "complete idempotency record")
@@ -421,7 +421,7 @@ func (c *Claim) Abort(ctx context.Context) error {
 	defer cancel()
 	_, err = c.s.kv.Update(ctx, c.key, data, c.rev)
 	if jsbucket.IsConflict(err) {
-		return errors.Mark(bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "abort idempotency record %q", c.key), ErrClaimLost)
+		return errors.Mark(status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "abort idempotency record %q", c.key), ErrClaimLost)
 	}
 	if err != nil {
 		return unavailable(err, "abort idempotency record")
@@ -447,7 +447,7 @@ func (c *Claim) Reassign(ctx context.Context, minter, minterInc string) error {
 	defer cancel()
 	rev, err := c.s.kv.Update(ctx, c.key, data, c.rev)
 	if jsbucket.IsConflict(err) {
-		return errors.Mark(bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "reassign idempotency record %q", c.key), ErrClaimLost)
+		return errors.Mark(status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "reassign idempotency record %q", c.key), ErrClaimLost)
 	}
 	if err != nil {
 		return unavailable(err, "reassign idempotency record")
@@ -459,9 +459,9 @@ func (c *Claim) Reassign(ctx context.Context, minter, minterInc string) error {
 func (c *Claim) executable(op string) error {
 	switch {
 	case c.s == nil:
-		return bus.Errorf(pb.ErrorCode_INTERNAL, "%s: empty idempotency claim", op)
+		return status.Errorf(pb.ErrorCode_INTERNAL, "%s: empty idempotency claim", op)
 	case c.done:
-		return bus.Errorf(pb.ErrorCode_INTERNAL, "%s: the request was already executed; there is nothing to %s", op, op)
+		return status.Errorf(pb.ErrorCode_INTERNAL, "%s: the request was already executed; there is nothing to %s", op, op)
 	}
 	return nil
 }
@@ -481,7 +481,7 @@ func pending(hash []byte, minter, minterInc string) ([]byte, error) {
 // must not answer a tenant created again under its id).
 func (s *Store) PurgeTenant(ctx context.Context, tenant string) error {
 	if err := keyspace.ValidateTenantID(tenant); err != nil {
-		return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant")
+		return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant")
 	}
 	ctx, cancel := jsbucket.WithDefaultTimeout(ctx)
 	defer cancel()
@@ -507,16 +507,16 @@ func recordKey(tenant, idemKey string) string {
 func marshal(rec *pb.IdempotencyRecord) ([]byte, error) {
 	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(rec)
 	if err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_INTERNAL, err, "encode idempotency record")
+		return nil, status.Wrap(pb.ErrorCode_INTERNAL, err, "encode idempotency record")
 	}
 	return data, nil
 }
 
 func inProgress(cause error) error {
-	return bus.Wrap(pb.ErrorCode_UNAVAILABLE, cause,
+	return status.Wrap(pb.ErrorCode_UNAVAILABLE, cause,
 		"a request with the same idempotency key is still in progress; retry later")
 }
 
 func unavailable(err error, what string) error {
-	return bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "%s", what)
+	return status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "%s", what)
 }

@@ -16,10 +16,10 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/internal/natstest"
 	"github.com/pairdb/pairdb/jetstream/idempotency"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 var bucketSeq atomic.Int64
@@ -76,7 +76,7 @@ func hashOf(value string) []byte {
 func requireCode(t *testing.T, want pb.ErrorCode, err error) {
 	t.Helper()
 	require.Error(t, err)
-	require.Equal(t, want, bus.CodeOf(err), "error: %v", err)
+	require.Equal(t, want, status.CodeOf(err), "error: %v", err)
 }
 
 func TestConcurrentDuplicatesExecuteOnce(t *testing.T) {

@@ -18,6 +18,7 @@ import (
 	"github.com/pairdb/pairdb/jetstream/jsbucket"
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // DefaultStream names the ring log stream.
@@ -72,7 +73,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Log, error)
 		Discard:   jetstream.DiscardNew,
 	})
 	if err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "create ring log stream %s", cfg.Stream)
+		return nil, status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "create ring log stream %s", cfg.Stream)
 	}
 	return &Log{js: js, stream: st, subject: subject, cfg: cfg}, nil
 }
@@ -86,7 +87,7 @@ func Attach(ctx context.Context, js jetstream.JetStream, cfg Config) (*Log, erro
 		cfg.Logger.Info("waiting for a coordinator to create the ring log", zap.String("stream", cfg.Stream))
 	})
 	if err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "open ring log stream %s", cfg.Stream)
+		return nil, status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "open ring log stream %s", cfg.Stream)
 	}
 	return &Log{js: js, stream: st, subject: cfg.Subjects.Events(bus.EventsRing), cfg: cfg}, nil
 }
@@ -102,14 +103,14 @@ func (l *Log) Append(ctx context.Context, expectedSeq uint64, ev *pb.RingEvent) 
 	}
 	data, err := proto.Marshal(ev)
 	if err != nil {
-		return 0, bus.Wrap(pb.ErrorCode_INTERNAL, err, "encode ring event")
+		return 0, status.Wrap(pb.ErrorCode_INTERNAL, err, "encode ring event")
 	}
 	ack, err := l.js.Publish(ctx, l.subject, data, jetstream.WithExpectLastSequence(expectedSeq))
 	if err != nil {
 		if jsbucket.IsConflict(err) {
-			return 0, bus.Wrap(pb.ErrorCode_VERSION_CONFLICT, err, "the ring changed since sequence %d; fold and retry", expectedSeq)
+			return 0, status.Wrap(pb.ErrorCode_VERSION_CONFLICT, err, "the ring changed since sequence %d; fold and retry", expectedSeq)
 		}
-		return 0, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "append to the ring log")
+		return 0, status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "append to the ring log")
 	}
 	return ack.Sequence, nil
 }
@@ -132,7 +133,7 @@ func (l *Log) Follow(ctx context.Context) (*Follower, error) {
 	defer cancel()
 	info, err := l.stream.Info(ctx)
 	if err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "read ring log info")
+		return nil, status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "read ring log info")
 	}
 	last := info.State.LastSeq
 	f := &Follower{
@@ -150,11 +151,11 @@ func (l *Log) Follow(ctx context.Context) (*Follower, error) {
 		FilterSubjects: []string{l.subject},
 	})
 	if err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "follow ring log")
+		return nil, status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "follow ring log")
 	}
 	f.cc, err = cons.Consume(f.handle)
 	if err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "follow ring log")
+		return nil, status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "follow ring log")
 	}
 	if err := f.WaitFor(ctx, last); err != nil {
 		f.Stop()
@@ -212,7 +213,7 @@ func (f *Follower) WaitFor(ctx context.Context, seq uint64) error {
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return bus.Wrap(pb.ErrorCode_UNAVAILABLE, ctx.Err(), "ring log at sequence %d, waiting for %d", st.Seq, seq)
+			return status.Wrap(pb.ErrorCode_UNAVAILABLE, ctx.Err(), "ring log at sequence %d, waiting for %d", st.Seq, seq)
 		}
 	}
 }
@@ -229,7 +230,7 @@ func (f *Follower) WaitForEpoch(ctx context.Context, epoch uint64) error {
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return bus.Wrap(pb.ErrorCode_UNAVAILABLE, ctx.Err(), "ring at epoch %d, waiting for %d", st.Epoch, epoch)
+			return status.Wrap(pb.ErrorCode_UNAVAILABLE, ctx.Err(), "ring at epoch %d, waiting for %d", st.Epoch, epoch)
 		}
 	}
 }
@@ -254,7 +255,7 @@ func (l *Log) Register(ctx context.Context, f *Follower, id, incarnation string)
 		_, err := l.Append(ctx, st.Seq, &pb.RingEvent{Event: &pb.RingEvent_Registered{
 			Registered: &pb.NodeRegistered{NodeId: id, Incarnation: incarnation},
 		}})
-		if err == nil || !bus.Is(err, pb.ErrorCode_VERSION_CONFLICT) {
+		if err == nil || !status.Is(err, pb.ErrorCode_VERSION_CONFLICT) {
 			return err
 		}
 		if err := f.WaitFor(ctx, st.Seq+1); err != nil {
@@ -281,7 +282,7 @@ func OpenProgress(ctx context.Context, js jetstream.JetStream, subjects bus.Subj
 		MaxAge:            30 * 24 * time.Hour,
 	})
 	if err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "create migrations stream")
+		return nil, status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "create migrations stream")
 	}
 	return st, nil
 }

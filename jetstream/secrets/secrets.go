@@ -12,10 +12,10 @@ import (
 	"github.com/cockroachdb/errors"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/causal"
 	"github.com/pairdb/pairdb/jetstream/jsbucket"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 const (
@@ -39,7 +39,7 @@ func ContextKey(ctx context.Context, js jetstream.JetStream, replicas int) ([]by
 		Replicas:    max(replicas, 1),
 	})
 	if err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "open the secrets bucket")
+		return nil, status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "open the secrets bucket")
 	}
 	key := make([]byte, causal.KeyBytes)
 	if _, err := rand.Read(key); err != nil {
@@ -50,11 +50,11 @@ func ContextKey(ctx context.Context, js jetstream.JetStream, replicas int) ([]by
 	case err == nil:
 		return key, nil
 	case !jsbucket.IsConflict(err):
-		return nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "store the context key")
+		return nil, status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "store the context key")
 	}
 	e, err := kv.Get(ctx, contextKeyName)
 	if err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "read the context key")
+		return nil, status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "read the context key")
 	}
 	if len(e.Value()) != causal.KeyBytes {
 		return nil, errors.Newf("the context key in bucket %s is %d bytes, want %d", Bucket, len(e.Value()), causal.KeyBytes)

@@ -18,9 +18,9 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/jetstream/jsbucket"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 	"github.com/pairdb/pairdb/tenant"
 )
 
@@ -82,7 +82,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 		Replicas:    cfg.Replicas,
 	})
 	if err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "open tenant store")
+		return nil, status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "open tenant store")
 	}
 	cfg.Logger.Info("tenant store ready", zap.String("bucket", cfg.Bucket), zap.Int("replicas", cfg.Replicas))
 	return &Store{kv: kv, log: cfg.Logger}, nil
@@ -104,7 +104,7 @@ func (s *Store) Create(ctx context.Context, t *pb.Tenant) error {
 	rev, err := s.kv.Create(ctx, t.GetTenantId(), data)
 	switch {
 	case jsbucket.IsConflict(err):
-		return bus.Errorf(pb.ErrorCode_TENANT_EXISTS, "tenant %q already exists", t.GetTenantId())
+		return status.Errorf(pb.ErrorCode_TENANT_EXISTS, "tenant %q already exists", t.GetTenantId())
 	case err != nil:
 		return unavailable(err, "create tenant %q", t.GetTenantId())
 	}
@@ -130,17 +130,17 @@ func (s *Store) get(ctx context.Context, id string) (*pb.Tenant, uint64, error) 
 	e, err := s.kv.Get(ctx, id)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
-		return nil, 0, bus.Errorf(pb.ErrorCode_TENANT_NOT_FOUND, "tenant %q does not exist", id)
+		return nil, 0, status.Errorf(pb.ErrorCode_TENANT_NOT_FOUND, "tenant %q does not exist", id)
 	case err != nil:
 		return nil, 0, unavailable(err, "read tenant %q", id)
 	}
 	t := &pb.Tenant{}
 	if err := proto.Unmarshal(e.Value(), t); err != nil {
 		s.log.Error("undecodable tenant record", zap.String("tenant", id), zap.Uint64("revision", e.Revision()), zap.Error(err))
-		return nil, 0, bus.Wrap(pb.ErrorCode_INTERNAL, err, "decode tenant %q at revision %d", id, e.Revision())
+		return nil, 0, status.Wrap(pb.ErrorCode_INTERNAL, err, "decode tenant %q at revision %d", id, e.Revision())
 	}
 	if t.GetTenantId() != id {
-		return nil, 0, bus.Errorf(pb.ErrorCode_INTERNAL, "tenant record under key %q names tenant %q", id, t.GetTenantId())
+		return nil, 0, status.Errorf(pb.ErrorCode_INTERNAL, "tenant record under key %q names tenant %q", id, t.GetTenantId())
 	}
 	return t, e.Revision(), nil
 }
@@ -238,7 +238,7 @@ func (s *Store) List(ctx context.Context, pageSize int, pageToken string) ([]*pb
 	i := 0
 	for ; i < len(keys) && len(page) < size; i++ {
 		t, _, err := s.get(ctx, keys[i])
-		if bus.Is(err, pb.ErrorCode_TENANT_NOT_FOUND) {
+		if status.Is(err, pb.ErrorCode_TENANT_NOT_FOUND) {
 			continue
 		}
 		if err != nil {
@@ -280,13 +280,13 @@ func (s *Store) keysAfter(ctx context.Context, after string) ([]string, error) {
 func encode(t *pb.Tenant) ([]byte, error) {
 	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(t)
 	if err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_INTERNAL, err, "encode tenant %q", t.GetTenantId())
+		return nil, status.Wrap(pb.ErrorCode_INTERNAL, err, "encode tenant %q", t.GetTenantId())
 	}
 	return data, nil
 }
 
 func versionConflict(id string, stored, proposed uint64) error {
-	return bus.Errorf(pb.ErrorCode_VERSION_CONFLICT,
+	return status.Errorf(pb.ErrorCode_VERSION_CONFLICT,
 		"tenant %q is at version %d; an update to version %d must be based on version %d; re-read it and retry",
 		id, stored, proposed, proposed-1)
 }
@@ -294,7 +294,7 @@ func versionConflict(id string, stored, proposed uint64) error {
 // unavailable classifies a failure to talk to NATS (or a deadline that ran
 // out while doing so). The cause stays attached for errors.Is.
 func unavailable(err error, format string, args ...any) error {
-	return bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, format, args...)
+	return status.Wrap(pb.ErrorCode_UNAVAILABLE, err, format, args...)
 }
 
 // Ping reports whether the bucket answers (readiness).

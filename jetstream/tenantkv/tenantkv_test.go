@@ -11,10 +11,10 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/internal/natstest"
 	"github.com/pairdb/pairdb/jetstream/tenantkv"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 	"github.com/pairdb/pairdb/tenant"
 	"github.com/pairdb/pairdb/tenant/tenanttest"
 )
@@ -88,7 +88,7 @@ func TestUnavailableWhenServerGone(t *testing.T) {
 	short, cancelShort := context.WithTimeout(ctx, 500*time.Millisecond)
 	defer cancelShort()
 	_, err = store.Get(short, "acme")
-	require.Equal(t, pb.ErrorCode_UNAVAILABLE, bus.CodeOf(err), "%v", err)
+	require.Equal(t, pb.ErrorCode_UNAVAILABLE, status.CodeOf(err), "%v", err)
 	_, _, err = store.List(short, 10, "")
-	require.Equal(t, pb.ErrorCode_UNAVAILABLE, bus.CodeOf(err), "%v", err)
+	require.Equal(t, pb.ErrorCode_UNAVAILABLE, status.CodeOf(err), "%v", err)
 }

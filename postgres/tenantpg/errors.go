@@ -9,8 +9,8 @@ import (
 	"github.com/cockroachdb/errors"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/pairdb/pairdb/bus"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // SQLSTATE codes the store reacts to
@@ -36,7 +36,7 @@ func classify(err error, format string, args ...any) error {
 		return nil
 	}
 	if unreachable(err) {
-		return bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, format+": tenant database unreachable", args...)
+		return status.Wrap(pb.ErrorCode_UNAVAILABLE, err, format+": tenant database unreachable", args...)
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
@@ -45,13 +45,13 @@ func classify(err error, format string, args ...any) error {
 			// Records are validated before every write, so this means the
 			// schema and tenant.Validate disagree; still the caller's input
 			// that was refused, never an INTERNAL for bad input.
-			return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, format+": rejected by constraint %s", append(args, pgErr.ConstraintName)...)
+			return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, format+": rejected by constraint %s", append(args, pgErr.ConstraintName)...)
 		case sqlUndefinedTable:
-			return bus.Wrap(pb.ErrorCode_INTERNAL, err,
+			return status.Wrap(pb.ErrorCode_INTERNAL, err,
 				format+": tenants table missing; run the migrations (Config.Migrate or postgres/migrate)", args...)
 		}
 	}
-	return bus.Wrap(pb.ErrorCode_INTERNAL, err, format, args...)
+	return status.Wrap(pb.ErrorCode_INTERNAL, err, format, args...)
 }
 
 // unreachable reports whether err means "could not talk to the database"

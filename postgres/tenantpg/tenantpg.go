@@ -25,9 +25,9 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/postgres/migrate"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 	"github.com/pairdb/pairdb/tenant"
 )
 
@@ -61,7 +61,7 @@ type Config struct {
 
 func (c Config) withDefaults() (Config, error) {
 	if c.MaxConns < 0 {
-		return c, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenantpg: MaxConns must not be negative, got %d", c.MaxConns)
+		return c, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenantpg: MaxConns must not be negative, got %d", c.MaxConns)
 	}
 	if c.MaxConns == 0 {
 		c.MaxConns = DefaultMaxConns
@@ -94,7 +94,7 @@ func Open(ctx context.Context, url string, cfg Config) (*Store, error) {
 	pcfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		// pgconn redacts the password in its parse errors.
-		return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "tenantpg: parse database URL")
+		return nil, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "tenantpg: parse database URL")
 	}
 	pcfg.MaxConns = cfg.MaxConns
 	if pcfg.ConnConfig.ConnectTimeout == 0 {
@@ -102,7 +102,7 @@ func Open(ctx context.Context, url string, cfg Config) (*Store, error) {
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
-		return nil, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "tenantpg: create pool")
+		return nil, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "tenantpg: create pool")
 	}
 	s := &Store{pool: pool, log: cfg.Logger}
 	if cfg.Migrate {
@@ -111,7 +111,7 @@ func Open(ctx context.Context, url string, cfg Config) (*Store, error) {
 		if err != nil {
 			pool.Close()
 			if errors.Is(err, migrate.ErrSchemaTooNew) {
-				return nil, bus.Wrap(pb.ErrorCode_INTERNAL, err, "tenantpg: migrate")
+				return nil, status.Wrap(pb.ErrorCode_INTERNAL, err, "tenantpg: migrate")
 			}
 			return nil, classify(err, "tenantpg: migrate")
 		}
@@ -144,10 +144,10 @@ func (s *Store) Ping(ctx context.Context) error {
 	if err := s.pool.Ping(ctx); err != nil {
 		_ = s.fail(err, "ping") // for the pool reset and the log line
 		if s.closed.Load() {
-			return bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "ping: tenant store is closed")
+			return status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "ping: tenant store is closed")
 		}
 		// Whatever the cause, a failed ping means not ready.
-		return bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, "ping: tenant database unreachable")
+		return status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "ping: tenant database unreachable")
 	}
 	return nil
 }
@@ -167,7 +167,7 @@ func (s *Store) Create(ctx context.Context, t *pb.Tenant) error {
 	_, err = s.pool.Exec(ctx, `INSERT INTO tenants (`+columns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
 		r.id, r.rf, r.consistency, r.policy, r.maxSiblings, r.maxValueBytes, r.createdAt, r.updatedAt, r.version)
 	if isCode(err, sqlUniqueViolation) {
-		return bus.Wrap(pb.ErrorCode_TENANT_EXISTS, err, "tenant %q already exists", r.id)
+		return status.Wrap(pb.ErrorCode_TENANT_EXISTS, err, "tenant %q already exists", r.id)
 	}
 	if err != nil {
 		return s.fail(err, "create tenant %q", r.id)
@@ -185,7 +185,7 @@ func (s *Store) Get(ctx context.Context, id string) (*pb.Tenant, error) {
 	defer cancel()
 	t, err := scanTenant(s.pool.QueryRow(ctx, `SELECT `+columns+` FROM tenants WHERE tenant_id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, bus.Errorf(pb.ErrorCode_TENANT_NOT_FOUND, "tenant %q does not exist", id)
+		return nil, status.Errorf(pb.ErrorCode_TENANT_NOT_FOUND, "tenant %q does not exist", id)
 	}
 	if err != nil {
 		return nil, s.fail(err, "read tenant %q", id)
@@ -224,12 +224,12 @@ func (s *Store) Update(ctx context.Context, t *pb.Tenant) error {
 	var stored int64
 	err = s.pool.QueryRow(ctx, `SELECT version FROM tenants WHERE tenant_id = $1`, r.id).Scan(&stored)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return bus.Errorf(pb.ErrorCode_TENANT_NOT_FOUND, "tenant %q does not exist", r.id)
+		return status.Errorf(pb.ErrorCode_TENANT_NOT_FOUND, "tenant %q does not exist", r.id)
 	}
 	if err != nil {
 		return s.fail(err, "update tenant %q", r.id)
 	}
-	return bus.Errorf(pb.ErrorCode_VERSION_CONFLICT,
+	return status.Errorf(pb.ErrorCode_VERSION_CONFLICT,
 		"tenant %q is at version %d; an update to version %d must be based on version %d; re-read it and retry",
 		r.id, stored, r.version, r.version-1)
 }
@@ -274,7 +274,7 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 		return s.fail(err, "delete tenant %q", id)
 	}
 	if tag.RowsAffected() == 0 {
-		return bus.Errorf(pb.ErrorCode_TENANT_NOT_FOUND, "tenant %q does not exist", id)
+		return status.Errorf(pb.ErrorCode_TENANT_NOT_FOUND, "tenant %q does not exist", id)
 	}
 	s.log.Info("tenant deleted", zap.String("tenant", id))
 	return nil
@@ -291,7 +291,7 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 // cheap next to that.
 func (s *Store) fail(err error, format string, args ...any) error {
 	if s.closed.Load() {
-		return bus.Wrap(pb.ErrorCode_UNAVAILABLE, err, format+": tenant store is closed", args...)
+		return status.Wrap(pb.ErrorCode_UNAVAILABLE, err, format+": tenant store is closed", args...)
 	}
 	if unreachable(err) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 		s.log.Warn("tenant database unreachable; dropping pooled connections", zap.Error(err))
@@ -317,7 +317,7 @@ func toRow(t *pb.Tenant) (row, error) {
 	// Validate bounds every integer far below these limits except the
 	// version, which only has a lower bound.
 	if t.GetVersion() > math.MaxInt64 {
-		return row{}, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %q: version %d does not fit a bigint", t.GetTenantId(), t.GetVersion())
+		return row{}, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %q: version %d does not fit a bigint", t.GetTenantId(), t.GetVersion())
 	}
 	return row{
 		id:            t.GetTenantId(),
@@ -343,7 +343,7 @@ func scanTenant(sc pgx.Row) (*pb.Tenant, error) {
 		return nil, err
 	}
 	if r.rf < 0 || r.maxSiblings < 0 || r.maxValueBytes < 0 || r.version < 0 {
-		return nil, bus.Errorf(pb.ErrorCode_INTERNAL, "stored tenant %q has a negative field", r.id)
+		return nil, status.Errorf(pb.ErrorCode_INTERNAL, "stored tenant %q has a negative field", r.id)
 	}
 	return &pb.Tenant{
 		TenantId:           r.id,

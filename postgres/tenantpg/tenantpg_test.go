@@ -15,10 +15,10 @@ import (
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/internal/pgtest"
 	"github.com/pairdb/pairdb/postgres/migrate"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 	"github.com/pairdb/pairdb/tenant"
 	"github.com/pairdb/pairdb/tenant/tenanttest"
 )
@@ -46,7 +46,7 @@ func open(t *testing.T, url string, cfg Config) *Store {
 func requireCode(t *testing.T, want pb.ErrorCode, err error) {
 	t.Helper()
 	require.Error(t, err)
-	require.Equal(t, want, bus.CodeOf(err), "error: %v", err)
+	require.Equal(t, want, status.CodeOf(err), "error: %v", err)
 }
 
 func TestConformance(t *testing.T) {

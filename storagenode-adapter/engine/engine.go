@@ -23,11 +23,11 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/dvv/dvvpb"
 	"github.com/pairdb/pairdb/keyspace"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 const (
@@ -324,7 +324,7 @@ func (e *Engine) acquire() error {
 	e.mu.RLock()
 	if e.closed {
 		e.mu.RUnlock()
-		return bus.Wrap(pb.ErrorCode_UNAVAILABLE, ErrClosed, "storage node is shutting down; retry on another replica")
+		return status.Wrap(pb.ErrorCode_UNAVAILABLE, ErrClosed, "storage node is shutting down; retry on another replica")
 	}
 	return nil
 }
@@ -383,10 +383,10 @@ type record struct{ k, v []byte }
 func validate(tenant, key string) error {
 	// The tenant rule is also the layout invariant: no 0x00 in a tenant id.
 	if err := keyspace.ValidateTenantID(tenant); err != nil {
-		return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant id")
+		return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant id")
 	}
 	if err := keyspace.ValidateKey(key); err != nil {
-		return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid key")
+		return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid key")
 	}
 	return nil
 }

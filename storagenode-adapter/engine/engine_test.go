@@ -9,9 +9,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/dvv"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 	"github.com/pairdb/pairdb/storagenode-adapter/engine"
 )
 
@@ -118,7 +118,7 @@ func TestSiblingCapRefusesWithoutWriting(t *testing.T) {
 
 	_, err = e.Apply("t", "k", nil, []byte("one too many"), false, dvv.Siblings, 3, 9, nil)
 	require.Error(t, err)
-	require.Equal(t, pb.ErrorCode_TOO_MANY_SIBLINGS, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_TOO_MANY_SIBLINGS, status.CodeOf(err))
 	require.Contains(t, err.Error(), "context")
 
 	after, _, err := e.Get("t", "k")
@@ -218,7 +218,7 @@ func TestMergeIsIdempotentAndConverges(t *testing.T) {
 	// An empty object (a clock alone would be no better) is refused, and
 	// nothing is stored.
 	_, changed, err = c.Merge("t", "other", dvv.Object{}, dvv.Siblings)
-	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(err))
 	require.False(t, changed)
 	_, found, err := c.Get("t", "other")
 	require.NoError(t, err)
@@ -232,11 +232,11 @@ func TestMergeRefusesMalformedObject(t *testing.T) {
 		Clock:    dvv.VV{"n1": 4},
 	}
 	_, _, err := e.Merge("t", "k", bad, dvv.Siblings)
-	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(err))
 
 	noActor := dvv.Object{Siblings: []dvv.Sibling{{Value: []byte("x")}}}
 	_, _, err = e.Merge("t", "k", noActor, dvv.Siblings)
-	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(err))
 
 	_, found, err := e.Get("t", "k")
 	require.NoError(t, err)
@@ -249,9 +249,9 @@ func TestInvalidTenantOrKey(t *testing.T) {
 		{"", "k"}, {"a\x00b", "k"}, {"a.b", "k"}, {"t", ""}, {"t", string(make([]byte, 1025))},
 	} {
 		_, err := e.Apply(tc.tenant, tc.key, nil, []byte("v"), false, dvv.Siblings, 0, 1, nil)
-		require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err), "tenant %q key len %d", tc.tenant, len(tc.key))
+		require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(err), "tenant %q key len %d", tc.tenant, len(tc.key))
 		_, _, err = e.Get(tc.tenant, tc.key)
-		require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err))
+		require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(err))
 	}
 }
 
@@ -263,7 +263,7 @@ func TestClosedEngine(t *testing.T) {
 
 	_, err = e.Apply("t", "k", nil, []byte("v"), false, dvv.Siblings, 0, 1, nil)
 	require.ErrorIs(t, err, engine.ErrClosed)
-	require.Equal(t, pb.ErrorCode_UNAVAILABLE, bus.CodeOf(err))
+	require.Equal(t, pb.ErrorCode_UNAVAILABLE, status.CodeOf(err))
 	_, _, err = e.Get("t", "k")
 	require.ErrorIs(t, err, engine.ErrClosed)
 	one := dvv.Object{Siblings: []dvv.Sibling{{Value: []byte("v"), Dot: dvv.Dot{Actor: "peer", Counter: 1}}}, Clock: dvv.VV{"peer": 1}}

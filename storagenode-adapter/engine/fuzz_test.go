@@ -8,11 +8,11 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/dvv/dvvpb"
 	"github.com/pairdb/pairdb/keyspace"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // FuzzDecodeDataKey: decoding any bytes never panics, and whatever decodes
@@ -104,11 +104,11 @@ func FuzzStoredObject(f *testing.F) {
 
 		got, found, err := e.Get(tenant, key)
 		if !decodable {
-			if err == nil || bus.CodeOf(err) != pb.ErrorCode_INTERNAL {
+			if err == nil || status.CodeOf(err) != pb.ErrorCode_INTERNAL {
 				t.Fatalf("corrupt object read as (%+v, %v, %v), want an INTERNAL error", got, found, err)
 			}
 			_, err := e.Apply(tenant, key, nil, []byte("v"), false, dvv.Siblings, 0, 1, nil)
-			if err == nil || bus.CodeOf(err) != pb.ErrorCode_INTERNAL {
+			if err == nil || status.CodeOf(err) != pb.ErrorCode_INTERNAL {
 				t.Fatalf("write over a corrupt object gave %v, want an INTERNAL error", err)
 			}
 			v, closer, err := e.db.Get(k)

@@ -9,12 +9,12 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/dvv/dvvpb"
 	"github.com/pairdb/pairdb/keyspace"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // Tombstone collection (DESIGN.md §5) and the node-wide dot counter that
@@ -122,7 +122,7 @@ func (c *dotCounter) next(db *pebble.DB, floor uint64) (uint64, error) {
 		// Only a forged clock gets here (counters start at 1 and validated
 		// clocks stay at or below MaxCounter); refusing keeps the sequence
 		// from wrapping and handing out used counters again.
-		return 0, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+		return 0, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 			"the next dot counter would be %d, above the largest allowed (%d)", n, uint64(dvv.MaxCounter))
 	}
 	if n > c.limit {

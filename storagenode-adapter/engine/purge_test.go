@@ -7,11 +7,11 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/keyspace"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // whole is the whole ring as one arc.
@@ -118,12 +118,12 @@ func TestApplyCountersMonotonicAcrossKeysAndRestarts(t *testing.T) {
 	// the counter does not move. (A context at or below the counter, from
 	// any key, is what node-wide counters make safe.)
 	_, err = e.Apply("t", "ahead", dvv.VV{inc: last + 5000}, []byte("v"), false, dvv.Siblings, 0, 1, nil)
-	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err), "err %v", err)
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(err), "err %v", err)
 	o = write(t, e, "behind", dvv.VV{inc: last}, "v", false, 1)
 	require.Equal(t, last+1, o.Clock[inc])
 	// Counters near the top would wrap: refused wherever they appear.
 	_, err = e.Apply("t", "huge", dvv.VV{"peer": 1<<64 - 1}, []byte("v"), false, dvv.Siblings, 0, 1, nil)
-	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, bus.CodeOf(err), "err %v", err)
+	require.Equal(t, pb.ErrorCode_INVALID_ARGUMENT, status.CodeOf(err), "err %v", err)
 }
 
 func TestCounterOfAStoreWrittenBeforeTheCounter(t *testing.T) {

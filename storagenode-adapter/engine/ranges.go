@@ -10,12 +10,12 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/dvv/dvvpb"
 	"github.com/pairdb/pairdb/keyspace"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // Range operations: scans, digests and deletions of one tenant's ring arc.
@@ -82,7 +82,7 @@ func arcSpans(tenant string, a ring.Arc) []span {
 
 func validateTenant(tenant string) error {
 	if err := keyspace.ValidateTenantID(tenant); err != nil {
-		return bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant id")
+		return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant id")
 	}
 	return nil
 }
@@ -103,7 +103,7 @@ func (e *Engine) ScanBudget(tenant string, a ring.Arc, after *Position, limit, m
 		return nil, false, err
 	}
 	if limit <= 0 {
-		return nil, false, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "scan limit must be positive, got %d", limit)
+		return nil, false, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "scan limit must be positive, got %d", limit)
 	}
 	if err := e.acquire(); err != nil {
 		return nil, false, err
@@ -340,7 +340,7 @@ func (e *Engine) MergeBatch(tenant string, items []MergeItem, policy dvv.Policy)
 			return 0, err
 		}
 		if err := e.Validate(it.Object); err != nil {
-			return 0, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "cannot merge into key %q of tenant %q", it.Key, tenant)
+			return 0, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "cannot merge into key %q of tenant %q", it.Key, tenant)
 		}
 	}
 	if len(items) == 0 {

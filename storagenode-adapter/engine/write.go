@@ -6,11 +6,11 @@ import (
 	"github.com/cockroachdb/errors"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/dvv/dvvpb"
 	"github.com/pairdb/pairdb/keyspace"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 )
 
 // Write is one version for Mint to create at this replica, as the
@@ -80,10 +80,10 @@ func (e *Engine) Mint(w Write) (Minted, error) {
 		return Minted{}, err
 	}
 	if err := e.validateClock(w.Context); err != nil {
-		return Minted{}, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad context for key %q of tenant %q", w.Key, w.Tenant)
+		return Minted{}, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad context for key %q of tenant %q", w.Key, w.Tenant)
 	}
 	if w.Tombstone && len(w.Value) > 0 {
-		return Minted{}, bus.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "a tombstone carries no value")
+		return Minted{}, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "a tombstone carries no value")
 	}
 	if err := e.checkDeadline(w.Deadline, "mint"); err != nil {
 		return Minted{}, err
@@ -131,7 +131,7 @@ func (e *Engine) Mint(w Write) (Minted, error) {
 		}
 	}
 	if w.MaxSiblings > 0 && len(next.Siblings) > w.MaxSiblings {
-		return Minted{}, bus.Errorf(pb.ErrorCode_TOO_MANY_SIBLINGS,
+		return Minted{}, status.Errorf(pb.ErrorCode_TOO_MANY_SIBLINGS,
 			"key %q of tenant %q would have %d siblings, over the tenant's limit of %d; "+
 				"read the key and write with its context to resolve the siblings",
 			w.Key, w.Tenant, len(next.Siblings), w.MaxSiblings)
@@ -141,7 +141,7 @@ func (e *Engine) Mint(w Write) (Minted, error) {
 		return Minted{}, errors.Wrap(err, "engine: encode object")
 	}
 	if limit := e.objectLimit(w.MaxObjectBytes); len(v) > limit {
-		return Minted{}, bus.Errorf(pb.ErrorCode_VALUE_TOO_LARGE,
+		return Minted{}, status.Errorf(pb.ErrorCode_VALUE_TOO_LARGE,
 			"key %q of tenant %q would store %d bytes with its siblings and clock, over the limit of %d; "+
 				"read the key and write with its context to resolve the siblings, or write a smaller value",
 			w.Key, w.Tenant, len(v), limit)
@@ -165,7 +165,7 @@ func (e *Engine) Mint(w Write) (Minted, error) {
 	}
 	if err := e.commit(k, v, records...); err != nil {
 		if w.Forward != nil {
-			return Minted{}, bus.Wrap(pb.ErrorCode_OUTCOME_UNKNOWN, err,
+			return Minted{}, status.Wrap(pb.ErrorCode_OUTCOME_UNKNOWN, err,
 				"key %q of tenant %q: the version was passed on to other replicas but not committed here", w.Key, w.Tenant)
 		}
 		return Minted{}, err
@@ -212,7 +212,7 @@ func (e *Engine) MergeWith(tenant, key string, obj dvv.Object, policy dvv.Policy
 		return dvv.Object{}, false, err
 	}
 	if err := e.Validate(obj); err != nil {
-		return dvv.Object{}, false, bus.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err,
+		return dvv.Object{}, false, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err,
 			"cannot merge into key %q of tenant %q", key, tenant)
 	}
 	if err := e.checkDeadline(opts.Deadline, "merge"); err != nil {
@@ -293,7 +293,7 @@ func (e *Engine) checkDeadline(deadline time.Time, what string) error {
 		return nil
 	}
 	if now := e.now(); !now.Before(deadline) {
-		return bus.Errorf(pb.ErrorCode_EXPIRED, "%s: the request's deadline passed %s ago; nothing was done",
+		return status.Errorf(pb.ErrorCode_EXPIRED, "%s: the request's deadline passed %s ago; nothing was done",
 			what, now.Sub(deadline).Round(time.Millisecond))
 	}
 	return nil

@@ -14,8 +14,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/pairdb/pairdb/bus"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 	"github.com/pairdb/pairdb/tenant"
 )
 
@@ -76,7 +76,7 @@ func newTenant(t *testing.T, id string) *pb.Tenant {
 func requireCode(t *testing.T, want pb.ErrorCode, err error) {
 	t.Helper()
 	require.Error(t, err)
-	require.Equal(t, want, bus.CodeOf(err), "error: %v", err)
+	require.Equal(t, want, status.CodeOf(err), "error: %v", err)
 }
 
 func requireEqual(t *testing.T, want, got *pb.Tenant) {
