@@ -65,6 +65,15 @@ func (r *Ring) Append(ctx context.Context, expectedSeq uint64, ev *pb.RingEvent)
 	return r.log.Append(ctx, expectedSeq, ev)
 }
 
+// CatchUp returns once the fold holds every event the log held at the call.
+func (r *Ring) CatchUp(ctx context.Context) error {
+	seq, err := r.log.LastSeq(ctx)
+	if err != nil {
+		return err
+	}
+	return r.WaitFor(ctx, seq)
+}
+
 // PublishProgress records a target node's transfer progress.
 func (r *Ring) PublishProgress(ctx context.Context, p *pb.MigrationProgress) error {
 	return ringlog.PublishProgress(ctx, r.js, r.subjects, p)

@@ -74,6 +74,10 @@ type Membership interface {
 	WaitForEpoch(ctx context.Context, epoch uint64) error
 	// WaitFor blocks until the fold reaches log sequence seq.
 	WaitFor(ctx context.Context, seq uint64) error
+	// CatchUp blocks until the fold holds every event the log holds now:
+	// an admin decides on the log as it is, not on a fold a moment behind
+	// (a node whose registration another coordinator appended is known).
+	CatchUp(ctx context.Context) error
 	// Append adds an event if the log is still at expectedSeq
 	// (VERSION_CONFLICT otherwise).
 	Append(ctx context.Context, expectedSeq uint64, ev *pb.RingEvent) (uint64, error)

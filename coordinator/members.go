@@ -118,6 +118,10 @@ func (s *Service) appendFor(ctx context.Context, what string, decide func(*membe
 		seq, err := s.cfg.Membership.Append(ctx, st.Seq, ev)
 		if err == nil {
 			appended(seq)
+			// Answered once this coordinator's fold shows it too.
+			if err := s.cfg.Membership.WaitFor(ctx, seq); err != nil {
+				return nil, err
+			}
 			return &pb.MemberResponse{Seq: seq}, nil
 		}
 		if !status.Is(err, pb.ErrorCode_VERSION_CONFLICT) || attempt >= maxMemberAttempts {

@@ -10,7 +10,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
@@ -29,6 +28,9 @@ import (
 // tenants whose records predate the ring log's tenants are recorded first,
 // so their data moves too.
 func (s *Service) startChange(ctx context.Context, build func(st *membership.State) (*pb.ChangeStarted, error)) (*pb.NodeChangeResponse, error) {
+	if err := s.cfg.Membership.CatchUp(ctx); err != nil {
+		return nil, err
+	}
 	if err := s.recordStoredTenants(ctx); err != nil {
 		return nil, err
 	}
@@ -123,7 +125,7 @@ func (s *Service) removeNode(ctx context.Context, _ string, req *pb.RemoveNodeRe
 		}
 		// Checked before the arithmetic below, which counts the node among
 		// the NORMAL ones (CheckStart checks it again, too late for that).
-		if n, ok := st.Nodes[id]; !ok || n.State != ring.Normal {
+		if n, ok := st.Nodes[id]; !ok || n.State != membership.Normal {
 			return nil, status.Errorf(pb.ErrorCode_NODE_NOT_FOUND, "node %s is not a NORMAL member of the ring (pairdb node list)", id)
 		}
 		if !req.GetForce() {
@@ -167,10 +169,7 @@ func (s *Service) listNodes(_ context.Context, _ string, _ *pb.ListNodesRequest)
 	now := time.Now()
 	for _, id := range ids {
 		n := st.Nodes[id]
-		info := &pb.NodeInfo{NodeId: id, State: stateName(n.State), Incarnation: n.Incarnation, LastHeartbeatMsAgo: -1, Refilling: n.Refilling}
-		if n.Refilling && n.State == ring.Normal {
-			info.State = "REFILLING"
-		}
+		info := &pb.NodeInfo{NodeId: id, State: n.Shown(), Incarnation: n.Incarnation, LastHeartbeatMsAgo: -1, Refilling: n.Refilling}
 		if hb, at, ok := s.liveness.last(id); ok {
 			info.Epoch, info.Keys, info.DiskBytes = hb.GetEpoch(), hb.GetKeys(), hb.GetDiskBytes()
 			info.LastHeartbeatMsAgo = now.Sub(at).Milliseconds()
@@ -178,13 +177,6 @@ func (s *Service) listNodes(_ context.Context, _ string, _ *pb.ListNodesRequest)
 		resp.Nodes = append(resp.Nodes, info)
 	}
 	return resp, nil
-}
-
-func stateName(s ring.State) string {
-	if s == membership.Registered {
-		return "REGISTERED"
-	}
-	return s.String()
 }
 
 func (s *Service) getMigration(ctx context.Context, _ string, req *pb.GetMigrationRequest) (*pb.MigrationResponse, error) {

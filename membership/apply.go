@@ -4,7 +4,6 @@ import (
 	"maps"
 	"slices"
 
-	"github.com/pairdb/pairdb/coordinator/ring"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/status"
 )
@@ -50,7 +49,7 @@ func (s *State) register(seq uint64, r *pb.NodeRegistered) {
 	case !ok:
 		s.Nodes[r.GetNodeId()] = Node{ID: r.GetNodeId(), Incarnation: r.GetIncarnation(), State: Registered}
 	case cur.Incarnation == r.GetIncarnation():
-	case cur.State == ring.Normal || cur.State == ring.Leaving || cur.State == ring.Joining:
+	case cur.State == Normal || cur.State == Leaving || cur.State == Joining:
 		// A member lost its data (a new incarnation under a known id). It
 		// keeps its place, so no other node silently becomes a replica of
 		// its arcs; it takes writes at once, and serves no reads until it
@@ -151,7 +150,7 @@ func (s *State) CheckStart(c *pb.ChangeStarted) error {
 		if err := s.registered(nodes[0]); err != nil {
 			return err
 		}
-		if st := s.Nodes[nodes[0]].State; st == ring.Normal || st == ring.Leaving {
+		if st := s.Nodes[nodes[0]].State; st == Normal || st == Leaving {
 			return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "node %s is already %s", nodes[0], st)
 		}
 	case pb.ChangeType_REMOVE_NODE, pb.ChangeType_FORCE_REMOVE_NODE:
@@ -159,7 +158,7 @@ func (s *State) CheckStart(c *pb.ChangeStarted) error {
 			return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "remove one node at a time")
 		}
 		n, ok := s.Nodes[nodes[0]]
-		if !ok || n.State != ring.Normal {
+		if !ok || n.State != Normal {
 			return status.Errorf(pb.ErrorCode_NODE_NOT_FOUND, "node %s is not a NORMAL member of the ring", nodes[0])
 		}
 		if len(s.Normal()) == 1 {
@@ -218,16 +217,16 @@ func (s *State) start(seq uint64, unixMs int64, c *pb.ChangeStarted) {
 		s.Settings, s.bootstrapped = settingsFrom(c.GetSettings()), true
 		for _, id := range ch.Nodes {
 			n := s.Nodes[id]
-			n.State = ring.Normal
+			n.State = Normal
 			s.Nodes[id] = n
 		}
 	case pb.ChangeType_ADD_NODE:
 		n := s.Nodes[ch.Nodes[0]]
-		n.State = ring.Joining
+		n.State = Joining
 		s.Nodes[n.ID] = n
 	case pb.ChangeType_REMOVE_NODE, pb.ChangeType_FORCE_REMOVE_NODE:
 		n := s.Nodes[ch.Nodes[0]]
-		n.State = ring.Leaving
+		n.State = Leaving
 		s.Nodes[n.ID] = n
 	}
 	s.Change = ch
@@ -264,11 +263,11 @@ func (s *State) finish(seq uint64, unixMs int64) {
 	switch c.Type {
 	case pb.ChangeType_ADD_NODE:
 		n := s.Nodes[c.Nodes[0]]
-		n.State = ring.Normal
+		n.State = Normal
 		s.Nodes[n.ID] = n
 	case pb.ChangeType_REMOVE_NODE, pb.ChangeType_FORCE_REMOVE_NODE:
 		n := s.Nodes[c.Nodes[0]]
-		n.State, n.Refilling = ring.Removed, false
+		n.State, n.Refilling = Removed, false
 		s.Nodes[n.ID] = n
 	case pb.ChangeType_REPLICATION_FACTOR:
 		if t, ok := s.Tenants[c.Tenant]; ok && !t.Deleted {

@@ -130,12 +130,12 @@ func checkFolds(t *testing.T, seed uint64, n int) {
 func checkInvariants(t *testing.T, s *State, tenants []string, seed uint64, seq int) {
 	t.Helper()
 	curMembers := map[string]bool{}
-	for _, m := range s.Current().Members() {
-		curMembers[m.ID] = true
+	for _, id := range s.Current().Owners() {
+		curMembers[id] = true
 	}
 	nextMembers := map[string]bool{}
-	for _, m := range s.Next().Members() {
-		nextMembers[m.ID] = true
+	for _, id := range s.Next().Owners() {
+		nextMembers[id] = true
 	}
 	for _, tn := range tenants {
 		rc, rn := s.TenantRF(tn)
@@ -154,7 +154,7 @@ func checkInvariants(t *testing.T, s *State, tenants []string, seed uint64, seq 
 		}
 	}
 	if s.Change == nil {
-		require.Equal(t, s.Current().Members(), s.Next().Members(), "seed %d seq %d: no change, yet two rings", seed, seq)
+		require.Equal(t, s.Current().Owners(), s.Next().Owners(), "seed %d seq %d: no change, yet two rings", seed, seq)
 	}
 }
 
@@ -164,7 +164,7 @@ func checkInvariants(t *testing.T, s *State, tenants []string, seed uint64, seq 
 // data yet.
 func checkNoReaderWithoutData(t *testing.T, prev, next *State, ev *pb.RingEvent, tenants []string, seed uint64) {
 	t.Helper()
-	if len(prev.Current().Members()) == 0 {
+	if len(prev.Current().Owners()) == 0 {
 		return // the first ring: no data anywhere yet
 	}
 	for _, tn := range tenants {

@@ -13,13 +13,9 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/pairdb/pairdb/coordinator/ring"
+	"github.com/pairdb/pairdb/ring"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 )
-
-// Registered is the state of a node that announced itself but is not (or no
-// longer) a ring member. It owns nothing.
-const Registered ring.State = 0
 
 // historyLimit bounds how many finished changes State remembers.
 const historyLimit = 100
@@ -28,7 +24,7 @@ const historyLimit = 100
 type Node struct {
 	ID          string
 	Incarnation string
-	State       ring.State
+	State       NodeState
 	// Refilling is set when a ring member comes back under a new
 	// incarnation (it lost its data): it keeps its place on the ring and
 	// takes writes, but serves no reads until RefillDone clears it.
@@ -108,7 +104,7 @@ func (s *State) Next() *ring.Ring { return s.next }
 func (s *State) Normal() []string {
 	var out []string
 	for id, n := range s.Nodes {
-		if n.State == ring.Normal {
+		if n.State == Normal {
 			out = append(out, id)
 		}
 	}
@@ -120,7 +116,7 @@ func (s *State) Normal() []string {
 // ring that holds its data (not refilling).
 func (s *State) Serving(id string) bool {
 	n, ok := s.Nodes[id]
-	return ok && (n.State == ring.Normal || n.State == ring.Leaving) && !n.Refilling
+	return ok && (n.State == Normal || n.State == Leaving) && !n.Refilling
 }
 
 // Refill lists what node id must pull to be refilled: every arc of every
@@ -263,16 +259,15 @@ func (s *State) clone() *State {
 
 // rebuild recomputes the two rings after a placement change.
 func (s *State) rebuild() {
-	var cur, next []ring.Member
+	var cur, next []string
 	for id, n := range s.Nodes {
 		switch n.State {
-		case ring.Normal:
-			cur = append(cur, ring.Member{ID: id, State: ring.Normal})
-			next = append(next, ring.Member{ID: id, State: ring.Normal})
-		case ring.Leaving:
-			cur = append(cur, ring.Member{ID: id, State: ring.Normal})
-		case ring.Joining:
-			next = append(next, ring.Member{ID: id, State: ring.Normal})
+		case Normal:
+			cur, next = append(cur, id), append(next, id)
+		case Leaving:
+			cur = append(cur, id)
+		case Joining:
+			next = append(next, id)
 		}
 	}
 	s.cur = ring.New(s.Epoch, s.Settings.VNodes, cur)
@@ -333,7 +328,7 @@ func ParseTenantDeletionID(id string) (tenant string, seq uint64, ok bool) {
 func (s *State) Members() []string {
 	var out []string
 	for id, n := range s.Nodes {
-		if n.State == ring.Normal || n.State == ring.Joining || n.State == ring.Leaving {
+		if n.State.member() {
 			out = append(out, id)
 		}
 	}

@@ -7,7 +7,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/pairdb/pairdb/coordinator/ring"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/status"
 )
@@ -74,7 +73,7 @@ func TestBootstrapAndRegistration(t *testing.T) {
 	f.must(tenantEv("t", 3))
 	before := f.st.Current()
 	f.must(register("b", "b-2"))
-	require.Equal(t, ring.Normal, f.st.Nodes["b"].State)
+	require.Equal(t, Normal, f.st.Nodes["b"].State)
 	require.True(t, f.st.Nodes["b"].Refilling)
 	require.False(t, f.st.Serving("b"))
 	require.True(t, f.st.Serving("a"))
@@ -139,7 +138,7 @@ func TestRefillDoneNeedsTheLatestHolders(t *testing.T) {
 	for id := range f2.st.Change.Targets {
 		f2.must(done("rm-d", id))
 	}
-	require.Equal(t, ring.Removed, f2.st.Nodes["d"].State)
+	require.Equal(t, Removed, f2.st.Nodes["d"].State)
 	require.False(t, f2.st.Nodes["d"].Refilling)
 }
 
@@ -150,7 +149,7 @@ func TestAddNodeCutsOverWhenTargetsFinish(t *testing.T) {
 	f.must(start(&pb.ChangeStarted{MigrationId: "m1", Type: pb.ChangeType_ADD_NODE, NodeIds: []string{"d"}}))
 	require.NotNil(t, f.st.Change)
 	require.Equal(t, map[string]bool{"d": true}, f.st.Change.Targets)
-	require.Equal(t, ring.Joining, f.st.Nodes["d"].State)
+	require.Equal(t, Joining, f.st.Nodes["d"].State)
 
 	// During the change a key's writes go to both sets; reads to the current.
 	cur, next := f.st.ReplicaSets("t", 12345)
@@ -169,7 +168,7 @@ func TestAddNodeCutsOverWhenTargetsFinish(t *testing.T) {
 	epoch := f.st.Epoch
 	f.must(done("m1", "d"))
 	require.Nil(t, f.st.Change)
-	require.Equal(t, ring.Normal, f.st.Nodes["d"].State)
+	require.Equal(t, Normal, f.st.Nodes["d"].State)
 	require.Greater(t, f.st.Epoch, epoch)
 	rec, running, ok := f.st.Migration("m1")
 	require.True(t, ok)
@@ -182,14 +181,14 @@ func TestRemoveNode(t *testing.T) {
 	f.must(tenantEv("t", 2))
 	f.must(start(&pb.ChangeStarted{MigrationId: "r", Type: pb.ChangeType_REMOVE_NODE, NodeIds: []string{"b"}}))
 	require.Equal(t, map[string]uint32{"t": 2}, f.st.Change.TenantRF, "the fold takes the tenant snapshot")
-	require.Equal(t, ring.Leaving, f.st.Nodes["b"].State)
+	require.Equal(t, Leaving, f.st.Nodes["b"].State)
 	require.NotContains(t, f.st.Change.Targets, "b", "the leaving node gains nothing")
 	require.NotEmpty(t, f.st.Change.Targets)
 	require.Empty(t, f.st.Dead())
 	for n := range f.st.Change.Targets {
 		f.must(done("r", n))
 	}
-	require.Equal(t, ring.Removed, f.st.Nodes["b"].State)
+	require.Equal(t, Removed, f.st.Nodes["b"].State)
 	require.Equal(t, 3, f.st.Current().Size())
 }
 

@@ -17,8 +17,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pairdb/pairdb/bus"
-	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/membership"
+	"github.com/pairdb/pairdb/ring"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/status"
 )

@@ -9,7 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/pairdb/pairdb/coordinator/ring"
+	"github.com/pairdb/pairdb/ring"
 )
 
 // Every hash of an arc lies in exactly one of its sub-arcs, and no hash

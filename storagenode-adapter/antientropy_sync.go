@@ -8,10 +8,10 @@ import (
 	"github.com/cockroachdb/errors"
 
 	"github.com/pairdb/pairdb/bus"
-	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/dvv/dvvpb"
 	"github.com/pairdb/pairdb/keyspace"
+	"github.com/pairdb/pairdb/ring"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/status"
 	"github.com/pairdb/pairdb/storagenode-adapter/engine"

@@ -8,8 +8,8 @@ import (
 	"github.com/cockroachdb/errors"
 	"go.uber.org/zap"
 
-	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/membership"
+	"github.com/pairdb/pairdb/ring"
 )
 
 // The membership driver is one goroutine per node, owned by the Node and
@@ -36,7 +36,7 @@ type driver struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	lastState ring.State
+	lastState membership.NodeState
 	failing   bool // the last reconcile failed; logged once per streak
 
 	// cleanup bookkeeping: the epoch of the last cutover this node folded
@@ -129,7 +129,7 @@ func (d *driver) reconcile(ctx context.Context) error {
 		if _, done := c.Done[n.cfg.ID]; c.Targets[n.cfg.ID] && !done {
 			return d.transfer(ctx, st)
 		}
-	case me.State == ring.Normal && !d.cleaned && time.Since(d.cutoverAt) >= n.cfg.CleanupGrace:
+	case me.State == membership.Normal && !d.cleaned && time.Since(d.cutoverAt) >= n.cfg.CleanupGrace:
 		return d.cleanup(ctx, st)
 	}
 	return nil

@@ -11,9 +11,9 @@ import (
 	"github.com/cockroachdb/errors"
 	"go.uber.org/zap"
 
-	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/membership"
+	"github.com/pairdb/pairdb/ring"
 	"github.com/pairdb/pairdb/storagenode-adapter/engine"
 )
 

@@ -6,7 +6,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/status"
@@ -44,10 +43,6 @@ type Membership interface {
 // registerTimeout bounds one registration attempt.
 const registerTimeout = 5 * time.Second
 
-// stateRegistered is the heartbeat state of a node that is known to the
-// log but not a ring member.
-const stateRegistered = "REGISTERED"
-
 // register announces this node's (id, incarnation), bounded by a timeout.
 // Start calls it once; on failure the driver keeps retrying.
 func (n *Node) registerSelf(ctx context.Context) error {
@@ -82,17 +77,11 @@ func (n *Node) ringState() string {
 	}
 	st := n.mem.State()
 	me, ok := st.Nodes[n.cfg.ID]
-	if !ok || me.Incarnation != n.eng.Incarnation() || me.State == membership.Registered {
-		return stateRegistered
+	if !ok || me.Incarnation != n.eng.Incarnation() {
+		return membership.Registered.String()
 	}
-	if me.Refilling && me.State == ring.Normal {
-		return StateRefilling
-	}
-	return me.State.String()
+	return me.Shown()
 }
-
-// StateRefilling is the state shown for a NORMAL member being refilled.
-const StateRefilling = "REFILLING"
 
 // checkEpoch compares a request's epoch with the node's. A request from an
 // older ring (epoch > 0 and below the node's) is STALE_EPOCH: the sender
@@ -166,9 +155,5 @@ func (d *driver) logState(st *membership.State) {
 		return
 	}
 	d.lastState = me.State
-	name := me.State.String()
-	if me.State == membership.Registered {
-		name = stateRegistered
-	}
-	d.n.log.Info("ring state", zap.String("state", name), zap.Uint64("epoch", st.Epoch))
+	d.n.log.Info("ring state", zap.String("state", me.Shown()), zap.Uint64("epoch", st.Epoch))
 }

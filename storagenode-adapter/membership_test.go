@@ -14,12 +14,12 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pairdb/pairdb/bus"
-	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/internal/natstest"
 	"github.com/pairdb/pairdb/jetstream/ringlog"
 	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/membership"
+	"github.com/pairdb/pairdb/ring"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/status"
 	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
@@ -200,7 +200,7 @@ func TestTransferResumesAfterRestartThenCleanup(t *testing.T) {
 	cfgC2.TransferPageSize = 5
 	startNode(t, nc, cfgC2)
 	end := r.waitState("the addition to finish", finished("add-c"))
-	require.Equal(t, ring.Normal, end.Nodes["c"].State)
+	require.Equal(t, membership.Normal, end.Nodes["c"].State)
 
 	require.Equal(t, float64(1), counter(cfgC2.Metrics, `pairdb_migration_transfers_total{node="c",status="resumed"}`))
 	second := counter(cfgC2.Metrics, `pairdb_migration_keys_transferred_total{node="c"}`)
@@ -318,7 +318,7 @@ func TestNodeWithLostDataIsRefilled(t *testing.T) {
 	st = r.waitState("a to come back refilling", func(st *membership.State) bool {
 		return st.Nodes["a"].Incarnation == a2.Incarnation() && st.Nodes["a"].Refilling
 	})
-	require.Equal(t, ring.Normal, st.Nodes["a"].State, "it keeps its place")
+	require.Equal(t, membership.Normal, st.Nodes["a"].State, "it keeps its place")
 	require.False(t, st.Serving("a"))
 	err = bus.Request(context.Background(), nc, subjects.Node("a", bus.OpRead),
 		&pb.ReadRequest{TenantId: "u", Key: keys[0], Epoch: st.Epoch}, &pb.ReadResponse{})

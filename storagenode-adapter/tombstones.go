@@ -7,8 +7,8 @@ import (
 	"github.com/cockroachdb/errors"
 	"go.uber.org/zap"
 
-	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/membership"
+	"github.com/pairdb/pairdb/ring"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 )
 
@@ -64,7 +64,7 @@ func settled(st *membership.State) bool {
 		return false
 	}
 	for _, n := range st.Nodes {
-		if n.State == ring.Joining || n.State == ring.Leaving {
+		if n.State == membership.Joining || n.State == membership.Leaving {
 			return false
 		}
 	}

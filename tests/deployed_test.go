@@ -16,9 +16,9 @@ import (
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/client"
 	"github.com/pairdb/pairdb/cluster"
-	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/internal/deployedtest"
+	"github.com/pairdb/pairdb/membership"
 	"github.com/pairdb/pairdb/natsauth"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
@@ -245,7 +245,7 @@ func TestShippedAccountsRunTheCluster(t *testing.T) {
 	require.NotEqual(t, old, fresh)
 	require.Eventually(t, func() bool {
 		n := d.coord.Ring.State().Nodes["pairdb-storage-0"]
-		return n.Incarnation == fresh && n.State == ring.Normal && !n.Refilling
+		return n.Incarnation == fresh && n.State == membership.Normal && !n.Refilling
 	}, deployedWait, 20*time.Millisecond, "the wiped node was not refilled")
 	for i := range 20 {
 		k := fmt.Sprintf("k%02d", i)

@@ -115,6 +115,17 @@ func (l *Log) Append(ctx context.Context, expectedSeq uint64, ev *pb.RingEvent) 
 	return ack.Sequence, nil
 }
 
+// LastSeq is the log's last sequence now (one stream info request).
+func (l *Log) LastSeq(ctx context.Context) (uint64, error) {
+	ctx, cancel := jsbucket.WithDefaultTimeout(ctx)
+	defer cancel()
+	info, err := l.stream.Info(ctx)
+	if err != nil {
+		return 0, status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "read the ring log's last sequence")
+	}
+	return info.State.LastSeq, nil
+}
+
 // Follower folds the log into a State and keeps following it.
 type Follower struct {
 	log    *zap.Logger

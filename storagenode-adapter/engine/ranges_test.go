@@ -11,9 +11,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/pairdb/pairdb/coordinator/ring"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/keyspace"
+	"github.com/pairdb/pairdb/ring"
 	"github.com/pairdb/pairdb/storagenode-adapter/engine"
 )
 

@@ -6,7 +6,7 @@ import (
 	"github.com/cockroachdb/errors"
 	"github.com/cockroachdb/pebble/v2"
 
-	"github.com/pairdb/pairdb/coordinator/ring"
+	"github.com/pairdb/pairdb/ring"
 )
 
 // DropTenant removes everything this store holds for tenant, its data and

@@ -9,10 +9,10 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func members(states map[string]State) []Member {
-	var out []Member
-	for id, s := range states {
-		out = append(out, Member{ID: id, State: s})
+func members(set map[string]bool) []string {
+	var out []string
+	for id := range set {
+		out = append(out, id)
 	}
 	return out
 }
@@ -33,17 +33,17 @@ func TestDiffAgainstSampling(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for trial := range 30 {
 		nodes := 3 + rng.IntN(4)
-		before := map[string]State{}
+		before := map[string]bool{}
 		for i := range nodes {
-			before[fmt.Sprintf("n%d", i)] = Normal
+			before[fmt.Sprintf("n%d", i)] = true
 		}
-		after := map[string]State{}
+		after := map[string]bool{}
 		for k, v := range before {
 			after[k] = v
 		}
 		switch trial % 3 {
 		case 0:
-			after[fmt.Sprintf("n%d", nodes)] = Normal // add
+			after[fmt.Sprintf("n%d", nodes)] = true // add
 		case 1:
 			delete(after, "n0") // remove
 		}
@@ -75,8 +75,8 @@ func TestDiffAgainstSampling(t *testing.T) {
 }
 
 func TestDiffAddNodeGainsEveryReplicaPosition(t *testing.T) {
-	from := New(1, 50, members(map[string]State{"a": Normal, "b": Normal, "c": Normal}))
-	to := New(2, 50, members(map[string]State{"a": Normal, "b": Normal, "c": Normal, "d": Normal}))
+	from := New(1, 50, members(map[string]bool{"a": true, "b": true, "c": true}))
+	to := New(2, 50, members(map[string]bool{"a": true, "b": true, "c": true, "d": true}))
 	moves := Diff(from, 3, to, 3)
 	require.NotEmpty(t, moves)
 	for _, mv := range moves {
@@ -93,13 +93,13 @@ func TestDiffAddNodeGainsEveryReplicaPosition(t *testing.T) {
 }
 
 func TestDiffIdentical(t *testing.T) {
-	r := New(1, 10, members(map[string]State{"a": Normal, "b": Normal}))
+	r := New(1, 10, members(map[string]bool{"a": true, "b": true}))
 	require.Empty(t, Diff(r, 2, r, 2))
 	require.Empty(t, Diff(New(1, 10, nil), 3, New(1, 10, nil), 3))
 }
 
 func TestMoveTargets(t *testing.T) {
-	r := New(1, 50, members(map[string]State{"a": Normal, "b": Normal, "c": Normal, "d": Normal, "e": Normal}))
+	r := New(1, 50, members(map[string]bool{"a": true, "b": true, "c": true, "d": true, "e": true}))
 	// A node swapped: only the gainer catches up.
 	swap := Move{From: []string{"a", "b", "c"}, To: []string{"a", "d", "c"}}
 	require.Equal(t, []string{"d"}, swap.Targets())

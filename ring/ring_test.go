@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"testing"
 
@@ -15,13 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func normal(ids ...string) []Member {
-	ms := make([]Member, len(ids))
-	for i, id := range ids {
-		ms[i] = Member{ID: id, State: Normal}
-	}
-	return ms
-}
+func normal(ids ...string) []string { return ids }
 
 func names(format string, n int) []string {
 	ids := make([]string, n)
@@ -29,22 +22,6 @@ func names(format string, n int) []string {
 		ids[i] = fmt.Sprintf(format, i)
 	}
 	return ids
-}
-
-func TestState(t *testing.T) {
-	for _, s := range []State{Joining, Normal, Leaving, Removed} {
-		got, err := ParseState(s.String())
-		require.NoError(t, err)
-		require.Equal(t, s, got)
-		got, err = ParseState(" " + strings.ToLower(s.String()) + " ")
-		require.NoError(t, err)
-		require.Equal(t, s, got)
-	}
-	require.Equal(t, "JOINING", Joining.String())
-	require.Equal(t, "REMOVED", Removed.String())
-	require.Equal(t, "State(0)", State(0).String())
-	_, err := ParseState("DEAD")
-	require.ErrorContains(t, err, `unknown node state "DEAD"`)
 }
 
 // TestPointPositionsAreStable pins the point encoding. Positions decide
@@ -72,20 +49,18 @@ type naiveRing []struct {
 	id  string
 }
 
-func newNaive(members []Member, vnodes int, pos func(string, int) uint64) naiveRing {
-	state := map[string]State{}
-	for _, m := range members {
-		state[m.ID] = m.State // later entries win
+func newNaive(owners []string, vnodes int, pos func(string, int) uint64) naiveRing {
+	set := map[string]bool{}
+	for _, id := range owners {
+		set[id] = true // duplicates count once
 	}
 	var pts naiveRing
-	for id, st := range state {
-		if st == Normal || st == Leaving {
-			for v := 0; v < vnodes; v++ {
-				pts = append(pts, struct {
-					pos uint64
-					id  string
-				}{pos(id, v), id})
-			}
+	for id := range set {
+		for v := 0; v < vnodes; v++ {
+			pts = append(pts, struct {
+				pos uint64
+				id  string
+			}{pos(id, v), id})
 		}
 	}
 	sort.Slice(pts, func(i, j int) bool {
@@ -116,22 +91,20 @@ func (pts naiveRing) preference(hash uint64, n int) []string {
 }
 
 // TestPreferenceMatchesNaive compares Preference with the linear reference
-// over random member sets, states, vnode counts and hashes. Half the rings
+// over random owner sets (with duplicates), vnode counts and hashes. Half the rings
 // use a coarse hash (64 positions) so that colliding points, ties across
 // nodes and hashes equal to a point are common rather than theoretical.
 func TestPreferenceMatchesNaive(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 1))
 	coarse := func(id string, v int) uint64 { return pointPos(id, v) % 64 << 58 }
-	states := []State{Joining, Normal, Normal, Normal, Leaving, Removed}
 	for iter := range 400 {
 		pos := pointPos
 		if iter%2 == 1 {
 			pos = coarse
 		}
-		var members []Member
+		var members []string
 		for range rng.IntN(10) {
-			id := fmt.Sprintf("n%d", rng.IntN(12)) // duplicates on purpose
-			members = append(members, Member{ID: id, State: states[rng.IntN(len(states))]})
+			members = append(members, fmt.Sprintf("n%d", rng.IntN(12))) // duplicates on purpose
 		}
 		vnodes := 1 + rng.IntN(20)
 		r := build(uint64(iter), vnodes, members, pos)
@@ -181,36 +154,20 @@ func TestPreferenceEdges(t *testing.T) {
 	require.Zero(t, New(1, 0, nil).Size())
 }
 
-func TestMembersAndStates(t *testing.T) {
-	r := New(9, 0, []Member{
-		{ID: "d", State: Removed},
-		{ID: "b", State: Leaving},
-		{ID: "c", State: Joining},
-		{ID: "a", State: Normal},
-		{ID: "e", State: Joining},
-		{ID: "e", State: Normal}, // later entry wins
-	})
+func TestOwners(t *testing.T) {
+	r := New(9, 0, []string{"d", "b", "a", "e", "e"})
 	require.Equal(t, uint64(9), r.Epoch())
-	require.Equal(t, []Member{
-		{ID: "a", State: Normal}, {ID: "b", State: Leaving}, {ID: "c", State: Joining},
-		{ID: "d", State: Removed}, {ID: "e", State: Normal},
-	}, r.Members())
-	require.Equal(t, 3, r.Size(), "a, b (leaving) and e own points")
-	require.Len(t, r.points, 3*DefaultVirtualNodes, "vnodes <= 0 means the default")
+	require.Equal(t, []string{"a", "b", "d", "e"}, r.Owners(), "sorted, duplicates once")
+	require.Equal(t, 4, r.Size())
+	require.True(t, r.Owns("d"))
+	require.False(t, r.Owns("c"))
+	require.False(t, r.Owns(""))
+	require.Len(t, r.points, 4*DefaultVirtualNodes, "vnodes <= 0 means the default")
 	require.Len(t, New(1, 7, normal("a")).points, 7)
 
-	m, ok := r.Member("c")
-	require.True(t, ok)
-	require.Equal(t, Member{ID: "c", State: Joining}, m)
-	_, ok = r.Member("zz")
-	require.False(t, ok)
-	_, ok = r.Member("")
-	require.False(t, ok)
-
-	ms := r.Members()
-	ms[0].State = Removed
-	m, _ = r.Member("a")
-	require.Equal(t, Normal, m.State, "Members returns a copy")
+	owners := r.Owners()
+	owners[0] = "zz"
+	require.Equal(t, "a", r.Owners()[0], "Owners returns a copy")
 
 	rng := rand.New(rand.NewPCG(2, 2))
 	seen := map[string]int{}
@@ -219,8 +176,7 @@ func TestMembersAndStates(t *testing.T) {
 			seen[id]++
 		}
 	}
-	require.Equal(t, map[string]int{"a": 2000, "b": 2000, "e": 2000}, seen,
-		"joining and removed members never appear; leaving ones do")
+	require.Equal(t, map[string]int{"a": 2000, "b": 2000, "d": 2000, "e": 2000}, seen)
 }
 
 // shares measures, exactly rather than by sampling, each node's share of

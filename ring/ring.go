@@ -8,70 +8,11 @@ package ring
 import (
 	"cmp"
 	"encoding/binary"
-	"fmt"
 	"slices"
-	"strings"
 	"sync/atomic"
 
 	"github.com/cespare/xxhash/v2"
-	"github.com/cockroachdb/errors"
 )
-
-// State is a member's place in its lifecycle.
-type State int
-
-const (
-	// Joining members are listed but own no points yet: they take writes
-	// for the next ring while ranges are transferred to them.
-	Joining State = iota + 1
-	// Normal members own points and serve reads and writes.
-	Normal
-	// Leaving members still own points (they serve reads) until cutover.
-	Leaving
-	// Removed members own nothing; they stay listed so late messages from
-	// them can be recognised.
-	Removed
-)
-
-func (s State) String() string {
-	switch s {
-	case Joining:
-		return "JOINING"
-	case Normal:
-		return "NORMAL"
-	case Leaving:
-		return "LEAVING"
-	case Removed:
-		return "REMOVED"
-	}
-	return fmt.Sprintf("State(%d)", int(s))
-}
-
-// ParseState reads a state name as String writes it, in any case.
-func ParseState(s string) (State, error) {
-	switch strings.ToUpper(strings.TrimSpace(s)) {
-	case "JOINING":
-		return Joining, nil
-	case "NORMAL":
-		return Normal, nil
-	case "LEAVING":
-		return Leaving, nil
-	case "REMOVED":
-		return Removed, nil
-	}
-	return 0, errors.Newf("unknown node state %q: use JOINING, NORMAL, LEAVING or REMOVED", s)
-}
-
-// ownsPoints reports whether a member in state s is part of the current
-// ring. Leaving members keep their points until the cutover event removes
-// them, so reads still find the data they hold.
-func (s State) ownsPoints() bool { return s == Normal || s == Leaving }
-
-// Member is one physical node and its state.
-type Member struct {
-	ID    string
-	State State
-}
 
 // DefaultVirtualNodes is V when New is given none. With 150 points a node's
 // share of the hash space deviates from fair by roughly 1/sqrt(150) ≈ 8%
@@ -89,41 +30,25 @@ type point struct {
 // Ring is one epoch's placement. It is immutable after New, so it is safe
 // for concurrent use without locks.
 type Ring struct {
-	epoch   uint64
-	members []Member // sorted by ID
-	owners  []string // IDs of members that own points, sorted
-	points  []point  // sorted by (pos, owner)
+	epoch  uint64
+	owners []string // the nodes that own points, sorted
+	points []point  // sorted by (pos, owner)
 }
 
-// New builds the ring at an epoch. vnodes <= 0 means DefaultVirtualNodes.
-// Members in state Normal or Leaving form the current ring (they own
-// points); Joining and Removed members are listed in Members() but own no
-// points yet. If an ID appears more than once the later entry wins, as when
-// folding ring events in order.
-func New(epoch uint64, vnodes int, members []Member) *Ring {
-	return build(epoch, vnodes, members, pointPos)
+// New builds the ring at an epoch from the nodes that own points (which
+// nodes those are is membership's to say: its node states). vnodes <= 0
+// means DefaultVirtualNodes. Duplicate ids count once.
+func New(epoch uint64, vnodes int, owners []string) *Ring {
+	return build(epoch, vnodes, owners, pointPos)
 }
 
 // build is New with the point hash as an argument, so tests can force
 // colliding positions that xxHash64 will not produce on demand.
-func build(epoch uint64, vnodes int, members []Member, pos func(id string, v int) uint64) *Ring {
+func build(epoch uint64, vnodes int, owners []string, pos func(id string, v int) uint64) *Ring {
 	if vnodes <= 0 {
 		vnodes = DefaultVirtualNodes
 	}
-	byID := make(map[string]State, len(members))
-	for _, m := range members {
-		byID[m.ID] = m.State
-	}
-	r := &Ring{epoch: epoch, members: make([]Member, 0, len(byID))}
-	for id, st := range byID {
-		r.members = append(r.members, Member{ID: id, State: st})
-	}
-	slices.SortFunc(r.members, func(a, b Member) int { return strings.Compare(a.ID, b.ID) })
-	for _, m := range r.members {
-		if m.State.ownsPoints() {
-			r.owners = append(r.owners, m.ID)
-		}
-	}
+	r := &Ring{epoch: epoch, owners: slices.Compact(slices.Sorted(slices.Values(owners)))}
 	r.points = make([]point, 0, len(r.owners)*vnodes)
 	for i, id := range r.owners {
 		for v := range vnodes {
@@ -162,16 +87,13 @@ func pointPos(id string, v int) uint64 {
 // Epoch is the ring stream position this ring was folded up to.
 func (r *Ring) Epoch() uint64 { return r.epoch }
 
-// Members returns every member, sorted by ID. The slice is a copy.
-func (r *Ring) Members() []Member { return slices.Clone(r.members) }
+// Owners returns the nodes that own points, sorted. The slice is a copy.
+func (r *Ring) Owners() []string { return slices.Clone(r.owners) }
 
-// Member looks up one member by ID.
-func (r *Ring) Member(id string) (Member, bool) {
-	i, ok := slices.BinarySearchFunc(r.members, id, func(m Member, id string) int { return strings.Compare(m.ID, id) })
-	if !ok {
-		return Member{}, false
-	}
-	return r.members[i], true
+// Owns reports whether node id owns points on this ring.
+func (r *Ring) Owns(id string) bool {
+	_, ok := slices.BinarySearch(r.owners, id)
+	return ok
 }
 
 // Size is the number of distinct nodes that own points.
