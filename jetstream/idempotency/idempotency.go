@@ -366,32 +366,12 @@ func (s *Store) waitForChange(ctx context.Context, key string, rev uint64, aband
 // ours; UNAVAILABLE when NATS cannot be reached (the record then stays
 // PENDING until taken over after PendingTimeout).
 func (c *Claim) Complete(ctx context.Context, response []byte) error {
-	if err := c.executable("complete"); err != nil {
-		return err
-	}
-	data, err := marshal(&pb.IdempotencyRecord{
-		State:             pb.IdempotencyRecord_DONE,
-		RequestHash:       c.hash,
-		Response:          response,
-		CreatedUnixMs:     time.Now().UnixMilli(),
-		Minter:            c.minter,
-		MinterIncarnation: c.minterInc,
-	})
-	if err != nil {
-		return err
-	}
-	ctx, cancel := jsbucket.WithDefaultTimeout(ctx)
-	defer cancel()
-	_, err = c.s.kv.Update(ctx, c.key, data, c.rev)
-	if jsbucket.IsConflict(err) {
-		c.s.log.Warn("idempotency claim lost before completion; a duplicate may have executed the write again",
-			zap.String("record", c.key), zap.Uint64("revision", c.rev))
-		return errors.Mark(status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "complete idempotency record %q", c.key), ErrClaimLost)
-	}
-	if err != nil {
-		return unavailable(err, "complete idempotency record")
-	}
-	return nil
+	_, err := c.update(ctx, "complete", &pb.IdempotencyRecord{State: pb.IdempotencyRecord_DONE, Response: response},
+		c.minter, c.minterInc, func(err error) {
+			c.s.log.Warn("idempotency claim lost before completion; a duplicate may have executed the write again",
+				zap.String("record", c.key), zap.Uint64("revision", c.rev), zap.Error(err))
+		})
+	return err
 }
 
 // Abort releases our PENDING record after a failed write: the record turns
@@ -404,29 +384,8 @@ func (c *Claim) Complete(ctx context.Context, response []byte) error {
 // after PendingTimeout. Pass a live context: when the request's own deadline
 // has passed, derive one with context.WithoutCancel plus a timeout.
 func (c *Claim) Abort(ctx context.Context) error {
-	if err := c.executable("abort"); err != nil {
-		return err
-	}
-	data, err := marshal(&pb.IdempotencyRecord{
-		State:             pb.IdempotencyRecord_RETRY,
-		RequestHash:       c.hash,
-		CreatedUnixMs:     time.Now().UnixMilli(),
-		Minter:            c.minter,
-		MinterIncarnation: c.minterInc,
-	})
-	if err != nil {
-		return err
-	}
-	ctx, cancel := jsbucket.WithDefaultTimeout(ctx)
-	defer cancel()
-	_, err = c.s.kv.Update(ctx, c.key, data, c.rev)
-	if jsbucket.IsConflict(err) {
-		return errors.Mark(status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "abort idempotency record %q", c.key), ErrClaimLost)
-	}
-	if err != nil {
-		return unavailable(err, "abort idempotency record")
-	}
-	return nil
+	_, err := c.update(ctx, "abort", &pb.IdempotencyRecord{State: pb.IdempotencyRecord_RETRY}, c.minter, c.minterInc, nil)
+	return err
 }
 
 // Reassign names another minter, after the named one certainly refused to
@@ -436,24 +395,39 @@ func (c *Claim) Abort(ctx context.Context) error {
 // misses where it landed. It fails with ErrClaimLost when the record is no
 // longer ours.
 func (c *Claim) Reassign(ctx context.Context, minter, minterInc string) error {
-	if err := c.executable("reassign"); err != nil {
-		return err
-	}
-	data, err := pending(c.hash, minter, minterInc)
+	rev, err := c.update(ctx, "reassign", &pb.IdempotencyRecord{State: pb.IdempotencyRecord_PENDING}, minter, minterInc, nil)
 	if err != nil {
 		return err
+	}
+	c.rev, c.minter, c.minterInc = rev, minter, minterInc
+	return nil
+}
+
+// update replaces our record with rec (stamped with the request hash, the
+// time and the minter) if it is still at our revision: ErrClaimLost (and
+// lost, when given, is told) when another attempt took it over.
+func (c *Claim) update(ctx context.Context, op string, rec *pb.IdempotencyRecord, minter, minterInc string, lost func(error)) (uint64, error) {
+	if err := c.executable(op); err != nil {
+		return 0, err
+	}
+	rec.RequestHash, rec.CreatedUnixMs, rec.Minter, rec.MinterIncarnation = c.hash, time.Now().UnixMilli(), minter, minterInc
+	data, err := marshal(rec)
+	if err != nil {
+		return 0, err
 	}
 	ctx, cancel := jsbucket.WithDefaultTimeout(ctx)
 	defer cancel()
 	rev, err := c.s.kv.Update(ctx, c.key, data, c.rev)
 	if jsbucket.IsConflict(err) {
-		return errors.Mark(status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "reassign idempotency record %q", c.key), ErrClaimLost)
+		if lost != nil {
+			lost(err)
+		}
+		return 0, errors.Mark(status.Wrap(pb.ErrorCode_UNAVAILABLE, err, "%s idempotency record %q", op, c.key), ErrClaimLost)
 	}
 	if err != nil {
-		return unavailable(err, "reassign idempotency record")
+		return 0, unavailable(err, op+" idempotency record")
 	}
-	c.rev, c.minter, c.minterInc = rev, minter, minterInc
-	return nil
+	return rev, nil
 }
 
 func (c *Claim) executable(op string) error {
