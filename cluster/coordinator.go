@@ -26,7 +26,7 @@ import (
 	"github.com/pairdb/pairdb/postgres/tenantpg"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/status"
-	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
+	"github.com/pairdb/pairdb/storagenode"
 	"github.com/pairdb/pairdb/tenant"
 )
 

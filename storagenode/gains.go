@@ -14,7 +14,7 @@ import (
 	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/membership"
 	"github.com/pairdb/pairdb/ring"
-	"github.com/pairdb/pairdb/storagenode-adapter/engine"
+	"github.com/pairdb/pairdb/storagenode/engine"
 )
 
 // Gained arcs start empty (DESIGN.md §7). When a change makes this node a

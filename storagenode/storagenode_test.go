@@ -21,7 +21,7 @@ import (
 	"github.com/pairdb/pairdb/internal/natstest"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/status"
-	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
+	"github.com/pairdb/pairdb/storagenode"
 )
 
 var subjects = bus.Subjects{}

@@ -16,7 +16,7 @@ import (
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/status"
-	"github.com/pairdb/pairdb/storagenode-adapter/engine"
+	"github.com/pairdb/pairdb/storagenode/engine"
 )
 
 // Range transfer, target side (DESIGN.md §7). For every (tenant, arc) this

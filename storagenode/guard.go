@@ -11,7 +11,7 @@ import (
 	"github.com/pairdb/pairdb/keyspace"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/status"
-	"github.com/pairdb/pairdb/storagenode-adapter/engine"
+	"github.com/pairdb/pairdb/storagenode/engine"
 	"github.com/pairdb/pairdb/tenant"
 )
 

@@ -19,7 +19,7 @@ import (
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/status"
-	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
+	"github.com/pairdb/pairdb/storagenode"
 )
 
 // waitTimeout bounds every condition a test waits for.

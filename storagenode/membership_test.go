@@ -22,8 +22,8 @@ import (
 	"github.com/pairdb/pairdb/ring"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/status"
-	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
-	"github.com/pairdb/pairdb/storagenode-adapter/engine"
+	"github.com/pairdb/pairdb/storagenode"
+	"github.com/pairdb/pairdb/storagenode/engine"
 )
 
 // gained lists the moves of st's change that node gains, and how many of

@@ -17,8 +17,8 @@ import (
 	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
-	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
-	"github.com/pairdb/pairdb/storagenode-adapter/engine"
+	"github.com/pairdb/pairdb/storagenode"
+	"github.com/pairdb/pairdb/storagenode/engine"
 )
 
 // TestGainedArcsStartEmptyAndObsoleteHintsAreDropped adds node c, whose

@@ -12,7 +12,7 @@ import (
 	"github.com/pairdb/pairdb/dvv"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/status"
-	"github.com/pairdb/pairdb/storagenode-adapter/engine"
+	"github.com/pairdb/pairdb/storagenode/engine"
 )
 
 func open(t testing.TB, dir string) *engine.Engine {

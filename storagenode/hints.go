@@ -14,7 +14,7 @@ import (
 	"github.com/pairdb/pairdb/dvv/dvvpb"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/status"
-	"github.com/pairdb/pairdb/storagenode-adapter/engine"
+	"github.com/pairdb/pairdb/storagenode/engine"
 )
 
 // HintInbox is this node's hinted-handoff queue (jetstream/hints behind an

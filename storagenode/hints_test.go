@@ -14,7 +14,7 @@ import (
 	"github.com/pairdb/pairdb/dvv/dvvpb"
 	"github.com/pairdb/pairdb/internal/natstest"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
-	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
+	"github.com/pairdb/pairdb/storagenode"
 )
 
 // fakeInbox hands out queued hints in batches and records how each one was

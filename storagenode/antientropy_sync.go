@@ -14,7 +14,7 @@ import (
 	"github.com/pairdb/pairdb/ring"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/status"
-	"github.com/pairdb/pairdb/storagenode-adapter/engine"
+	"github.com/pairdb/pairdb/storagenode/engine"
 )
 
 // Anti-entropy, the exchange with one peer: digests, leaf reconciliation,

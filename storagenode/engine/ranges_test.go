@@ -14,7 +14,7 @@ import (
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/ring"
-	"github.com/pairdb/pairdb/storagenode-adapter/engine"
+	"github.com/pairdb/pairdb/storagenode/engine"
 )
 
 func openNoSync(t testing.TB) *engine.Engine {

@@ -9,7 +9,7 @@ import (
 	"github.com/pairdb/pairdb/ring"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/status"
-	"github.com/pairdb/pairdb/storagenode-adapter/engine"
+	"github.com/pairdb/pairdb/storagenode/engine"
 )
 
 // Range transfer and anti-entropy, source side: scan pages of a tenant's

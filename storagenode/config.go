@@ -11,7 +11,7 @@ import (
 
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/keyspace"
-	"github.com/pairdb/pairdb/storagenode-adapter/engine"
+	"github.com/pairdb/pairdb/storagenode/engine"
 )
 
 // Defaults applied by Start to zero-valued Config fields.

@@ -9,7 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pairdb/pairdb/dvv"
-	"github.com/pairdb/pairdb/storagenode-adapter/engine"
+	"github.com/pairdb/pairdb/storagenode/engine"
 )
 
 // BenchmarkApplyParallel writes distinct keys from many goroutines. With
