@@ -82,6 +82,8 @@ const (
 	// aeRetries is how often a round starts over when the ring moves
 	// under it before it gives up until the next round.
 	aeRetries = 3
+	// peerTimeout bounds one request to a peer.
+	peerTimeout = 30 * time.Second
 )
 
 // Round states as RepairStatus reports them.
@@ -102,6 +104,9 @@ const (
 )
 
 var errChangeRunning = errors.New("a membership change is running; anti-entropy waits for it to finish")
+
+// errPlacementMoved says the ring moved under a round, which starts over.
+var errPlacementMoved = errors.New("the ring changed; the work is recomputed")
 
 type aeMetrics struct {
 	set      *metrics.Set
@@ -405,7 +410,7 @@ func isPeerError(err error) bool {
 // log: a node needs no tenant store, and reaches none (deploy/nats).
 func (ae *antiEntropy) plan(_ context.Context, st *membership.State, only string) ([]arcWork, error) {
 	n := ae.n
-	rfs := tenantRFs(st)
+	rfs := st.TenantRFs()
 	var tenants []string
 	if only != "" {
 		tenants = []string{only}

@@ -23,12 +23,10 @@ type nodeMetrics struct {
 	keys         *metrics.Gauge
 	heartbeatErr *metrics.Counter
 
-	keysTransferred *metrics.Counter
-	cleanupDeleted  *metrics.Counter
-	gainedCleared   *metrics.Counter
-	hintsObsolete   *metrics.Counter
-	staleEpoch      *metrics.Counter
-	originsSwept    *metrics.Counter
+	gainedCleared *metrics.Counter
+	hintsObsolete *metrics.Counter
+	staleEpoch    *metrics.Counter
+	originsSwept  *metrics.Counter
 }
 
 func newNodeMetrics(set *metrics.Set, node string, ops ...string) *nodeMetrics {
@@ -43,12 +41,10 @@ func newNodeMetrics(set *metrics.Set, node string, ops ...string) *nodeMetrics {
 		keys:         set.GetOrCreateGauge(fmt.Sprintf(`pairdb_node_keys{node=%q}`, node), nil),
 		heartbeatErr: set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_heartbeat_errors_total{node=%q}`, node)),
 
-		keysTransferred: set.GetOrCreateCounter(fmt.Sprintf(`pairdb_migration_keys_transferred_total{node=%q}`, node)),
-		cleanupDeleted:  set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_cleanup_deleted_keys_total{node=%q}`, node)),
-		gainedCleared:   set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_gained_orphans_cleared_total{node=%q}`, node)),
-		hintsObsolete:   set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_hints_obsolete_total{node=%q}`, node)),
-		staleEpoch:      set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_stale_epoch_total{node=%q}`, node)),
-		originsSwept:    set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_origin_records_swept_total{node=%q}`, node)),
+		gainedCleared: set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_gained_orphans_cleared_total{node=%q}`, node)),
+		hintsObsolete: set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_hints_obsolete_total{node=%q}`, node)),
+		staleEpoch:    set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_stale_epoch_total{node=%q}`, node)),
+		originsSwept:  set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_origin_records_swept_total{node=%q}`, node)),
 	}
 	for _, op := range ops {
 		m.requests[op] = set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_requests_total{node=%q,op=%q}`, node, op))
@@ -82,16 +78,4 @@ func (m *nodeMetrics) observe(op string, start time.Time, code string) {
 	if code != "" {
 		m.requestError(op, code)
 	}
-}
-
-// Transfer outcomes, per (tenant, arc) a target pulls.
-const (
-	transferVerified = "verified" // digests matched, or a full pass found nothing new
-	transferResumed  = "resumed"  // started from a checkpoint left by an earlier run
-	transferFailed   = "failed"   // every source failed or the passes did not converge; retried
-)
-
-// transfer counts one transfer outcome (a closed set of statuses).
-func (m *nodeMetrics) transfer(status string) {
-	m.set.GetOrCreateCounter(fmt.Sprintf(`pairdb_migration_transfers_total{node=%q,status=%q}`, m.node, status)).Inc()
 }

@@ -25,6 +25,7 @@ import (
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/status"
 	"github.com/pairdb/pairdb/storagenode/engine"
+	"github.com/pairdb/pairdb/storagenode/transfer"
 )
 
 const (
@@ -43,6 +44,7 @@ type Node struct {
 	svc       *bus.Service
 	lim       *bus.Limiter
 	met       *nodeMetrics
+	xferMet   *transfer.Metrics
 	hbSubject string
 	hbStop    chan struct{}
 	hbDone    chan struct{}
@@ -102,6 +104,7 @@ func Start(nc *nats.Conn, cfg Config) (*Node, error) {
 		eng:       eng,
 		lim:       bus.NewLimiter(cfg.MaxConcurrent),
 		met:       newNodeMetrics(cfg.Metrics, cfg.ID, bus.OpApply, bus.OpMerge, bus.OpRead, bus.OpScan, bus.OpDigest, opDigests, opRepair),
+		xferMet:   transfer.NewMetrics(cfg.Metrics, cfg.ID),
 		mem:       cfg.Membership,
 		hbSubject: cfg.Subjects.Heartbeat(cfg.ID),
 		hbStop:    make(chan struct{}),

@@ -1,4 +1,4 @@
-package storagenode
+package transfer
 
 import (
 	"context"
@@ -40,16 +40,15 @@ func RefillID(node string) string { return "refill-" + node }
 
 // refill pulls every arc this node replicates on st's ring and reports it
 // refilled.
-func (d *driver) refill(ctx context.Context, st *membership.State) error {
-	n := d.n
-	inc := n.eng.Incarnation()
-	moves := st.Refill(n.cfg.ID)
+func (m *Mover) refill(ctx context.Context, st *membership.State) error {
+	inc := m.cfg.Engine.Incarnation()
+	moves := st.Refill(m.cfg.ID)
 	if len(moves) > 0 {
-		n.log.Info("this node lost its data: refilling it from the other replicas before it serves reads",
+		m.log.Info("this node lost its data: refilling it from the other replicas before it serves reads",
 			zap.Int("ranges", len(moves)), zap.Uint64("seq", st.Seq))
 	}
-	keys, err := d.pull(ctx, st, pullJob{
-		id: RefillID(n.cfg.ID), moves: moves,
+	keys, err := m.pull(ctx, st, pullJob{
+		id: RefillID(m.cfg.ID), moves: moves,
 		checkpoint: func(mv membership.TenantMove) string { return refillCheckpointName(inc, mv) },
 		holds:      func(membership.TenantMove) bool { return false },
 	})
@@ -58,16 +57,16 @@ func (d *driver) refill(ctx context.Context, st *membership.State) error {
 	}
 	actx, cancel := context.WithTimeout(ctx, adminTimeout)
 	defer cancel()
-	seq, err := n.mem.ReportRefilled(actx, n.cfg.ID, inc, st.Seq, keys)
+	seq, err := m.cfg.Ring.ReportRefilled(actx, m.cfg.ID, inc, st.Seq, keys)
 	if status.Is(err, pb.ErrorCode_VERSION_CONFLICT) {
-		return errors.Wrap(errPlacementMoved, err.Error())
+		return errors.Wrap(ErrPlacementMoved, err.Error())
 	}
 	if err != nil {
 		return errors.Wrap(err, "report the refill")
 	}
-	if err := n.mem.WaitFor(actx, seq); err != nil {
+	if err := m.cfg.Ring.WaitFor(actx, seq); err != nil {
 		return errors.Wrap(err, "fold own refill")
 	}
-	n.log.Info("refilled: serving reads again", zap.Uint64("keys", keys), zap.Uint64("seq", seq))
-	return errors.Wrap(n.eng.DeleteMetaPrefix(refillPrefix), "drop refill checkpoints")
+	m.log.Info("refilled: serving reads again", zap.Uint64("keys", keys), zap.Uint64("seq", seq))
+	return errors.Wrap(m.cfg.Engine.DeleteMetaPrefix(refillPrefix), "drop refill checkpoints")
 }
