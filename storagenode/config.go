@@ -12,6 +12,7 @@ import (
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/storagenode/engine"
+	"github.com/pairdb/pairdb/storagenode/heal"
 )
 
 // Defaults applied by Start to zero-valued Config fields.
@@ -56,6 +57,11 @@ const (
 	// DefaultHintBatch is how many hints one fetch takes (and one commit
 	// per tenant in it holds); never more than a second's worth.
 	DefaultHintBatch = 256
+	// DefaultAntiEntropyInterval is how often a node compares the arcs it
+	// replicates with their other replicas (heal.AntiEntropy).
+	DefaultAntiEntropyInterval = 10 * time.Minute
+	// DefaultAntiEntropyRate paces anti-entropy in keys per second.
+	DefaultAntiEntropyRate = 20000
 )
 
 // Config configures a storage node. Zero-valued optional fields take the
@@ -108,7 +114,7 @@ type Config struct {
 	EpochWait time.Duration
 
 	// Hints is this node's hinted-handoff inbox; nil disables replay.
-	Hints HintInbox
+	Hints heal.HintInbox
 	// HintRate is the replay pace in hints per second (default 2000).
 	HintRate float64
 	// HintBatch is the number of hints fetched and committed together
@@ -117,7 +123,7 @@ type Config struct {
 
 	// AntiEntropyInterval is how often the node compares the arcs it
 	// replicates with their other replicas and repairs what differs
-	// (default 10m; see antientropy.go).
+	// (default 10m; see heal/antientropy.go).
 	AntiEntropyInterval time.Duration
 	// AntiEntropyRate paces anti-entropy in keys per second: keys digested
 	// locally or remotely, pulled and pushed (default 20000).
@@ -255,4 +261,26 @@ func (c Config) withDefaults() (Config, error) {
 		c.Metrics = metrics.NewSet()
 	}
 	return c, nil
+}
+
+// validateHealing checks the anti-entropy and tombstone settings.
+func (c Config) validateHealing() error {
+	switch {
+	case c.AntiEntropyInterval < 0:
+		return errors.Newf("storage node: AntiEntropyInterval must not be negative, got %s", c.AntiEntropyInterval)
+	case c.AntiEntropyRate < 0:
+		return errors.Newf("storage node: AntiEntropyRate must not be negative, got %d", c.AntiEntropyRate)
+	}
+	return nil
+}
+
+// withHealingDefaults fills the zero anti-entropy and tombstone settings.
+func (c Config) withHealingDefaults() Config {
+	if c.AntiEntropyInterval == 0 {
+		c.AntiEntropyInterval = DefaultAntiEntropyInterval
+	}
+	if c.AntiEntropyRate == 0 {
+		c.AntiEntropyRate = DefaultAntiEntropyRate
+	}
+	return c
 }

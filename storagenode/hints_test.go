@@ -15,6 +15,7 @@ import (
 	"github.com/pairdb/pairdb/internal/natstest"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/storagenode"
+	"github.com/pairdb/pairdb/storagenode/heal"
 )
 
 // fakeInbox hands out queued hints in batches and records how each one was
@@ -39,7 +40,7 @@ func (f *fakeInbox) add(hs ...*fakeHint) {
 	f.queue = append(f.queue, hs...)
 }
 
-func (f *fakeInbox) Fetch(ctx context.Context, max int) ([]storagenode.Hint, error) {
+func (f *fakeInbox) Fetch(ctx context.Context, max int) ([]heal.Hint, error) {
 	f.mu.Lock()
 	n := min(max, len(f.queue))
 	batch := f.queue[:n]
@@ -49,7 +50,7 @@ func (f *fakeInbox) Fetch(ctx context.Context, max int) ([]storagenode.Hint, err
 		<-ctx.Done() // a long poll with nothing to deliver
 		return nil, nil
 	}
-	out := make([]storagenode.Hint, n)
+	out := make([]heal.Hint, n)
 	for i, h := range batch {
 		out[i] = h
 	}

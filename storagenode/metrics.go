@@ -24,7 +24,6 @@ type nodeMetrics struct {
 	heartbeatErr *metrics.Counter
 
 	gainedCleared *metrics.Counter
-	hintsObsolete *metrics.Counter
 	staleEpoch    *metrics.Counter
 	originsSwept  *metrics.Counter
 }
@@ -42,7 +41,6 @@ func newNodeMetrics(set *metrics.Set, node string, ops ...string) *nodeMetrics {
 		heartbeatErr: set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_heartbeat_errors_total{node=%q}`, node)),
 
 		gainedCleared: set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_gained_orphans_cleared_total{node=%q}`, node)),
-		hintsObsolete: set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_hints_obsolete_total{node=%q}`, node)),
 		staleEpoch:    set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_stale_epoch_total{node=%q}`, node)),
 		originsSwept:  set.GetOrCreateCounter(fmt.Sprintf(`pairdb_node_origin_records_swept_total{node=%q}`, node)),
 	}

@@ -25,6 +25,7 @@ import (
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/status"
 	"github.com/pairdb/pairdb/storagenode/engine"
+	"github.com/pairdb/pairdb/storagenode/heal"
 	"github.com/pairdb/pairdb/storagenode/transfer"
 )
 
@@ -45,6 +46,7 @@ type Node struct {
 	lim       *bus.Limiter
 	met       *nodeMetrics
 	xferMet   *transfer.Metrics
+	healMet   *heal.Metrics
 	hbSubject string
 	hbStop    chan struct{}
 	hbDone    chan struct{}
@@ -54,9 +56,9 @@ type Node struct {
 	mem Membership
 	drv *driver
 	// hints drains the node's hinted handoff (nil without an inbox).
-	hints *hintDrainer
+	hints *heal.Hints
 	// ae is the anti-entropy worker (nil in static mode).
-	ae *antiEntropy
+	ae *heal.AntiEntropy
 	// origins sweeps expired origin records.
 	origins *originSweeper
 	// marks says which incarnation of each tenant the stored data is
@@ -96,6 +98,7 @@ func Start(nc *nats.Conn, cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, errors.Wrapf(err, "storage node %s", cfg.ID)
 	}
+	met := newNodeMetrics(cfg.Metrics, cfg.ID, bus.OpApply, bus.OpMerge, bus.OpRead, bus.OpScan, bus.OpDigest, bus.OpDigests, bus.OpRepair)
 	n := &Node{
 		marks:     &tenantMarks{m: map[string]tenantMark{}},
 		cfg:       cfg,
@@ -103,8 +106,9 @@ func Start(nc *nats.Conn, cfg Config) (*Node, error) {
 		nc:        nc,
 		eng:       eng,
 		lim:       bus.NewLimiter(cfg.MaxConcurrent),
-		met:       newNodeMetrics(cfg.Metrics, cfg.ID, bus.OpApply, bus.OpMerge, bus.OpRead, bus.OpScan, bus.OpDigest, opDigests, opRepair),
+		met:       met,
 		xferMet:   transfer.NewMetrics(cfg.Metrics, cfg.ID),
+		healMet:   heal.NewMetrics(cfg.Metrics, cfg.ID, met.mergeChanged),
 		mem:       cfg.Membership,
 		hbSubject: cfg.Subjects.Heartbeat(cfg.ID),
 		hbStop:    make(chan struct{}),
@@ -125,7 +129,7 @@ func Start(nc *nats.Conn, cfg Config) (*Node, error) {
 	if n.mem != nil {
 		// Built before the endpoints are registered: the repair endpoint
 		// queues rounds on it; it starts working with the driver.
-		n.ae = newAntiEntropy(n)
+		n.ae = n.newAntiEntropy()
 	}
 	if err := n.register(); err != nil {
 		n.stopGate()
@@ -145,7 +149,7 @@ func Start(nc *nats.Conn, cfg Config) (*Node, error) {
 			log.Warn("registration failed; retrying in the background", zap.Error(err))
 		}
 		n.startDriver()
-		n.ae.start()
+		n.ae.Start()
 	}
 	n.startHints()
 	n.startOriginSweeper()
@@ -206,10 +210,10 @@ func (n *Node) register() error {
 		{bus.OpDigest, bus.Endpoint(srv, bus.OpDigest,
 			func() *pb.DigestRequest { return &pb.DigestRequest{} },
 			func() *pb.DigestResponse { return &pb.DigestResponse{} }, n.digest)},
-		{opDigests, bus.Endpoint(srv, opDigests,
+		{bus.OpDigests, bus.Endpoint(srv, bus.OpDigests,
 			func() *pb.RangeDigestsRequest { return &pb.RangeDigestsRequest{} },
 			func() *pb.RangeDigestsResponse { return &pb.RangeDigestsResponse{} }, n.digests)},
-		{opRepair, bus.Endpoint(srv, opRepair,
+		{bus.OpRepair, bus.Endpoint(srv, bus.OpRepair,
 			func() *pb.RepairRequest { return &pb.RepairRequest{} },
 			func() *pb.RepairResponse { return &pb.RepairResponse{} }, n.repair)},
 	}
@@ -485,10 +489,10 @@ func (n *Node) Stop(ctx context.Context) error {
 		n.drv.stop()
 	}
 	if n.ae != nil {
-		n.ae.stop()
+		n.ae.Stop()
 	}
 	if n.hints != nil {
-		n.hints.stop()
+		n.hints.Stop()
 	}
 	n.origins.halt()
 	close(n.hbStop)

@@ -21,6 +21,8 @@ const (
 	// scanPayloadShare is the share of the NATS payload limit a scan page
 	// may fill; the rest is left for framing and headers.
 	scanPayloadNum, scanPayloadDen = 3, 4
+	// maxDigestRanges caps the ranges of one digests request.
+	maxDigestRanges = 256
 )
 
 func validateRange(tenant string, r *pb.HashRange) (ring.Arc, error) {
@@ -88,4 +90,35 @@ func (n *Node) digest(ctx context.Context, _ string, req *pb.DigestRequest) (*pb
 		return &pb.DigestResponse{Epoch: epoch}, n.failed(bus.OpDigest, err)
 	}
 	return &pb.DigestResponse{Digest: sum, Keys: keys, Epoch: epoch}, nil
+}
+
+// digests serves RangeDigestsRequest: the digests of several arcs at once,
+// with due tombstones counted as absent under the requester's cutoff.
+func (n *Node) digests(ctx context.Context, _ string, req *pb.RangeDigestsRequest) (*pb.RangeDigestsResponse, error) {
+	if err := keyspace.ValidateTenantID(req.GetTenantId()); err != nil {
+		return nil, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant_id")
+	}
+	if k := len(req.GetRanges()); k == 0 || k > maxDigestRanges {
+		return nil, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "ask for 1 to %d ranges, not %d", maxDigestRanges, k)
+	}
+	epoch, err := n.checkEpoch(ctx, bus.OpDigests, req.GetEpoch())
+	if err != nil {
+		return &pb.RangeDigestsResponse{Epoch: epoch}, err
+	}
+	if err := n.sourceTenant(req.GetTenantId(), req.GetTenantIncarnation()); err != nil {
+		return &pb.RangeDigestsResponse{Epoch: epoch}, err
+	}
+	arcs := make([]ring.Arc, 0, len(req.GetRanges()))
+	for _, r := range req.GetRanges() {
+		arcs = append(arcs, ring.Arc{Start: r.GetStart(), End: r.GetEnd()})
+	}
+	ds, err := n.eng.DigestArcs(req.GetTenantId(), arcs, req.GetTombstonesBeforeMs())
+	if err != nil {
+		return &pb.RangeDigestsResponse{Epoch: epoch}, n.failed(bus.OpDigests, err)
+	}
+	resp := &pb.RangeDigestsResponse{Epoch: epoch, Digests: make([]*pb.RangeDigest, 0, len(ds))}
+	for _, d := range ds {
+		resp.Digests = append(resp.Digests, &pb.RangeDigest{Digest: d.Digest, Keys: d.Keys})
+	}
+	return resp, nil
 }

@@ -296,6 +296,11 @@ func TestConfigValidate(t *testing.T) {
 // TestStopUnderLoad stops a node while writers are busy: every request is
 // either acknowledged or refused as UNAVAILABLE, and every acknowledged
 // write is there after a restart.
+func TestHealingSettingsAreChecked(t *testing.T) {
+	require.NoError(t, storagenode.DefaultConfig("n1", t.TempDir()).Validate())
+	require.ErrorContains(t, storagenode.Config{ID: "n1", DataDir: "d", AntiEntropyRate: -1}.Validate(), "AntiEntropyRate")
+}
+
 func TestStopUnderLoad(t *testing.T) {
 	_, nc := natstest.Start(t)
 	dir := t.TempDir()

@@ -8,7 +8,9 @@ import (
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/dvv"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
+	"github.com/pairdb/pairdb/status"
 	"github.com/pairdb/pairdb/storagenode/engine"
+	"github.com/pairdb/pairdb/storagenode/heal"
 	"github.com/pairdb/pairdb/storagenode/transfer"
 )
 
@@ -53,4 +55,50 @@ func (n *Node) newMover() *transfer.Mover {
 		Metrics:      n.xferMet,
 		PageHook:     n.cfg.transferHook,
 	})
+}
+
+// newAntiEntropy builds the anti-entropy worker (membership mode only).
+func (n *Node) newAntiEntropy() *heal.AntiEntropy {
+	return heal.NewAntiEntropy(heal.AntiEntropyConfig{
+		ID:        n.cfg.ID,
+		Interval:  n.cfg.AntiEntropyInterval,
+		Rate:      n.cfg.AntiEntropyRate,
+		EpochWait: n.cfg.EpochWait,
+		PageSize:  n.cfg.TransferPageSize,
+		Engine:    n.eng,
+		Store:     store{n},
+		Ring:      n.mem,
+		Request:   n.request,
+		Placement: n.placeMu.RLocker(),
+		Logger:    n.log,
+		Metrics:   n.healMet,
+	})
+}
+
+// startHints starts draining n's hints when the node has an inbox.
+func (n *Node) startHints() {
+	if n.cfg.Hints == nil {
+		return
+	}
+	n.hints = heal.StartHints(heal.HintsConfig{
+		Inbox:       n.cfg.Hints,
+		Rate:        n.cfg.HintRate,
+		Batch:       n.cfg.HintBatch,
+		Store:       store{n},
+		Ring:        n.mem, // nil in static mode
+		GainedSince: n.gainedSince,
+		Placement:   n.placeMu.RLocker(),
+		Logger:      n.log,
+		Metrics:     n.healMet,
+	})
+}
+
+// repair serves RepairRequest (heal.AntiEntropy.Repair); a node without
+// membership has no replicas to compare with.
+func (n *Node) repair(_ context.Context, _ string, req *pb.RepairRequest) (*pb.RepairResponse, error) {
+	if n.ae == nil {
+		return nil, status.Errorf(pb.ErrorCode_UNAVAILABLE,
+			"node %s runs without membership (static mode): it knows no replicas to compare with", n.cfg.ID)
+	}
+	return n.ae.Repair(req)
 }

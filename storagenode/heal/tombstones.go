@@ -1,4 +1,4 @@
-package storagenode
+package heal
 
 import (
 	"bytes"
@@ -34,28 +34,6 @@ import (
 // interval by a wide margin, so a replica that missed a delete gets its
 // tombstone before it is due.
 
-// validateHealing checks the anti-entropy and tombstone settings.
-func (c Config) validateHealing() error {
-	switch {
-	case c.AntiEntropyInterval < 0:
-		return errors.Newf("storage node: AntiEntropyInterval must not be negative, got %s", c.AntiEntropyInterval)
-	case c.AntiEntropyRate < 0:
-		return errors.Newf("storage node: AntiEntropyRate must not be negative, got %d", c.AntiEntropyRate)
-	}
-	return nil
-}
-
-// withHealingDefaults fills the zero anti-entropy and tombstone settings.
-func (c Config) withHealingDefaults() Config {
-	if c.AntiEntropyInterval == 0 {
-		c.AntiEntropyInterval = DefaultAntiEntropyInterval
-	}
-	if c.AntiEntropyRate == 0 {
-		c.AntiEntropyRate = DefaultAntiEntropyRate
-	}
-	return c
-}
-
 // settled reports whether the current replicas are every replica: no change
 // runs and no node is JOINING (a wiped node waiting to be re-added takes
 // writes but is no current replica) or LEAVING.
@@ -74,7 +52,7 @@ func settled(st *membership.State) bool {
 // purgeIfAgreed purges the due tombstones of w's arc here when every
 // replica agrees on it. matched says the digests compared before any repair
 // were all equal; otherwise they are compared once more now.
-func (ae *antiEntropy) purgeIfAgreed(ctx context.Context, rc *roundCtx, w arcWork, matched bool) error {
+func (ae *AntiEntropy) purgeIfAgreed(ctx context.Context, rc *roundCtx, w arcWork, matched bool) error {
 	if !settled(rc.st) {
 		return nil
 	}
@@ -86,27 +64,26 @@ func (ae *antiEntropy) purgeIfAgreed(ctx context.Context, rc *roundCtx, w arcWor
 			return err
 		}
 	}
-	n := ae.n
-	n.placeMu.RLock()
-	defer n.placeMu.RUnlock()
+	ae.cfg.Placement.Lock()
+	defer ae.cfg.Placement.Unlock()
 	if err := ae.placementHolds(rc.st); err != nil {
 		return err
 	}
-	if !settled(n.mem.State()) {
+	if !settled(ae.cfg.Ring.State()) {
 		return nil
 	}
-	purged, err := n.eng.PurgeTombstones(w.tenant, w.arc, rc.cutoff)
+	purged, err := ae.cfg.Engine.PurgeTombstones(w.tenant, w.arc, rc.cutoff)
 	if purged > 0 {
 		ae.met.purged.Add(int(purged))
 		rc.r.update(func(s *pb.RepairStatus) { s.TombstonesPurged += purged })
-		n.log.Debug("purged tombstones", zap.String("tenant", w.tenant), zap.Uint64("start", w.arc.Start),
+		ae.log.Debug("purged tombstones", zap.String("tenant", w.tenant), zap.Uint64("start", w.arc.Start),
 			zap.Uint64("end", w.arc.End), zap.Uint64("keys", purged))
 	}
 	return errors.Wrapf(err, "purge tombstones of tenant %s", w.tenant)
 }
 
 // agreed compares the arc's digest with every other replica's once more.
-func (ae *antiEntropy) agreed(ctx context.Context, rc *roundCtx, w arcWork) (bool, error) {
+func (ae *AntiEntropy) agreed(ctx context.Context, rc *roundCtx, w arcWork) (bool, error) {
 	local, err := ae.localDigests(ctx, w.tenant, []ring.Arc{w.arc}, rc.cutoff)
 	if err != nil {
 		return false, err

@@ -1,4 +1,4 @@
-package storagenode
+package heal
 
 import (
 	"context"
@@ -65,9 +65,4 @@ func TestPacerSpacesWork(t *testing.T) {
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
 	require.ErrorIs(t, p.wait(cctx, 1_000_000), context.Canceled, "waits end with the context")
-}
-
-func TestHealingSettingsAreChecked(t *testing.T) {
-	require.NoError(t, DefaultConfig("n1", t.TempDir()).Validate())
-	require.ErrorContains(t, Config{ID: "n1", DataDir: "d", AntiEntropyRate: -1}.Validate(), "AntiEntropyRate")
 }

@@ -1,28 +1,26 @@
-package storagenode
+package heal
 
 import (
 	"context"
 	"sync"
-	"time"
 
 	"github.com/cockroachdb/errors"
 
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/dvv/dvvpb"
-	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/ring"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/status"
 	"github.com/pairdb/pairdb/storagenode/engine"
 )
 
-// Anti-entropy, the exchange with one peer: digests, leaf reconciliation,
-// pacing, and the two endpoints (digests, repair) the node serves.
+// Anti-entropy, the exchange with one peer: digests and leaf
+// reconciliation.
 
 // localDigests digests arcs here and paces by the keys read.
-func (ae *antiEntropy) localDigests(ctx context.Context, tenant string, arcs []ring.Arc, cutoff int64) ([]engine.ArcDigest, error) {
-	ds, err := ae.n.eng.DigestArcs(tenant, arcs, cutoff)
+func (ae *AntiEntropy) localDigests(ctx context.Context, tenant string, arcs []ring.Arc, cutoff int64) ([]engine.ArcDigest, error) {
+	ds, err := ae.cfg.Engine.DigestArcs(tenant, arcs, cutoff)
 	if err != nil {
 		return nil, errors.Wrapf(err, "anti-entropy: local digests of tenant %s", tenant)
 	}
@@ -36,15 +34,14 @@ func (ae *antiEntropy) localDigests(ctx context.Context, tenant string, arcs []r
 // remoteDigests asks peer for the digests of arcs under the round's cutoff.
 // Failures to reach the peer are peerErrors; a stale epoch means the ring
 // moved.
-func (ae *antiEntropy) remoteDigests(ctx context.Context, rc *roundCtx, peer, tenant string, arcs []ring.Arc) ([]*pb.RangeDigest, error) {
-	n := ae.n
+func (ae *AntiEntropy) remoteDigests(ctx context.Context, rc *roundCtx, peer, tenant string, arcs []ring.Arc) ([]*pb.RangeDigest, error) {
 	req := &pb.RangeDigestsRequest{TenantId: tenant, TombstonesBeforeMs: rc.cutoff, Epoch: rc.st.Epoch}
 	for _, a := range arcs {
 		req.Ranges = append(req.Ranges, &pb.HashRange{Start: a.Start, End: a.End})
 	}
 	resp := &pb.RangeDigestsResponse{}
 	rctx, cancel := context.WithTimeout(ctx, peerTimeout)
-	err := bus.Request(rctx, n.nc, n.cfg.Subjects.Node(peer, opDigests), req, resp)
+	err := ae.cfg.Request(rctx, peer, bus.OpDigests, req, resp)
 	cancel()
 	if err != nil {
 		return nil, ae.peerFailed(ctx, peer, errors.Wrapf(err, "anti-entropy: digests of tenant %s from %s", tenant, peer))
@@ -62,7 +59,7 @@ func (ae *antiEntropy) remoteDigests(ctx context.Context, rc *roundCtx, peer, te
 }
 
 // peerFailed classifies a failed request to a peer.
-func (ae *antiEntropy) peerFailed(ctx context.Context, peer string, err error) error {
+func (ae *AntiEntropy) peerFailed(ctx context.Context, peer string, err error) error {
 	switch {
 	case ctx.Err() != nil:
 		return errors.CombineErrors(ctx.Err(), err)
@@ -74,7 +71,7 @@ func (ae *antiEntropy) peerFailed(ctx context.Context, peer string, err error) e
 
 // reconcileLeaf makes this node and peer agree on one small arc: pull what
 // the peer has newer, then push what the peer lacks or has older.
-func (ae *antiEntropy) reconcileLeaf(ctx context.Context, rc *roundCtx, tenant string, arc ring.Arc, peer string) error {
+func (ae *AntiEntropy) reconcileLeaf(ctx context.Context, rc *roundCtx, tenant string, arc ring.Arc, peer string) error {
 	remote, err := ae.scanPeer(ctx, rc, peer, tenant, arc)
 	if err != nil {
 		return err
@@ -83,7 +80,7 @@ func (ae *antiEntropy) reconcileLeaf(ctx context.Context, rc *roundCtx, tenant s
 	if err != nil {
 		return err
 	}
-	policy := dvvpb.PolicyFromProto(ae.n.policyOf(tenant, pb.ConflictPolicy_SIBLINGS))
+	policy := dvvpb.PolicyFromProto(ae.cfg.Store.PolicyOf(tenant, pb.ConflictPolicy_SIBLINGS))
 	var pull []engine.MergeItem
 	for k, ro := range remote {
 		lo, ok := local[k]
@@ -125,7 +122,7 @@ func (ae *antiEntropy) reconcileLeaf(ctx context.Context, rc *roundCtx, tenant s
 	return err
 }
 
-func (ae *antiEntropy) fixed(rc *roundCtx, k int) {
+func (ae *AntiEntropy) fixed(rc *roundCtx, k int) {
 	if k <= 0 {
 		return
 	}
@@ -136,17 +133,16 @@ func (ae *antiEntropy) fixed(rc *roundCtx, k int) {
 // mergeLocal merges pulled objects under the placement lock (so cleanup
 // cannot delete the arc underneath), after checking the ring did not move,
 // under the tenant's conflict policy.
-func (ae *antiEntropy) mergeLocal(rc *roundCtx, tenant string, items []engine.MergeItem) (int, error) {
-	n := ae.n
-	if _, gone, err := n.localTenant(tenant); err != nil || gone {
+func (ae *AntiEntropy) mergeLocal(rc *roundCtx, tenant string, items []engine.MergeItem) (int, error) {
+	if _, gone, err := ae.cfg.Store.LocalTenant(tenant); err != nil || gone {
 		return 0, err
 	}
-	n.placeMu.RLock()
-	defer n.placeMu.RUnlock()
+	ae.cfg.Placement.Lock()
+	defer ae.cfg.Placement.Unlock()
 	if err := ae.placementHolds(rc.st); err != nil {
 		return 0, err
 	}
-	changed, err := n.mergeBatch(tenant, items, dvvpb.PolicyFromProto(n.policyOf(tenant, pb.ConflictPolicy_SIBLINGS)))
+	changed, err := ae.cfg.Store.MergeBatch(tenant, items, dvvpb.PolicyFromProto(ae.cfg.Store.PolicyOf(tenant, pb.ConflictPolicy_SIBLINGS)))
 	if err != nil {
 		return 0, errors.Wrapf(err, "anti-entropy: merge %d pulled keys of tenant %s", len(items), tenant)
 	}
@@ -155,8 +151,7 @@ func (ae *antiEntropy) mergeLocal(rc *roundCtx, tenant string, items []engine.Me
 
 // pushTo sends objects to peer as merge requests, a few at a time, and
 // returns how many the peer accepted.
-func (ae *antiEntropy) pushTo(ctx context.Context, rc *roundCtx, peer, tenant string, items []engine.MergeItem) (int, error) {
-	n := ae.n
+func (ae *AntiEntropy) pushTo(ctx context.Context, rc *roundCtx, peer, tenant string, items []engine.MergeItem) (int, error) {
 	var (
 		wg   sync.WaitGroup
 		mu   sync.Mutex
@@ -164,7 +159,6 @@ func (ae *antiEntropy) pushTo(ctx context.Context, rc *roundCtx, peer, tenant st
 		errs error
 	)
 	sem := make(chan struct{}, aePushers)
-	subject := n.cfg.Subjects.Node(peer, bus.OpMerge)
 	for _, it := range items {
 		select {
 		case sem <- struct{}{}:
@@ -176,9 +170,9 @@ func (ae *antiEntropy) pushTo(ctx context.Context, rc *roundCtx, peer, tenant st
 			defer func() { <-sem }()
 			rctx, cancel := context.WithTimeout(ctx, peerTimeout)
 			defer cancel()
-			err := bus.Request(rctx, n.nc, subject, &pb.MergeRequest{
+			err := ae.cfg.Request(rctx, peer, bus.OpMerge, &pb.MergeRequest{
 				TenantId: tenant, Key: it.Key, Object: dvvpb.ObjectToProto(it.Object),
-				Policy: n.policyOf(tenant, pb.ConflictPolicy_SIBLINGS), Epoch: rc.st.Epoch,
+				Policy: ae.cfg.Store.PolicyOf(tenant, pb.ConflictPolicy_SIBLINGS), Epoch: rc.st.Epoch,
 			}, &pb.MergeResponse{})
 			mu.Lock()
 			defer mu.Unlock()
@@ -197,15 +191,14 @@ func (ae *antiEntropy) pushTo(ctx context.Context, rc *roundCtx, peer, tenant st
 }
 
 // scanPeer reads every object of tenant's arc from peer, page by page.
-func (ae *antiEntropy) scanPeer(ctx context.Context, rc *roundCtx, peer, tenant string, arc ring.Arc) (map[string]dvv.Object, error) {
-	n := ae.n
+func (ae *AntiEntropy) scanPeer(ctx context.Context, rc *roundCtx, peer, tenant string, arc ring.Arc) (map[string]dvv.Object, error) {
 	out := map[string]dvv.Object{}
 	req := &pb.ScanRequest{TenantId: tenant, Range: &pb.HashRange{Start: arc.Start, End: arc.End},
-		Limit: uint32(n.cfg.TransferPageSize), Epoch: rc.st.Epoch}
+		Limit: uint32(ae.cfg.PageSize), Epoch: rc.st.Epoch}
 	for {
 		resp := &pb.ScanResponse{}
 		rctx, cancel := context.WithTimeout(ctx, peerTimeout)
-		err := bus.Request(rctx, n.nc, n.cfg.Subjects.Node(peer, bus.OpScan), req, resp)
+		err := ae.cfg.Request(rctx, peer, bus.OpScan, req, resp)
 		cancel()
 		if err != nil {
 			return nil, ae.peerFailed(ctx, peer, errors.Wrapf(err, "anti-entropy: scan tenant %s from %s", tenant, peer))
@@ -229,11 +222,11 @@ func (ae *antiEntropy) scanPeer(ctx context.Context, rc *roundCtx, peer, tenant 
 }
 
 // scanLocal reads every object of tenant's arc here.
-func (ae *antiEntropy) scanLocal(ctx context.Context, tenant string, arc ring.Arc) (map[string]dvv.Object, error) {
+func (ae *AntiEntropy) scanLocal(ctx context.Context, tenant string, arc ring.Arc) (map[string]dvv.Object, error) {
 	out := map[string]dvv.Object{}
 	var after *engine.Position
 	for {
-		items, done, err := ae.n.eng.Scan(tenant, arc, after, ae.n.cfg.TransferPageSize, true)
+		items, done, err := ae.cfg.Engine.Scan(tenant, arc, after, ae.cfg.PageSize, true)
 		if err != nil {
 			return nil, errors.Wrapf(err, "anti-entropy: scan tenant %s", tenant)
 		}
@@ -249,92 +242,4 @@ func (ae *antiEntropy) scanLocal(ctx context.Context, tenant string, arc ring.Ar
 		last := items[len(items)-1]
 		after = &engine.Position{Hash: last.Hash, Key: last.Key}
 	}
-}
-
-// pacer spaces work at a rate of keys per second. Work is charged after it
-// is done; a charge beyond the budget (one second's worth) sleeps it off.
-// Only the worker goroutine uses it.
-type pacer struct {
-	rate   float64
-	tokens float64
-	last   time.Time
-}
-
-func newPacer(rate float64) *pacer { return &pacer{rate: rate, tokens: rate, last: time.Now()} }
-
-// wait charges n keys and sleeps until the budget is no longer in debt.
-func (p *pacer) wait(ctx context.Context, n uint64) error {
-	now := time.Now()
-	p.tokens = min(p.rate, p.tokens+now.Sub(p.last).Seconds()*p.rate)
-	p.last = now
-	p.tokens -= float64(n)
-	if p.tokens >= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(time.Duration(-p.tokens / p.rate * float64(time.Second)))
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
-// digests serves RangeDigestsRequest: the digests of several arcs at once,
-// with due tombstones counted as absent under the requester's cutoff.
-func (n *Node) digests(ctx context.Context, _ string, req *pb.RangeDigestsRequest) (*pb.RangeDigestsResponse, error) {
-	if err := keyspace.ValidateTenantID(req.GetTenantId()); err != nil {
-		return nil, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant_id")
-	}
-	if k := len(req.GetRanges()); k == 0 || k > maxDigestRanges {
-		return nil, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "ask for 1 to %d ranges, not %d", maxDigestRanges, k)
-	}
-	epoch, err := n.checkEpoch(ctx, opDigests, req.GetEpoch())
-	if err != nil {
-		return &pb.RangeDigestsResponse{Epoch: epoch}, err
-	}
-	if err := n.sourceTenant(req.GetTenantId(), req.GetTenantIncarnation()); err != nil {
-		return &pb.RangeDigestsResponse{Epoch: epoch}, err
-	}
-	arcs := make([]ring.Arc, 0, len(req.GetRanges()))
-	for _, r := range req.GetRanges() {
-		arcs = append(arcs, ring.Arc{Start: r.GetStart(), End: r.GetEnd()})
-	}
-	ds, err := n.eng.DigestArcs(req.GetTenantId(), arcs, req.GetTombstonesBeforeMs())
-	if err != nil {
-		return &pb.RangeDigestsResponse{Epoch: epoch}, n.failed(opDigests, err)
-	}
-	resp := &pb.RangeDigestsResponse{Epoch: epoch, Digests: make([]*pb.RangeDigest, 0, len(ds))}
-	for _, d := range ds {
-		resp.Digests = append(resp.Digests, &pb.RangeDigest{Digest: d.Digest, Keys: d.Keys})
-	}
-	return resp, nil
-}
-
-// repair serves RepairRequest: queue a round (answering at once with its
-// id), or report the state of a round by id.
-func (n *Node) repair(_ context.Context, _ string, req *pb.RepairRequest) (*pb.RepairResponse, error) {
-	if n.ae == nil {
-		return nil, status.Errorf(pb.ErrorCode_UNAVAILABLE,
-			"node %s runs without membership (static mode): it knows no replicas to compare with", n.cfg.ID)
-	}
-	if id := req.GetRoundId(); id != "" {
-		st, ok := n.ae.status(id)
-		if !ok {
-			return nil, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
-				"node %s has no repair round %q (it remembers its last %d, until it restarts)", n.cfg.ID, id, aeKeepRounds)
-		}
-		return &pb.RepairResponse{Status: st}, nil
-	}
-	if t := req.GetTenantId(); t != "" {
-		if err := keyspace.ValidateTenantID(t); err != nil {
-			return nil, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant_id")
-		}
-	}
-	r, err := n.ae.enqueue(req.GetTenantId())
-	if err != nil {
-		return nil, err
-	}
-	return &pb.RepairResponse{Status: r.snapshot()}, nil
 }
