@@ -140,14 +140,6 @@ func (n *Node) checkServing(op string) error {
 	return nil
 }
 
-// heartbeatState fills the membership fields of a heartbeat.
-func (n *Node) heartbeatState(hb *pb.Heartbeat) {
-	hb.Epoch = n.epochOf()
-	hb.State = n.ringState()
-	hb.Keys = n.eng.Keys()
-	n.met.keys.Set(float64(hb.Keys))
-}
-
 // logStateOnce logs this node's ring state when it changes.
 func (d *driver) logState(st *membership.State) {
 	me := st.Nodes[d.n.cfg.ID]
