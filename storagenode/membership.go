@@ -16,6 +16,7 @@ import (
 // never writes the log itself: it asks, and a coordinator validates and
 // appends (coordinator/members.go); NATS permissions bind each node to its
 // own id (deploy/nats). The wiring (cluster/) implements it over NATS.
+// transfer.RingLog and heal.Ring are the parts of it those packages use.
 type Membership interface {
 	// State is the latest fold of the ring log (immutable).
 	State() *membership.State
