@@ -26,7 +26,8 @@ import (
 	"github.com/pairdb/pairdb/postgres/tenantpg"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/status"
-	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
+	"github.com/pairdb/pairdb/storagenode"
+	"github.com/pairdb/pairdb/storagenode/heal"
 	"github.com/pairdb/pairdb/tenant"
 )
 
@@ -314,12 +315,12 @@ func (a idempotencyAdapter) PurgeTenant(ctx context.Context, tenant string) erro
 // interface.
 type hintInbox struct{ in *hints.Inbox }
 
-func (a hintInbox) Fetch(ctx context.Context, max int) ([]storagenode.Hint, error) {
+func (a hintInbox) Fetch(ctx context.Context, max int) ([]heal.Hint, error) {
 	hs, err := a.in.Fetch(ctx, max)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]storagenode.Hint, len(hs))
+	out := make([]heal.Hint, len(hs))
 	for i, h := range hs {
 		out[i] = h
 	}

@@ -16,7 +16,7 @@ import (
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/bus/embedded"
 	"github.com/pairdb/pairdb/membership"
-	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
+	"github.com/pairdb/pairdb/storagenode"
 )
 
 // DevConfig describes an all-in-one cluster.

@@ -14,8 +14,8 @@ import (
 	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/membership"
 	"github.com/pairdb/pairdb/ops"
-	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
-	"github.com/pairdb/pairdb/storagenode-adapter/engine"
+	"github.com/pairdb/pairdb/storagenode"
+	"github.com/pairdb/pairdb/storagenode/engine"
 )
 
 // Defaults shared by several commands.

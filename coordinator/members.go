@@ -57,7 +57,7 @@ func (s *Service) member(subject, incarnation string) (string, error) {
 	if err := keyspace.ValidateTenantID(id); err != nil {
 		return "", status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad node id in %q", subject)
 	}
-	// Incarnations are hex ids (storagenode-adapter/engine); the tenant id
+	// Incarnations are hex ids (storagenode/engine); the tenant id
 	// rule bounds their length and keeps them printable.
 	if err := keyspace.ValidateTenantID(incarnation); err != nil {
 		return "", status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "node %s: bad incarnation", id)

@@ -177,6 +177,19 @@ func (s *State) TenantRF(tenant string) (cur, next uint32) {
 	return t.RF, t.RF
 }
 
+// TenantRFs is the current replication factor (TenantRF's cur) of every
+// tenant the ring log knows and has one for: a tenant missing here is one a
+// node keeps as it is, never cleans up or compares.
+func (s *State) TenantRFs() map[string]uint32 {
+	out := map[string]uint32{}
+	for t := range s.Tenants {
+		if cur, _ := s.TenantRF(t); cur > 0 {
+			out[t] = cur
+		}
+	}
+	return out
+}
+
 // ReplicaSets are a key's replicas now (reads) and after the change (writes
 // go to both and must meet W in each). Without a change they are equal.
 // Everything they depend on is in the ring log.

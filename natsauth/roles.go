@@ -32,7 +32,7 @@ import (
 	"github.com/pairdb/pairdb/jetstream/ringlog"
 	"github.com/pairdb/pairdb/jetstream/secrets"
 	"github.com/pairdb/pairdb/jetstream/tenantkv"
-	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
+	"github.com/pairdb/pairdb/storagenode"
 )
 
 // Rule is a group of subjects granted for one reason.

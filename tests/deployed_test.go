@@ -21,7 +21,7 @@ import (
 	"github.com/pairdb/pairdb/membership"
 	"github.com/pairdb/pairdb/natsauth"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
-	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
+	"github.com/pairdb/pairdb/storagenode"
 )
 
 // deployedWait bounds every condition the deployed-cluster tests wait on.

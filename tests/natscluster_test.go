@@ -32,7 +32,7 @@ import (
 	"github.com/pairdb/pairdb/jetstream/tenantkv"
 	"github.com/pairdb/pairdb/membership"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
-	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
+	"github.com/pairdb/pairdb/storagenode"
 )
 
 // natsCluster is three in-process nats-servers routed into one JetStream

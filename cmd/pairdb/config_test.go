@@ -16,8 +16,8 @@ import (
 
 	"github.com/pairdb/pairdb/config"
 	"github.com/pairdb/pairdb/ops"
-	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
-	"github.com/pairdb/pairdb/storagenode-adapter/engine"
+	"github.com/pairdb/pairdb/storagenode"
+	"github.com/pairdb/pairdb/storagenode/engine"
 )
 
 func envOf(m map[string]string) config.LookupEnv {

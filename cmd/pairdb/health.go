@@ -13,7 +13,7 @@ import (
 
 	"github.com/pairdb/pairdb/bus"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
-	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
+	"github.com/pairdb/pairdb/storagenode"
 )
 
 // heartbeatMaxAge is how old a storage node's last heartbeat may be for the

@@ -19,7 +19,7 @@ import (
 	"github.com/pairdb/pairdb/jetstream/hints"
 	"github.com/pairdb/pairdb/membership"
 	"github.com/pairdb/pairdb/ops"
-	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
+	"github.com/pairdb/pairdb/storagenode"
 )
 
 func newDevCmd(g *globals) *cobra.Command {

@@ -29,7 +29,7 @@ import (
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/cluster"
 	"github.com/pairdb/pairdb/natsauth"
-	storagenode "github.com/pairdb/pairdb/storagenode-adapter"
+	"github.com/pairdb/pairdb/storagenode"
 )
 
 // Example ids of deploy/nats/accounts.conf.
