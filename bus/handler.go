@@ -156,29 +156,15 @@ type Server struct {
 	// Observe, when set, is called once per request just before its reply is
 	// sent, with the endpoint name and the error code ("" on success).
 	Observe func(endpoint string, start time.Time, code string)
-	// Faults, when set, is asked about every request before it is handled:
-	// fault-injection tests drop, delay and duplicate requests with it.
-	// Production leaves it nil.
-	Faults Faults
+	// Middleware, when set, wraps every endpoint's handler (by endpoint
+	// name): fault injection in tests (internal/faults), or tracing.
+	// Handlers answer through the micro.Request they are given, so a
+	// wrapper may hold, repeat or silence a request.
+	Middleware Middleware
 }
 
-// Faults decides what happens to one incoming request.
-type Faults interface {
-	Inject(subject string) Fault
-}
-
-// Fault is what to do to one request: drop it (no reply, not handled, as
-// if lost on the wire), delay it, hold it until a channel closes (a paused
-// process that resumes), handle it twice (a duplicate delivery; the sender
-// sees one reply), or handle it and lose its reply (the sender cannot tell
-// whether it took effect).
-type Fault struct {
-	Drop      bool
-	Delay     time.Duration
-	Hold      <-chan struct{}
-	Duplicate bool
-	LoseReply bool
-}
+// Middleware wraps the handler of the named endpoint.
+type Middleware func(endpoint string, next micro.Handler) micro.Handler
 
 // HandlerFunc serves one decoded request. subject is the subject the request
 // arrived on (the KV endpoints read the tenant from it). A nil response with
@@ -191,40 +177,16 @@ type HandlerFunc[Req, Resp proto.Message] func(ctx context.Context, subject stri
 // the body's `error` field and in the Nats-Service-Error(-Code) headers.
 func Endpoint[Req, Resp proto.Message](s *Server, name string, newReq func() Req, newResp func() Resp,
 	fn HandlerFunc[Req, Resp]) micro.Handler {
-	return micro.HandlerFunc(func(r micro.Request) {
+	var h micro.Handler = micro.HandlerFunc(func(r micro.Request) {
 		start := time.Now()
 		enc := requestEncoding(r)
-		var fault Fault
-		if s.Faults != nil {
-			if fault = s.Faults.Inject(r.Subject()); fault.Drop {
-				return
-			}
-		}
 		ok := s.Limiter.Go(func() {
-			if fault.Hold != nil {
-				// Before the request's own deadline starts: a paused
-				// process picks a message up only when it runs again.
-				<-fault.Hold
-			}
 			ctx, cancel := context.WithTimeout(context.Background(), s.Timeout)
 			defer cancel()
-			if fault.Delay > 0 {
-				select {
-				case <-time.After(fault.Delay):
-				case <-ctx.Done():
-				}
-			}
 			req := newReq()
 			if err := Unmarshal(enc, r.Data(), req); err != nil {
 				s.reply(name, start, r, enc, newResp(), err)
 				return
-			}
-			if fault.Duplicate {
-				// The first delivery's effect, then the real one.
-				dup := newReq()
-				if Unmarshal(enc, r.Data(), dup) == nil {
-					_, _ = fn(ctx, r.Subject(), dup)
-				}
 			}
 			resp, err := fn(ctx, r.Subject(), req)
 			if err == nil && isNil(resp) {
@@ -232,9 +194,6 @@ func Endpoint[Req, Resp proto.Message](s *Server, name string, newReq func() Req
 			}
 			if isNil(resp) {
 				resp = newResp()
-			}
-			if fault.LoseReply {
-				return
 			}
 			s.reply(name, start, r, enc, resp, err)
 		})
@@ -246,6 +205,10 @@ func Endpoint[Req, Resp proto.Message](s *Server, name string, newReq func() Req
 			s.reply(name, start, r, enc, newResp(), status.Errorf(pb.ErrorCode_UNAVAILABLE, "%s", msg))
 		}
 	})
+	if s.Middleware != nil {
+		h = s.Middleware(name, h)
+	}
+	return h
 }
 
 func requestEncoding(r micro.Request) Encoding {
@@ -307,7 +270,7 @@ func (s *Server) reply(name string, start time.Time, r micro.Request, enc Encodi
 	}
 	if msg.Subject == "" {
 		s.Log.Debug("request without reply subject", zap.String("subject", r.Subject()))
-	} else if perr := s.Conn.PublishMsg(msg); perr != nil {
+	} else if perr := r.Respond(msg.Data, micro.WithHeaders(micro.Headers(msg.Header))); perr != nil {
 		s.Log.Debug("reply failed", zap.String("subject", r.Subject()), zap.Error(perr))
 	}
 }

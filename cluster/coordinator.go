@@ -66,9 +66,10 @@ type CoordinatorConfig struct {
 	// MaxClockSkew bounds how far storage nodes' clocks may be from the
 	// coordinator's (0: coordinator.DefaultMaxClockSkew).
 	MaxClockSkew time.Duration
-	Faults       bus.Faults
-	Logger       *zap.Logger
-	Metrics      *metrics.Set
+	// Middleware wraps every endpoint's handler (tests: internal/faults).
+	Middleware bus.Middleware
+	Logger     *zap.Logger
+	Metrics    *metrics.Set
 }
 
 // Coordinator is a running coordinator with the stores it opened.
@@ -128,7 +129,7 @@ func StartCoordinator(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig)
 	// under it: a few request deadlines.
 	reqTimeout := cfg.RequestTimeout
 	if reqTimeout <= 0 {
-		reqTimeout = 5 * time.Second
+		reqTimeout = coordinator.DefaultRequestTimeout
 	}
 	idem, err := idempotency.Open(ctx, js, idempotency.Config{
 		TTL: cfg.IdempotencyTTL, Replicas: cfg.StreamReplicas, PendingTimeout: 3 * reqTimeout,
@@ -197,7 +198,7 @@ func StartCoordinator(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig)
 		ReadRepairChance: cfg.ReadRepairChance,
 		Contexts:         sealer,
 		MaxClockSkew:     cfg.MaxClockSkew,
-		Faults:           cfg.Faults,
+		Middleware:       cfg.Middleware,
 		Logger:           cfg.Logger,
 		Metrics:          cfg.Metrics,
 	})

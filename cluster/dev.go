@@ -48,10 +48,11 @@ type DevConfig struct {
 	// NodeURL, when set, is the NATS URL storage node id connects to (a
 	// fault proxy in front of the server, in tests); nil: the server's.
 	NodeURL func(id string) string
-	// Faults injects message faults into every part's endpoints (tests).
-	Faults  bus.Faults
-	Logger  *zap.Logger
-	Metrics *metrics.Set
+	// Middleware wraps every part's endpoint handlers (tests inject
+	// message faults with internal/faults).
+	Middleware bus.Middleware
+	Logger     *zap.Logger
+	Metrics    *metrics.Set
 }
 
 // Dev is a running development cluster: an embedded NATS server, storage
@@ -219,7 +220,7 @@ func (d *Dev) StartNodeVia(id, url string) error {
 		WALMinSyncInterval: storagenode.DefaultWALMinSyncInterval,
 		HintRate:           d.cfg.HintRate,
 		HeartbeatInterval:  d.cfg.HeartbeatInterval,
-		Faults:             d.cfg.Faults,
+		Middleware:         d.cfg.Middleware,
 		Logger:             d.cfg.Logger.Named(id),
 		Metrics:            d.cfg.Metrics,
 	}, 1)
@@ -269,8 +270,8 @@ func (d *Dev) StartCoordinatorVia(ctx context.Context, url string) (*Coordinator
 	}
 	cfg := d.cfg.Coordinator
 	cfg.StreamReplicas = 1
-	if cfg.Faults == nil {
-		cfg.Faults = d.cfg.Faults
+	if cfg.Middleware == nil {
+		cfg.Middleware = d.cfg.Middleware
 	}
 	if cfg.Cluster == (membership.Settings{}) {
 		cfg.Cluster = d.cfg.Cluster

@@ -11,11 +11,12 @@ import (
 
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/coordinator"
+	"github.com/pairdb/pairdb/jetstream/hints"
+	"github.com/pairdb/pairdb/jetstream/idempotency"
 	"github.com/pairdb/pairdb/keyspace"
 	"github.com/pairdb/pairdb/membership"
 	"github.com/pairdb/pairdb/ops"
 	"github.com/pairdb/pairdb/storagenode"
-	"github.com/pairdb/pairdb/storagenode/engine"
 )
 
 // Defaults shared by several commands.
@@ -57,7 +58,7 @@ func DefaultGlobal() Global {
 		Server:    nats.DefaultURL,
 		Prefix:    bus.DefaultPrefix,
 		Tenant:    "default",
-		Timeout:   5 * time.Second,
+		Timeout:   coordinator.DefaultRequestTimeout,
 		LogLevel:  "info",
 		LogFormat: LogConsole,
 	}
@@ -174,23 +175,23 @@ type Coordinator struct {
 	Process          `yaml:",inline"`
 }
 
-// DefaultCoordinator returns the coordinator's defaults (those of
-// coordinator.Config and cluster.CoordinatorConfig, spelled out).
+// DefaultCoordinator returns the coordinator's defaults: those its parts
+// define (coordinator, membership, the JetStream stores), not written again.
 func DefaultCoordinator() Coordinator {
 	return Coordinator{
 		Process:          Process{OpsAddr: ops.DefaultAddr, ShutdownTimeout: DefaultShutdownTimeout},
 		VirtualNodes:     membership.DefaultSettings().VNodes,
 		StreamReplicas:   1,
-		IdempotencyTTL:   24 * time.Hour,
-		RequestTimeout:   5 * time.Second,
-		ReplicaTimeout:   2 * time.Second,
-		TenantCacheTTL:   30 * time.Second,
+		IdempotencyTTL:   idempotency.DefaultTTL,
+		RequestTimeout:   coordinator.DefaultRequestTimeout,
+		ReplicaTimeout:   coordinator.DefaultReplicaTimeout,
+		TenantCacheTTL:   coordinator.DefaultTenantCacheTTL,
 		ReadRepairChance: coordinator.DefaultReadRepairChance,
-		HeartbeatTimeout: 3 * time.Second,
-		DownAfter:        9 * time.Second,
+		HeartbeatTimeout: coordinator.DefaultHeartbeatTimeout,
+		DownAfter:        coordinator.DefaultDownAfter,
 		HintMaxAge:       membership.DefaultHintMaxAge,
 		TombstoneGrace:   membership.DefaultTombstoneGrace,
-		HintsPerNode:     1_000_000,
+		HintsPerNode:     int(hints.DefaultMaxPerNode),
 		MaxClockSkew:     coordinator.DefaultMaxClockSkew,
 	}
 }
@@ -251,19 +252,20 @@ type StorageNode struct {
 	Process             `yaml:",inline"`
 }
 
-// DefaultStorageNode returns the storage node's defaults (those of
-// storagenode.DefaultConfig).
+// DefaultStorageNode returns the storage node's defaults: those of
+// storagenode.DefaultConfig, not written again.
 func DefaultStorageNode() StorageNode {
+	d := storagenode.DefaultConfig("", "")
 	return StorageNode{
 		Process:             Process{OpsAddr: ops.DefaultAddr, ShutdownTimeout: DefaultShutdownTimeout},
-		CleanupGrace:        10 * time.Minute, // storagenode.DefaultCleanupGrace (a cmd test checks they agree)
+		CleanupGrace:        d.CleanupGrace,
 		StreamReplicas:      1,
-		CacheBytes:          Bytes(engine.DefaultCacheBytes),
-		WALMinSyncInterval:  engine.DefaultWALMinSyncInterval,
-		HintRate:            2000,
-		AntiEntropyInterval: 10 * time.Minute,
-		AntiEntropyRate:     20000,
-		OriginTTL:           storagenode.DefaultOriginTTL,
+		CacheBytes:          Bytes(d.CacheBytes),
+		WALMinSyncInterval:  d.WALMinSyncInterval,
+		HintRate:            int(d.HintRate),
+		AntiEntropyInterval: d.AntiEntropyInterval,
+		AntiEntropyRate:     d.AntiEntropyRate,
+		OriginTTL:           d.OriginTTL,
 		CoordinatorInbox:    bus.CoordinatorInbox,
 	}
 }

@@ -152,19 +152,29 @@ type Config struct {
 	// a node whose heartbeats show more skew mints nothing for this
 	// coordinator. It must be below half the replica timeout.
 	MaxClockSkew time.Duration
-	// Faults injects message faults into this coordinator's endpoints
-	// (tests only; nil in production).
-	Faults bus.Faults
+	// Middleware, when set, wraps every endpoint's handler (fault
+	// injection in tests: internal/faults).
+	Middleware bus.Middleware
 }
 
 // DefaultMaxClockSkew is Config.MaxClockSkew's default: NTP keeps clocks
 // within milliseconds; this leaves room for a badly synced host.
 const DefaultMaxClockSkew = 250 * time.Millisecond
 
-// Read fan-out defaults (see Config).
+// Defaults of Config's zero fields, written once: config/ (the
+// command-line settings) and cluster/ take theirs from here.
 const (
+	DefaultRequestTimeout   = 5 * time.Second
+	DefaultReplicaTimeout   = 2 * time.Second
+	DefaultMaxConcurrent    = 4096
+	DefaultTenantCacheTTL   = 30 * time.Second
+	DefaultHeartbeatTimeout = 3 * time.Second
+	// DefaultDownAfter is three missed heartbeat timeouts.
+	DefaultDownAfter        = 3 * DefaultHeartbeatTimeout
 	DefaultReadRepairChance = 0.1
 	DefaultReadHedgeAfter   = 20 * time.Millisecond
+	DefaultRepairWorkers    = 4
+	DefaultRepairQueue      = 1024
 )
 
 func (c *Config) setDefaults() error {
@@ -182,10 +192,10 @@ func (c *Config) setDefaults() error {
 		return errors.Wrap(err, "coordinator: Config.Cluster")
 	}
 	if c.RequestTimeout <= 0 {
-		c.RequestTimeout = 5 * time.Second
+		c.RequestTimeout = DefaultRequestTimeout
 	}
 	if c.ReplicaTimeout <= 0 {
-		c.ReplicaTimeout = 2 * time.Second
+		c.ReplicaTimeout = DefaultReplicaTimeout
 	}
 	if c.ReplicaTimeout > c.RequestTimeout {
 		c.ReplicaTimeout = c.RequestTimeout
@@ -198,13 +208,13 @@ func (c *Config) setDefaults() error {
 			c.MaxClockSkew, c.ReplicaTimeout)
 	}
 	if c.MaxConcurrent <= 0 {
-		c.MaxConcurrent = 4096
+		c.MaxConcurrent = DefaultMaxConcurrent
 	}
 	if c.TenantCacheTTL <= 0 {
-		c.TenantCacheTTL = 30 * time.Second
+		c.TenantCacheTTL = DefaultTenantCacheTTL
 	}
 	if c.HeartbeatTimeout <= 0 {
-		c.HeartbeatTimeout = 3 * time.Second
+		c.HeartbeatTimeout = DefaultHeartbeatTimeout
 	}
 	if c.DownAfter <= 0 {
 		c.DownAfter = 3 * c.HeartbeatTimeout
@@ -222,10 +232,10 @@ func (c *Config) setDefaults() error {
 		c.ReadHedgeAfter = DefaultReadHedgeAfter
 	}
 	if c.RepairWorkers <= 0 {
-		c.RepairWorkers = 4
+		c.RepairWorkers = DefaultRepairWorkers
 	}
 	if c.RepairQueue <= 0 {
-		c.RepairQueue = 1024
+		c.RepairQueue = DefaultRepairQueue
 	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()

@@ -104,7 +104,7 @@ func (s *Service) addEndpoints() error {
 	}
 	s.svc = svc
 	sub := s.cfg.Subjects
-	srv := &bus.Server{Conn: s.nc, Limiter: s.limiter, Timeout: s.cfg.RequestTimeout, Log: s.log, Faults: s.cfg.Faults}
+	srv := &bus.Server{Conn: s.nc, Limiter: s.limiter, Timeout: s.cfg.RequestTimeout, Log: s.log, Middleware: s.cfg.Middleware}
 	eps := []endpoint{
 		{"put", sub.KVAny(bus.OpPut), bus.Endpoint(srv, "put", newMsg[*pb.PutRequest], newMsg[*pb.PutResponse], s.put)},
 		{"get", sub.KVAny(bus.OpGet), bus.Endpoint(srv, "get", newMsg[*pb.GetRequest], newMsg[*pb.GetResponse], s.get)},

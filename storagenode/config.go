@@ -144,9 +144,9 @@ type Config struct {
 	// transferHook, set by tests only, runs before every transfer page
 	// this node pulls.
 	transferHook func(ctx context.Context, pages int)
-	// Faults injects message faults into the node's endpoints (tests only;
-	// nil in production).
-	Faults bus.Faults
+	// Middleware, when set, wraps every endpoint's handler (fault
+	// injection in tests: internal/faults).
+	Middleware bus.Middleware
 }
 
 // DefaultConfig returns a Config for node id storing in dataDir, with every

@@ -43,7 +43,7 @@ func (n *Node) register() error {
 	}
 	// Requests that arrive after Stop began (micro subscriptions drain
 	// asynchronously) are refused by the draining limiter with UNAVAILABLE.
-	srv := &bus.Server{Conn: n.nc, Limiter: n.lim, Timeout: n.cfg.RequestTimeout, Log: n.log, Observe: n.met.observe, Faults: n.cfg.Faults}
+	srv := &bus.Server{Conn: n.nc, Limiter: n.lim, Timeout: n.cfg.RequestTimeout, Log: n.log, Observe: n.met.observe, Middleware: n.cfg.Middleware}
 	endpoints := []struct {
 		op string
 		h  micro.Handler

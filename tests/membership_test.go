@@ -353,7 +353,7 @@ func TestTransferPullsFromEveryReplica(t *testing.T) {
 // Before, only the write loop resent refused merges, and it had returned.
 func TestMergeRefusedAfterTheAnswerIsResent(t *testing.T) {
 	inj := faults.New(3)
-	h := startClusterWith(t, cluster.DevConfig{Nodes: 3, CleanupGrace: time.Minute, Faults: inj})
+	h := startClusterWith(t, cluster.DevConfig{Nodes: 3, CleanupGrace: time.Minute, Middleware: inj.Middleware})
 	h.startNode("node-4")
 	h.waitRegistered("node-4")
 	// node-3's merges (forwards included) arrive late, so QUORUM writes

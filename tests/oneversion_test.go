@@ -27,7 +27,7 @@ import (
 // replica timeouts (a timed-out apply is what these tests are about).
 func faultyCluster(t *testing.T) (*harness, *faults.Injector) {
 	inj := faults.New(1)
-	h := startClusterWith(t, cluster.DevConfig{Nodes: 3, Faults: inj,
+	h := startClusterWith(t, cluster.DevConfig{Nodes: 3, Middleware: inj.Middleware,
 		Coordinator: cluster.CoordinatorConfig{ReplicaTimeout: 600 * time.Millisecond, MaxClockSkew: 100 * time.Millisecond}})
 	return h, inj
 }

@@ -17,7 +17,7 @@ import (
 // and the read succeeds with the value written.
 func TestReadHedgesPastASilentReplica(t *testing.T) {
 	inj := faults.New(1)
-	h := startClusterWith(t, cluster.DevConfig{Nodes: 3, Faults: inj, Coordinator: cluster.CoordinatorConfig{ReadRepairChance: 0.1}})
+	h := startClusterWith(t, cluster.DevConfig{Nodes: 3, Middleware: inj.Middleware, Coordinator: cluster.CoordinatorConfig{ReadRepairChance: 0.1}})
 	ctx := ctxT(t)
 	const keys = 30
 	for i := range keys {

@@ -38,7 +38,7 @@ func (h *harness) nodeState(id string) (state, incarnation string) {
 // REFILLING until its refill, held here, completes. Then it holds the write.
 func TestWipedNodeIsRefilledBeforeItServesReads(t *testing.T) {
 	inj := faults.New(20261202)
-	h := startClusterWith(t, cluster.DevConfig{Nodes: 3, Faults: inj, Coordinator: cluster.CoordinatorConfig{NoHints: true}})
+	h := startClusterWith(t, cluster.DevConfig{Nodes: 3, Middleware: inj.Middleware, Coordinator: cluster.CoordinatorConfig{NoHints: true}})
 	ctx := ctxT(t)
 	keys := make([]string, 40)
 	for i := range keys {

@@ -88,7 +88,7 @@ func TestGuaranteesUnderFaults(t *testing.T) {
 	dur := checkDuration(t, 12*time.Second)
 	inj := faults.New(seed)
 	proxies := map[string]*tcpproxy.Proxy{}
-	cfg := cluster.DevConfig{Nodes: 4, Faults: inj,
+	cfg := cluster.DevConfig{Nodes: 4, Middleware: inj.Middleware,
 		NodeURL: func(id string) string { return "nats://" + proxies[id].Addr() },
 		// Pauses and cuts exceed the replica timeout in well under a second.
 		Coordinator: cluster.CoordinatorConfig{ReplicaTimeout: 500 * time.Millisecond, MaxClockSkew: 100 * time.Millisecond},

@@ -30,26 +30,36 @@ func newDevCmd(g *globals) *cobra.Command {
 		Short:       "Run an embedded NATS server, a coordinator and storage nodes in one process",
 		Args:        cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := g.resolve(cmd, config.SectionDev, &cfg); err != nil {
-				return err
-			}
-			log, err := g.logger()
-			if err != nil {
-				return err
-			}
-			defer func() { _ = log.Sync() }()
-			set := metrics.NewSet()
-			return run(log, process{
-				name: "dev cluster", settings: cfg.Process, metrics: []*metrics.Set{set},
-				checkNames: []string{checkNATS, checkRing, checkCoordinator, checkStorage},
-				start: func(ctx context.Context) (*part, error) {
-					return startDev(ctx, g, cfg, log, set)
-				},
+			return serve(cmd, g, config.SectionDev, &cfg, func(log *zap.Logger, set *metrics.Set) process {
+				return process{
+					name: "dev cluster", settings: cfg.Process,
+					checkNames: []string{checkNATS, checkRing, checkCoordinator, checkStorage},
+					start: func(ctx context.Context) (*part, error) {
+						return startDev(ctx, g, cfg, log, set)
+					},
+				}
 			})
 		},
 	}
 	config.Bind(cmd.Flags(), config.SectionDev, &cfg)
 	return cmd
+}
+
+// serve runs a long-running command: its settings resolved into cfg (of
+// section), a logger and a metrics set for the process that build makes.
+func serve(cmd *cobra.Command, g *globals, section string, cfg interface{ Validate() error }, build func(*zap.Logger, *metrics.Set) process) error {
+	if err := g.resolve(cmd, section, cfg); err != nil {
+		return err
+	}
+	log, err := g.logger()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	set := metrics.NewSet()
+	p := build(log, set)
+	p.metrics = []*metrics.Set{set}
+	return run(log, p)
 }
 
 func startDev(ctx context.Context, g *globals, cfg config.Dev, log *zap.Logger, set *metrics.Set) (*part, error) {
@@ -150,53 +160,46 @@ func newCoordinatorCmd(g *globals) *cobra.Command {
 		Short:       "Run a coordinator against an external NATS server",
 		Args:        cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := g.resolve(cmd, config.SectionCoordinator, &cfg); err != nil {
-				return err
-			}
-			log, err := g.logger()
-			if err != nil {
-				return err
-			}
-			defer func() { _ = log.Sync() }()
-			set := metrics.NewSet()
-			return run(log, process{
-				name: "coordinator", settings: cfg.Process, metrics: []*metrics.Set{set},
-				checkNames: []string{checkNATS, checkRing, checkCoordinator},
-				start: func(ctx context.Context) (*part, error) {
-					nc, err := g.connect("pairdb-coordinator", g.partInbox(bus.CoordinatorInbox), log)
-					if err != nil {
-						return nil, err
-					}
-					svc, err := cluster.StartCoordinator(ctx, nc, cluster.CoordinatorConfig{
-						Cluster:  membership.Settings{VNodes: cfg.VirtualNodes, HintMaxAge: cfg.HintMaxAge, TombstoneGrace: cfg.TombstoneGrace},
-						Subjects: g.subjects(), StreamReplicas: cfg.StreamReplicas,
-						IdempotencyTTL: cfg.IdempotencyTTL, PostgresURL: cfg.PostgresURL,
-						RequestTimeout: cfg.RequestTimeout, ReplicaTimeout: cfg.ReplicaTimeout, TenantCacheTTL: cfg.TenantCacheTTL,
-						HeartbeatTimeout: cfg.HeartbeatTimeout, DownAfter: cfg.DownAfter, NoHints: cfg.NoHints,
-						ReadRepairChance: cfg.ReadRepairChance, MaxClockSkew: cfg.MaxClockSkew,
-						Hints:  hints.Config{MaxPerNode: int64(cfg.HintsPerNode)},
-						Logger: log, Metrics: set,
-					})
-					if err != nil {
-						nc.Close()
-						return nil, err
-					}
-					st := svc.Ring.State()
-					log.Info("coordinator started", zap.String("nats", nc.ConnectedUrlRedacted()),
-						zap.Uint64("epoch", st.Epoch), zap.Strings("normal_nodes", st.Normal()))
-					return &part{
-						stop: func(ctx context.Context) error {
-							err := svc.Stop(ctx)
-							closeConn(ctx, nc)
-							return err
-						},
-						checks: map[string]ops.Check{
-							checkNATS:        natsCheck(nc),
-							checkRing:        ringCheck(svc.Ring),
-							checkCoordinator: svc.Ready,
-						},
-					}, nil
-				},
+			return serve(cmd, g, config.SectionCoordinator, &cfg, func(log *zap.Logger, set *metrics.Set) process {
+				return process{
+					name: "coordinator", settings: cfg.Process,
+					checkNames: []string{checkNATS, checkRing, checkCoordinator},
+					start: func(ctx context.Context) (*part, error) {
+						nc, err := g.connect("pairdb-coordinator", g.partInbox(bus.CoordinatorInbox), log)
+						if err != nil {
+							return nil, err
+						}
+						svc, err := cluster.StartCoordinator(ctx, nc, cluster.CoordinatorConfig{
+							Cluster:  membership.Settings{VNodes: cfg.VirtualNodes, HintMaxAge: cfg.HintMaxAge, TombstoneGrace: cfg.TombstoneGrace},
+							Subjects: g.subjects(), StreamReplicas: cfg.StreamReplicas,
+							IdempotencyTTL: cfg.IdempotencyTTL, PostgresURL: cfg.PostgresURL,
+							RequestTimeout: cfg.RequestTimeout, ReplicaTimeout: cfg.ReplicaTimeout, TenantCacheTTL: cfg.TenantCacheTTL,
+							HeartbeatTimeout: cfg.HeartbeatTimeout, DownAfter: cfg.DownAfter, NoHints: cfg.NoHints,
+							ReadRepairChance: cfg.ReadRepairChance, MaxClockSkew: cfg.MaxClockSkew,
+							Hints:  hints.Config{MaxPerNode: int64(cfg.HintsPerNode)},
+							Logger: log, Metrics: set,
+						})
+						if err != nil {
+							nc.Close()
+							return nil, err
+						}
+						st := svc.Ring.State()
+						log.Info("coordinator started", zap.String("nats", nc.ConnectedUrlRedacted()),
+							zap.Uint64("epoch", st.Epoch), zap.Strings("normal_nodes", st.Normal()))
+						return &part{
+							stop: func(ctx context.Context) error {
+								err := svc.Stop(ctx)
+								closeConn(ctx, nc)
+								return err
+							},
+							checks: map[string]ops.Check{
+								checkNATS:        natsCheck(nc),
+								checkRing:        ringCheck(svc.Ring),
+								checkCoordinator: svc.Ready,
+							},
+						}, nil
+					},
+				}
 			})
 		},
 	}
@@ -215,21 +218,14 @@ func newStorageNodeCmd(g *globals) *cobra.Command {
 		Short:       "Run a storage node against an external NATS server",
 		Args:        cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := g.resolve(cmd, config.SectionStorageNode, &cfg); err != nil {
-				return err
-			}
-			log, err := g.logger()
-			if err != nil {
-				return err
-			}
-			defer func() { _ = log.Sync() }()
-			set := metrics.NewSet()
-			return run(log, process{
-				name: "storage node", settings: cfg.Process, metrics: []*metrics.Set{set},
-				checkNames: []string{checkNATS, checkRing, checkStorage},
-				start: func(ctx context.Context) (*part, error) {
-					return startStorageNode(ctx, g, cfg, log, set)
-				},
+			return serve(cmd, g, config.SectionStorageNode, &cfg, func(log *zap.Logger, set *metrics.Set) process {
+				return process{
+					name: "storage node", settings: cfg.Process,
+					checkNames: []string{checkNATS, checkRing, checkStorage},
+					start: func(ctx context.Context) (*part, error) {
+						return startStorageNode(ctx, g, cfg, log, set)
+					},
+				}
 			})
 		},
 	}

@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pairdb/pairdb/bus"
+	"github.com/nats-io/nats.go/micro"
 )
 
 // Rule applies to requests whose subject contains Match ("" matches all).
@@ -96,11 +96,24 @@ func (i *Injector) Stats() Stats {
 	return i.stats
 }
 
+// Fault is what to do to one request: drop it (no reply, not handled, as
+// if lost on the wire), delay it, hold it until a channel closes (a paused
+// process that resumes), handle it twice (a duplicate delivery; the sender
+// sees one reply), or handle it and lose its reply (the sender cannot tell
+// whether it took effect).
+type Fault struct {
+	Drop      bool
+	Delay     time.Duration
+	Hold      <-chan struct{}
+	Duplicate bool
+	LoseReply bool
+}
+
 // Inject decides the fate of one request.
-func (i *Injector) Inject(subject string) bus.Fault {
+func (i *Injector) Inject(subject string) Fault {
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	var f bus.Fault
+	var f Fault
 	for n, r := range i.rules {
 		if r.Match != "" && !strings.Contains(subject, r.Match) {
 			continue
@@ -124,7 +137,7 @@ func (i *Injector) Inject(subject string) bus.Fault {
 		switch {
 		case i.rng.Float64() < r.Drop:
 			i.stats.Dropped++
-			return bus.Fault{Drop: true}
+			return Fault{Drop: true}
 		case i.rng.Float64() < r.Duplicate:
 			i.stats.Duplicated++
 			f.Duplicate = true
@@ -143,4 +156,60 @@ func (i *Injector) Inject(subject string) bus.Fault {
 	return f
 }
 
-var _ bus.Faults = (*Injector)(nil)
+// Middleware wraps an endpoint's handler with the injector, for a part's
+// config (coordinator.Config.Middleware, storagenode.Config.Middleware):
+// the part's own code has no fault branch. A held or delayed request is
+// handed to the endpoint only when released, so its deadline starts then,
+// as a paused process picks a message up only when it runs again; a
+// duplicate is handled first, its answer thrown away, then the real one.
+func (i *Injector) Middleware(_ string, next micro.Handler) micro.Handler {
+	return micro.HandlerFunc(func(r micro.Request) {
+		f := i.Inject(r.Subject())
+		if f.Drop {
+			return
+		}
+		deliver := func() {
+			if f.Duplicate {
+				done := make(chan struct{})
+				next.Handle(&quiet{Request: r, done: done})
+				<-done
+			}
+			if f.LoseReply {
+				next.Handle(&quiet{Request: r})
+				return
+			}
+			next.Handle(r)
+		}
+		if f.Hold == nil && f.Delay == 0 {
+			deliver()
+			return
+		}
+		go func() {
+			if f.Hold != nil {
+				<-f.Hold
+			}
+			time.Sleep(f.Delay)
+			deliver()
+		}()
+	})
+}
+
+// quiet is a delivery whose answer is lost; done, when set, is closed when
+// the handler answers.
+type quiet struct {
+	micro.Request
+	done chan struct{}
+	once sync.Once
+}
+
+func (q *quiet) answered() {
+	if q.done != nil {
+		q.once.Do(func() { close(q.done) })
+	}
+}
+
+func (q *quiet) Respond([]byte, ...micro.RespondOpt) error { q.answered(); return nil }
+
+func (q *quiet) RespondJSON(any, ...micro.RespondOpt) error { q.answered(); return nil }
+
+func (q *quiet) Error(string, string, []byte, ...micro.RespondOpt) error { q.answered(); return nil }
