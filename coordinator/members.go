@@ -31,20 +31,16 @@ const maxMemberAttempts = 10
 // of the progress stream (<prefix>.v1.events.migrations.<id>.<node>).
 var migrationIDRule = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
 
-// memberEndpoints are the membership endpoints, one per op, each on every
-// node's subject.
-func (s *Service) memberEndpoints(srv *bus.Server) []endpoint {
+// memberEndpoints serves the membership requests, one op each, on every
+// node's member subject.
+func (s *Service) memberEndpoints(srv *bus.Server, svc *bus.Service) *bus.Group {
 	sub := s.cfg.Subjects
-	return []endpoint{
-		{"member-register", sub.Member("*", bus.OpRegister), bus.Endpoint(srv, "member-register",
-			newMsg[*pb.RegisterNodeRequest], newMsg[*pb.MemberResponse], s.registerNode)},
-		{"member-done", sub.Member("*", bus.OpTransferDone), bus.Endpoint(srv, "member-done",
-			newMsg[*pb.TransferDoneRequest], newMsg[*pb.MemberResponse], s.transferDone)},
-		{"member-refilled", sub.Member("*", bus.OpRefilled), bus.Endpoint(srv, "member-refilled",
-			newMsg[*pb.RefilledRequest], newMsg[*pb.MemberResponse], s.refilled)},
-		{"member-progress", sub.Member("*", bus.OpProgress), bus.Endpoint(srv, "member-progress",
-			newMsg[*pb.ProgressRequest], newMsg[*pb.MemberResponse], s.nodeProgress)},
-	}
+	g := &bus.Group{Server: srv, Service: svc, Prefix: "member", Subject: func(op string) string { return sub.Member("*", op) }}
+	bus.Handle(g, bus.OpRegister, s.registerNode)
+	bus.Handle(g, bus.OpTransferDone, s.transferDone)
+	bus.Handle(g, bus.OpRefilled, s.refilled)
+	bus.Handle(g, bus.OpProgress, s.nodeProgress)
+	return g
 }
 
 // member reads the asking node from the subject and checks the incarnation

@@ -9,7 +9,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 	"go.uber.org/zap"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/pairdb/pairdb/bus"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
@@ -105,41 +104,33 @@ func (s *Service) addEndpoints() error {
 	s.svc = svc
 	sub := s.cfg.Subjects
 	srv := &bus.Server{Conn: s.nc, Limiter: s.limiter, Timeout: s.cfg.RequestTimeout, Log: s.log, Middleware: s.cfg.Middleware}
-	eps := []endpoint{
-		{"put", sub.KVAny(bus.OpPut), bus.Endpoint(srv, "put", newMsg[*pb.PutRequest], newMsg[*pb.PutResponse], s.put)},
-		{"get", sub.KVAny(bus.OpGet), bus.Endpoint(srv, "get", newMsg[*pb.GetRequest], newMsg[*pb.GetResponse], s.get)},
-		{"delete", sub.KVAny(bus.OpDelete), bus.Endpoint(srv, "delete", newMsg[*pb.DeleteRequest], newMsg[*pb.DeleteResponse], s.delete)},
-		{"tenants-create", sub.Admin("tenants", "create"), bus.Endpoint(srv, "tenants-create", newMsg[*pb.CreateTenantRequest], newMsg[*pb.TenantResponse], s.createTenant)},
-		{"tenants-get", sub.Admin("tenants", "get"), bus.Endpoint(srv, "tenants-get", newMsg[*pb.GetTenantRequest], newMsg[*pb.TenantResponse], s.getTenant)},
-		{"tenants-update", sub.Admin("tenants", "update"), bus.Endpoint(srv, "tenants-update", newMsg[*pb.UpdateTenantRequest], newMsg[*pb.TenantResponse], s.updateTenant)},
-		{"tenants-list", sub.Admin("tenants", "list"), bus.Endpoint(srv, "tenants-list", newMsg[*pb.ListTenantsRequest], newMsg[*pb.ListTenantsResponse], s.listTenants)},
-		{"tenants-delete", sub.Admin("tenants", "delete"), bus.Endpoint(srv, "tenants-delete", newMsg[*pb.DeleteTenantRequest], newMsg[*pb.TenantResponse], s.deleteTenant)},
-		{"nodes-add", sub.Admin("nodes", "add"), bus.Endpoint(srv, "nodes-add", newMsg[*pb.AddNodesRequest], newMsg[*pb.NodeChangeResponse], s.addNodes)},
-		{"nodes-remove", sub.Admin("nodes", "remove"), bus.Endpoint(srv, "nodes-remove", newMsg[*pb.RemoveNodeRequest], newMsg[*pb.NodeChangeResponse], s.removeNode)},
-		{"nodes-list", sub.Admin("nodes", "list"), bus.Endpoint(srv, "nodes-list", newMsg[*pb.ListNodesRequest], newMsg[*pb.ListNodesResponse], s.listNodes)},
-		{"migrations-get", sub.Admin("migrations", "get"), bus.Endpoint(srv, "migrations-get", newMsg[*pb.GetMigrationRequest], newMsg[*pb.MigrationResponse], s.getMigration)},
-		{"migrations-list", sub.Admin("migrations", "list"), bus.Endpoint(srv, "migrations-list", newMsg[*pb.ListMigrationsRequest], newMsg[*pb.ListMigrationsResponse], s.listMigrations)},
+	admin := func(group string) *bus.Group {
+		return &bus.Group{Server: srv, Service: svc, Prefix: group, Subject: func(op string) string { return sub.Admin(group, op) }}
 	}
-	eps = append(eps, s.memberEndpoints(srv)...)
-	for _, e := range eps {
-		if err := svc.AddEndpoint(e.name, e.subject, e.h); err != nil {
-			return errors.CombineErrors(errors.Wrapf(err, "on %s", e.subject), svc.Stop(context.Background()))
+	kv := &bus.Group{Server: srv, Service: svc, Subject: sub.KVAny}
+	bus.Handle(kv, bus.OpPut, s.put)
+	bus.Handle(kv, bus.OpGet, s.get)
+	bus.Handle(kv, bus.OpDelete, s.delete)
+	tenants := admin("tenants")
+	bus.Handle(tenants, "create", s.createTenant)
+	bus.Handle(tenants, "get", s.getTenant)
+	bus.Handle(tenants, "update", s.updateTenant)
+	bus.Handle(tenants, "list", s.listTenants)
+	bus.Handle(tenants, "delete", s.deleteTenant)
+	nodes := admin("nodes")
+	bus.Handle(nodes, "add", s.addNodes)
+	bus.Handle(nodes, "remove", s.removeNode)
+	bus.Handle(nodes, "list", s.listNodes)
+	migrations := admin("migrations")
+	bus.Handle(migrations, "get", s.getMigration)
+	bus.Handle(migrations, "list", s.listMigrations)
+	members := s.memberEndpoints(srv, svc)
+	for _, g := range []*bus.Group{kv, tenants, nodes, migrations, members} {
+		if err := g.Err(); err != nil {
+			return errors.CombineErrors(err, svc.Stop(context.Background()))
 		}
 	}
 	return nil
-}
-
-// endpoint is one micro endpoint of the coordinator service.
-type endpoint struct {
-	name, subject string
-	h             micro.Handler
-}
-
-// newMsg allocates a fresh message of type M (M is a pointer to a
-// generated struct).
-func newMsg[M proto.Message]() M {
-	var m M
-	return m.ProtoReflect().Type().New().Interface().(M)
 }
 
 // Stop stops taking requests, waits for in-flight ones and background

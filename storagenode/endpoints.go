@@ -44,37 +44,16 @@ func (n *Node) register() error {
 	// Requests that arrive after Stop began (micro subscriptions drain
 	// asynchronously) are refused by the draining limiter with UNAVAILABLE.
 	srv := &bus.Server{Conn: n.nc, Limiter: n.lim, Timeout: n.cfg.RequestTimeout, Log: n.log, Observe: n.met.observe, Middleware: n.cfg.Middleware}
-	endpoints := []struct {
-		op string
-		h  micro.Handler
-	}{
-		{bus.OpApply, bus.Endpoint(srv, bus.OpApply,
-			func() *pb.ApplyRequest { return &pb.ApplyRequest{} },
-			func() *pb.ApplyResponse { return &pb.ApplyResponse{} }, n.apply)},
-		{bus.OpMerge, bus.Endpoint(srv, bus.OpMerge,
-			func() *pb.MergeRequest { return &pb.MergeRequest{} },
-			func() *pb.MergeResponse { return &pb.MergeResponse{} }, n.merge)},
-		{bus.OpRead, bus.Endpoint(srv, bus.OpRead,
-			func() *pb.ReadRequest { return &pb.ReadRequest{} },
-			func() *pb.ReadResponse { return &pb.ReadResponse{} }, n.read)},
-		{bus.OpScan, bus.Endpoint(srv, bus.OpScan,
-			func() *pb.ScanRequest { return &pb.ScanRequest{} },
-			func() *pb.ScanResponse { return &pb.ScanResponse{} }, n.scan)},
-		{bus.OpDigest, bus.Endpoint(srv, bus.OpDigest,
-			func() *pb.DigestRequest { return &pb.DigestRequest{} },
-			func() *pb.DigestResponse { return &pb.DigestResponse{} }, n.digest)},
-		{bus.OpDigests, bus.Endpoint(srv, bus.OpDigests,
-			func() *pb.RangeDigestsRequest { return &pb.RangeDigestsRequest{} },
-			func() *pb.RangeDigestsResponse { return &pb.RangeDigestsResponse{} }, n.digests)},
-		{bus.OpRepair, bus.Endpoint(srv, bus.OpRepair,
-			func() *pb.RepairRequest { return &pb.RepairRequest{} },
-			func() *pb.RepairResponse { return &pb.RepairResponse{} }, n.repair)},
-	}
-	for _, ep := range endpoints {
-		subject := n.cfg.Subjects.Node(n.cfg.ID, ep.op)
-		if err := svc.AddEndpoint(ep.op, subject, ep.h); err != nil {
-			return errors.CombineErrors(errors.Wrapf(err, "on %s", subject), svc.Stop(context.Background()))
-		}
+	g := &bus.Group{Server: srv, Service: svc, Subject: func(op string) string { return n.cfg.Subjects.Node(n.cfg.ID, op) }}
+	bus.Handle(g, bus.OpApply, n.apply)
+	bus.Handle(g, bus.OpMerge, n.merge)
+	bus.Handle(g, bus.OpRead, n.read)
+	bus.Handle(g, bus.OpScan, n.scan)
+	bus.Handle(g, bus.OpDigest, n.digest)
+	bus.Handle(g, bus.OpDigests, n.digests)
+	bus.Handle(g, bus.OpRepair, n.repair)
+	if err := g.Err(); err != nil {
+		return errors.CombineErrors(err, svc.Stop(context.Background()))
 	}
 	n.svc = svc
 	return nil
