@@ -20,6 +20,7 @@ import (
 	"github.com/cockroachdb/errors"
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
@@ -86,6 +87,9 @@ type Options struct {
 	MaxObjectBytes int
 	// Now is the clock deadlines are judged by; nil means time.Now.
 	Now func() time.Time
+	// FS is the filesystem Pebble works on; nil means the real one. Tests
+	// wrap it (pebble's vfs/errorfs) to fail a write where they choose.
+	FS vfs.FS
 }
 
 // DefaultMaxObjectBytes fits NATS's default 1 MiB max_payload with room for
@@ -172,6 +176,7 @@ func Open(dir string, opts Options) (*Engine, error) {
 		MemTableStopWritesThreshold: 4,
 		Logger:                      log.Named("pebble").WithOptions(zap.AddCallerSkip(1)).Sugar(),
 		EventListener:               eventListener(log),
+		FS:                          opts.FS,
 	}
 	if d := opts.WALMinSyncInterval; d > 0 {
 		po.WALMinSyncInterval = func() time.Duration { return d }
