@@ -211,12 +211,11 @@ func (s *Store) Begin(ctx context.Context, tenant, idemKey string, hash []byte, 
 	if len(hash) != sha256.Size {
 		return nil, status.Errorf(pb.ErrorCode_INTERNAL, "request hash must be %d bytes, got %d", sha256.Size, len(hash))
 	}
+	key := recordKey(tenant, idemKey)
 	// The claim keeps the hash for Complete; a private copy so a caller
 	// reusing its buffer cannot change what gets recorded.
-	hash = bytes.Clone(hash)
-	key := recordKey(tenant, idemKey)
-	log := s.log.With(zap.String("tenant", tenant), zap.String("record", key))
-	waited := false
+	b := &beginning{s: s, key: key, hash: bytes.Clone(hash), minter: minter, minterInc: minterInc,
+		log: s.log.With(zap.String("tenant", tenant), zap.String("record", key))}
 
 	// Each pass either decides, or observes that the record changed (or
 	// may be abandoned) and reads again. Every pass that loops means some
@@ -224,20 +223,10 @@ func (s *Store) Begin(ctx context.Context, tenant, idemKey string, hash []byte, 
 	// A fresh key is the common case (clients mint one per request): try
 	// to claim it before reading, which saves a round trip; a conflict
 	// means someone holds it, and the loop reads what they wrote.
-	fresh := func() *Claim { return &Claim{s: s, key: key, hash: hash, minter: minter, minterInc: minterInc} }
-	rec, err := pending(hash, minter, minterInc)
-	if err != nil {
-		return nil, err
+	if c, err := b.create(ctx); c != nil || err != nil {
+		return c, err
 	}
-	rev, err := s.kv.Create(ctx, key, rec)
-	switch {
-	case err == nil:
-		c := fresh()
-		c.rev = rev
-		return c, nil
-	case !jsbucket.IsConflict(err):
-		return nil, unavailable(err, "claim idempotency record")
-	}
+	waited := false
 	for {
 		if err := ctx.Err(); err != nil {
 			if waited {
@@ -245,82 +234,110 @@ func (s *Store) Begin(ctx context.Context, tenant, idemKey string, hash []byte, 
 			}
 			return nil, unavailable(err, "begin idempotent request")
 		}
-		e, err := s.kv.Get(ctx, key)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			rec, perr := pending(hash, minter, minterInc)
-			if perr != nil {
-				return nil, perr
-			}
-			rev, cerr := s.kv.Create(ctx, key, rec)
-			if jsbucket.IsConflict(cerr) {
-				continue // another coordinator claimed it first; read its record
-			}
-			if cerr != nil {
-				return nil, unavailable(cerr, "claim idempotency record")
-			}
-			c := fresh()
-			c.rev = rev
-			return c, nil
-		}
-		if err != nil {
-			return nil, unavailable(err, "read idempotency record")
-		}
-		rec := &pb.IdempotencyRecord{}
-		if err := proto.Unmarshal(e.Value(), rec); err != nil {
-			log.Error("undecodable idempotency record", zap.Uint64("revision", e.Revision()), zap.Error(err))
-			return nil, status.Wrap(pb.ErrorCode_INTERNAL, err, "decode idempotency record %q", key)
-		}
-		if !bytes.Equal(rec.GetRequestHash(), hash) {
-			return nil, status.Errorf(pb.ErrorCode_IDEMPOTENCY_KEY_CONFLICT,
-				"idempotency key was already used with a different payload (operation, key, value or context); use a fresh key for a different request")
-		}
-		switch rec.GetState() {
-		case pb.IdempotencyRecord_DONE:
-			return &Claim{s: s, key: key, done: true, response: rec.GetResponse()}, nil
-		case pb.IdempotencyRecord_RETRY:
-			// A failed attempt released the record: take it at once,
-			// keeping the minter that attempt named.
-			again, perr := pending(hash, rec.GetMinter(), rec.GetMinterIncarnation())
-			if perr != nil {
-				return nil, perr
-			}
-			rev, uerr := s.kv.Update(ctx, key, again, e.Revision())
-			if jsbucket.IsConflict(uerr) {
-				continue
-			}
-			if uerr != nil {
-				return nil, unavailable(uerr, "claim idempotency record for a retry")
-			}
-			return &Claim{s: s, key: key, rev: rev, hash: hash, retry: true,
-				minter: rec.GetMinter(), minterInc: rec.GetMinterIncarnation()}, nil
-		case pb.IdempotencyRecord_PENDING:
-		default:
-			return nil, status.Errorf(pb.ErrorCode_INTERNAL, "idempotency record %q has state %v", key, rec.GetState())
-		}
-
-		abandonAt := e.Created().Add(s.cfg.PendingTimeout)
-		if !time.Now().Before(abandonAt) {
-			again, perr := pending(hash, rec.GetMinter(), rec.GetMinterIncarnation())
-			if perr != nil {
-				return nil, perr
-			}
-			rev, uerr := s.kv.Update(ctx, key, again, e.Revision())
-			if jsbucket.IsConflict(uerr) {
-				continue // completed, aborted or taken over meanwhile
-			}
-			if uerr != nil {
-				return nil, unavailable(uerr, "take over abandoned idempotency record")
-			}
-			log.Warn("took over an abandoned pending idempotency record; the coordinator that claimed it crashed or could not save its outcome",
-				zap.Time("claimed_at", e.Created()), zap.Duration("pending_timeout", s.cfg.PendingTimeout))
-			return &Claim{s: s, key: key, rev: rev, hash: hash, retry: true, taken: true,
-				minter: rec.GetMinter(), minterInc: rec.GetMinterIncarnation()}, nil
+		c, rev, abandonAt, err := b.step(ctx)
+		switch {
+		case c != nil || err != nil:
+			return c, err
+		case abandonAt.IsZero():
+			continue // the record changed under us: read it again
 		}
 		waited = true
-		if err := s.waitForChange(ctx, key, e.Revision(), abandonAt); err != nil {
+		if err := s.waitForChange(ctx, key, rev, abandonAt); err != nil {
 			return nil, err
 		}
 	}
+}
+
+// beginning is one Begin's state.
+type beginning struct {
+	s                 *Store
+	key               string
+	hash              []byte
+	minter, minterInc string
+	log               *zap.Logger
+}
+
+// create claims a record that does not exist; nil and no error when
+// another party holds one.
+func (b *beginning) create(ctx context.Context) (*Claim, error) {
+	rec, err := pending(b.hash, b.minter, b.minterInc)
+	if err != nil {
+		return nil, err
+	}
+	rev, err := b.s.kv.Create(ctx, b.key, rec)
+	switch {
+	case jsbucket.IsConflict(err):
+		return nil, nil
+	case err != nil:
+		return nil, unavailable(err, "claim idempotency record")
+	}
+	return &Claim{s: b.s, key: b.key, rev: rev, hash: b.hash, minter: b.minter, minterInc: b.minterInc}, nil
+}
+
+// step reads the record and decides: a claim (or the recorded answer), an
+// error, or nothing yet, with the revision to wait past and when the
+// record counts as abandoned (zero: read again at once).
+func (b *beginning) step(ctx context.Context) (c *Claim, rev uint64, abandonAt time.Time, err error) {
+	e, err := b.s.kv.Get(ctx, b.key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		c, err := b.create(ctx) // nil, nil: another coordinator claimed it first
+		return c, 0, time.Time{}, err
+	}
+	if err != nil {
+		return nil, 0, time.Time{}, unavailable(err, "read idempotency record")
+	}
+	rec := &pb.IdempotencyRecord{}
+	if err := proto.Unmarshal(e.Value(), rec); err != nil {
+		b.log.Error("undecodable idempotency record", zap.Uint64("revision", e.Revision()), zap.Error(err))
+		return nil, 0, time.Time{}, status.Wrap(pb.ErrorCode_INTERNAL, err, "decode idempotency record %q", b.key)
+	}
+	if !bytes.Equal(rec.GetRequestHash(), b.hash) {
+		return nil, 0, time.Time{}, status.Errorf(pb.ErrorCode_IDEMPOTENCY_KEY_CONFLICT,
+			"idempotency key was already used with a different payload (operation, key, value or context); use a fresh key for a different request")
+	}
+	switch rec.GetState() {
+	case pb.IdempotencyRecord_DONE:
+		return &Claim{s: b.s, key: b.key, done: true, response: rec.GetResponse()}, 0, time.Time{}, nil
+	case pb.IdempotencyRecord_RETRY:
+		// A failed attempt released the record: take it at once, keeping
+		// the minter that attempt named.
+		c, err := b.takeOver(ctx, e, rec, false)
+		return c, 0, time.Time{}, err
+	case pb.IdempotencyRecord_PENDING:
+	default:
+		return nil, 0, time.Time{}, status.Errorf(pb.ErrorCode_INTERNAL, "idempotency record %q has state %v", b.key, rec.GetState())
+	}
+	abandonAt = e.Created().Add(b.s.cfg.PendingTimeout)
+	if time.Now().Before(abandonAt) {
+		return nil, e.Revision(), abandonAt, nil
+	}
+	c, err = b.takeOver(ctx, e, rec, true)
+	if c != nil {
+		b.log.Warn("took over an abandoned pending idempotency record; the coordinator that claimed it crashed or could not save its outcome",
+			zap.Time("claimed_at", e.Created()), zap.Duration("pending_timeout", b.s.cfg.PendingTimeout))
+	}
+	return c, 0, time.Time{}, err
+}
+
+// takeOver claims a record another attempt left (RETRY, or PENDING past
+// its timeout: abandoned), keeping the minter it names; nil and no error
+// when it changed meanwhile (completed, aborted or taken over).
+func (b *beginning) takeOver(ctx context.Context, e jetstream.KeyValueEntry, rec *pb.IdempotencyRecord, abandoned bool) (*Claim, error) {
+	again, err := pending(b.hash, rec.GetMinter(), rec.GetMinterIncarnation())
+	if err != nil {
+		return nil, err
+	}
+	rev, err := b.s.kv.Update(ctx, b.key, again, e.Revision())
+	switch {
+	case jsbucket.IsConflict(err):
+		return nil, nil
+	case err != nil && abandoned:
+		return nil, unavailable(err, "take over abandoned idempotency record")
+	case err != nil:
+		return nil, unavailable(err, "claim idempotency record for a retry")
+	}
+	return &Claim{s: b.s, key: b.key, rev: rev, hash: b.hash, retry: true, taken: abandoned,
+		minter: rec.GetMinter(), minterInc: rec.GetMinterIncarnation()}, nil
 }
 
 // waitForChange blocks until the record moves past revision rev (completed,
