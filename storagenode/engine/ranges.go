@@ -357,63 +357,79 @@ func (e *Engine) MergeBatch(tenant string, items []MergeItem, policy dvv.Policy)
 	}
 	defer e.lockAll(hashes)()
 
-	b := e.db.NewBatch()
-	defer func() { _ = b.Close() }()
-	// A page may repeat a key: later items merge into the staged object.
-	type entry struct {
-		obj              dvv.Object
-		existed, written bool
-	}
-	staged := map[string]*entry{}
-	changed := 0
+	mb := &mergeBatch{e: e, b: e.db.NewBatch(), tenant: tenant, staged: map[string]*stagedObject{}}
+	defer func() { _ = mb.b.Close() }()
 	for i, it := range items {
-		k := dataKey(tenant, hashes[i], it.Key)
-		en, ok := staged[string(k)]
-		if !ok {
-			cur, found, err := e.get(k)
-			if err != nil {
-				return 0, err
-			}
-			en = &entry{obj: cur, existed: found}
-			staged[string(k)] = en
+		if err := mb.add(dataKey(tenant, hashes[i], it.Key), it, policy); err != nil {
+			return 0, err
 		}
-		merged := dvv.Merge(en.obj, it.Object, policy)
-		if dvv.Equal(en.obj, merged) {
-			continue
-		}
-		v, err := proto.Marshal(dvvpb.ObjectToProto(merged))
-		if err != nil {
-			return 0, errors.Wrap(err, "engine: encode object")
-		}
-		if err := b.Set(k, v, nil); err != nil {
-			return 0, errors.Wrap(err, "engine: stage write")
-		}
-		if it.Minted {
-			records, err := gainedOrigins(tenant, en.obj, it.Object, e.now().UnixMilli())
-			if err != nil {
-				return 0, err
-			}
-			for _, r := range records {
-				if err := b.Set(r.k, r.v, nil); err != nil {
-					return 0, errors.Wrap(err, "engine: stage origin record")
-				}
-			}
-		}
-		en.obj, en.written = merged, true
-		changed++
 	}
-	if changed == 0 {
+	if mb.changed == 0 {
 		return 0, nil
 	}
-	if err := b.Commit(e.writeOpts); err != nil {
+	if err := mb.b.Commit(e.writeOpts); err != nil {
 		return 0, errors.Wrap(err, "engine: commit merged page")
 	}
-	for _, en := range staged {
+	for _, en := range mb.staged {
 		if en.written && !en.existed {
 			e.keys.Add(1)
 		}
 	}
-	return changed, nil
+	return mb.changed, nil
+}
+
+// mergeBatch stages the merges of one MergeBatch. A page may repeat a key:
+// later items merge into the staged object.
+type mergeBatch struct {
+	e       *Engine
+	b       *pebble.Batch
+	tenant  string
+	staged  map[string]*stagedObject
+	changed int
+}
+
+type stagedObject struct {
+	obj              dvv.Object
+	existed, written bool
+}
+
+// add merges it into the object at k, staging the write (and, for a fresh
+// version, the origin records it brings) when anything changed.
+func (mb *mergeBatch) add(k []byte, it MergeItem, policy dvv.Policy) error {
+	en, ok := mb.staged[string(k)]
+	if !ok {
+		cur, found, err := mb.e.get(k)
+		if err != nil {
+			return err
+		}
+		en = &stagedObject{obj: cur, existed: found}
+		mb.staged[string(k)] = en
+	}
+	merged := dvv.Merge(en.obj, it.Object, policy)
+	if dvv.Equal(en.obj, merged) {
+		return nil
+	}
+	v, err := proto.Marshal(dvvpb.ObjectToProto(merged))
+	if err != nil {
+		return errors.Wrap(err, "engine: encode object")
+	}
+	if err := mb.b.Set(k, v, nil); err != nil {
+		return errors.Wrap(err, "engine: stage write")
+	}
+	if it.Minted {
+		records, err := gainedOrigins(mb.tenant, en.obj, it.Object, mb.e.now().UnixMilli())
+		if err != nil {
+			return err
+		}
+		for _, r := range records {
+			if err := mb.b.Set(r.k, r.v, nil); err != nil {
+				return errors.Wrap(err, "engine: stage origin record")
+			}
+		}
+	}
+	en.obj, en.written = merged, true
+	mb.changed++
+	return nil
 }
 
 // lockAll takes the per-key stripes of every hash, each once and in stripe

@@ -76,16 +76,7 @@ type Minted struct {
 // the version was forwarded is OUTCOME_UNKNOWN: the forwarded copies may
 // stand. Any other error means nothing left this replica.
 func (e *Engine) Mint(w Write) (Minted, error) {
-	if err := validate(w.Tenant, w.Key); err != nil {
-		return Minted{}, err
-	}
-	if err := e.validateClock(w.Context); err != nil {
-		return Minted{}, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad context for key %q of tenant %q", w.Key, w.Tenant)
-	}
-	if w.Tombstone && len(w.Value) > 0 {
-		return Minted{}, status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "a tombstone carries no value")
-	}
-	if err := e.checkDeadline(w.Deadline, "mint"); err != nil {
+	if err := e.checkWrite(w); err != nil {
 		return Minted{}, err
 	}
 	if err := e.acquire(); err != nil {
@@ -115,44 +106,9 @@ func (e *Engine) Mint(w Write) (Minted, error) {
 			return Minted{Object: cur, Existing: true, Record: rec}, nil
 		}
 	}
-	// The counter comes from the node-wide sequence, never reused across
-	// keys or restarts, so a key rewritten after its tombstone was purged
-	// is not covered by that tombstone's clock elsewhere (see purge.go).
-	next, err := e.mint(dvv.Update(cur, w.Context, e.incarnation, w.Value, w.Tombstone, w.NowMs, w.Policy))
+	next, v, records, err := e.next(w, cur)
 	if err != nil {
 		return Minted{}, err
-	}
-	dot := dvv.Dot{Actor: e.incarnation, Counter: next.Clock[e.incarnation]}
-	if len(w.Origin) > 0 {
-		for i := range next.Siblings {
-			if next.Siblings[i].Dot == dot {
-				next.Siblings[i].Origin = w.Origin
-			}
-		}
-	}
-	if w.MaxSiblings > 0 && len(next.Siblings) > w.MaxSiblings {
-		return Minted{}, status.Errorf(pb.ErrorCode_TOO_MANY_SIBLINGS,
-			"key %q of tenant %q would have %d siblings, over the tenant's limit of %d; "+
-				"read the key and write with its context to resolve the siblings",
-			w.Key, w.Tenant, len(next.Siblings), w.MaxSiblings)
-	}
-	v, err := proto.Marshal(dvvpb.ObjectToProto(next))
-	if err != nil {
-		return Minted{}, errors.Wrap(err, "engine: encode object")
-	}
-	if limit := e.objectLimit(w.MaxObjectBytes); len(v) > limit {
-		return Minted{}, status.Errorf(pb.ErrorCode_VALUE_TOO_LARGE,
-			"key %q of tenant %q would store %d bytes with its siblings and clock, over the limit of %d; "+
-				"read the key and write with its context to resolve the siblings, or write a smaller value",
-			w.Key, w.Tenant, len(v), limit)
-	}
-	var records []record
-	if w.RecordOrigin && len(w.Origin) > 0 {
-		r, err := originEntry(w.Tenant, w.Origin, dot, next.Clock, w.NowMs)
-		if err != nil {
-			return Minted{}, err
-		}
-		records = append(records, r)
 	}
 	// The last check before anything leaves this replica: past it, the
 	// version exists (forwarded, committed) and the outcome is the
@@ -174,6 +130,65 @@ func (e *Engine) Mint(w Write) (Minted, error) {
 		e.keys.Add(1)
 	}
 	return Minted{Object: next}, nil
+}
+
+// checkWrite refuses a write that cannot be minted, before any lock.
+func (e *Engine) checkWrite(w Write) error {
+	if err := validate(w.Tenant, w.Key); err != nil {
+		return err
+	}
+	if err := e.validateClock(w.Context); err != nil {
+		return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad context for key %q of tenant %q", w.Key, w.Tenant)
+	}
+	if w.Tombstone && len(w.Value) > 0 {
+		return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "a tombstone carries no value")
+	}
+	return e.checkDeadline(w.Deadline, "mint")
+}
+
+// next is the object w makes of cur, encoded, with the origin record to
+// store beside it; refused past the tenant's sibling and size limits.
+func (e *Engine) next(w Write, cur dvv.Object) (dvv.Object, []byte, []record, error) {
+	// The counter comes from the node-wide sequence, never reused across
+	// keys or restarts, so a key rewritten after its tombstone was purged
+	// is not covered by that tombstone's clock elsewhere (see purge.go).
+	next, err := e.mint(dvv.Update(cur, w.Context, e.incarnation, w.Value, w.Tombstone, w.NowMs, w.Policy))
+	if err != nil {
+		return dvv.Object{}, nil, nil, err
+	}
+	dot := dvv.Dot{Actor: e.incarnation, Counter: next.Clock[e.incarnation]}
+	if len(w.Origin) > 0 {
+		for i := range next.Siblings {
+			if next.Siblings[i].Dot == dot {
+				next.Siblings[i].Origin = w.Origin
+			}
+		}
+	}
+	if w.MaxSiblings > 0 && len(next.Siblings) > w.MaxSiblings {
+		return dvv.Object{}, nil, nil, status.Errorf(pb.ErrorCode_TOO_MANY_SIBLINGS,
+			"key %q of tenant %q would have %d siblings, over the tenant's limit of %d; "+
+				"read the key and write with its context to resolve the siblings",
+			w.Key, w.Tenant, len(next.Siblings), w.MaxSiblings)
+	}
+	v, err := proto.Marshal(dvvpb.ObjectToProto(next))
+	if err != nil {
+		return dvv.Object{}, nil, nil, errors.Wrap(err, "engine: encode object")
+	}
+	if limit := e.objectLimit(w.MaxObjectBytes); len(v) > limit {
+		return dvv.Object{}, nil, nil, status.Errorf(pb.ErrorCode_VALUE_TOO_LARGE,
+			"key %q of tenant %q would store %d bytes with its siblings and clock, over the limit of %d; "+
+				"read the key and write with its context to resolve the siblings, or write a smaller value",
+			w.Key, w.Tenant, len(v), limit)
+	}
+	var records []record
+	if w.RecordOrigin && len(w.Origin) > 0 {
+		r, err := originEntry(w.Tenant, w.Origin, dot, next.Clock, w.NowMs)
+		if err != nil {
+			return dvv.Object{}, nil, nil, err
+		}
+		records = append(records, r)
+	}
+	return next, v, records, nil
 }
 
 // Apply mints a version as Mint does, with no deadline, forward or origin
