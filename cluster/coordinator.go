@@ -109,7 +109,7 @@ func OpenTenantStore(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig) 
 }
 
 // StartCoordinator opens the coordinator's stores and starts the service.
-func StartCoordinator(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig) (*Coordinator, error) {
+func StartCoordinator(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig) (_ *Coordinator, err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
@@ -120,68 +120,40 @@ func StartCoordinator(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig)
 	if err != nil {
 		return nil, err
 	}
+	var ring *Ring
+	defer func() {
+		if err != nil {
+			if ring != nil {
+				ring.Close()
+			}
+			closeStore()
+		}
+	}()
 	js, err := jetstream.New(nc)
 	if err != nil {
-		closeStore()
 		return nil, errors.Wrap(err, "open JetStream")
 	}
-	// A claim is presumed abandoned once no request could still be running
-	// under it: a few request deadlines.
-	reqTimeout := cfg.RequestTimeout
-	if reqTimeout <= 0 {
-		reqTimeout = coordinator.DefaultRequestTimeout
-	}
-	idem, err := idempotency.Open(ctx, js, idempotency.Config{
-		TTL: cfg.IdempotencyTTL, Replicas: cfg.StreamReplicas, PendingTimeout: 3 * reqTimeout,
-		Logger: cfg.Logger.Named("idempotency"),
-	})
+	idem, err := openIdempotency(ctx, js, cfg)
 	if err != nil {
-		closeStore()
-		return nil, errors.Wrap(err, "open the idempotency bucket")
+		return nil, err
 	}
-	ring, err := OpenRing(ctx, nc, RingConfig{
+	if ring, err = OpenRing(ctx, nc, RingConfig{
 		Subjects: cfg.Subjects, StreamReplicas: cfg.StreamReplicas, Logger: cfg.Logger.Named("ring"),
-	})
-	if err != nil {
-		closeStore()
+	}); err != nil {
 		return nil, err
 	}
 	settings := cfg.Cluster.WithDefaults()
 	if err := settings.Validate(); err != nil {
-		ring.Close()
-		closeStore()
 		return nil, errors.Wrap(err, "coordinator settings")
 	}
 	if err := ring.State().CheckSettings("coordinator", settings); err != nil {
-		ring.Close()
-		closeStore()
 		return nil, err
 	}
 	// The hints stream keeps hints as long as the cluster says.
 	cfg.Hints.MaxAge = settings.HintMaxAge
-	key, err := secrets.ContextKey(ctx, js, cfg.StreamReplicas)
+	sealer, hq, err := openSealerAndHints(ctx, js, cfg)
 	if err != nil {
-		ring.Close()
-		closeStore()
-		return nil, errors.Wrap(err, "load the context-sealing key")
-	}
-	sealer, err := causal.NewSealer(key, secrets.ContextKeyID)
-	if err != nil {
-		ring.Close()
-		closeStore()
 		return nil, err
-	}
-	// The hints stream exists even with hints off: storage nodes wait for
-	// it at start, and only coordinators may create it.
-	q, err := hints.Open(ctx, js, hintsConfig(cfg.Hints, cfg.Subjects, cfg.StreamReplicas, cfg.Logger))
-	if err != nil {
-		ring.Close()
-		closeStore()
-		return nil, errors.Wrap(err, "open the hints stream")
-	}
-	var hq coordinator.HintQueue
-	if !cfg.NoHints {
-		hq = q
 	}
 	svc, err := coordinator.Start(nc, coordinator.Config{
 		Cluster:          settings,
@@ -203,11 +175,46 @@ func StartCoordinator(ctx context.Context, nc *nats.Conn, cfg CoordinatorConfig)
 		Metrics:          cfg.Metrics,
 	})
 	if err != nil {
-		ring.Close()
-		closeStore()
 		return nil, err
 	}
 	return &Coordinator{Service: svc, Ring: ring, closeStore: closeStore}, nil
+}
+
+// openIdempotency opens the idempotency bucket. A claim is presumed
+// abandoned once no request could still be running under it: a few
+// request deadlines.
+func openIdempotency(ctx context.Context, js jetstream.JetStream, cfg CoordinatorConfig) (*idempotency.Store, error) {
+	reqTimeout := cfg.RequestTimeout
+	if reqTimeout <= 0 {
+		reqTimeout = coordinator.DefaultRequestTimeout
+	}
+	idem, err := idempotency.Open(ctx, js, idempotency.Config{
+		TTL: cfg.IdempotencyTTL, Replicas: cfg.StreamReplicas, PendingTimeout: 3 * reqTimeout,
+		Logger: cfg.Logger.Named("idempotency"),
+	})
+	return idem, errors.Wrap(err, "open the idempotency bucket")
+}
+
+// openSealerAndHints loads the context-sealing key and opens the hints
+// stream. The stream exists even with hints off (then the queue is nil):
+// storage nodes wait for it at start, and only coordinators may create it.
+func openSealerAndHints(ctx context.Context, js jetstream.JetStream, cfg CoordinatorConfig) (*causal.Sealer, coordinator.HintQueue, error) {
+	key, err := secrets.ContextKey(ctx, js, cfg.StreamReplicas)
+	if err != nil {
+		return nil, nil, errors.Wrap(err, "load the context-sealing key")
+	}
+	sealer, err := causal.NewSealer(key, secrets.ContextKeyID)
+	if err != nil {
+		return nil, nil, err
+	}
+	q, err := hints.Open(ctx, js, hintsConfig(cfg.Hints, cfg.Subjects, cfg.StreamReplicas, cfg.Logger))
+	if err != nil {
+		return nil, nil, errors.Wrap(err, "open the hints stream")
+	}
+	if cfg.NoHints {
+		return sealer, nil, nil
+	}
+	return sealer, q, nil
 }
 
 // EnsureTenant creates tenant id with replication factor rf unless it
