@@ -49,6 +49,18 @@ func ValidateKey(key string) error {
 	return nil
 }
 
+// ValidateTarget checks the tenant id and key a request names, and says
+// which of the two is wrong.
+func ValidateTarget(tenant, key string) error {
+	if err := ValidateTenantID(tenant); err != nil {
+		return errors.Wrap(err, "invalid tenant_id")
+	}
+	if err := ValidateKey(key); err != nil {
+		return errors.Wrap(err, "invalid key")
+	}
+	return nil
+}
+
 // Hash places (tenant, key) on the ring. Both parts are length-prefixed, so
 // no two distinct pairs share an input ("a:b"+"c" vs "a"+"b:c"). xxHash64 is a
 // fixed, documented algorithm: the value is stable across processes and

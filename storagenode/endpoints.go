@@ -225,11 +225,8 @@ func (n *Node) failed(op string, err error) error {
 }
 
 func validateTarget(tenant, key string) error {
-	if err := keyspace.ValidateTenantID(tenant); err != nil {
-		return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant_id")
-	}
-	if err := keyspace.ValidateKey(key); err != nil {
-		return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid key")
+	if err := keyspace.ValidateTarget(tenant, key); err != nil {
+		return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad request")
 	}
 	return nil
 }

@@ -75,11 +75,8 @@ type Request func(ctx context.Context, node, op string, req, resp proto.Message)
 // validateTarget checks a hint's tenant and key as the node checks a
 // request's.
 func validateTarget(tenant, key string) error {
-	if err := keyspace.ValidateTenantID(tenant); err != nil {
-		return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid tenant_id")
-	}
-	if err := keyspace.ValidateKey(key); err != nil {
-		return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "invalid key")
+	if err := keyspace.ValidateTarget(tenant, key); err != nil {
+		return status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad request")
 	}
 	return nil
 }
