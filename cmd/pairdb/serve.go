@@ -109,47 +109,56 @@ func startDev(ctx context.Context, g *globals, cfg config.Dev, log *zap.Logger, 
 		// The banner waits for /readyz: the storage nodes' first heartbeats
 		// come up to a second after the start.
 		awaitReady: true,
-		checks: map[string]ops.Check{
-			checkNATS: natsCheck(nc),
-			checkRing: func(ctx context.Context) error {
-				for _, c := range d.Coordinators() {
-					if err := ringCheck(c.Ring)(ctx); err != nil {
-						return err
-					}
-				}
-				return nil
-			},
-			checkCoordinator: func(ctx context.Context) error {
-				cs := d.Coordinators()
-				if len(cs) == 0 {
-					return errors.New("no coordinator running")
-				}
-				for _, c := range cs {
-					if err := c.Ready(ctx); err != nil {
-						return err
-					}
-				}
-				return nil
-			},
-			checkStorage: hb.engineCheck,
-		},
-		ready: func(opsAddr string) {
-			url := d.ClientURL()
-			fmt.Printf("PairDB dev cluster is up: NATS at %s, %d storage nodes (%s), data in %s\n",
-				url, cfg.Nodes, strings.Join(d.NodeIDs(), ", "), cfg.Data)
-			fmt.Printf("Metrics at http://%s%s, health at %s and %s\n", opsAddr, ops.PathMetrics, ops.PathHealthz, ops.PathReadyz)
-			// The client commands reach this cluster without --server only on
-			// the default address.
-			server := ""
-			if url != config.DefaultGlobal().Server {
-				server = " --server " + url
-			}
-			fmt.Printf("Try, from another terminal (build once: go build -o pairdb ./cmd/pairdb):\n")
-			fmt.Printf("  ./pairdb%s put hello world\n  ./pairdb%s get hello\n", server, server)
-			fmt.Printf("  nats --server %s req pairdb.v1.kv.default.get '{\"key\":\"hello\"}' -H Content-Type:application/json\n", url)
-			fmt.Println("Ctrl-C stops it; the data stays for the next start.")
-		},
+		checks:     devChecks(d, nc, hb),
+		ready:      func(opsAddr string) { printDevBanner(d, cfg, opsAddr) },
 	}, nil
+}
+
+// devChecks are the dev process's readiness checks: NATS, every
+// coordinator's ring and readiness, the storage nodes' heartbeats.
+func devChecks(d *cluster.Dev, nc *nats.Conn, hb *heartbeats) map[string]ops.Check {
+	return map[string]ops.Check{
+		checkNATS: natsCheck(nc),
+		checkRing: func(ctx context.Context) error {
+			for _, c := range d.Coordinators() {
+				if err := ringCheck(c.Ring)(ctx); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+		checkCoordinator: func(ctx context.Context) error {
+			cs := d.Coordinators()
+			if len(cs) == 0 {
+				return errors.New("no coordinator running")
+			}
+			for _, c := range cs {
+				if err := c.Ready(ctx); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+		checkStorage: hb.engineCheck,
+	}
+}
+
+// printDevBanner tells a newcomer where everything is and what to try.
+func printDevBanner(d *cluster.Dev, cfg config.Dev, opsAddr string) {
+	url := d.ClientURL()
+	fmt.Printf("PairDB dev cluster is up: NATS at %s, %d storage nodes (%s), data in %s\n",
+		url, cfg.Nodes, strings.Join(d.NodeIDs(), ", "), cfg.Data)
+	fmt.Printf("Metrics at http://%s%s, health at %s and %s\n", opsAddr, ops.PathMetrics, ops.PathHealthz, ops.PathReadyz)
+	// The client commands reach this cluster without --server only on
+	// the default address.
+	server := ""
+	if url != config.DefaultGlobal().Server {
+		server = " --server " + url
+	}
+	fmt.Printf("Try, from another terminal (build once: go build -o pairdb ./cmd/pairdb):\n")
+	fmt.Printf("  ./pairdb%s put hello world\n  ./pairdb%s get hello\n", server, server)
+	fmt.Printf("  nats --server %s req pairdb.v1.kv.default.get '{\"key\":\"hello\"}' -H Content-Type:application/json\n", url)
+	fmt.Println("Ctrl-C stops it; the data stays for the next start.")
 }
 
 func newCoordinatorCmd(g *globals) *cobra.Command {

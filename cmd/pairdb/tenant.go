@@ -21,10 +21,14 @@ import (
 
 func newTenantCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "tenant", Short: "Create, read, update, list and delete tenants"}
+	cmd.AddCommand(newTenantCreateCmd(g), newTenantGetCmd(g), newTenantUpdateCmd(g), newTenantListCmd(g), newTenantDeleteCmd(g))
+	return cmd
+}
+
+func newTenantCreateCmd(g *globals) *cobra.Command {
 	var (
-		cf       tenantFlags
-		asJSON   bool
-		expected uint64
+		cf     tenantFlags
+		asJSON bool
 	)
 	create := &cobra.Command{
 		Use: "create ID", Short: "Create a tenant", Args: cobra.ExactArgs(1),
@@ -49,8 +53,15 @@ func newTenantCmd(g *globals) *cobra.Command {
 	}
 	cf.register(create, false)
 	addJSONFlag(create, &asJSON)
+	return create
+}
 
-	var uf tenantFlags
+func newTenantUpdateCmd(g *globals) *cobra.Command {
+	var (
+		uf       tenantFlags
+		asJSON   bool
+		expected uint64
+	)
 	update := &cobra.Command{
 		Use: "update ID", Short: "Change the settings given as flags; the others stay as they are", Args: cobra.ExactArgs(1),
 		Long: `Change the settings given as flags; the others stay as they are. A new
@@ -63,22 +74,7 @@ replication factor moves data: the answer names the migration that does it.`,
 			if err := uf.check(fl); err != nil {
 				return err
 			}
-			req := &pb.UpdateTenantRequest{TenantId: args[0], ExpectedVersion: expected}
-			if fl.Changed("replication-factor") {
-				req.ReplicationFactor = proto.Uint32(uf.rf)
-			}
-			if fl.Changed("consistency") {
-				req.DefaultConsistency = proto.String(uf.consistency)
-			}
-			if fl.Changed("conflict-policy") {
-				req.ConflictPolicy = proto.String(uf.policy)
-			}
-			if fl.Changed("max-siblings") {
-				req.MaxSiblings = proto.Uint32(uf.maxSiblings)
-			}
-			if fl.Changed("max-value-bytes") {
-				req.MaxValueBytes = proto.Uint64(uint64(uf.maxValue))
-			}
+			req := uf.updateRequest(fl, args[0], expected)
 			return withClient(cmd.Context(), g, func(ctx context.Context, c *client.Client) error {
 				resp, err := c.UpdateTenant(ctx, req)
 				if err != nil {
@@ -102,7 +98,32 @@ replication factor moves data: the answer names the migration that does it.`,
 	uf.register(update, true)
 	update.Flags().Uint64Var(&expected, "expected-version", 0, "fail with VERSION_CONFLICT unless the tenant is at this version")
 	addJSONFlag(update, &asJSON)
+	return update
+}
 
+// updateRequest sets the fields of the flags given, and only those.
+func (t *tenantFlags) updateRequest(fl *pflag.FlagSet, id string, expected uint64) *pb.UpdateTenantRequest {
+	req := &pb.UpdateTenantRequest{TenantId: id, ExpectedVersion: expected}
+	if fl.Changed("replication-factor") {
+		req.ReplicationFactor = proto.Uint32(t.rf)
+	}
+	if fl.Changed("consistency") {
+		req.DefaultConsistency = proto.String(t.consistency)
+	}
+	if fl.Changed("conflict-policy") {
+		req.ConflictPolicy = proto.String(t.policy)
+	}
+	if fl.Changed("max-siblings") {
+		req.MaxSiblings = proto.Uint32(t.maxSiblings)
+	}
+	if fl.Changed("max-value-bytes") {
+		req.MaxValueBytes = proto.Uint64(uint64(t.maxValue))
+	}
+	return req
+}
+
+func newTenantGetCmd(g *globals) *cobra.Command {
+	var asJSON bool
 	get := &cobra.Command{
 		Use: "get ID", Short: "Show a tenant", Args: cobra.ExactArgs(1),
 		Example: "  pairdb tenant get acme\n  pairdb tenant get acme --json | jq .max_value_bytes",
@@ -117,24 +138,19 @@ replication factor moves data: the answer names the migration that does it.`,
 		},
 	}
 	addJSONFlag(get, &asJSON)
+	return get
+}
 
+func newTenantListCmd(g *globals) *cobra.Command {
+	var asJSON bool
 	list := &cobra.Command{
 		Use: "list", Short: "List all tenants", Args: cobra.NoArgs,
 		Example: "  pairdb tenant list\n  pairdb tenant list --json | jq -r '.tenants[].tenant_id'",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return withClient(cmd.Context(), g, func(ctx context.Context, c *client.Client) error {
-				var all []*pb.Tenant
-				token := ""
-				for {
-					ts, next, err := c.ListTenants(ctx, tenant.MaxPageSize, token)
-					if err != nil {
-						return err
-					}
-					all = append(all, ts...)
-					if next == "" {
-						break
-					}
-					token = next
+				all, err := allTenants(ctx, c)
+				if err != nil {
+					return err
 				}
 				out := cmd.OutOrStdout()
 				if asJSON {
@@ -151,8 +167,28 @@ replication factor moves data: the answer names the migration that does it.`,
 		},
 	}
 	addJSONFlag(list, &asJSON)
+	return list
+}
 
-	var force, wait bool
+// allTenants follows the tenant list's pages to the end.
+func allTenants(ctx context.Context, c *client.Client) ([]*pb.Tenant, error) {
+	var all []*pb.Tenant
+	token := ""
+	for {
+		ts, next, err := c.ListTenants(ctx, tenant.MaxPageSize, token)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, ts...)
+		if next == "" {
+			return all, nil
+		}
+		token = next
+	}
+}
+
+func newTenantDeleteCmd(g *globals) *cobra.Command {
+	var force, wait, asJSON bool
 	del := &cobra.Command{
 		Use:   "delete ID",
 		Short: "Delete a tenant and its data on every storage node",
@@ -196,8 +232,7 @@ A tenant created again under the same id starts empty.`,
 	del.Flags().BoolVar(&force, "force", false, "delete a tenant that still holds data (the data is removed for good)")
 	del.Flags().BoolVar(&wait, "wait", false, "wait until every storage node dropped the tenant's data")
 	addJSONFlag(del, &asJSON)
-	cmd.AddCommand(create, get, update, list, del)
-	return cmd
+	return del
 }
 
 // printTenant shows a tenant record, one setting a line, or as JSON.
