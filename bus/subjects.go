@@ -77,6 +77,10 @@ const (
 	OpPut    = "put"
 	OpGet    = "get"
 	OpDelete = "delete"
+	// Batches of up to 1,000 keys, one result per key.
+	OpGetMany    = "get_many"
+	OpPutMany    = "put_many"
+	OpDeleteMany = "delete_many"
 )
 
 // Storage-node operations.

@@ -146,6 +146,7 @@ func TestCLI(t *testing.T) {
 	t.Run("dev on a used data directory", c.testUsedDataDir)
 	t.Run("keys, values and siblings", c.testKeyValue)
 	t.Run("idempotency keys", c.testIdempotencyKeys)
+	t.Run("batches", c.testBatches)
 	t.Run("errors", c.testErrors)
 	t.Run("tenant settings", c.testTenantSettings)
 	t.Run("json", c.testJSON)

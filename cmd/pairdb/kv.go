@@ -20,9 +20,12 @@ import (
 const maxStdinValue = 4 << 20
 
 func newPutCmd(g *globals) *cobra.Command {
-	var wf writeFlags
+	var (
+		wf   writeFlags
+		from string
+	)
 	cmd := &cobra.Command{
-		Use:   "put KEY [VALUE]",
+		Use:   "put KEY [VALUE] | put --from FILE",
 		Short: "Store a value (from the argument, or stdin when omitted), replacing what a read sees now",
 		Long: `Store a value. The value comes from the argument, or from stdin when it is omitted.
 
@@ -37,56 +40,80 @@ same command again is answered as a duplicate (the first answer, "duplicate")
 instead of writing twice. A put with it therefore does not read the context
 first (a retry would read the newer context its first run left, which makes a
 different request: IDEMPOTENCY_KEY_CONFLICT): it writes blind, unless you pass
---context.`,
+--context.
+
+--from FILE (or - for stdin) writes many keys in batches (put_many): JSON Lines
+of {"key": ..., "value": "text"} or {"key": ..., "value_base64": ...}, each with
+an optional "context" and "idempotency_key". Items without either get the
+context of a read first (get_many), unless --blind. Failed items are listed on
+stderr and the exit status is 1.`,
 		Example: `  pairdb put greeting hello
   echo -n 'from stdin' | pairdb put note
   pairdb put cart apple --blind                          # a sibling next to what is stored
   pairdb put cart apple+pear --context AQEBEDVhN2Y...    # replaces what that get saw
   pairdb put order-42 paid --idempotency-key order-42    # safe to run again
-  pairdb put greeting hello --json`,
-		Args: cobra.RangeArgs(1, 2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			var value []byte
-			if len(args) == 2 {
-				value = []byte(args[1])
-			} else {
-				b, err := io.ReadAll(io.LimitReader(os.Stdin, maxStdinValue+1))
-				if err != nil {
-					return fmt.Errorf("read value from stdin: %w", err)
-				}
-				if len(b) > maxStdinValue {
-					return usageError("the value on stdin is larger than %d bytes", maxStdinValue)
-				}
-				value = b
+  pairdb put greeting hello --json
+  pairdb put --from items.jsonl`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if from != "" {
+				return cobra.NoArgs(cmd, args)
 			}
-			return withClient(cmd.Context(), g, func(ctx context.Context, c *client.Client) error {
-				opts, err := wf.options(ctx, c, args[0], false)
-				if err != nil {
-					return err
+			return cobra.RangeArgs(1, 2)(cmd, args)
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if from != "" {
+				if wf.context != "" || wf.idemKey != "" {
+					return usageError("with --from, each line carries its own context and idempotency_key")
 				}
-				resp, err := c.Put(ctx, args[0], value, opts...)
-				if err != nil {
-					return err
-				}
-				out := cmd.OutOrStdout()
-				if wf.json {
-					return printJSON(out, resp)
-				}
-				fmt.Fprintf(out, "ok: %d replica(s) acknowledged at %s%s\nvector_clock: %s\ncontext: %s\n",
-					resp.GetReplicaCount(), resp.GetConsistency(), dupNote(resp.GetDuplicate()),
-					formatClock(resp.GetVectorClock()), formatContext(resp.GetContext()))
-				return nil
-			})
+				return withClient(cmd.Context(), g, func(_ context.Context, c *client.Client) error { return putFrom(cmd, c, from, &wf) })
+			}
+			return putOne(cmd, g, args, &wf)
 		},
 	}
 	wf.register(cmd)
+	cmd.Flags().StringVar(&from, "from", "", "write the keys of a JSON Lines file (- for stdin) in batches")
 	return cmd
+}
+
+// putOne writes one key, its value from args or stdin.
+func putOne(cmd *cobra.Command, g *globals, args []string, wf *writeFlags) error {
+	var value []byte
+	if len(args) == 2 {
+		value = []byte(args[1])
+	} else {
+		b, err := io.ReadAll(io.LimitReader(os.Stdin, maxStdinValue+1))
+		if err != nil {
+			return fmt.Errorf("read value from stdin: %w", err)
+		}
+		if len(b) > maxStdinValue {
+			return usageError("the value on stdin is larger than %d bytes", maxStdinValue)
+		}
+		value = b
+	}
+	return withClient(cmd.Context(), g, func(ctx context.Context, c *client.Client) error {
+		opts, err := wf.options(ctx, c, args[0], false)
+		if err != nil {
+			return err
+		}
+		resp, err := c.Put(ctx, args[0], value, opts...)
+		if err != nil {
+			return err
+		}
+		out := cmd.OutOrStdout()
+		if wf.json {
+			return printJSON(out, resp)
+		}
+		fmt.Fprintf(out, "ok: %d replica(s) acknowledged at %s%s\nvector_clock: %s\ncontext: %s\n",
+			resp.GetReplicaCount(), resp.GetConsistency(), dupNote(resp.GetDuplicate()),
+			formatClock(resp.GetVectorClock()), formatContext(resp.GetContext()))
+		return nil
+	})
 }
 
 func newDeleteCmd(g *globals) *cobra.Command {
 	var wf writeFlags
 	cmd := &cobra.Command{
-		Use:   "delete KEY",
+		Use:   "delete KEY [KEY...]",
 		Short: "Delete a key: every value a read sees now (or what --context saw)",
 		Long: `Delete a key. By default delete first reads the key and writes a tombstone with
 that read's context, so it removes every value the read saw. --context deletes
@@ -95,13 +122,20 @@ what an earlier get saw (a value written since stays, as a sibling).
 A delete without any context deletes nothing: its tombstone is concurrent with
 what is stored, and a get still returns every value. So --blind is refused for a
 key that holds values, and --idempotency-key needs --context (the retry must send
-the same context, and a fresh read after the first run would not).`,
+the same context, and a fresh read after the first run would not).
+
+Several keys are read and deleted in batches (get_many, delete_many), each
+with its own read's context.`,
 		Example: `  pairdb delete greeting
+  pairdb delete k1 k2 k3
   pairdb delete cart --context AQEBEDVhN2Y...
   pairdb delete order-42 --context AQEBEDVhN2Y... --idempotency-key del-order-42
   pairdb delete greeting --json`,
-		Args: cobra.ExactArgs(1),
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 1 {
+				return withClient(cmd.Context(), g, func(_ context.Context, c *client.Client) error { return deleteMany(cmd, c, args, &wf) })
+			}
 			if wf.idemKey != "" && wf.context == "" && !wf.blind {
 				return usageError("--idempotency-key pins the request, context included, so delete cannot read the context "+
 					"first (a retry would read the tombstone's newer one): pass the context `pairdb get %s` prints as --context", args[0])
@@ -134,7 +168,7 @@ func newGetCmd(g *globals) *cobra.Command {
 		asJSON, raw bool
 	)
 	cmd := &cobra.Command{
-		Use:   "get KEY",
+		Use:   "get KEY [KEY...]",
 		Short: "Read a key: its value on stdout, untouched; siblings (concurrent values) exit with status 3",
 		Long: `Read a key. Its value goes to stdout exactly as stored (on a terminal a newline is
 added after a value that does not end in one); the version vector
@@ -148,12 +182,25 @@ the context first) replaces them all. --raw prints the one value and never a
 newline, and fails with status 3 on siblings without printing any.
 
 A missing key fails with KEY_NOT_FOUND (status 1); with --json it prints the
-answer, whose "found" is absent (false), and exits 0.`,
+answer, whose "found" is absent (false), and exits 0.
+
+Several keys are read in batches (get_many) and printed one a line: the key, a
+tab, the value (Go-quoted unless it is one line of text); a key with siblings
+says how many. Missing keys are named on stderr and the exit status is 1.`,
 		Example: `  pairdb get greeting
   pairdb get photo --raw > photo.jpg
-  pairdb get cart --json | jq -r '.siblings[].value | @base64d'`,
-		Args: cobra.ExactArgs(1),
+  pairdb get cart --json | jq -r '.siblings[].value | @base64d'
+  pairdb get k1 k2 k3`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 1 {
+				if raw {
+					return usageError("--raw prints one value: give one key")
+				}
+				return withClient(cmd.Context(), g, func(_ context.Context, c *client.Client) error {
+					return getMany(cmd, c, args, consistency, asJSON)
+				})
+			}
 			return withClient(cmd.Context(), g, func(ctx context.Context, c *client.Client) error {
 				resp, err := c.Get(ctx, args[0], client.ReadConsistency(consistency))
 				if err != nil {

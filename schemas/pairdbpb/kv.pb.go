@@ -604,6 +604,326 @@ func (x *DeleteResponse) GetError() *Error {
 	return nil
 }
 
+type GetManyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Keys  []string               `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	// For every key; empty means the tenant's default.
+	Consistency   string `protobuf:"bytes,2,opt,name=consistency,proto3" json:"consistency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetManyRequest) Reset() {
+	*x = GetManyRequest{}
+	mi := &file_pairdb_v1_kv_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetManyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetManyRequest) ProtoMessage() {}
+
+func (x *GetManyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pairdb_v1_kv_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetManyRequest.ProtoReflect.Descriptor instead.
+func (*GetManyRequest) Descriptor() ([]byte, []int) {
+	return file_pairdb_v1_kv_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *GetManyRequest) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *GetManyRequest) GetConsistency() string {
+	if x != nil {
+		return x.Consistency
+	}
+	return ""
+}
+
+type GetManyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per requested key, in order; a missing key has found = false and
+	// error KEY_NOT_FOUND, as a single get.
+	Items []*GetResponse `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	// Set only when the batch failed as a whole.
+	Error         *Error `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetManyResponse) Reset() {
+	*x = GetManyResponse{}
+	mi := &file_pairdb_v1_kv_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetManyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetManyResponse) ProtoMessage() {}
+
+func (x *GetManyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pairdb_v1_kv_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetManyResponse.ProtoReflect.Descriptor instead.
+func (*GetManyResponse) Descriptor() ([]byte, []int) {
+	return file_pairdb_v1_kv_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *GetManyResponse) GetItems() []*GetResponse {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *GetManyResponse) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+type PutManyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Each item as a single put: its own context and idempotency key.
+	Items []*PutRequest `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	// For the items that leave theirs empty; empty means the tenant's default.
+	Consistency   string `protobuf:"bytes,2,opt,name=consistency,proto3" json:"consistency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutManyRequest) Reset() {
+	*x = PutManyRequest{}
+	mi := &file_pairdb_v1_kv_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutManyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutManyRequest) ProtoMessage() {}
+
+func (x *PutManyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pairdb_v1_kv_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutManyRequest.ProtoReflect.Descriptor instead.
+func (*PutManyRequest) Descriptor() ([]byte, []int) {
+	return file_pairdb_v1_kv_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *PutManyRequest) GetItems() []*PutRequest {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *PutManyRequest) GetConsistency() string {
+	if x != nil {
+		return x.Consistency
+	}
+	return ""
+}
+
+type PutManyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Items []*PutResponse         `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	// Set only when the batch failed as a whole.
+	Error         *Error `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutManyResponse) Reset() {
+	*x = PutManyResponse{}
+	mi := &file_pairdb_v1_kv_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutManyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutManyResponse) ProtoMessage() {}
+
+func (x *PutManyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pairdb_v1_kv_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutManyResponse.ProtoReflect.Descriptor instead.
+func (*PutManyResponse) Descriptor() ([]byte, []int) {
+	return file_pairdb_v1_kv_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *PutManyResponse) GetItems() []*PutResponse {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *PutManyResponse) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+type DeleteManyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Items         []*DeleteRequest       `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	Consistency   string                 `protobuf:"bytes,2,opt,name=consistency,proto3" json:"consistency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteManyRequest) Reset() {
+	*x = DeleteManyRequest{}
+	mi := &file_pairdb_v1_kv_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteManyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteManyRequest) ProtoMessage() {}
+
+func (x *DeleteManyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pairdb_v1_kv_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteManyRequest.ProtoReflect.Descriptor instead.
+func (*DeleteManyRequest) Descriptor() ([]byte, []int) {
+	return file_pairdb_v1_kv_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DeleteManyRequest) GetItems() []*DeleteRequest {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *DeleteManyRequest) GetConsistency() string {
+	if x != nil {
+		return x.Consistency
+	}
+	return ""
+}
+
+type DeleteManyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Items []*DeleteResponse      `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	// Set only when the batch failed as a whole.
+	Error         *Error `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteManyResponse) Reset() {
+	*x = DeleteManyResponse{}
+	mi := &file_pairdb_v1_kv_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteManyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteManyResponse) ProtoMessage() {}
+
+func (x *DeleteManyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pairdb_v1_kv_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteManyResponse.ProtoReflect.Descriptor instead.
+func (*DeleteManyResponse) Descriptor() ([]byte, []int) {
+	return file_pairdb_v1_kv_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *DeleteManyResponse) GetItems() []*DeleteResponse {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *DeleteManyResponse) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
 var File_pairdb_v1_kv_proto protoreflect.FileDescriptor
 
 const file_pairdb_v1_kv_proto_rawDesc = "" +
@@ -656,6 +976,24 @@ const file_pairdb_v1_kv_proto_rawDesc = "" +
 	"\x0fidempotency_key\x18\x05 \x01(\tR\x0eidempotencyKey\x12\x1c\n" +
 	"\tduplicate\x18\x06 \x01(\bR\tduplicate\x12\x18\n" +
 	"\acontext\x18\a \x01(\fR\acontext\x12&\n" +
+	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"F\n" +
+	"\x0eGetManyRequest\x12\x12\n" +
+	"\x04keys\x18\x01 \x03(\tR\x04keys\x12 \n" +
+	"\vconsistency\x18\x02 \x01(\tR\vconsistency\"g\n" +
+	"\x0fGetManyResponse\x12,\n" +
+	"\x05items\x18\x01 \x03(\v2\x16.pairdb.v1.GetResponseR\x05items\x12&\n" +
+	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"_\n" +
+	"\x0ePutManyRequest\x12+\n" +
+	"\x05items\x18\x01 \x03(\v2\x15.pairdb.v1.PutRequestR\x05items\x12 \n" +
+	"\vconsistency\x18\x02 \x01(\tR\vconsistency\"g\n" +
+	"\x0fPutManyResponse\x12,\n" +
+	"\x05items\x18\x01 \x03(\v2\x16.pairdb.v1.PutResponseR\x05items\x12&\n" +
+	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"e\n" +
+	"\x11DeleteManyRequest\x12.\n" +
+	"\x05items\x18\x01 \x03(\v2\x18.pairdb.v1.DeleteRequestR\x05items\x12 \n" +
+	"\vconsistency\x18\x02 \x01(\tR\vconsistency\"m\n" +
+	"\x12DeleteManyResponse\x12/\n" +
+	"\x05items\x18\x01 \x03(\v2\x19.pairdb.v1.DeleteResponseR\x05items\x12&\n" +
 	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05errorB+Z)github.com/pairdb/pairdb/schemas/pairdbpbb\x06proto3"
 
 var (
@@ -670,33 +1008,47 @@ func file_pairdb_v1_kv_proto_rawDescGZIP() []byte {
 	return file_pairdb_v1_kv_proto_rawDescData
 }
 
-var file_pairdb_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_pairdb_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_pairdb_v1_kv_proto_goTypes = []any{
-	(*PutRequest)(nil),     // 0: pairdb.v1.PutRequest
-	(*PutResponse)(nil),    // 1: pairdb.v1.PutResponse
-	(*GetRequest)(nil),     // 2: pairdb.v1.GetRequest
-	(*Sibling)(nil),        // 3: pairdb.v1.Sibling
-	(*GetResponse)(nil),    // 4: pairdb.v1.GetResponse
-	(*DeleteRequest)(nil),  // 5: pairdb.v1.DeleteRequest
-	(*DeleteResponse)(nil), // 6: pairdb.v1.DeleteResponse
-	(*ClockEntry)(nil),     // 7: pairdb.v1.ClockEntry
-	(*Error)(nil),          // 8: pairdb.v1.Error
+	(*PutRequest)(nil),         // 0: pairdb.v1.PutRequest
+	(*PutResponse)(nil),        // 1: pairdb.v1.PutResponse
+	(*GetRequest)(nil),         // 2: pairdb.v1.GetRequest
+	(*Sibling)(nil),            // 3: pairdb.v1.Sibling
+	(*GetResponse)(nil),        // 4: pairdb.v1.GetResponse
+	(*DeleteRequest)(nil),      // 5: pairdb.v1.DeleteRequest
+	(*DeleteResponse)(nil),     // 6: pairdb.v1.DeleteResponse
+	(*GetManyRequest)(nil),     // 7: pairdb.v1.GetManyRequest
+	(*GetManyResponse)(nil),    // 8: pairdb.v1.GetManyResponse
+	(*PutManyRequest)(nil),     // 9: pairdb.v1.PutManyRequest
+	(*PutManyResponse)(nil),    // 10: pairdb.v1.PutManyResponse
+	(*DeleteManyRequest)(nil),  // 11: pairdb.v1.DeleteManyRequest
+	(*DeleteManyResponse)(nil), // 12: pairdb.v1.DeleteManyResponse
+	(*ClockEntry)(nil),         // 13: pairdb.v1.ClockEntry
+	(*Error)(nil),              // 14: pairdb.v1.Error
 }
 var file_pairdb_v1_kv_proto_depIdxs = []int32{
-	7, // 0: pairdb.v1.PutRequest.vector_clock:type_name -> pairdb.v1.ClockEntry
-	7, // 1: pairdb.v1.PutResponse.vector_clock:type_name -> pairdb.v1.ClockEntry
-	8, // 2: pairdb.v1.PutResponse.error:type_name -> pairdb.v1.Error
-	3, // 3: pairdb.v1.GetResponse.siblings:type_name -> pairdb.v1.Sibling
-	7, // 4: pairdb.v1.GetResponse.vector_clock:type_name -> pairdb.v1.ClockEntry
-	8, // 5: pairdb.v1.GetResponse.error:type_name -> pairdb.v1.Error
-	7, // 6: pairdb.v1.DeleteRequest.vector_clock:type_name -> pairdb.v1.ClockEntry
-	7, // 7: pairdb.v1.DeleteResponse.vector_clock:type_name -> pairdb.v1.ClockEntry
-	8, // 8: pairdb.v1.DeleteResponse.error:type_name -> pairdb.v1.Error
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	13, // 0: pairdb.v1.PutRequest.vector_clock:type_name -> pairdb.v1.ClockEntry
+	13, // 1: pairdb.v1.PutResponse.vector_clock:type_name -> pairdb.v1.ClockEntry
+	14, // 2: pairdb.v1.PutResponse.error:type_name -> pairdb.v1.Error
+	3,  // 3: pairdb.v1.GetResponse.siblings:type_name -> pairdb.v1.Sibling
+	13, // 4: pairdb.v1.GetResponse.vector_clock:type_name -> pairdb.v1.ClockEntry
+	14, // 5: pairdb.v1.GetResponse.error:type_name -> pairdb.v1.Error
+	13, // 6: pairdb.v1.DeleteRequest.vector_clock:type_name -> pairdb.v1.ClockEntry
+	13, // 7: pairdb.v1.DeleteResponse.vector_clock:type_name -> pairdb.v1.ClockEntry
+	14, // 8: pairdb.v1.DeleteResponse.error:type_name -> pairdb.v1.Error
+	4,  // 9: pairdb.v1.GetManyResponse.items:type_name -> pairdb.v1.GetResponse
+	14, // 10: pairdb.v1.GetManyResponse.error:type_name -> pairdb.v1.Error
+	0,  // 11: pairdb.v1.PutManyRequest.items:type_name -> pairdb.v1.PutRequest
+	1,  // 12: pairdb.v1.PutManyResponse.items:type_name -> pairdb.v1.PutResponse
+	14, // 13: pairdb.v1.PutManyResponse.error:type_name -> pairdb.v1.Error
+	5,  // 14: pairdb.v1.DeleteManyRequest.items:type_name -> pairdb.v1.DeleteRequest
+	6,  // 15: pairdb.v1.DeleteManyResponse.items:type_name -> pairdb.v1.DeleteResponse
+	14, // 16: pairdb.v1.DeleteManyResponse.error:type_name -> pairdb.v1.Error
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_pairdb_v1_kv_proto_init() }
@@ -711,7 +1063,7 @@ func file_pairdb_v1_kv_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pairdb_v1_kv_proto_rawDesc), len(file_pairdb_v1_kv_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
