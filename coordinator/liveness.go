@@ -60,23 +60,60 @@ type liveness struct {
 	// until a heartbeat sent after that arrives.
 	slow map[string]time.Time
 	// maxSkew bounds how far a node's clock may be from this
-	// coordinator's; skew holds the last measured offset per node.
+	// coordinator's; skew holds the offsets its last beats measured.
 	maxSkew time.Duration
-	skew    map[string]time.Duration
+	skew    map[string]*skewSamples
+}
+
+// skewWindow is how many beats a node's clock offset is judged over.
+//
+// A beat measures the node's wall time at sending minus this coordinator's
+// at arrival: the true offset minus the beat's transit and queueing delay,
+// never more than the truth. So the largest of the last few measures is the
+// tightest lower bound on the offset, and a beat held up in a busy process
+// (a 300 ms stall under a large message, a coordinator resumed from a
+// pause with old beats queued) does not brand a healthy node as behind. A
+// node whose clock really is behind shows it in every beat, and is flagged
+// once the window holds nothing else: up to skewWindow-1 beats later than
+// a single measure would, a delay the deadline margin does not depend on
+// (the replica enforces the deadline on its own clock; see mint.go). A
+// clock ahead is flagged at its first beat, since no delay can make a
+// measure read ahead.
+const skewWindow = 3
+
+// skewSamples are a node's last skewWindow measured offsets.
+type skewSamples struct {
+	last [skewWindow]time.Duration
+	n    int
+}
+
+func (s *skewSamples) add(d time.Duration) {
+	copy(s.last[1:], s.last[:skewWindow-1])
+	s.last[0] = d
+	s.n = min(s.n+1, skewWindow)
+}
+
+// estimate is the largest offset of the window.
+func (s *skewSamples) estimate() time.Duration {
+	est := s.last[0]
+	for i := 1; i < s.n; i++ {
+		est = max(est, s.last[i])
+	}
+	return est
 }
 
 func newLiveness(suspectAfter, downAfter, maxSkew time.Duration) *liveness {
 	return &liveness{
 		suspectAfter: suspectAfter, downAfter: downAfter, maxSkew: maxSkew, started: time.Now(),
 		seen: map[string]time.Time{}, beats: map[string]*pb.Heartbeat{}, gone: map[string]bool{},
-		slow: map[string]time.Time{}, skew: map[string]time.Duration{},
+		slow: map[string]time.Time{}, skew: map[string]*skewSamples{},
 	}
 }
 
 // heartbeat records a beat that arrived at at, and returns the node's
-// clock offset from this coordinator's (its beat's time minus at: the
-// transit time, a millisecond or less, counts as skew) and whether that
-// offset just crossed the bound, in either direction.
+// clock offset from this coordinator's as its last beats measure it (see
+// skewWindow) and whether that offset just crossed the bound, in either
+// direction.
 func (l *liveness) heartbeat(hb *pb.Heartbeat, at time.Time) (skew time.Duration, crossed bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -87,22 +124,28 @@ func (l *liveness) heartbeat(hb *pb.Heartbeat, at time.Time) (skew time.Duration
 	if sent := time.UnixMilli(hb.GetUnixMs()); !sent.Before(l.slow[id]) {
 		delete(l.slow, id)
 	}
-	skew = time.UnixMilli(hb.GetUnixMs()).Sub(at)
-	was, known := l.skew[id]
-	l.skew[id] = skew
+	samples, known := l.skew[id]
+	if !known {
+		samples = &skewSamples{}
+		l.skew[id] = samples
+	}
+	was := samples.estimate()
+	samples.add(time.UnixMilli(hb.GetUnixMs()).Sub(at))
+	skew = samples.estimate()
 	crossed = known && outside(was, l.maxSkew) != outside(skew, l.maxSkew) || !known && outside(skew, l.maxSkew)
 	return skew, crossed
 }
 
 func outside(skew, bound time.Duration) bool { return skew > bound || skew < -bound }
 
-// skewed reports whether node's last beat showed a clock further from this
+// skewed reports whether node's last beats showed a clock further from this
 // coordinator's than the bound: its deadline checks cannot be trusted, so
 // it mints nothing for this coordinator until its clock is back.
 func (l *liveness) skewed(node string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return outside(l.skew[node], l.maxSkew)
+	samples, ok := l.skew[node]
+	return ok && outside(samples.estimate(), l.maxSkew)
 }
 
 // markSlow records that a call to node went unanswered: the node is

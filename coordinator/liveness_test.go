@@ -66,9 +66,19 @@ func TestLivenessSkew(t *testing.T) {
 	require.True(t, l.skewed("c"))
 	require.False(t, l.skewed("a"))
 	require.Equal(t, []string{"a", "b"}, s.minterCandidates(membership.New(), []string{"c", "a", "b"}), "a skewed node mints nothing")
+	require.False(t, beat("c", 0), "a clock set back is trusted once the window holds no beat ahead")
+	require.False(t, beat("c", 0))
 	require.True(t, beat("c", 0), "back within: reported")
 	require.Equal(t, []string{"c", "a", "b"}, s.minterCandidates(membership.New(), []string{"c", "a", "b"}))
-	require.True(t, beat("b", -time.Second), "behind past the bound counts too")
+
+	// A beat held up on its way reads as a clock behind: one alone is not
+	// believed, a window of them is.
+	require.False(t, beat("b", -time.Second), "one late beat is a delay, not a clock")
+	require.False(t, l.skewed("b"))
+	require.False(t, beat("b", -10*time.Millisecond))
+	require.False(t, beat("b", -time.Second))
+	require.False(t, beat("b", -time.Second), "the window still holds a beat within the bound")
+	require.True(t, beat("b", -time.Second), "behind past the bound in every beat of the window counts too")
 	require.True(t, l.skewed("b"))
 }
 
