@@ -81,6 +81,8 @@ const (
 	OpGetMany    = "get_many"
 	OpPutMany    = "put_many"
 	OpDeleteMany = "delete_many"
+	// A tenant's keys, a page at a time.
+	OpList = "list"
 )
 
 // Storage-node operations.

@@ -114,6 +114,7 @@ func (s *Service) addEndpoints() error {
 	bus.Handle(kv, bus.OpGetMany, s.getMany)
 	bus.Handle(kv, bus.OpPutMany, s.putMany)
 	bus.Handle(kv, bus.OpDeleteMany, s.deleteMany)
+	bus.Handle(kv, bus.OpList, s.list)
 	tenants := admin("tenants")
 	bus.Handle(tenants, "create", s.createTenant)
 	bus.Handle(tenants, "get", s.getTenant)

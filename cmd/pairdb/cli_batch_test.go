@@ -1,8 +1,10 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 
@@ -45,4 +47,31 @@ func (c *cliCluster) testBatches(t *testing.T) {
 
 	c.fails(t, exitError, "INVALID_ARGUMENT", "get", "bt-a", "bt-c", "--raw")
 	c.fails(t, exitError, "INVALID_ARGUMENT", "delete", "bt-a", "bt-c", "--blind")
+}
+
+// list walks every page: each live key once, a prefix filters, --json is
+// one object a line.
+func (c *cliCluster) testList(t *testing.T) {
+	for i := range 30 {
+		c.ok(t, "put", fmt.Sprintf("ls-%02d", i), fmt.Sprintf("v%d", i), "--blind")
+	}
+	out := c.ok(t, "list", "--prefix", "ls-", "--page-size", "7")
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	require.Len(t, lines, 30)
+	sort.Strings(lines)
+	require.Equal(t, "ls-00\tv0", lines[0])
+	require.Equal(t, "ls-29\tv29", lines[29])
+
+	keys := strings.Fields(c.ok(t, "list", "--prefix", "ls-1", "--keys-only"))
+	sort.Strings(keys)
+	require.Equal(t, []string{"ls-10", "ls-11", "ls-12", "ls-13", "ls-14", "ls-15", "ls-16", "ls-17", "ls-18", "ls-19"}, keys)
+
+	out = c.ok(t, "list", "--prefix", "ls-0", "--json")
+	lines = strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	require.Len(t, lines, 10)
+	for _, l := range lines {
+		item := jsonOf(t, l)
+		require.True(t, strings.HasPrefix(item["key"].(string), "ls-0"))
+		require.NotEmpty(t, item["context"])
+	}
 }

@@ -147,6 +147,7 @@ func TestCLI(t *testing.T) {
 	t.Run("keys, values and siblings", c.testKeyValue)
 	t.Run("idempotency keys", c.testIdempotencyKeys)
 	t.Run("batches", c.testBatches)
+	t.Run("list", c.testList)
 	t.Run("errors", c.testErrors)
 	t.Run("tenant settings", c.testTenantSettings)
 	t.Run("json", c.testJSON)

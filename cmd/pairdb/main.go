@@ -92,7 +92,7 @@ func newRootWith(env config.LookupEnv) (*cobra.Command, *globals) {
 	config.Bind(pf, config.Top, &g.cfg)
 	root.AddCommand(
 		newDevCmd(g), newCoordinatorCmd(g), newStorageNodeCmd(g),
-		newPutCmd(g), newGetCmd(g), newDeleteCmd(g), newTenantCmd(g), newMigrateCmd(g),
+		newPutCmd(g), newGetCmd(g), newDeleteCmd(g), newListCmd(g), newTenantCmd(g), newMigrateCmd(g),
 		newNodeCmd(g), newMigrationCmd(g), newBenchCmd(g), newRepairCmd(g), newConfigCmd(), newNATSAccountsCmd(g),
 	)
 	return root, g

@@ -924,6 +924,302 @@ func (x *DeleteManyResponse) GetError() *Error {
 	return nil
 }
 
+// pairdb.v1.kv.<tenant>.list: a tenant's keys in hash order, a page at a
+// time. Each page is read from R replicas of each stretch of the ring it
+// covers and merged, so a page at QUORUM holds every key acknowledged at
+// QUORUM before the walk reached it. Deleted keys are left out. The order
+// is the keys' hash order (not alphabetical), and a prefix filters what a
+// page returns, not the work: a walk with a prefix visits every key.
+type ListRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Prefix string                 `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	// Keys per page: default 100, at most 1,000. A page may hold fewer (even
+	// none) and still have a next_page_token: the work per page is bounded.
+	PageSize uint32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous page; empty starts at the start.
+	PageToken   string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	Consistency string `protobuf:"bytes,4,opt,name=consistency,proto3" json:"consistency,omitempty"`
+	// Leave out the values (siblings): keys, clocks and contexts only.
+	KeysOnly      bool `protobuf:"varint,5,opt,name=keys_only,json=keysOnly,proto3" json:"keys_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRequest) Reset() {
+	*x = ListRequest{}
+	mi := &file_pairdb_v1_kv_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRequest) ProtoMessage() {}
+
+func (x *ListRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pairdb_v1_kv_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
+func (*ListRequest) Descriptor() ([]byte, []int) {
+	return file_pairdb_v1_kv_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+func (x *ListRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListRequest) GetConsistency() string {
+	if x != nil {
+		return x.Consistency
+	}
+	return ""
+}
+
+func (x *ListRequest) GetKeysOnly() bool {
+	if x != nil {
+		return x.KeysOnly
+	}
+	return false
+}
+
+type ListItem struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// Every live value, unless keys_only.
+	Siblings    []*Sibling    `protobuf:"bytes,2,rep,name=siblings,proto3" json:"siblings,omitempty"`
+	VectorClock []*ClockEntry `protobuf:"bytes,3,rep,name=vector_clock,json=vectorClock,proto3" json:"vector_clock,omitempty"`
+	// As GetResponse.context: write with it to replace what this item shows.
+	Context       []byte `protobuf:"bytes,4,opt,name=context,proto3" json:"context,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListItem) Reset() {
+	*x = ListItem{}
+	mi := &file_pairdb_v1_kv_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListItem) ProtoMessage() {}
+
+func (x *ListItem) ProtoReflect() protoreflect.Message {
+	mi := &file_pairdb_v1_kv_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListItem.ProtoReflect.Descriptor instead.
+func (*ListItem) Descriptor() ([]byte, []int) {
+	return file_pairdb_v1_kv_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ListItem) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *ListItem) GetSiblings() []*Sibling {
+	if x != nil {
+		return x.Siblings
+	}
+	return nil
+}
+
+func (x *ListItem) GetVectorClock() []*ClockEntry {
+	if x != nil {
+		return x.VectorClock
+	}
+	return nil
+}
+
+func (x *ListItem) GetContext() []byte {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
+type ListResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Items []*ListItem            `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	// Empty when the walk is over. It names a position in the hash order,
+	// not a node, so it survives coordinator restarts and membership changes.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	Consistency   string `protobuf:"bytes,3,opt,name=consistency,proto3" json:"consistency,omitempty"`
+	Error         *Error `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListResponse) Reset() {
+	*x = ListResponse{}
+	mi := &file_pairdb_v1_kv_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListResponse) ProtoMessage() {}
+
+func (x *ListResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pairdb_v1_kv_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
+func (*ListResponse) Descriptor() ([]byte, []int) {
+	return file_pairdb_v1_kv_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ListResponse) GetItems() []*ListItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *ListResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListResponse) GetConsistency() string {
+	if x != nil {
+		return x.Consistency
+	}
+	return ""
+}
+
+func (x *ListResponse) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+// ListPosition is what a page token holds (base64url): the walk resumes
+// after (hash, key), or at hash when after is false.
+type ListPosition struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Hash          uint64                 `protobuf:"varint,2,opt,name=hash,proto3" json:"hash,omitempty"`
+	Key           string                 `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
+	After         bool                   `protobuf:"varint,4,opt,name=after,proto3" json:"after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPosition) Reset() {
+	*x = ListPosition{}
+	mi := &file_pairdb_v1_kv_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPosition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPosition) ProtoMessage() {}
+
+func (x *ListPosition) ProtoReflect() protoreflect.Message {
+	mi := &file_pairdb_v1_kv_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPosition.ProtoReflect.Descriptor instead.
+func (*ListPosition) Descriptor() ([]byte, []int) {
+	return file_pairdb_v1_kv_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ListPosition) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ListPosition) GetHash() uint64 {
+	if x != nil {
+		return x.Hash
+	}
+	return 0
+}
+
+func (x *ListPosition) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *ListPosition) GetAfter() bool {
+	if x != nil {
+		return x.After
+	}
+	return false
+}
+
 var File_pairdb_v1_kv_proto protoreflect.FileDescriptor
 
 const file_pairdb_v1_kv_proto_rawDesc = "" +
@@ -994,7 +1290,29 @@ const file_pairdb_v1_kv_proto_rawDesc = "" +
 	"\vconsistency\x18\x02 \x01(\tR\vconsistency\"m\n" +
 	"\x12DeleteManyResponse\x12/\n" +
 	"\x05items\x18\x01 \x03(\v2\x19.pairdb.v1.DeleteResponseR\x05items\x12&\n" +
-	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05errorB+Z)github.com/pairdb/pairdb/schemas/pairdbpbb\x06proto3"
+	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"\xa0\x01\n" +
+	"\vListRequest\x12\x16\n" +
+	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x12 \n" +
+	"\vconsistency\x18\x04 \x01(\tR\vconsistency\x12\x1b\n" +
+	"\tkeys_only\x18\x05 \x01(\bR\bkeysOnly\"\xa0\x01\n" +
+	"\bListItem\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12.\n" +
+	"\bsiblings\x18\x02 \x03(\v2\x12.pairdb.v1.SiblingR\bsiblings\x128\n" +
+	"\fvector_clock\x18\x03 \x03(\v2\x15.pairdb.v1.ClockEntryR\vvectorClock\x12\x18\n" +
+	"\acontext\x18\x04 \x01(\fR\acontext\"\xab\x01\n" +
+	"\fListResponse\x12)\n" +
+	"\x05items\x18\x01 \x03(\v2\x13.pairdb.v1.ListItemR\x05items\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12 \n" +
+	"\vconsistency\x18\x03 \x01(\tR\vconsistency\x12&\n" +
+	"\x05error\x18\x0f \x01(\v2\x10.pairdb.v1.ErrorR\x05error\"d\n" +
+	"\fListPosition\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
+	"\x04hash\x18\x02 \x01(\x04R\x04hash\x12\x10\n" +
+	"\x03key\x18\x03 \x01(\tR\x03key\x12\x14\n" +
+	"\x05after\x18\x04 \x01(\bR\x05afterB+Z)github.com/pairdb/pairdb/schemas/pairdbpbb\x06proto3"
 
 var (
 	file_pairdb_v1_kv_proto_rawDescOnce sync.Once
@@ -1008,7 +1326,7 @@ func file_pairdb_v1_kv_proto_rawDescGZIP() []byte {
 	return file_pairdb_v1_kv_proto_rawDescData
 }
 
-var file_pairdb_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_pairdb_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_pairdb_v1_kv_proto_goTypes = []any{
 	(*PutRequest)(nil),         // 0: pairdb.v1.PutRequest
 	(*PutResponse)(nil),        // 1: pairdb.v1.PutResponse
@@ -1023,32 +1341,40 @@ var file_pairdb_v1_kv_proto_goTypes = []any{
 	(*PutManyResponse)(nil),    // 10: pairdb.v1.PutManyResponse
 	(*DeleteManyRequest)(nil),  // 11: pairdb.v1.DeleteManyRequest
 	(*DeleteManyResponse)(nil), // 12: pairdb.v1.DeleteManyResponse
-	(*ClockEntry)(nil),         // 13: pairdb.v1.ClockEntry
-	(*Error)(nil),              // 14: pairdb.v1.Error
+	(*ListRequest)(nil),        // 13: pairdb.v1.ListRequest
+	(*ListItem)(nil),           // 14: pairdb.v1.ListItem
+	(*ListResponse)(nil),       // 15: pairdb.v1.ListResponse
+	(*ListPosition)(nil),       // 16: pairdb.v1.ListPosition
+	(*ClockEntry)(nil),         // 17: pairdb.v1.ClockEntry
+	(*Error)(nil),              // 18: pairdb.v1.Error
 }
 var file_pairdb_v1_kv_proto_depIdxs = []int32{
-	13, // 0: pairdb.v1.PutRequest.vector_clock:type_name -> pairdb.v1.ClockEntry
-	13, // 1: pairdb.v1.PutResponse.vector_clock:type_name -> pairdb.v1.ClockEntry
-	14, // 2: pairdb.v1.PutResponse.error:type_name -> pairdb.v1.Error
+	17, // 0: pairdb.v1.PutRequest.vector_clock:type_name -> pairdb.v1.ClockEntry
+	17, // 1: pairdb.v1.PutResponse.vector_clock:type_name -> pairdb.v1.ClockEntry
+	18, // 2: pairdb.v1.PutResponse.error:type_name -> pairdb.v1.Error
 	3,  // 3: pairdb.v1.GetResponse.siblings:type_name -> pairdb.v1.Sibling
-	13, // 4: pairdb.v1.GetResponse.vector_clock:type_name -> pairdb.v1.ClockEntry
-	14, // 5: pairdb.v1.GetResponse.error:type_name -> pairdb.v1.Error
-	13, // 6: pairdb.v1.DeleteRequest.vector_clock:type_name -> pairdb.v1.ClockEntry
-	13, // 7: pairdb.v1.DeleteResponse.vector_clock:type_name -> pairdb.v1.ClockEntry
-	14, // 8: pairdb.v1.DeleteResponse.error:type_name -> pairdb.v1.Error
+	17, // 4: pairdb.v1.GetResponse.vector_clock:type_name -> pairdb.v1.ClockEntry
+	18, // 5: pairdb.v1.GetResponse.error:type_name -> pairdb.v1.Error
+	17, // 6: pairdb.v1.DeleteRequest.vector_clock:type_name -> pairdb.v1.ClockEntry
+	17, // 7: pairdb.v1.DeleteResponse.vector_clock:type_name -> pairdb.v1.ClockEntry
+	18, // 8: pairdb.v1.DeleteResponse.error:type_name -> pairdb.v1.Error
 	4,  // 9: pairdb.v1.GetManyResponse.items:type_name -> pairdb.v1.GetResponse
-	14, // 10: pairdb.v1.GetManyResponse.error:type_name -> pairdb.v1.Error
+	18, // 10: pairdb.v1.GetManyResponse.error:type_name -> pairdb.v1.Error
 	0,  // 11: pairdb.v1.PutManyRequest.items:type_name -> pairdb.v1.PutRequest
 	1,  // 12: pairdb.v1.PutManyResponse.items:type_name -> pairdb.v1.PutResponse
-	14, // 13: pairdb.v1.PutManyResponse.error:type_name -> pairdb.v1.Error
+	18, // 13: pairdb.v1.PutManyResponse.error:type_name -> pairdb.v1.Error
 	5,  // 14: pairdb.v1.DeleteManyRequest.items:type_name -> pairdb.v1.DeleteRequest
 	6,  // 15: pairdb.v1.DeleteManyResponse.items:type_name -> pairdb.v1.DeleteResponse
-	14, // 16: pairdb.v1.DeleteManyResponse.error:type_name -> pairdb.v1.Error
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	18, // 16: pairdb.v1.DeleteManyResponse.error:type_name -> pairdb.v1.Error
+	3,  // 17: pairdb.v1.ListItem.siblings:type_name -> pairdb.v1.Sibling
+	17, // 18: pairdb.v1.ListItem.vector_clock:type_name -> pairdb.v1.ClockEntry
+	14, // 19: pairdb.v1.ListResponse.items:type_name -> pairdb.v1.ListItem
+	18, // 20: pairdb.v1.ListResponse.error:type_name -> pairdb.v1.Error
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_pairdb_v1_kv_proto_init() }
@@ -1063,7 +1389,7 @@ func file_pairdb_v1_kv_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pairdb_v1_kv_proto_rawDesc), len(file_pairdb_v1_kv_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
