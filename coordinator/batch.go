@@ -36,7 +36,7 @@ func (s *Service) getMany(ctx context.Context, subject string, req *pb.GetManyRe
 	if err := checkBatchSize(len(keys)); err != nil {
 		return nil, err
 	}
-	items, errs := runBatch(ctx, len(keys), func(ctx context.Context, i int) (*pb.GetResponse, error) {
+	items, errs := runBatch(ctx, s.batchItems, len(keys), func(ctx context.Context, i int) (*pb.GetResponse, error) {
 		return s.get(ctx, subject, &pb.GetRequest{Key: keys[i], Consistency: req.GetConsistency()})
 	}, func(i int) *pb.GetResponse { return &pb.GetResponse{Key: keys[i]} })
 	for i, err := range errs {
@@ -69,7 +69,7 @@ func (s *Service) putMany(ctx context.Context, subject string, req *pb.PutManyRe
 	if err := checkWriteBatch(len(items), func(i int) string { return items[i].GetKey() }); err != nil {
 		return nil, err
 	}
-	out, errs := runBatch(ctx, len(items), func(ctx context.Context, i int) (*pb.PutResponse, error) {
+	out, errs := runBatch(ctx, s.batchItems, len(items), func(ctx context.Context, i int) (*pb.PutResponse, error) {
 		it := items[i]
 		if it.GetConsistency() == "" {
 			it.Consistency = req.GetConsistency()
@@ -89,7 +89,7 @@ func (s *Service) deleteMany(ctx context.Context, subject string, req *pb.Delete
 	if err := checkWriteBatch(len(items), func(i int) string { return items[i].GetKey() }); err != nil {
 		return nil, err
 	}
-	out, errs := runBatch(ctx, len(items), func(ctx context.Context, i int) (*pb.DeleteResponse, error) {
+	out, errs := runBatch(ctx, s.batchItems, len(items), func(ctx context.Context, i int) (*pb.DeleteResponse, error) {
 		it := items[i]
 		if it.GetConsistency() == "" {
 			it.Consistency = req.GetConsistency()
@@ -133,28 +133,31 @@ func checkWriteBatch(n int, keyOf func(int) string) error {
 	return nil
 }
 
-// runBatch runs do for items 0..n-1, batchParallel at a time, and returns
+// runBatch runs do for items 0..n-1, batchParallel at a time, each also
+// holding a slot of the coordinator's shared pool (so that many batches at
+// once do not multiply its work past MaxConcurrent items), and returns
 // their answers and errors in order (blank makes the answer of an item that
 // failed without one). Items not started by the deadline are not started
 // at all, and say so.
-func runBatch[Resp proto.Message](ctx context.Context, n int,
+func runBatch[Resp proto.Message](ctx context.Context, pool chan struct{}, n int,
 	do func(context.Context, int) (Resp, error), blank func(int) Resp) ([]Resp, []error) {
 	out, errs := make([]Resp, n), make([]error, n)
 	sem := make(chan struct{}, batchParallel)
 	var wg sync.WaitGroup
 	for i := range n {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
+		started := acquire(ctx, sem)
+		if started && !acquire(ctx, pool) {
+			<-sem
+			started = false
 		}
-		if ctx.Err() != nil {
+		if !started {
 			out[i], errs[i] = blank(i), status.Errorf(pb.ErrorCode_DEADLINE_EXCEEDED,
 				"the batch's deadline passed before this item started; nothing of it was written")
 			continue
 		}
 		wg.Add(1)
 		go func() {
-			defer func() { <-sem; wg.Done() }()
+			defer func() { <-pool; <-sem; wg.Done() }()
 			resp, err := do(ctx, i)
 			if !resp.ProtoReflect().IsValid() {
 				resp = blank(i)
@@ -164,6 +167,16 @@ func runBatch[Resp proto.Message](ctx context.Context, n int,
 	}
 	wg.Wait()
 	return out, errs
+}
+
+// acquire takes a slot of sem, or reports false when ctx ends first.
+func acquire(ctx context.Context, sem chan struct{}) bool {
+	select {
+	case sem <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // errorOrNil is err as a batch item's error field.

@@ -32,9 +32,12 @@ const (
 	// DefaultListPageSize and MaxListPageSize bound a list page's keys.
 	DefaultListPageSize = 100
 	MaxListPageSize     = 1000
-	// listSteps bounds the span scans of one page: the work of a page is
-	// bounded on every node even where deleted keys leave it empty.
-	listSteps = 16
+	// listSteps bounds the span scans of one page, and listScanShare the
+	// bytes they may read (in NATS max_payloads): the work of a page is
+	// bounded on every node even where deleted keys or a prefix leave it
+	// empty.
+	listSteps     = 16
+	listScanShare = 2
 	// listPositionVersion is the version of page tokens this coordinator
 	// writes and reads.
 	listPositionVersion = 1
@@ -57,7 +60,7 @@ func (s *Service) list(ctx context.Context, subject string, req *pb.ListRequest)
 		return nil, err
 	}
 	w := &listWalk{s: s, t: t, inc: inc, level: l, pos: pos, size: size, req: req,
-		budget: int(float64(s.nc.MaxPayload()) * batchBudget)}
+		budget: int(float64(s.nc.MaxPayload()) * batchBudget), scanBudget: listScanShare * int(s.nc.MaxPayload())}
 	if err := w.run(ctx); err != nil {
 		return nil, err
 	}
@@ -115,16 +118,18 @@ type listWalk struct {
 	size   int
 	budget int // bytes of items the answer may carry
 	used   int
-	pos    *pb.ListPosition
-	items  []*pb.ListItem
-	done   bool
+	// scanned counts the bytes the replicas returned, up to scanBudget.
+	scanned, scanBudget int
+	pos                 *pb.ListPosition
+	items               []*pb.ListItem
+	done                bool
 }
 
 // run fills the page: spans scanned from the position until the page is
 // full, the walk is over, or listSteps scans were spent.
 func (w *listWalk) run(ctx context.Context) error {
 	stale := 0
-	for step := 0; step < listSteps && len(w.items) < w.size && w.used < w.budget; step++ {
+	for step := 0; step < listSteps && len(w.items) < w.size && w.used < w.budget && w.scanned < w.scanBudget; step++ {
 		st := w.s.cfg.Membership.State()
 		rf, _ := st.TenantRF(w.t.GetTenantId())
 		if rf == 0 {

@@ -5,6 +5,8 @@ import (
 	"context"
 	"slices"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/dvv/dvvpb"
@@ -87,6 +89,7 @@ func (s *Service) scanSpan(ctx context.Context, w *listWalk, epoch uint64, sp ri
 		pending--
 		if r.err == nil {
 			got = append(got, r.resp)
+			w.scanned += proto.Size(r.resp)
 			continue
 		}
 		if status.Is(r.err, pb.ErrorCode_STALE_EPOCH) {

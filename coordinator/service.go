@@ -29,6 +29,9 @@ type Service struct {
 	// acks receives the answers of the replicas a minting replica passes a
 	// write on to (see applyFirst).
 	acks *bus.Mux
+	// batchItems is the pool of batch items in flight, MaxConcurrent
+	// slots shared by every batch (see runBatch).
+	batchItems chan struct{}
 	// background owns goroutines that outlive a request (replica calls that
 	// finish after the quorum answered).
 	background sync.WaitGroup
@@ -49,6 +52,8 @@ func Start(nc *nats.Conn, cfg Config) (*Service, error) {
 		log:     cfg.Logger,
 		m:       newServiceMetrics(cfg.Metrics),
 		limiter: bus.NewLimiter(cfg.MaxConcurrent),
+
+		batchItems: make(chan struct{}, cfg.MaxConcurrent),
 	}
 	s.tenants = newTenantCache(cfg.Tenants, cfg.TenantCacheTTL, s.m)
 	s.liveness = newLiveness(cfg.HeartbeatTimeout, cfg.DownAfter, cfg.MaxClockSkew)
