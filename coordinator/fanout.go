@@ -106,10 +106,10 @@ func (f *fanout) run(ctx context.Context, p placement, epoch uint64) (acks int, 
 		}
 		return 0, stale, status.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
 			"write reached %d of its replicas%s; %s needs %s (it may still be applied: retry with the same idempotency key)",
-			len(f.acked), why, w.level, p.need(w.level))
+			len(f.acked), why, w.level, p.joint().Need(w.level))
 	}
 	for {
-		switch p.outcome(w.level, f.acked, f.failed) {
+		switch p.joint().Outcome(w.level, f.acked, f.failed) {
 		case quorum.Won:
 			return len(f.acked), 0, nil
 		case quorum.Lost:
