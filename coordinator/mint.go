@@ -18,32 +18,8 @@ import (
 	"github.com/pairdb/pairdb/status"
 )
 
-// One write, at most one version (DESIGN.md §6, step 3).
-//
-// A write's version is minted by exactly one replica, its minter. The
-// coordinator tries another replica only when the one it asked certainly
-// did not mint: nothing was serving its subject (no responders), the send
-// itself failed, or it answered a refusal. A replica answers an error only
-// when nothing of the write left it; the one exception, a commit that
-// failed after the version was forwarded, it answers OUTCOME_UNKNOWN.
-// Everything else (no answer by the deadline, a lost connection, an answer
-// that cannot be read) leaves the outcome unknown, and the write is never
-// minted anywhere else: the client gets OUTCOME_UNKNOWN.
-//
-// Every apply carries a deadline, and the replica mints nothing at or past
-// it; the coordinator stops waiting only once the deadline has passed on
-// the replica's clock too (MaxClockSkew), so a replica that was paused, or
-// a request that sat in a buffer, can never mint a write its coordinator
-// has given up on.
-//
-// A write with an idempotency key names its minter in its idempotency
-// record before the first apply, and renames it only after a certain
-// refusal (Claim.Reassign). A retry of that write (the record is RETRY, or
-// a takeover) is resolved where it may have landed (resolve): the named
-// minter is asked again, and its origin check makes that idempotent
-// (existing: nothing new is minted). If the minter has left the cluster
-// (removed, force-removed, or back with an empty disk) the survivors are
-// read instead.
+// The rules an apply's answer is judged by are in writemachine.go ("One
+// write, at most one version").
 
 // applyVerdict classifies one apply.
 type applyVerdict int
