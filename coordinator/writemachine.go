@@ -271,6 +271,13 @@ func (m *writeMachine) unknown(node string, cause error) []writeAction {
 		m.spec.key, node, hint))...)
 }
 
+func errOrNone(err error) error {
+	if err == nil {
+		return errors.New("no replica was asked")
+	}
+	return err
+}
+
 func (m *writeMachine) finish(err error) []writeAction {
 	m.step = stepDone
 	return []writeAction{{kind: actFinish, err: err}}
