@@ -10,27 +10,24 @@ import (
 
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/keyspace"
-	"github.com/pairdb/pairdb/quorum"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
 	"github.com/pairdb/pairdb/status"
 )
 
-// fanout brings one minted version to the key's replicas and counts their
-// acks: the minter's own, the acks of the replicas it forwarded to
-// (collectForwarded), and the coordinator's merges to every replica not
-// reached yet. It outlives a STALE_EPOCH refusal: run is called again under
-// the newer ring and sends the same version to the replicas it adds. Sends
-// still running at the answer finish in the background under their own
-// deadline (results has room for every one).
+// fanout brings one minted version to the key's replicas and reports
+// their answers: the acks of the replicas its minter forwarded to
+// (collectForwarded), and of the coordinator's merges to every replica not
+// reached yet (send). Which replicas to send to and when the write is won
+// is the write machine's to decide (writemachine.go); fanout does the
+// calls. It outlives a STALE_EPOCH refusal: the machine sends the same
+// version under the newer ring to the replicas it adds. Sends still running
+// at the answer finish in the background under their own deadline (results
+// has room for every one).
 type fanout struct {
 	s       *Service
 	w       *writeReq
 	m       *minted
-	sent    map[string]bool
-	acked   map[string]bool
-	failed  map[string]bool
 	results chan replicaResult
-	pending int
 }
 
 type replicaResult struct {
@@ -40,19 +37,8 @@ type replicaResult struct {
 }
 
 func (s *Service) newFanout(w *writeReq, m *minted, epoch uint64) *fanout {
-	f := &fanout{
-		s: s, w: w, m: m,
-		sent: map[string]bool{}, acked: map[string]bool{}, failed: map[string]bool{},
-		results: make(chan replicaResult, maxSends),
-	}
-	if m.by != "" {
-		f.sent[m.by], f.acked[m.by] = true, true
-	}
+	f := &fanout{s: s, w: w, m: m, results: make(chan replicaResult, maxSends)}
 	if m.fw != nil {
-		for _, node := range m.fw.nodes {
-			f.sent[node] = true
-			f.pending++
-		}
 		s.background.Add(1)
 		go s.collectForwarded(m.fw, w.tenant, f.merge(epoch), f.results)
 	}
@@ -67,19 +53,12 @@ func (f *fanout) merge(epoch uint64) *pb.MergeRequest {
 	}
 }
 
-// run sends the version to every replica of p not sent to yet and waits
-// until W of them hold it in each replica set (acks), or the write is lost:
-// then err is QUORUM_NOT_REACHED, or a newer epoch a replica refused with
-// is returned (stale) for the caller to catch up and call again.
-func (f *fanout) run(ctx context.Context, p placement, epoch uint64) (acks int, stale uint64, err error) {
+// send merges the version into nodes at epoch, each in the background; its
+// result arrives on results, and a miss is settled (hinted or resent).
+func (f *fanout) send(nodes []string, epoch uint64) {
 	s, w := f.s, f.w
 	merge := f.merge(epoch)
-	for _, node := range p.all {
-		if f.sent[node] {
-			continue
-		}
-		f.sent[node] = true
-		f.pending++
+	for _, node := range nodes {
 		s.background.Add(1)
 		go func() {
 			defer s.background.Done()
@@ -97,47 +76,21 @@ func (f *fanout) run(ctx context.Context, p placement, epoch uint64) (acks int, 
 			s.settleMiss(w.tenant, node, merge, err, resp.GetEpoch())
 		}()
 	}
-	// lost reports a write that cannot meet W under p. With stale set the
-	// caller catches up and runs again, and returns the error only once it
-	// gives up following the ring.
-	lost := func(why string) (int, uint64, error) {
-		if stale == 0 {
-			s.m.quorumFailure(w.op, w.level.String())
+}
+
+// await waits for the next replica result, or the request's deadline.
+func (f *fanout) await(ctx context.Context) writeEvent {
+	select {
+	case r := <-f.results:
+		switch {
+		case r.err == nil:
+			return writeEvent{kind: evMergeAck, node: r.node}
+		case status.Is(r.err, pb.ErrorCode_STALE_EPOCH):
+			return writeEvent{kind: evMergeStale, node: r.node, epoch: r.epoch}
 		}
-		return 0, stale, status.Errorf(pb.ErrorCode_QUORUM_NOT_REACHED,
-			"write reached %d of its replicas%s; %s needs %s (it may still be applied: retry with the same idempotency key)",
-			len(f.acked), why, w.level, p.need(w.level))
-	}
-	for {
-		switch p.outcome(w.level, f.acked, f.failed) {
-		case quorum.Won:
-			return len(f.acked), 0, nil
-		case quorum.Lost:
-			if f.pending == 0 || stale > 0 {
-				return lost("")
-			}
-			// A stale refusal may still arrive: it would make this a
-			// resend under a newer ring rather than a failure.
-		}
-		if f.pending == 0 {
-			return lost("")
-		}
-		select {
-		case r := <-f.results:
-			f.pending--
-			switch {
-			case r.err == nil:
-				f.acked[r.node] = true
-			case status.Is(r.err, pb.ErrorCode_STALE_EPOCH):
-				stale = max(stale, r.epoch, epoch+1)
-				// Sent again under the newer ring.
-				delete(f.sent, r.node)
-			default:
-				f.failed[r.node] = true
-			}
-		case <-ctx.Done():
-			return lost(" before the deadline")
-		}
+		return writeEvent{kind: evMergeFail, node: r.node, err: r.err}
+	case <-ctx.Done():
+		return writeEvent{kind: evDeadline}
 	}
 }
 

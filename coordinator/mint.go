@@ -8,7 +8,6 @@ import (
 
 	"github.com/cockroachdb/errors"
 	"github.com/nats-io/nats.go"
-	"go.uber.org/zap"
 
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/dvv"
@@ -18,32 +17,8 @@ import (
 	"github.com/pairdb/pairdb/status"
 )
 
-// One write, at most one version (DESIGN.md §6, step 3).
-//
-// A write's version is minted by exactly one replica, its minter. The
-// coordinator tries another replica only when the one it asked certainly
-// did not mint: nothing was serving its subject (no responders), the send
-// itself failed, or it answered a refusal. A replica answers an error only
-// when nothing of the write left it; the one exception, a commit that
-// failed after the version was forwarded, it answers OUTCOME_UNKNOWN.
-// Everything else (no answer by the deadline, a lost connection, an answer
-// that cannot be read) leaves the outcome unknown, and the write is never
-// minted anywhere else: the client gets OUTCOME_UNKNOWN.
-//
-// Every apply carries a deadline, and the replica mints nothing at or past
-// it; the coordinator stops waiting only once the deadline has passed on
-// the replica's clock too (MaxClockSkew), so a replica that was paused, or
-// a request that sat in a buffer, can never mint a write its coordinator
-// has given up on.
-//
-// A write with an idempotency key names its minter in its idempotency
-// record before the first apply, and renames it only after a certain
-// refusal (Claim.Reassign). A retry of that write (the record is RETRY, or
-// a takeover) is resolved where it may have landed (resolve): the named
-// minter is asked again, and its origin check makes that idempotent
-// (existing: nothing new is minted). If the minter has left the cluster
-// (removed, force-removed, or back with an empty disk) the survivors are
-// read instead.
+// The rules an apply's answer is judged by are in writemachine.go ("One
+// write, at most one version").
 
 // applyVerdict classifies one apply.
 type applyVerdict int
@@ -103,68 +78,6 @@ func boolInt(b bool) int {
 	return 0
 }
 
-// mint obtains the write's version: a fresh mint, or, for a retry, the
-// resolution of the earlier attempt. A stale epoch returns the newer epoch
-// (the caller catches up and calls again).
-func (s *Service) mint(ctx context.Context, w *writeReq, st *membership.State, p placement) (*minted, uint64, error) {
-	if w.claim != nil && w.claim.Retry() && !w.resolved {
-		return s.resolve(ctx, w, st, p)
-	}
-	candidates := s.minterCandidates(st, p.all)
-	if w.claim != nil {
-		// The named minter goes first: it may still be asked, and asking
-		// another first would need a Reassign anyway.
-		named, _ := w.claim.Minter()
-		if i := slices.Index(candidates, named); i > 0 {
-			candidates = append([]string{named}, slices.Delete(candidates, i, i+1)...)
-		}
-	}
-	if len(candidates) == 0 {
-		return nil, 0, status.Errorf(pb.ErrorCode_UNAVAILABLE,
-			"no replica of key %q can mint the write: every one is down or its clock is off by more than %s",
-			w.key, s.cfg.MaxClockSkew)
-	}
-	var last error
-	for _, node := range candidates {
-		if w.claim != nil {
-			if named, _ := w.claim.Minter(); named != node {
-				// The named minter certainly refused: name the next one
-				// before asking it.
-				if err := w.claim.Reassign(ctx, node, st.Nodes[node].Incarnation); err != nil {
-					return nil, 0, status.Wrap(pb.ErrorCode_UNAVAILABLE, err,
-						"could not name replica %s as the write's minter; nothing was written, retry", node)
-				}
-				s.m.minterReassigned.Inc()
-			}
-		}
-		r := s.applyAt(ctx, w, node, p, st.Epoch)
-		switch r.verdict {
-		case applied:
-			return s.mintedFrom(r), 0, nil
-		case refusedStale:
-			return nil, r.epoch, nil
-		case refusedRequest:
-			return nil, 0, r.err
-		case unknownOutcome:
-			return nil, 0, s.outcomeUnknown(w, node, r.err)
-		}
-		last = r.err
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	s.m.quorumFailure(w.op, w.level.String())
-	return nil, 0, status.Wrap(pb.ErrorCode_QUORUM_NOT_REACHED, errOrNone(last),
-		"no replica of key %q could take the write; nothing was written", w.key)
-}
-
-func errOrNone(err error) error {
-	if err == nil {
-		return errors.New("no replica was asked")
-	}
-	return err
-}
-
 // mintedFrom turns an applied result into the version to replicate.
 func (s *Service) mintedFrom(r applyResult) *minted {
 	resp := r.resp
@@ -173,19 +86,6 @@ func (s *Service) mintedFrom(r applyResult) *minted {
 		m.clock = rec.GetClock()
 	}
 	return m
-}
-
-// outcomeUnknown is the error of a write whose minter may have minted it.
-func (s *Service) outcomeUnknown(w *writeReq, node string, cause error) error {
-	s.m.outcomeUnknown.with(labels{w.op}).Inc()
-	s.liveness.markSlow(node)
-	hint := "retry with the same idempotency key: the retry completes the write at that replica, or finds it done"
-	if w.idemKey == "" {
-		hint = "without an idempotency key, a retry is a new write (it may store the value twice)"
-	}
-	return status.Wrap(pb.ErrorCode_OUTCOME_UNKNOWN, cause,
-		"the write of key %q may or may not have been applied: replica %s, the only one allowed to mint it, did not confirm it in time; %s",
-		w.key, node, hint)
 }
 
 // applyAt asks node to mint the write and pass it on to the other
@@ -238,7 +138,8 @@ func (s *Service) applyAt(ctx context.Context, w *writeReq, node string, p place
 // minApplyWindow is the least time an apply is given to mint.
 const minApplyWindow = 10 * time.Millisecond
 
-// classifyApply sorts an apply's error (see the note at the top).
+// classifyApply sorts an apply's error (see "One write, at most one
+// version" in writemachine.go).
 func classifyApply(err error) applyVerdict {
 	switch {
 	case err == nil:
@@ -260,54 +161,6 @@ func classifyApply(err error) applyVerdict {
 		return refusedRequest
 	}
 	return refusedNode
-}
-
-// resolve settles a retry of a write whose earlier attempt may have
-// landed: at its named minter when that replica is still one of the key's,
-// by reading the survivors when it has left.
-func (s *Service) resolve(ctx context.Context, w *writeReq, st *membership.State, p placement) (*minted, uint64, error) {
-	named, inc := w.claim.Minter()
-	n, member := st.Nodes[named]
-	alive := member && n.Incarnation == inc && n.State != membership.Registered && slices.Contains(p.all, named)
-	if named != "" && alive {
-		r := s.applyAt(ctx, w, named, p, st.Epoch)
-		switch r.verdict {
-		case applied:
-			w.resolved = true
-			if r.resp.GetExisting() {
-				s.log.Info("a retry found its write at the replica that minted it", zap.String("tenant", w.tenant.GetTenantId()), zap.String("node", named))
-			}
-			return s.mintedFrom(r), 0, nil
-		case refusedStale:
-			return nil, r.epoch, nil
-		case refusedRequest:
-			// The minter holds nothing of the write (it would have said
-			// existing) and refuses it now: nothing was ever written.
-			return nil, 0, r.err
-		}
-		return nil, 0, s.outcomeUnknown(w, named, r.err)
-	}
-	// The named minter is gone, or no longer a replica of the key. Every
-	// copy of the write that exists is on a replica of p (copies move with
-	// the data) or, if it is still a ring member, on the old minter itself.
-	ask := slices.Clone(p.all)
-	if member && n.Incarnation == inc && n.State != membership.Registered && !slices.Contains(ask, named) {
-		ask = append(ask, named)
-	}
-	found, obj, clock, complete := s.findOrigin(ctx, w, ask, st.Epoch)
-	switch {
-	case found && obj != nil:
-		w.resolved = true
-		return &minted{obj: obj, clock: clock}, 0, nil
-	case found || !complete:
-		return nil, 0, s.outcomeUnknown(w, named, errors.Newf("the replicas that could hold it did not all answer"))
-	}
-	// Every replica that could hold a copy answered, and none has one:
-	// the earlier attempt never minted. Mint it now.
-	w.resolved = true
-	s.log.Info("a retry found no trace of its earlier attempt on any replica; minting it",
-		zap.String("tenant", w.tenant.GetTenantId()), zap.String("gone_minter", named))
-	return s.mint(ctx, w, st, p)
 }
 
 // findOrigin reads key from nodes with the write's origin: found when a

@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"fmt"
 	"slices"
 
 	"github.com/pairdb/pairdb/membership"
@@ -49,43 +48,6 @@ func placeFor(st *membership.State, t *pb.Tenant, hash uint64) (placement, error
 	return p, nil
 }
 
-func (p placement) changing() bool { return !slices.Equal(p.cur, p.next) }
-
-// outcome decides a write: won when both sets have W acks, lost when either
-// can no longer get them.
-func (p placement) outcome(l quorum.Level, acked, failed map[string]bool) quorum.Outcome {
-	a := setOutcome(p.cur, l, acked, failed)
-	if !p.changing() {
-		return a
-	}
-	b := setOutcome(p.next, l, acked, failed)
-	switch {
-	case a == quorum.Lost || b == quorum.Lost:
-		return quorum.Lost
-	case a == quorum.Won && b == quorum.Won:
-		return quorum.Won
-	}
-	return quorum.Pending
-}
-
-func setOutcome(set []string, l quorum.Level, acked, failed map[string]bool) quorum.Outcome {
-	t := quorum.NewTally(quorum.Required(l, len(set)), len(set))
-	for _, n := range set {
-		switch {
-		case acked[n]:
-			t.Ack()
-		case failed[n]:
-			t.Fail()
-		}
-	}
-	return t.Outcome()
-}
-
-// need describes what level l requires, for error messages.
-func (p placement) need(l quorum.Level) string {
-	s := fmt.Sprintf("%d of %d", quorum.Required(l, len(p.cur)), len(p.cur))
-	if p.changing() {
-		s += fmt.Sprintf(" in the current and %d of %d in the next replica set", quorum.Required(l, len(p.next)), len(p.next))
-	}
-	return s
-}
+// joint is the quorum a write must meet: W in the current set and, during
+// a change, W in the next one too.
+func (p placement) joint() quorum.Joint { return quorum.Joint{Cur: p.cur, Next: p.next} }

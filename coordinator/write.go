@@ -33,10 +33,8 @@ type writeReq struct {
 	// origin names the request on the sibling it writes (from the
 	// idempotency key).
 	origin []byte
-	// claim is the idempotency claim (nil without a key); resolved says
-	// an earlier attempt's fate is settled (see resolve).
-	claim    IdempotencyClaim
-	resolved bool
+	// claim is the idempotency claim (nil without a key).
+	claim IdempotencyClaim
 	// inc is the tenant's incarnation in the ring log (hints carry it, so a
 	// hint of a deleted tenant never lands in one created again).
 	inc uint64
@@ -234,52 +232,6 @@ func (s *Service) proposeMinter(w *writeReq) (node, incarnation string, err erro
 	}
 	return "", "", status.Errorf(pb.ErrorCode_UNAVAILABLE,
 		"no replica of key %q can mint the write: every one is down or its clock is off by more than %s", w.key, s.cfg.MaxClockSkew)
-}
-
-// write runs the replica protocol: one replica mints the version (mint)
-// and forwards it to the others, whose acks come straight back here, and
-// the answer goes out as soon as W replicas hold it, in the current
-// replica set and, while a membership change runs, in the next one too
-// (see fanout). A replica that has folded a newer ring epoch refuses
-// (STALE_EPOCH): the coordinator catches up and goes on under the newer
-// ring, with the same version.
-func (s *Service) write(ctx context.Context, w *writeReq) (writeOutcome, error) {
-	hash := keyspace.Hash(w.tenant.GetTenantId(), w.key)
-	var f *fanout
-	for attempt := 0; ; attempt++ {
-		st := s.cfg.Membership.State()
-		p, err := placeFor(st, w.tenant, hash)
-		if err != nil {
-			return writeOutcome{}, err
-		}
-		if f == nil {
-			m, stale, err := s.mint(ctx, w, st, p)
-			if err != nil {
-				return writeOutcome{}, err
-			}
-			if m == nil {
-				if attempt >= maxEpochRetries {
-					return writeOutcome{}, status.Errorf(pb.ErrorCode_UNAVAILABLE,
-						"the ring kept moving (epoch %d) while the write of key %q looked for its minter; nothing was written, retry", stale, w.key)
-				}
-				if err := s.catchUp(ctx, stale); err != nil {
-					return writeOutcome{}, err
-				}
-				continue
-			}
-			f = s.newFanout(w, m, st.Epoch)
-		}
-		acks, stale, err := f.run(ctx, p, st.Epoch)
-		if err == nil {
-			return writeOutcome{clock: f.m.clock, acks: acks, existing: !f.m.fresh}, nil
-		}
-		if stale == 0 || attempt >= maxEpochRetries {
-			return writeOutcome{}, err
-		}
-		if err := s.catchUp(ctx, stale); err != nil {
-			return writeOutcome{}, err
-		}
-	}
 }
 
 // maxEpochRetries bounds how often one request follows a newer ring.

@@ -1,5 +1,6 @@
 // Package quorum is the pure arithmetic of consistency levels: how many
-// replies a level needs, and a tally that says when a fan-out is won or lost.
+// replies a level needs, a tally that says when a fan-out is won or lost,
+// and the joint quorum of a membership change's two replica sets (Joint).
 package quorum
 
 import (
