@@ -44,6 +44,10 @@ var publishCases = []subjectCase{
 	// Key-value API: a tenant's own keys only.
 	{"pairdb.v1.kv.acme.put", []string{roleTenant}},
 	{"pairdb.v1.kv.other.get", nil},
+	{"pairdb.v1.kv.acme.get_many", []string{roleTenant}},
+	{"pairdb.v1.kv.acme.list", []string{roleTenant}},
+	{"pairdb.v1.kv.other.put_many", nil},
+	{"pairdb.v1.kv.other.list", nil},
 	// Admin API: the operator.
 	{"pairdb.v1.admin.tenants.create", []string{roleOperator}},
 	{"pairdb.v1.admin.nodes.add", []string{roleOperator}},

@@ -171,11 +171,28 @@ func TestShippedAccountsRunTheCluster(t *testing.T) {
 		_, err := d.acme.Put(ctx, k, []byte(k), client.Consistency("all"))
 		require.NoError(t, err)
 	}
+	// Batches and listing run under the tenant's own user too.
+	var items []*pb.PutRequest
+	for i := range 10 {
+		items = append(items, &pb.PutRequest{Key: fmt.Sprintf("b%02d", i), Value: []byte("b")})
+	}
+	puts, err := d.acme.PutMany(ctx, items, client.Consistency("all"))
+	require.NoError(t, err)
+	for _, p := range puts {
+		require.Nil(t, p.GetError())
+	}
+	listed := 0
+	for it, err := range d.acme.List(ctx, &pb.ListRequest{PageSize: 7}) {
+		require.NoError(t, err)
+		require.NotEmpty(t, it.GetKey())
+		listed++
+	}
+	require.Equal(t, 30, listed, "the 20 keys and the 10 of the batch")
 
 	// Hints: a write storage-2 misses while stopped is replayed when it is
 	// back (its own hint consumer, under its own user).
 	d.c.StopNode(ctx, "pairdb-storage-2")
-	_, err := d.acme.Put(ctx, "hinted", []byte("h"), client.Consistency("quorum"))
+	_, err = d.acme.Put(ctx, "hinted", []byte("h"), client.Consistency("quorum"))
 	require.NoError(t, err)
 	d.c.StartNode(ctx, "pairdb-storage-2", d.dirs["pairdb-storage-2"])
 	d.holds("pairdb-storage-2", "hinted", "h")
