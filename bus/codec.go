@@ -30,6 +30,9 @@ const (
 	HeaderContentType = "Content-Type"
 	// ContentTypeJSON is the value that selects JSON.
 	ContentTypeJSON = "application/json"
+	// HeaderRetryAfterMs is set on an error reply that says when to retry
+	// (RATE_LIMIT_EXCEEDED), in milliseconds, as the body's retry_after_ms.
+	HeaderRetryAfterMs = "Pairdb-Retry-After-Ms"
 )
 
 var (

@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -235,6 +236,9 @@ func (s *Server) reply(name string, start time.Time, r micro.Request, enc Encodi
 		// Header values must be one line.
 		msg.Header.Set(micro.ErrorHeader, strings.ReplaceAll(pe.GetMessage(), "\n", " "))
 		msg.Header.Set(micro.ErrorCodeHeader, code)
+		if ms := pe.GetRetryAfterMs(); ms > 0 {
+			msg.Header.Set(HeaderRetryAfterMs, strconv.FormatUint(uint64(ms), 10))
+		}
 	}
 	body, merr := Marshal(enc, resp)
 	if merr == nil && err == nil && len(body) > int(s.Conn.MaxPayload())-replyHeadroom {

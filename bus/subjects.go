@@ -115,6 +115,8 @@ const (
 	EventsRing       = "ring"
 	EventsTenants    = "tenants"
 	EventsMigrations = "migrations"
+	// EventsCoordinators carries the coordinators' presence beats.
+	EventsCoordinators = "coordinators"
 )
 
 // Inbox prefixes: every part receives its replies under a prefix of its own

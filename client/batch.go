@@ -107,6 +107,7 @@ func batchWithRetries[Req any, Resp batchItem](ctx context.Context, c *Client, i
 	backoff := c.backoff
 	for attempt := 0; len(todo) > 0; attempt++ {
 		var again []int
+		wait := backoff
 		for start := 0; start < len(todo); start += MaxBatchItems {
 			idx := todo[start:min(start+MaxBatchItems, len(todo))]
 			chunk := make([]Req, len(idx))
@@ -122,8 +123,9 @@ func batchWithRetries[Req any, Resp batchItem](ctx context.Context, c *Client, i
 			}
 			for j, i := range idx {
 				out[i] = got[j]
-				if e := got[j].GetError(); e != nil && retryable(status.FromProto(e)) {
+				if err := status.FromProto(got[j].GetError()); err != nil && retryable(err) {
 					again = append(again, i)
+					wait = max(wait, status.RetryAfterOf(err))
 				}
 			}
 		}
@@ -131,7 +133,7 @@ func batchWithRetries[Req any, Resp batchItem](ctx context.Context, c *Client, i
 			break
 		}
 		select {
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		case <-ctx.Done():
 			return out, nil
 		}

@@ -147,7 +147,7 @@ func (c *Client) call(ctx context.Context, subject string, req, resp proto.Messa
 			return err
 		}
 		select {
-		case <-time.After(backoff):
+		case <-time.After(max(backoff, status.RetryAfterOf(err))):
 		case <-ctx.Done():
 			return err
 		}
@@ -156,12 +156,13 @@ func (c *Client) call(ctx context.Context, subject string, req, resp proto.Messa
 	}
 }
 
-// retryable: failures after which the same request may run again. A
+// retryable: failures after which the same request may run again (a
+// RATE_LIMIT_EXCEEDED no sooner than it says). A
 // write's OUTCOME_UNKNOWN is retried too: every write here carries an
 // idempotency key, so the retry completes or finds the first attempt.
 func retryable(err error) bool {
 	switch status.CodeOf(err) {
-	case pb.ErrorCode_UNAVAILABLE, pb.ErrorCode_DEADLINE_EXCEEDED, pb.ErrorCode_OUTCOME_UNKNOWN:
+	case pb.ErrorCode_UNAVAILABLE, pb.ErrorCode_DEADLINE_EXCEEDED, pb.ErrorCode_OUTCOME_UNKNOWN, pb.ErrorCode_RATE_LIMIT_EXCEEDED:
 		return true
 	}
 	return false

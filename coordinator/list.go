@@ -50,6 +50,9 @@ func (s *Service) list(ctx context.Context, subject string, req *pb.ListRequest)
 	if err != nil {
 		return nil, err
 	}
+	if err := s.admit(t, kindRead); err != nil {
+		return nil, err
+	}
 	l, err := levelOf(t, req.GetConsistency())
 	if err != nil {
 		return nil, err

@@ -64,6 +64,7 @@ type serviceMetrics struct {
 	outcomeUnknown, skewExceeded            *seriesVec[*metrics.Counter]
 	clockSkew                               *seriesVec[*metrics.Gauge]
 	replicaCalls, hintsStored, hintsFailed  *seriesVec[*metrics.Counter]
+	tenantRequests, tenantThrottled         *seriesVec[*metrics.Counter]
 	duration                                *seriesVec[*metrics.PrometheusHistogram]
 }
 
@@ -93,6 +94,9 @@ func newServiceMetrics(set *metrics.Set) *serviceMetrics {
 		hintsStored:    newCounterVec(set, `pairdb_hints_stored_total{node=%q}`),
 		hintsFailed:    newCounterVec(set, `pairdb_hints_failed_total{node=%q}`),
 		duration:       newHistogramVec(set, `coordinator_request_duration_seconds{operation=%q,consistency=%q}`),
+
+		tenantRequests:  newCounterVec(set, `coordinator_tenant_requests_total{tenant=%q,kind=%q}`),
+		tenantThrottled: newCounterVec(set, `coordinator_tenant_throttled_total{tenant=%q,kind=%q}`),
 	}
 }
 

@@ -37,6 +37,9 @@ func (s *Service) get(ctx context.Context, subject string, req *pb.GetRequest) (
 	if err != nil {
 		return nil, err
 	}
+	if err := s.admit(t, kindRead); err != nil {
+		return nil, err
+	}
 	if err := keyspace.ValidateKey(req.GetKey()); err != nil {
 		return nil, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad key")
 	}

@@ -29,6 +29,10 @@ type Service struct {
 	// acks receives the answers of the replicas a minting replica passes a
 	// write on to (see applyFirst).
 	acks *bus.Mux
+	// presence counts the live coordinators, and limits holds this one's
+	// share of each tenant's rate limits.
+	presence *presence
+	limits   *tenantLimiter
 	// batchItems is the pool of batch items in flight, MaxConcurrent
 	// slots shared by every batch (see runBatch).
 	batchItems chan struct{}
@@ -79,9 +83,17 @@ func Start(nc *nats.Conn, cfg Config) (*Service, error) {
 		s.repairs.stop()
 		return nil, err
 	}
+	if s.presence, err = startPresence(nc, cfg.Subjects); err != nil {
+		s.unsubscribe()
+		_ = s.acks.Close()
+		s.repairs.stop()
+		return nil, err
+	}
+	s.limits = newTenantLimiter(s.presence.count)
 
 	if err := s.addEndpoints(); err != nil {
 		s.unsubscribe()
+		s.presence.close()
 		_ = s.acks.Close()
 		s.repairs.stop()
 		return nil, err
@@ -146,6 +158,9 @@ func (s *Service) addEndpoints() error {
 // replica calls (bounded by ctx), then stops read repair. It is idempotent.
 func (s *Service) Stop(ctx context.Context) error {
 	s.stopOnce.Do(func() {
+		// First, so the other coordinators take over this one's share of
+		// the tenants' rates at once.
+		s.presence.close()
 		var errs error
 		if s.svc != nil {
 			errs = errors.CombineErrors(errs, s.svc.Stop(ctx))

@@ -89,6 +89,9 @@ func (s *Service) prepareWrite(ctx context.Context, subject, op, key string, val
 	if err != nil {
 		return nil, err
 	}
+	if err := s.admit(t, kindWrite); err != nil {
+		return nil, err
+	}
 	if err := keyspace.ValidateKey(key); err != nil {
 		return nil, status.Wrap(pb.ErrorCode_INVALID_ARGUMENT, err, "bad key")
 	}

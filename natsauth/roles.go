@@ -135,7 +135,8 @@ func Coordinator(s bus.Subjects) Permissions {
 		Publish: []Rule{
 			{"call storage nodes: mint a write (apply), replicate and repair it (merge), read; scan (a tenant's deletion asks whether it holds data)", []string{
 				s.Node("*", bus.OpApply), s.Node("*", bus.OpMerge), s.Node("*", bus.OpRead), s.Node("*", bus.OpScan)}},
-			{"tell the other coordinators that a tenant changed", []string{s.Events(bus.EventsTenants)}},
+			{"tell the other coordinators that a tenant changed, and that it is alive (their share of the tenants' rate limits)", []string{
+				s.Events(bus.EventsTenants), s.Events(bus.EventsCoordinators)}},
 			{"append to the ring log, record migration progress, store hints (JetStream publishes)", []string{
 				s.Events(bus.EventsRing), s.Events(bus.EventsMigrations) + ".>", s.Hints("*")}},
 			{"write the tenants, idempotency and secrets buckets", []string{
@@ -149,8 +150,8 @@ func Coordinator(s bus.Subjects) Permissions {
 		Subscribe: []Rule{
 			{"serve the key-value API of every tenant, the admin API and the storage nodes' member requests", []string{
 				s.KV("*", "*"), s.Admin("*", "*"), s.Member("*", "*")}},
-			{"follow the storage nodes' heartbeats and the tenant invalidations", []string{
-				s.Heartbeat("*"), s.Events(bus.EventsTenants)}},
+			{"follow the storage nodes' heartbeats, the tenant invalidations and the other coordinators' presence", []string{
+				s.Heartbeat("*"), s.Events(bus.EventsTenants), s.Events(bus.EventsCoordinators)}},
 			{"service discovery (nats micro ls)", serviceDiscovery(coordinator.ServiceName)},
 			{"its replies", []string{bus.CoordinatorInbox + ".>"}},
 		},

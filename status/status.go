@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/cockroachdb/errors"
 
@@ -19,7 +20,10 @@ import (
 type Error struct {
 	Code    pb.ErrorCode
 	Message string
-	cause   error
+	// RetryAfter, when set, is how long the caller should wait before it
+	// sends the request again (RATE_LIMIT_EXCEEDED says it).
+	RetryAfter time.Duration
+	cause      error
 }
 
 func (e *Error) Error() string {
@@ -96,7 +100,7 @@ func ToProto(err error) *pb.Error {
 	}
 	var e *Error
 	if errors.As(err, &e) {
-		return &pb.Error{Code: e.Code, Message: e.Message}
+		return &pb.Error{Code: e.Code, Message: e.Message, RetryAfterMs: retryAfterMs(e.RetryAfter)}
 	}
 	return &pb.Error{Code: CodeOf(err), Message: err.Error()}
 }
@@ -107,5 +111,24 @@ func FromProto(e *pb.Error) error {
 	if e == nil || e.GetCode() == pb.ErrorCode_ERROR_CODE_UNSPECIFIED {
 		return nil
 	}
-	return &Error{Code: e.GetCode(), Message: e.GetMessage()}
+	return &Error{Code: e.GetCode(), Message: e.GetMessage(), RetryAfter: time.Duration(e.GetRetryAfterMs()) * time.Millisecond}
+}
+
+// RetryAfterOf is how long err asks its caller to wait before a retry (0
+// when it does not say).
+func RetryAfterOf(err error) time.Duration {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.RetryAfter
+	}
+	return 0
+}
+
+// retryAfterMs rounds d up to whole milliseconds, so a wait never reads as
+// none.
+func retryAfterMs(d time.Duration) uint32 {
+	if d <= 0 {
+		return 0
+	}
+	return uint32(min((d+time.Millisecond-1)/time.Millisecond, 1<<31))
 }

@@ -50,6 +50,9 @@ const (
 	// MinMaxSiblings and MaxMaxSiblings bound the per-key sibling cap.
 	MinMaxSiblings = 1
 	MaxMaxSiblings = 1000
+	// MaxRate bounds reads_per_second and writes_per_second; 0, their
+	// default, means no limit.
+	MaxRate = 1_000_000
 	// MinMaxValueBytes and MaxMaxValueBytes bound the per-value size limit.
 	// 4 MiB stays under the embedded server's 8 MiB max payload even when a
 	// value travels base64-encoded in JSON.
@@ -80,6 +83,8 @@ func FromCreate(req *pb.CreateTenantRequest, now time.Time) (*pb.Tenant, error) 
 		ConflictPolicy:     normalize(req.GetConflictPolicy()),
 		MaxSiblings:        req.GetMaxSiblings(),
 		MaxValueBytes:      req.GetMaxValueBytes(),
+		ReadsPerSecond:     req.GetReadsPerSecond(),
+		WritesPerSecond:    req.GetWritesPerSecond(),
 		CreatedAt:          ts,
 		UpdatedAt:          proto.Clone(ts).(*timestamppb.Timestamp),
 		Version:            1,
@@ -139,6 +144,12 @@ func ApplyUpdate(t *pb.Tenant, req *pb.UpdateTenantRequest, now time.Time) (*pb.
 	if req.MaxValueBytes != nil {
 		n.MaxValueBytes = req.GetMaxValueBytes()
 	}
+	if req.ReadsPerSecond != nil {
+		n.ReadsPerSecond = req.GetReadsPerSecond()
+	}
+	if req.WritesPerSecond != nil {
+		n.WritesPerSecond = req.GetWritesPerSecond()
+	}
 	n.Version = t.GetVersion() + 1
 	n.UpdatedAt = timestamp(now)
 	if err := Validate(n); err != nil {
@@ -184,6 +195,12 @@ func Validate(t *pb.Tenant) error {
 	if err := CheckMaxValueBytes(t.GetMaxValueBytes()); err != nil {
 		return inTenant(id, err)
 	}
+	if err := CheckRate("reads", t.GetReadsPerSecond()); err != nil {
+		return inTenant(id, err)
+	}
+	if err := CheckRate("writes", t.GetWritesPerSecond()); err != nil {
+		return inTenant(id, err)
+	}
 	if t.GetVersion() < 1 {
 		return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT, "tenant %q: version must be at least 1", id)
 	}
@@ -224,6 +241,15 @@ func CheckMaxValueBytes(n uint64) error {
 	if n < MinMaxValueBytes || n > MaxMaxValueBytes {
 		return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
 			"max value bytes must be between %d and %d (4 MiB), got %d", MinMaxValueBytes, MaxMaxValueBytes, n)
+	}
+	return nil
+}
+
+// CheckRate checks a per-second rate limit (0: none) against the bound.
+func CheckRate(what string, n uint32) error {
+	if n > MaxRate {
+		return status.Errorf(pb.ErrorCode_INVALID_ARGUMENT,
+			"%s per second must be at most %d (0 means no limit), got %d", what, MaxRate, n)
 	}
 	return nil
 }

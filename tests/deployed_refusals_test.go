@@ -71,6 +71,7 @@ var publishCases = []subjectCase{
 	// The ring log, tenant invalidations, migration progress, hints.
 	{"pairdb.v1.events.ring", []string{roleCoord}},
 	{"pairdb.v1.events.tenants", []string{roleCoord}},
+	{"pairdb.v1.events.coordinators", []string{roleCoord}},
 	{"pairdb.v1.events.migrations.m1." + n0, []string{roleCoord}},
 	{"pairdb.v1.hints." + n1, []string{roleCoord}},
 	// Buckets.
@@ -145,6 +146,7 @@ var subscribeCases = []subjectCase{
 	{"pairdb.v1.heartbeat.*", []string{roleCoord}},
 	{"pairdb.v1.heartbeat." + n0, []string{roleCoord, roleNode}},
 	{"pairdb.v1.events.tenants", []string{roleCoord}},
+	{"pairdb.v1.events.coordinators", []string{roleCoord}},
 	{"pairdb.v1.events.ring", nil},
 	{"pairdb.v1.events.>", nil},
 	{"pairdb.v1.hints.>", nil},

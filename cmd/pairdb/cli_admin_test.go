@@ -46,6 +46,16 @@ func (c *cliCluster) testTenantSettings(t *testing.T) {
 	require.Regexp(t, `(?m)^max_value_bytes\s+512KiB$`, c.ok(t, "tenant", "get", "ts-a"))
 	require.Regexp(t, `(?m)^replication_factor\s+2$`, c.ok(t, "tenant", "get", "ts-a"), "update left the rest alone")
 
+	// Rate limits: none by default, set and lifted by update.
+	require.Regexp(t, `(?m)^writes_per_second\s+none$`, c.ok(t, "tenant", "get", "ts-a"))
+	c.ok(t, "tenant", "update", "ts-a", "--writes-per-second", "5", "--reads-per-second", "50")
+	out := c.ok(t, "tenant", "get", "ts-a")
+	require.Regexp(t, `(?m)^writes_per_second\s+5/s$`, out)
+	require.Regexp(t, `(?m)^reads_per_second\s+50/s$`, out)
+	c.fails(t, exitError, "INVALID_ARGUMENT: writes per second must be at most 1000000",
+		"tenant", "update", "ts-a", "--writes-per-second", "1000001")
+	c.ok(t, "tenant", "update", "ts-a", "--writes-per-second", "0", "--reads-per-second", "0")
+
 	// A tenant that holds data is deleted only with --force; --wait follows
 	// the removal of its data until every node is done.
 	c.ok(t, "--tenant", "ts-a", "put", "k", "v")

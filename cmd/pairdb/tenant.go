@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -43,6 +44,7 @@ func newTenantCreateCmd(g *globals) *cobra.Command {
 				t, err := c.CreateTenant(ctx, &pb.CreateTenantRequest{
 					TenantId: args[0], ReplicationFactor: cf.rf, DefaultConsistency: cf.consistency,
 					ConflictPolicy: cf.policy, MaxSiblings: cf.maxSiblings, MaxValueBytes: uint64(cf.maxValue),
+					ReadsPerSecond: cf.reads, WritesPerSecond: cf.writes,
 				})
 				if err != nil {
 					return err
@@ -118,6 +120,12 @@ func (t *tenantFlags) updateRequest(fl *pflag.FlagSet, id string, expected uint6
 	}
 	if fl.Changed("max-value-bytes") {
 		req.MaxValueBytes = proto.Uint64(uint64(t.maxValue))
+	}
+	if fl.Changed("reads-per-second") {
+		req.ReadsPerSecond = proto.Uint32(t.reads)
+	}
+	if fl.Changed("writes-per-second") {
+		req.WritesPerSecond = proto.Uint32(t.writes)
 	}
 	return req
 }
@@ -235,6 +243,14 @@ A tenant created again under the same id starts empty.`,
 	return del
 }
 
+// rateText is a rate limit for people: "none" for 0.
+func rateText(r uint32) string {
+	if r == 0 {
+		return "none"
+	}
+	return strconv.FormatUint(uint64(r), 10) + "/s"
+}
+
 // printTenant shows a tenant record, one setting a line, or as JSON.
 func printTenant(w io.Writer, t *pb.Tenant, asJSON bool) error {
 	if asJSON {
@@ -248,6 +264,8 @@ func printTenant(w io.Writer, t *pb.Tenant, asJSON bool) error {
 		{"conflict_policy", t.GetConflictPolicy()},
 		{"max_siblings", strconv.FormatUint(uint64(t.GetMaxSiblings()), 10)},
 		{"max_value_bytes", config.Bytes(t.GetMaxValueBytes()).String()},
+		{"reads_per_second", rateText(t.GetReadsPerSecond())},
+		{"writes_per_second", rateText(t.GetWritesPerSecond())},
 		{"version", strconv.FormatUint(t.GetVersion(), 10)},
 		{"created_at", t.GetCreatedAt().AsTime().Format(time.RFC3339)},
 		{"updated_at", t.GetUpdatedAt().AsTime().Format(time.RFC3339)},
@@ -259,6 +277,7 @@ func printTenant(w io.Writer, t *pb.Tenant, asJSON bool) error {
 
 type tenantFlags struct {
 	rf, maxSiblings     uint32
+	reads, writes       uint32
 	consistency, policy string
 	maxValue            config.Bytes
 }
@@ -279,6 +298,10 @@ func (t *tenantFlags) register(cmd *cobra.Command, update bool) {
 	f.StringVar(&t.policy, "conflict-policy", "", tenant.PolicySiblings+" or "+tenant.PolicyLastWriteWins+note(tenant.DefaultConflictPolicy))
 	f.Uint32Var(&t.maxSiblings, "max-siblings", 0, fmt.Sprintf("most concurrent values a key may hold, %d to %d%s",
 		tenant.MinMaxSiblings, tenant.MaxMaxSiblings, note(strconv.Itoa(tenant.DefaultMaxSiblings))))
+	f.Uint32Var(&t.reads, "reads-per-second", 0, fmt.Sprintf("gets (a key each), get_many keys and list pages a second, across the coordinators; 0 for no limit, at most %d%s",
+		tenant.MaxRate, note("0, no limit")))
+	f.Uint32Var(&t.writes, "writes-per-second", 0, fmt.Sprintf("puts and deletes (a key each) a second, across the coordinators; 0 for no limit, at most %d%s",
+		tenant.MaxRate, note("0, no limit")))
 	f.Var(sizeFlag{&t.maxValue}, "max-value-bytes", fmt.Sprintf("largest value: bytes, or with a unit such as 512KiB, up to %s%s",
 		config.Bytes(tenant.MaxMaxValueBytes), note(config.Bytes(tenant.DefaultMaxValueBytes).String())))
 }
@@ -296,6 +319,13 @@ func (t *tenantFlags) check(fl *pflag.FlagSet) error {
 	if fl.Changed("max-siblings") {
 		if err := tenant.CheckMaxSiblings(t.maxSiblings); err != nil {
 			return err
+		}
+	}
+	for flag, v := range map[string]uint32{"reads-per-second": t.reads, "writes-per-second": t.writes} {
+		if fl.Changed(flag) {
+			if err := tenant.CheckRate(strings.TrimSuffix(flag, "-per-second"), v); err != nil {
+				return err
+			}
 		}
 	}
 	if fl.Changed("max-value-bytes") {

@@ -41,6 +41,11 @@ func TestTenantsSchemaAgreesWithValidate(t *testing.T) {
 		func(r *pb.Tenant, v int64) { r.MaxSiblings = uint32(v) })
 	bounds("max_value_bytes", tenant.MinMaxValueBytes, tenant.MaxMaxValueBytes,
 		func(r *pb.Tenant, v int64) { r.MaxValueBytes = uint64(v) })
+	// Rates are unsigned with 0 allowed: only the upper bound can be crossed.
+	for _, v := range []uint32{0, 1, tenant.MaxRate, tenant.MaxRate + 1} {
+		cases[fmt.Sprintf("reads_per_second=%d", v)] = func(r *pb.Tenant) { r.ReadsPerSecond = v }
+		cases[fmt.Sprintf("writes_per_second=%d", v)] = func(r *pb.Tenant) { r.WritesPerSecond = v }
+	}
 	// Version has only a lower bound.
 	for _, v := range []uint64{0, 1, 2} {
 		cases[fmt.Sprintf("version=%d", v)] = func(r *pb.Tenant) { r.Version = v }
@@ -91,10 +96,11 @@ func insertRaw(t *testing.T, pool *pgxpool.Pool, rec *pb.Tenant) error {
 	require.NoError(t, err)
 	defer func() { require.NoError(t, tx.Rollback(ctx)) }()
 	_, err = tx.Exec(ctx, `INSERT INTO tenants (tenant_id, replication_factor, default_consistency, conflict_policy,
-		max_siblings, max_value_bytes, created_at, updated_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+		max_siblings, max_value_bytes, created_at, updated_at, version, reads_per_second, writes_per_second)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
 		rec.GetTenantId(), int64(rec.GetReplicationFactor()), rec.GetDefaultConsistency(), rec.GetConflictPolicy(),
 		int64(rec.GetMaxSiblings()), int64(rec.GetMaxValueBytes()), rec.GetCreatedAt().AsTime(),
-		rec.GetUpdatedAt().AsTime(), int64(rec.GetVersion()))
+		rec.GetUpdatedAt().AsTime(), int64(rec.GetVersion()), int64(rec.GetReadsPerSecond()), int64(rec.GetWritesPerSecond()))
 	return err
 }
 

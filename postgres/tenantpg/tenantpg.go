@@ -154,7 +154,7 @@ func (s *Store) Ping(ctx context.Context) error {
 
 // columns is the select list scanTenant reads, in its order.
 const columns = `tenant_id, replication_factor, default_consistency, conflict_policy,
-	max_siblings, max_value_bytes, created_at, updated_at, version`
+	max_siblings, max_value_bytes, created_at, updated_at, version, reads_per_second, writes_per_second`
 
 // Create implements tenant.Store.
 func (s *Store) Create(ctx context.Context, t *pb.Tenant) error {
@@ -164,8 +164,8 @@ func (s *Store) Create(ctx context.Context, t *pb.Tenant) error {
 	}
 	ctx, cancel := withDefaultTimeout(ctx, DefaultTimeout)
 	defer cancel()
-	_, err = s.pool.Exec(ctx, `INSERT INTO tenants (`+columns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-		r.id, r.rf, r.consistency, r.policy, r.maxSiblings, r.maxValueBytes, r.createdAt, r.updatedAt, r.version)
+	_, err = s.pool.Exec(ctx, `INSERT INTO tenants (`+columns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+		r.id, r.rf, r.consistency, r.policy, r.maxSiblings, r.maxValueBytes, r.createdAt, r.updatedAt, r.version, r.reads, r.writes)
 	if isCode(err, sqlUniqueViolation) {
 		return status.Wrap(pb.ErrorCode_TENANT_EXISTS, err, "tenant %q already exists", r.id)
 	}
@@ -208,9 +208,10 @@ func (s *Store) Update(ctx context.Context, t *pb.Tenant) error {
 	// WHERE clause against the new row version, which then no longer
 	// matches, so exactly one of several updates from one version wins.
 	tag, err := s.pool.Exec(ctx, `UPDATE tenants SET replication_factor = $2, default_consistency = $3,
-		conflict_policy = $4, max_siblings = $5, max_value_bytes = $6, updated_at = $7, version = $8
+		conflict_policy = $4, max_siblings = $5, max_value_bytes = $6, updated_at = $7, version = $8,
+		reads_per_second = $10, writes_per_second = $11
 		WHERE tenant_id = $1 AND version = $9`,
-		r.id, r.rf, r.consistency, r.policy, r.maxSiblings, r.maxValueBytes, r.updatedAt, r.version, r.version-1)
+		r.id, r.rf, r.consistency, r.policy, r.maxSiblings, r.maxValueBytes, r.updatedAt, r.version, r.version-1, r.reads, r.writes)
 	if err != nil {
 		return s.fail(err, "update tenant %q", r.id)
 	}
@@ -305,6 +306,7 @@ func (s *Store) fail(err error, format string, args ...any) error {
 type row struct {
 	id, consistency, policy string
 	rf, maxSiblings         int32
+	reads, writes           int32
 	maxValueBytes, version  int64
 	createdAt, updatedAt    time.Time
 }
@@ -329,6 +331,8 @@ func toRow(t *pb.Tenant) (row, error) {
 		createdAt:     t.GetCreatedAt().AsTime(),
 		updatedAt:     t.GetUpdatedAt().AsTime(),
 		version:       int64(t.GetVersion()),
+		reads:         int32(t.GetReadsPerSecond()),
+		writes:        int32(t.GetWritesPerSecond()),
 	}, nil
 }
 
@@ -339,10 +343,10 @@ func toRow(t *pb.Tenant) (row, error) {
 func scanTenant(sc pgx.Row) (*pb.Tenant, error) {
 	var r row
 	if err := sc.Scan(&r.id, &r.rf, &r.consistency, &r.policy, &r.maxSiblings, &r.maxValueBytes,
-		&r.createdAt, &r.updatedAt, &r.version); err != nil {
+		&r.createdAt, &r.updatedAt, &r.version, &r.reads, &r.writes); err != nil {
 		return nil, err
 	}
-	if r.rf < 0 || r.maxSiblings < 0 || r.maxValueBytes < 0 || r.version < 0 {
+	if r.rf < 0 || r.maxSiblings < 0 || r.maxValueBytes < 0 || r.version < 0 || r.reads < 0 || r.writes < 0 {
 		return nil, status.Errorf(pb.ErrorCode_INTERNAL, "stored tenant %q has a negative field", r.id)
 	}
 	return &pb.Tenant{
@@ -355,6 +359,8 @@ func scanTenant(sc pgx.Row) (*pb.Tenant, error) {
 		CreatedAt:          timestamppb.New(r.createdAt),
 		UpdatedAt:          timestamppb.New(r.updatedAt),
 		Version:            uint64(r.version),
+		ReadsPerSecond:     uint32(r.reads),
+		WritesPerSecond:    uint32(r.writes),
 	}, nil
 }
 

@@ -57,6 +57,9 @@ const (
 	ErrorCode_EXPIRED ErrorCode = 20
 	// A tenant delete without force, while the tenant still holds data.
 	ErrorCode_TENANT_NOT_EMPTY ErrorCode = 21
+	// The tenant's reads or writes per second are spent: retry after
+	// Error.retry_after_ms.
+	ErrorCode_RATE_LIMIT_EXCEEDED ErrorCode = 22
 )
 
 // Enum value maps for ErrorCode.
@@ -84,6 +87,7 @@ var (
 		19: "OUTCOME_UNKNOWN",
 		20: "EXPIRED",
 		21: "TENANT_NOT_EMPTY",
+		22: "RATE_LIMIT_EXCEEDED",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":     0,
@@ -108,6 +112,7 @@ var (
 		"OUTCOME_UNKNOWN":            19,
 		"EXPIRED":                    20,
 		"TENANT_NOT_EMPTY":           21,
+		"RATE_LIMIT_EXCEEDED":        22,
 	}
 )
 
@@ -140,9 +145,12 @@ func (ErrorCode) EnumDescriptor() ([]byte, []int) {
 
 // Error is carried in the body of every failed response.
 type Error struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Code          ErrorCode              `protobuf:"varint,1,opt,name=code,proto3,enum=pairdb.v1.ErrorCode" json:"code,omitempty"`
-	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Code    ErrorCode              `protobuf:"varint,1,opt,name=code,proto3,enum=pairdb.v1.ErrorCode" json:"code,omitempty"`
+	Message string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// With RATE_LIMIT_EXCEEDED: how long to wait before the request would be
+	// admitted (also in the header Pairdb-Retry-After-Ms).
+	RetryAfterMs  uint32 `protobuf:"varint,3,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -189,6 +197,13 @@ func (x *Error) GetMessage() string {
 		return x.Message
 	}
 	return ""
+}
+
+func (x *Error) GetRetryAfterMs() uint32 {
+	if x != nil {
+		return x.RetryAfterMs
+	}
+	return 0
 }
 
 // ClockEntry is one actor's counter in a version vector. Actors are storage
@@ -249,14 +264,15 @@ var File_pairdb_v1_common_proto protoreflect.FileDescriptor
 
 const file_pairdb_v1_common_proto_rawDesc = "" +
 	"\n" +
-	"\x16pairdb/v1/common.proto\x12\tpairdb.v1\"K\n" +
+	"\x16pairdb/v1/common.proto\x12\tpairdb.v1\"q\n" +
 	"\x05Error\x12(\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x14.pairdb.v1.ErrorCodeR\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"<\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12$\n" +
+	"\x0eretry_after_ms\x18\x03 \x01(\rR\fretryAfterMs\"<\n" +
 	"\n" +
 	"ClockEntry\x12\x14\n" +
 	"\x05actor\x18\x01 \x01(\tR\x05actor\x12\x18\n" +
-	"\acounter\x18\x02 \x01(\x04R\acounter*\xe6\x03\n" +
+	"\acounter\x18\x02 \x01(\x04R\acounter*\xff\x03\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\x01\x12\x14\n" +
@@ -280,7 +296,8 @@ const file_pairdb_v1_common_proto_rawDesc = "" +
 	"\x0eNODE_NOT_FOUND\x10\x12\x12\x13\n" +
 	"\x0fOUTCOME_UNKNOWN\x10\x13\x12\v\n" +
 	"\aEXPIRED\x10\x14\x12\x14\n" +
-	"\x10TENANT_NOT_EMPTY\x10\x15B+Z)github.com/pairdb/pairdb/schemas/pairdbpbb\x06proto3"
+	"\x10TENANT_NOT_EMPTY\x10\x15\x12\x17\n" +
+	"\x13RATE_LIMIT_EXCEEDED\x10\x16B+Z)github.com/pairdb/pairdb/schemas/pairdbpbb\x06proto3"
 
 var (
 	file_pairdb_v1_common_proto_rawDescOnce sync.Once

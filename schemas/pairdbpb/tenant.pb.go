@@ -35,9 +35,15 @@ type Tenant struct {
 	CreatedAt      *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	UpdatedAt      *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
 	// Incremented on every update; used for optimistic concurrency.
-	Version       uint64 `protobuf:"varint,9,opt,name=version,proto3" json:"version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Version uint64 `protobuf:"varint,9,opt,name=version,proto3" json:"version,omitempty"`
+	// Requests per second the tenant may make, across every coordinator
+	// (0: no limit): reads are get, get_many keys and list pages; writes are
+	// put and delete, and put_many and delete_many items. Each admits a burst
+	// of one second's worth.
+	ReadsPerSecond  uint32 `protobuf:"varint,10,opt,name=reads_per_second,json=readsPerSecond,proto3" json:"reads_per_second,omitempty"`
+	WritesPerSecond uint32 `protobuf:"varint,11,opt,name=writes_per_second,json=writesPerSecond,proto3" json:"writes_per_second,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Tenant) Reset() {
@@ -133,6 +139,20 @@ func (x *Tenant) GetVersion() uint64 {
 	return 0
 }
 
+func (x *Tenant) GetReadsPerSecond() uint32 {
+	if x != nil {
+		return x.ReadsPerSecond
+	}
+	return 0
+}
+
+func (x *Tenant) GetWritesPerSecond() uint32 {
+	if x != nil {
+		return x.WritesPerSecond
+	}
+	return 0
+}
+
 // Unset fields take the defaults (RF 3, quorum, siblings, 16 siblings, 1 MiB).
 type CreateTenantRequest struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
@@ -142,6 +162,8 @@ type CreateTenantRequest struct {
 	ConflictPolicy     string                 `protobuf:"bytes,4,opt,name=conflict_policy,json=conflictPolicy,proto3" json:"conflict_policy,omitempty"`
 	MaxSiblings        uint32                 `protobuf:"varint,5,opt,name=max_siblings,json=maxSiblings,proto3" json:"max_siblings,omitempty"`
 	MaxValueBytes      uint64                 `protobuf:"varint,6,opt,name=max_value_bytes,json=maxValueBytes,proto3" json:"max_value_bytes,omitempty"`
+	ReadsPerSecond     uint32                 `protobuf:"varint,7,opt,name=reads_per_second,json=readsPerSecond,proto3" json:"reads_per_second,omitempty"`
+	WritesPerSecond    uint32                 `protobuf:"varint,8,opt,name=writes_per_second,json=writesPerSecond,proto3" json:"writes_per_second,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
@@ -218,6 +240,20 @@ func (x *CreateTenantRequest) GetMaxValueBytes() uint64 {
 	return 0
 }
 
+func (x *CreateTenantRequest) GetReadsPerSecond() uint32 {
+	if x != nil {
+		return x.ReadsPerSecond
+	}
+	return 0
+}
+
+func (x *CreateTenantRequest) GetWritesPerSecond() uint32 {
+	if x != nil {
+		return x.WritesPerSecond
+	}
+	return 0
+}
+
 // Only the fields that are set change. expected_version, when non-zero, makes
 // the update conditional (VERSION_CONFLICT otherwise).
 type UpdateTenantRequest struct {
@@ -229,6 +265,8 @@ type UpdateTenantRequest struct {
 	MaxSiblings        *uint32                `protobuf:"varint,5,opt,name=max_siblings,json=maxSiblings,proto3,oneof" json:"max_siblings,omitempty"`
 	MaxValueBytes      *uint64                `protobuf:"varint,6,opt,name=max_value_bytes,json=maxValueBytes,proto3,oneof" json:"max_value_bytes,omitempty"`
 	ExpectedVersion    uint64                 `protobuf:"varint,7,opt,name=expected_version,json=expectedVersion,proto3" json:"expected_version,omitempty"`
+	ReadsPerSecond     *uint32                `protobuf:"varint,8,opt,name=reads_per_second,json=readsPerSecond,proto3,oneof" json:"reads_per_second,omitempty"`
+	WritesPerSecond    *uint32                `protobuf:"varint,9,opt,name=writes_per_second,json=writesPerSecond,proto3,oneof" json:"writes_per_second,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
@@ -308,6 +346,20 @@ func (x *UpdateTenantRequest) GetMaxValueBytes() uint64 {
 func (x *UpdateTenantRequest) GetExpectedVersion() uint64 {
 	if x != nil {
 		return x.ExpectedVersion
+	}
+	return 0
+}
+
+func (x *UpdateTenantRequest) GetReadsPerSecond() uint32 {
+	if x != nil && x.ReadsPerSecond != nil {
+		return *x.ReadsPerSecond
+	}
+	return 0
+}
+
+func (x *UpdateTenantRequest) GetWritesPerSecond() uint32 {
+	if x != nil && x.WritesPerSecond != nil {
+		return *x.WritesPerSecond
 	}
 	return 0
 }
@@ -599,7 +651,7 @@ var File_pairdb_v1_tenant_proto protoreflect.FileDescriptor
 
 const file_pairdb_v1_tenant_proto_rawDesc = "" +
 	"\n" +
-	"\x16pairdb/v1/tenant.proto\x12\tpairdb.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16pairdb/v1/common.proto\"\x89\x03\n" +
+	"\x16pairdb/v1/tenant.proto\x12\tpairdb.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16pairdb/v1/common.proto\"\xdf\x03\n" +
 	"\x06Tenant\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12-\n" +
 	"\x12replication_factor\x18\x02 \x01(\rR\x11replicationFactor\x12/\n" +
@@ -611,14 +663,19 @@ const file_pairdb_v1_tenant_proto_rawDesc = "" +
 	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
 	"updated_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x18\n" +
-	"\aversion\x18\t \x01(\x04R\aversion\"\x86\x02\n" +
+	"\aversion\x18\t \x01(\x04R\aversion\x12(\n" +
+	"\x10reads_per_second\x18\n" +
+	" \x01(\rR\x0ereadsPerSecond\x12*\n" +
+	"\x11writes_per_second\x18\v \x01(\rR\x0fwritesPerSecond\"\xdc\x02\n" +
 	"\x13CreateTenantRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12-\n" +
 	"\x12replication_factor\x18\x02 \x01(\rR\x11replicationFactor\x12/\n" +
 	"\x13default_consistency\x18\x03 \x01(\tR\x12defaultConsistency\x12'\n" +
 	"\x0fconflict_policy\x18\x04 \x01(\tR\x0econflictPolicy\x12!\n" +
 	"\fmax_siblings\x18\x05 \x01(\rR\vmaxSiblings\x12&\n" +
-	"\x0fmax_value_bytes\x18\x06 \x01(\x04R\rmaxValueBytes\"\xb2\x03\n" +
+	"\x0fmax_value_bytes\x18\x06 \x01(\x04R\rmaxValueBytes\x12(\n" +
+	"\x10reads_per_second\x18\a \x01(\rR\x0ereadsPerSecond\x12*\n" +
+	"\x11writes_per_second\x18\b \x01(\rR\x0fwritesPerSecond\"\xbd\x04\n" +
 	"\x13UpdateTenantRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x122\n" +
 	"\x12replication_factor\x18\x02 \x01(\rH\x00R\x11replicationFactor\x88\x01\x01\x124\n" +
@@ -626,12 +683,16 @@ const file_pairdb_v1_tenant_proto_rawDesc = "" +
 	"\x0fconflict_policy\x18\x04 \x01(\tH\x02R\x0econflictPolicy\x88\x01\x01\x12&\n" +
 	"\fmax_siblings\x18\x05 \x01(\rH\x03R\vmaxSiblings\x88\x01\x01\x12+\n" +
 	"\x0fmax_value_bytes\x18\x06 \x01(\x04H\x04R\rmaxValueBytes\x88\x01\x01\x12)\n" +
-	"\x10expected_version\x18\a \x01(\x04R\x0fexpectedVersionB\x15\n" +
+	"\x10expected_version\x18\a \x01(\x04R\x0fexpectedVersion\x12-\n" +
+	"\x10reads_per_second\x18\b \x01(\rH\x05R\x0ereadsPerSecond\x88\x01\x01\x12/\n" +
+	"\x11writes_per_second\x18\t \x01(\rH\x06R\x0fwritesPerSecond\x88\x01\x01B\x15\n" +
 	"\x13_replication_factorB\x16\n" +
 	"\x14_default_consistencyB\x12\n" +
 	"\x10_conflict_policyB\x0f\n" +
 	"\r_max_siblingsB\x12\n" +
-	"\x10_max_value_bytes\"/\n" +
+	"\x10_max_value_bytesB\x13\n" +
+	"\x11_reads_per_secondB\x14\n" +
+	"\x12_writes_per_second\"/\n" +
 	"\x10GetTenantRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\"H\n" +
 	"\x13DeleteTenantRequest\x12\x1b\n" +

@@ -68,6 +68,7 @@ func newTenant(t *testing.T, id string) *pb.Tenant {
 	rec, err := tenant.FromCreate(&pb.CreateTenantRequest{
 		TenantId: id, ReplicationFactor: 5, DefaultConsistency: "all",
 		ConflictPolicy: tenant.PolicyLastWriteWins, MaxSiblings: 7, MaxValueBytes: 12345,
+		ReadsPerSecond: 250, WritesPerSecond: 25,
 	}, time.Now())
 	require.NoError(t, err)
 	return rec
