@@ -2,8 +2,10 @@ package main
 
 import (
 	"os"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/cockroachdb/errors"
 )
@@ -112,4 +114,93 @@ func cpuPerOp(procs []proc, before, after []int64, ops uint64) []ProcCPU {
 		out = append(out, ProcCPU{Role: p.role, UsPerOp: us})
 	}
 	return out
+}
+
+// hostBusyTicks is the machine's busy CPU time, all cores, from the first
+// line of /proc/stat: user, nice, system, irq, softirq and steal (guest
+// time is already in user).
+func hostBusyTicks() (uint64, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, errors.Wrap(err, "read /proc/stat")
+	}
+	return parseHostBusy(string(b))
+}
+
+func parseHostBusy(stat string) (uint64, error) {
+	line, _, _ := strings.Cut(stat, "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, errors.New("malformed /proc/stat")
+	}
+	var busy uint64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} { // user nice system (idle iowait) irq softirq steal
+		n, err := strconv.ParseUint(f[i], 10, 64)
+		if err != nil {
+			return 0, errors.Wrap(err, "parse /proc/stat")
+		}
+		busy += n
+	}
+	return busy, nil
+}
+
+// meter reads, around a run phase, the CPU time of the store's processes,
+// of the rest of the layout (the stores idle meanwhile) and of the whole
+// machine, so that the time of processes outside the layout (a build, other
+// tests) shows next to the figures it disturbs.
+type meter struct {
+	store, rest []proc
+	before      []int64
+	restBefore  []int64
+	hostBefore  int64
+	start       time.Time
+}
+
+func startMeter(all []proc, store string) *meter {
+	m := &meter{store: procsOf(all, store)}
+	for _, p := range all {
+		if !slices.Contains(p.stores, store) && !slices.ContainsFunc(m.rest, func(q proc) bool { return q.pid == p.pid }) {
+			m.rest = append(m.rest, p)
+		}
+	}
+	m.before, m.restBefore, m.hostBefore = cpuSnapshot(m.store), cpuSnapshot(m.rest), hostSnapshot()
+	m.start = time.Now()
+	return m
+}
+
+func hostSnapshot() int64 {
+	t, err := hostBusyTicks()
+	if err != nil {
+		return -1
+	}
+	return int64(t)
+}
+
+// usage is what a meter saw: CPU per operation of the store's processes,
+// and the cores that the idle rest of the layout and the processes
+// outside it kept busy on average.
+type usage struct {
+	perOp             []ProcCPU
+	idleCores, others float64
+}
+
+func (m *meter) stop(ops uint64) usage {
+	after, restAfter, hostAfter := cpuSnapshot(m.store), cpuSnapshot(m.rest), hostSnapshot()
+	u := usage{perOp: cpuPerOp(m.store, m.before, after, ops)}
+	secs := time.Since(m.start).Seconds() * ticksPerSecond
+	used := func(before, after []int64) float64 {
+		sum := 0.0
+		for i := range before {
+			if before[i] >= 0 && after[i] >= 0 {
+				sum += float64(after[i] - before[i])
+			}
+		}
+		return sum
+	}
+	mine, rest := used(m.before, after), used(m.restBefore, restAfter)
+	u.idleCores = rest / secs
+	if m.hostBefore >= 0 && hostAfter >= 0 {
+		u.others = max(float64(hostAfter-m.hostBefore)-mine-rest, 0) / secs
+	}
+	return u
 }

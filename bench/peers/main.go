@@ -209,20 +209,18 @@ func runStore(ctx context.Context, cfg config, c *conns, store string, rep int, 
 			return nil, errors.Newf("load: %d errors, the first: %s", res.Errors, res.FirstError)
 		}
 	}
-	procs := procsOf(cfg.procs, store)
 	for _, w := range cfg.workloads {
 		for _, n := range cfg.concurrency {
 			pc := cfg.phase(n)
 			pc.Workload = w
-			before := cpuSnapshot(procs)
+			m := startMeter(cfg.procs, store)
 			res, err := bench.Run(ctx, store, o.store, *pc)
-			after := cpuSnapshot(procs)
 			if err != nil {
 				return out, err
 			}
-			s := newSample(rep, store, res, n, cpuPerOp(procs, before, after, res.Ops-res.Errors))
-			fmt.Fprintf(log, "rep %d: %-15s %-4s %3d clients: %8.0f ops/s  p50 %6.2f ms  p99 %6.2f ms  errors %d\n",
-				rep, store, w.Name, n, s.OpsPerSec, s.P50Us/1e3, s.P99Us/1e3, s.Errors)
+			s := newSample(rep, store, res, n, m.stop(res.Ops-res.Errors))
+			fmt.Fprintf(log, "rep %d: %-15s %-4s %3d clients: %8.0f ops/s  p50 %6.2f ms  p99 %6.2f ms  errors %d  idle layout %.2f cores, others %.2f\n",
+				rep, store, w.Name, n, s.OpsPerSec, s.P50Us/1e3, s.P99Us/1e3, s.Errors, s.IdleCores, s.OtherCores)
 			out = append(out, s)
 			if err := ctx.Err(); err != nil {
 				return out, errors.Wrap(err, "interrupted")

@@ -24,8 +24,13 @@ type Sample struct {
 	P99Us       float64 `json:"p99_us"`
 	Errors      uint64  `json:"errors"`
 	// CPU is each process's CPU time per successful operation.
-	CPU    []ProcCPU          `json:"cpu"`
-	Result *bench.PhaseResult `json:"result"`
+	CPU []ProcCPU `json:"cpu"`
+	// IdleCores is the CPU the layout's other processes (the stores not
+	// measured) used meanwhile, OtherCores that of processes outside the
+	// layout, both in cores on average over the phase.
+	IdleCores  float64            `json:"idle_layout_cores"`
+	OtherCores float64            `json:"other_cores"`
+	Result     *bench.PhaseResult `json:"result"`
 }
 
 // ProcCPU is one process's CPU time per operation, in microseconds.
@@ -36,9 +41,9 @@ type ProcCPU struct {
 
 // newSample takes the throughput and the latencies of the phase's main
 // operation (put and get phases have one kind) from a bench result.
-func newSample(rep int, store string, r *bench.PhaseResult, concurrency int, cpu []ProcCPU) Sample {
+func newSample(rep int, store string, r *bench.PhaseResult, concurrency int, u usage) Sample {
 	s := Sample{Rep: rep, Store: store, Workload: r.Workload, Concurrency: concurrency,
-		OpsPerSec: r.OpsPerSec, Errors: r.Errors, CPU: cpu, Result: r}
+		OpsPerSec: r.OpsPerSec, Errors: r.Errors, CPU: u.perOp, IdleCores: u.idleCores, OtherCores: u.others, Result: r}
 	var main bench.OpResult
 	for _, o := range r.PerOp {
 		if o.Count >= main.Count {
@@ -71,6 +76,8 @@ type Row struct {
 	Throughput, P99 float64
 	CPU             []ProcCPU
 	CPUTotal        float64
+	// IdleCores is the median of the samples', OtherCores the largest.
+	IdleCores, OtherCores float64
 }
 
 // Summarize groups samples by workload and client count (in the order they
@@ -115,7 +122,7 @@ func bySampleRep(samples []Sample, store string) map[int]Sample {
 }
 
 func summarizeStore(samples []Sample, store, ref string, refs map[int]Sample) (Row, bool) {
-	var ops, p50, p99, thr, lat, total []float64
+	var ops, p50, p99, thr, lat, total, idle []float64
 	cpu := map[string][]float64{}
 	var roles []string
 	row := Row{Store: store}
@@ -126,6 +133,7 @@ func summarizeStore(samples []Sample, store, ref string, refs map[int]Sample) (R
 		row.Reps++
 		row.Errors += s.Errors
 		ops, p50, p99 = append(ops, s.OpsPerSec), append(p50, s.P50Us), append(p99, s.P99Us)
+		idle, row.OtherCores = append(idle, s.IdleCores), max(row.OtherCores, s.OtherCores)
 		if r, ok := refs[s.Rep]; ok && store != ref && s.OpsPerSec > 0 && s.P99Us > 0 {
 			thr, lat = append(thr, r.OpsPerSec/s.OpsPerSec), append(lat, r.P99Us/s.P99Us)
 		}
@@ -148,7 +156,7 @@ func summarizeStore(samples []Sample, store, ref string, refs map[int]Sample) (R
 	for _, r := range roles {
 		row.CPU = append(row.CPU, ProcCPU{Role: r, UsPerOp: median(cpu[r])})
 	}
-	row.CPUTotal = median(total)
+	row.CPUTotal, row.IdleCores = median(total), median(idle)
 	return row, true
 }
 
@@ -167,17 +175,19 @@ func median(xs []float64) float64 {
 
 // WriteSummary prints one table per group: each store's median ops/s (with
 // the range over the repetitions), p50 and p99, the reference's ratios to
-// it and its CPU time per operation, then the groups as one Markdown table.
+// it, its CPU time per operation and the CPU used beside it (by the idle
+// stores, and the most by processes outside the layout in any
+// repetition), then the groups as one Markdown table.
 func WriteSummary(w io.Writer, groups []Group, ref string, labels map[string]string) error {
 	var b strings.Builder
 	for _, g := range groups {
 		fmt.Fprintf(&b, "\n%s, %d clients (medians over the repetitions; ratios: median of each repetition's)\n", g.Workload, g.Concurrency)
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-		fmt.Fprintf(tw, "store\treps\tops/s\trange\tp50 ms\tp99 ms\terrors\t%s ÷ store ops/s\tp99 ÷ store's\tCPU µs/op\t\n", ref)
+		fmt.Fprintf(tw, "store\treps\tops/s\trange\tp50 ms\tp99 ms\terrors\t%s ÷ store ops/s\tp99 ÷ store's\tCPU µs/op\tidle layout cores\tothers' cores (max)\t\n", ref)
 		for _, r := range g.Rows {
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s–%s\t%.2f\t%.2f\t%d\t%s\t%s\t%.0f\t\n", label(labels, r.Store), r.Reps,
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s–%s\t%.2f\t%.2f\t%d\t%s\t%s\t%.0f\t%.2f\t%.2f\t\n", label(labels, r.Store), r.Reps,
 				count(r.OpsPerSec), count(r.OpsMin), count(r.OpsMax), r.P50Us/1e3, r.P99Us/1e3, r.Errors,
-				ratio(r.Throughput), ratio(r.P99), r.CPUTotal)
+				ratio(r.Throughput), ratio(r.P99), r.CPUTotal, r.IdleCores, r.OtherCores)
 		}
 		if err := tw.Flush(); err != nil {
 			return errors.Wrap(err, "format summary")

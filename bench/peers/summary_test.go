@@ -23,6 +23,8 @@ func TestSummarizeMediansAndPerRepetitionRatios(t *testing.T) {
 		sample(3, "etcd", 1000, 6_000),
 		{Rep: 1, Store: "etcd", Workload: "get", Concurrency: 64, OpsPerSec: 5000, P99Us: 1000},
 	}
+	samples[0].OtherCores, samples[2].OtherCores = 0.3, 0.7 // PairDB's repetitions 1 and 2
+	samples[0].IdleCores, samples[2].IdleCores, samples[4].IdleCores = 0.1, 0.3, 0.2
 	groups := Summarize(samples, []string{"pairdb", "jskv", "etcd"}, "pairdb")
 	require.Len(t, groups, 2)
 	g := groups[0]
@@ -40,6 +42,8 @@ func TestSummarizeMediansAndPerRepetitionRatios(t *testing.T) {
 	require.Zero(t, db.Throughput, "no ratio of the reference to itself")
 	require.Equal(t, []ProcCPU{{"coordinator", 80}, {"bench", 30}}, db.CPU)
 	require.InDelta(t, 110, db.CPUTotal, 1e-9, "the median of the per-repetition totals (100, 110, 120)")
+	require.InDelta(t, 0.7, db.OtherCores, 1e-9, "the most of any repetition")
+	require.InDelta(t, 0.2, db.IdleCores, 1e-9, "the median")
 
 	// Ratios per repetition: 0.5, 1, 2 → median 1 (the ratio of the medians
 	// would be 2000/2000 as well, but p99: 2, 2, 2 → 2).
@@ -74,8 +78,9 @@ func TestNewSampleTakesTheMainOperation(t *testing.T) {
 	r := &bench.PhaseResult{Workload: "put", OpsPerSec: 100, Errors: 2, PerOp: []bench.OpResult{
 		{Op: "read", Count: 1, P99Us: 1}, {Op: "update", Count: 1000, P50Us: 500, P99Us: 900},
 	}}
-	s := newSample(2, "etcd", r, 64, nil)
-	require.Equal(t, Sample{Rep: 2, Store: "etcd", Workload: "put", Concurrency: 64, OpsPerSec: 100, P50Us: 500, P99Us: 900, Errors: 2, Result: r}, s)
+	s := newSample(2, "etcd", r, 64, usage{idleCores: 0.1, others: 0.5})
+	require.Equal(t, Sample{Rep: 2, Store: "etcd", Workload: "put", Concurrency: 64, OpsPerSec: 100, P50Us: 500, P99Us: 900, Errors: 2,
+		IdleCores: 0.1, OtherCores: 0.5, Result: r}, s)
 }
 
 func TestParseStatTicks(t *testing.T) {
@@ -88,6 +93,14 @@ func TestParseStatTicks(t *testing.T) {
 	require.Error(t, err)
 	_, err = cpuTicks(0) // this process
 	require.NoError(t, err)
+}
+
+func TestParseHostBusy(t *testing.T) {
+	n, err := parseHostBusy("cpu  100 2 30 5000 40 5 6 7 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+	require.NoError(t, err)
+	require.Equal(t, uint64(100+2+30+5+6+7), n, "idle and iowait are not busy")
+	_, err = parseHostBusy("intr 1 2 3")
+	require.Error(t, err)
 }
 
 func TestParseProcAndCPUPerOp(t *testing.T) {
