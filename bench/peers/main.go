@@ -48,13 +48,18 @@ type config struct {
 	etcdEndpoints       string
 	procs               []proc
 	jsonOut             string
+	quiet               *quiet
 	storeList, workList string
 	concList            string
 }
 
 func parseFlags(args []string) (config, error) {
-	var cfg config
+	cfg := config{quiet: &quiet{}}
 	fs := flag.NewFlagSet("peers", flag.ContinueOnError)
+	fs.DurationVar(&cfg.quiet.wait, "quiet-wait", 30*time.Second, "before each phase, wait at most this long for a second in which processes outside the layout are quiet")
+	fs.Float64Var(&cfg.quiet.cores, "quiet-cores", 0.25, "quiet: processes outside the layout use fewer cores than this")
+	fs.IntVar(&cfg.quiet.retries, "quiet-retries", 1, "run a phase they disturbed more than that again, at most this many times (the least disturbed run counts)")
+	fs.DurationVar(&cfg.quiet.budget, "quiet-budget", 10*time.Minute, "total time the waits and repeated phases may add to the run")
 	fs.IntVar(&cfg.reps, "reps", 3, "repetitions (each runs every store once)")
 	fs.DurationVar(&cfg.duration, "duration", 10*time.Second, "length of each run phase")
 	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Second, "bound of one operation")
@@ -213,14 +218,10 @@ func runStore(ctx context.Context, cfg config, c *conns, store string, rep int, 
 		for _, n := range cfg.concurrency {
 			pc := cfg.phase(n)
 			pc.Workload = w
-			m := startMeter(cfg.procs, store)
-			res, err := bench.Run(ctx, store, o.store, *pc)
+			s, err := cfg.quiet.runPhase(ctx, cfg, rep, store, o.store, pc, log)
 			if err != nil {
 				return out, err
 			}
-			s := newSample(rep, store, res, n, m.stop(res.Ops-res.Errors))
-			fmt.Fprintf(log, "rep %d: %-15s %-4s %3d clients: %8.0f ops/s  p50 %6.2f ms  p99 %6.2f ms  errors %d  idle layout %.2f cores, others %.2f\n",
-				rep, store, w.Name, n, s.OpsPerSec, s.P50Us/1e3, s.P99Us/1e3, s.Errors, s.IdleCores, s.OtherCores)
 			out = append(out, s)
 			if err := ctx.Err(); err != nil {
 				return out, errors.Wrap(err, "interrupted")

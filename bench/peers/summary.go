@@ -28,9 +28,12 @@ type Sample struct {
 	// IdleCores is the CPU the layout's other processes (the stores not
 	// measured) used meanwhile, OtherCores that of processes outside the
 	// layout, both in cores on average over the phase.
-	IdleCores  float64            `json:"idle_layout_cores"`
-	OtherCores float64            `json:"other_cores"`
-	Result     *bench.PhaseResult `json:"result"`
+	IdleCores  float64 `json:"idle_layout_cores"`
+	OtherCores float64 `json:"other_cores"`
+	// Attempt is the run of the phase this sample is (a phase disturbed by
+	// processes outside the layout may be run again).
+	Attempt int                `json:"attempt"`
+	Result  *bench.PhaseResult `json:"result"`
 }
 
 // ProcCPU is one process's CPU time per operation, in microseconds.
