@@ -261,6 +261,12 @@ type KV struct {
 
 // NewKV creates a fresh file-backed bucket (one replica, history 1).
 func NewKV(ctx context.Context, nc *nats.Conn) (*KV, error) {
+	return NewKVReplicas(ctx, nc, 1)
+}
+
+// NewKVReplicas creates a fresh file-backed bucket with history 1 and the
+// given number of replicas (3 on a three-server NATS cluster).
+func NewKVReplicas(ctx context.Context, nc *nats.Conn, replicas int) (*KV, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, errors.Wrap(err, "open JetStream")
@@ -268,7 +274,7 @@ func NewKV(ctx context.Context, nc *nats.Conn) (*KV, error) {
 	bucket := "pairdb_bench_" + client.NewIdempotencyKey()
 	ctx, cancel := bus.WithDefaultTimeout(ctx)
 	defer cancel()
-	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, Storage: jetstream.FileStorage, Replicas: 1, History: 1})
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, Storage: jetstream.FileStorage, Replicas: replicas, History: 1})
 	if err != nil {
 		return nil, errors.Wrapf(err, "create JetStream KV bucket %s", bucket)
 	}

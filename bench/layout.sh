@@ -15,9 +15,25 @@
 # node (e.g. --no-sync); PROFILE=dir saves CPU profiles and /metrics of the
 # coordinator and node-1 from the first run. PAIRDB_BIN=path runs that
 # pairdb binary instead of building this tree's.
+#
+# With --peers it runs bench/peers instead of `pairdb bench`: the same put
+# and get workloads against PairDB, the transport baseline (in the bench
+# process and in processes of its own), JetStream KV with three replicas
+# on a three-server NATS cluster started for it (sync_interval: always)
+# and, when `etcd` is installed (Debian: etcd-server), a three-member etcd
+# cluster; RUNS repetitions (default 3), the other arguments to the driver
+# (e.g. --duration 10s). It charges every process's CPU time to the stores
+# it serves and reports it per operation.
+#
+#   bench/layout.sh --peers --duration 10s
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+peers=
+args=()
+for a in "$@"; do
+	if [ "$a" = --peers ]; then peers=1; else args+=("$a"); fi
+done
 work=$(mktemp -d -t pairdb-layout.XXXXXX)
 pids=()
 cleanup() {
@@ -35,6 +51,9 @@ else
 	go build -o "$work/bin/pairdb" ./cmd/pairdb
 fi
 go build -o "$work/bin/nats-server" github.com/nats-io/nats-server/v2
+# The peers driver is a module of its own (the etcd client stays out of
+# PairDB's go.mod).
+if [ -n "$peers" ]; then (cd bench/peers && go build -o "$work/bin/peers" .); fi
 
 # Free ports from the kernel, so the machine's own server (4222) and other
 # runs are left alone.
@@ -68,13 +87,10 @@ roles[${pids[0]}]="nats-server"
 retry() { for _ in $(seq 100); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done; "$@"; }
 retry "$pdb" node add node-1 node-2 node-3 --wait
 
-args=("$@")
-[ ${#args[@]} -eq 0 ] && args=(--baseline --load -w put -c quorum)
-case " ${args[*]} " in
-*" --baseline "*)
-	# The transport baseline once more, laid out like PairDB: its responder
-	# and three replicas in processes of their own.
-	base=_pairdb_bench.layout$$
+# The transport baseline once more, laid out like PairDB: its responder and
+# three replicas in processes of their own.
+base=_pairdb_bench.layout$$
+start_transport() {
 	"$pdb" bench transport --role responder --base "$base" >"$work/transport.log" 2>&1 &
 	pids+=($!)
 	roles[$!]="transport responder"
@@ -83,28 +99,43 @@ case " ${args[*]} " in
 		pids+=($!)
 		roles[$!]="transport replica $i"
 	done
-	args+=(--transport-base "$base")
-	;;
-esac
-for run in $(seq "${RUNS:-1}"); do
-	echo "=== run $run: pairdb bench ${args[*]}" >&2
-	retry "$pdb" tenant create "bench-$run" --replication-factor 3
-	if [ -n "${PROFILE:-}" ] && [ "$run" = 1 ]; then
-		# CPU profiles of the coordinator and node-1 from second 3 of the
-		# run phase on (after a --load phase of ~1 s), for `go tool pprof`.
-		mkdir -p "$PROFILE"
-		(sleep 4; curl -s -o "$PROFILE/coordinator.pprof" "http://${ops[0]}/debug/pprof/profile?seconds=5") &
-		profilers=($!)
-		(sleep 4; curl -s -o "$PROFILE/node-1.pprof" "http://${ops[1]}/debug/pprof/profile?seconds=5") &
-		profilers+=($!)
-	fi
-	${BENCH_WRAP:-} "$pdb" bench --tenant "bench-$run" "${args[@]}" || { tail -20 "$work"/*.log >&2; exit 1; }
-	if [ -n "${PROFILE:-}" ] && [ "$run" = 1 ]; then
-		wait "${profilers[@]}"
-		curl -s -o "$PROFILE/coordinator.metrics" "http://${ops[0]}/metrics"
-		curl -s -o "$PROFILE/node-1.metrics" "http://${ops[1]}/metrics"
-	fi
-done
+}
+
+run_bench() {
+	[ ${#args[@]} -eq 0 ] && args=(--baseline --load -w put -c quorum)
+	case " ${args[*]} " in
+	*" --baseline "*)
+		start_transport
+		args+=(--transport-base "$base")
+		;;
+	esac
+	for run in $(seq "${RUNS:-1}"); do
+		echo "=== run $run: pairdb bench ${args[*]}" >&2
+		retry "$pdb" tenant create "bench-$run" --replication-factor 3
+		if [ -n "${PROFILE:-}" ] && [ "$run" = 1 ]; then
+			# CPU profiles of the coordinator and node-1 from second 3 of the
+			# run phase on (after a --load phase of ~1 s), for `go tool pprof`.
+			mkdir -p "$PROFILE"
+			(sleep 4; curl -s -o "$PROFILE/coordinator.pprof" "http://${ops[0]}/debug/pprof/profile?seconds=5") &
+			profilers=($!)
+			(sleep 4; curl -s -o "$PROFILE/node-1.pprof" "http://${ops[1]}/debug/pprof/profile?seconds=5") &
+			profilers+=($!)
+		fi
+		${BENCH_WRAP:-} "$pdb" bench --tenant "bench-$run" "${args[@]}" || { tail -20 "$work"/*.log >&2; exit 1; }
+		if [ -n "${PROFILE:-}" ] && [ "$run" = 1 ]; then
+			wait "${profilers[@]}"
+			curl -s -o "$PROFILE/coordinator.metrics" "http://${ops[0]}/metrics"
+			curl -s -o "$PROFILE/node-1.metrics" "http://${ops[1]}/metrics"
+		fi
+	done
+}
+
+if [ -n "$peers" ]; then
+	. bench/peers/peers.sh
+	run_peers
+else
+	run_bench
+fi
 
 echo "after the runs:            RSS      CPU time"
 tck=$(getconf CLK_TCK)
@@ -112,3 +143,4 @@ for p in "${pids[@]}"; do
 	printf '  %-22s %6d MiB %8.1f s\n' "${roles[$p]}" $(($(awk '/VmRSS/ {print $2}' "/proc/$p/status") / 1024)) \
 		"$(awk -v t="$tck" '{print ($14+$15)/t}' "/proc/$p/stat")"
 done
+exit "${status:-0}"
