@@ -33,6 +33,10 @@ type PhaseConfig struct {
 	Ops      uint64
 	// Timeout bounds one operation.
 	Timeout time.Duration
+	// Batch, above 1, makes every read a get_many and every update a
+	// put_many of that many keys (the store must be a BatchStore); ops
+	// and ops/s then count keys, latencies are per batch.
+	Batch int
 	// Seed makes the key and operation sequences repeatable (0: random).
 	Seed uint64
 	// Progress, when set, receives a line every ProgressEvery.
@@ -53,6 +57,10 @@ func (c *PhaseConfig) Validate() error {
 		return errors.New("a run needs a duration or an operation count")
 	case c.Timeout <= 0:
 		return errors.New("the operation timeout must be positive")
+	case c.Batch < 0 || c.Batch > 1000:
+		return errors.Newf("batch %d is outside 0–1000", c.Batch)
+	case c.Batch > 1 && (c.Workload.Insert > 0 || c.Workload.RMW > 0):
+		return errors.Newf("batches are for reads and updates only; workload %s inserts or reads-modifies-writes", c.Workload.Name)
 	}
 	if c.Distribution == "" {
 		c.Distribution = DistZipfian
@@ -260,6 +268,10 @@ func (p *phase) report(start time.Time, done <-chan struct{}) {
 
 // one issues one operation of kind op.
 func (p *phase) one(ctx context.Context, w *worker, op Op) {
+	if p.weight(op) > 1 {
+		p.batch(ctx, w, op, p.store.(BatchStore))
+		return
+	}
 	switch op {
 	case OpRead:
 		key := p.cfg.Keys.Key(w.keys.Next(w.rng))
@@ -292,9 +304,35 @@ func (p *phase) one(ctx context.Context, w *worker, op Op) {
 	}
 }
 
+// batch issues one get_many or put_many of cfg.Batch keys; it counts as
+// that many operations.
+func (p *phase) batch(ctx context.Context, w *worker, op Op, bs BatchStore) {
+	keys := make([]string, p.cfg.Batch)
+	seen := make(map[string]bool, len(keys))
+	for i := range keys {
+		k := p.cfg.Keys.Key(w.keys.Next(w.rng))
+		for seen[k] { // put_many refuses a key twice
+			k = p.cfg.Keys.Key(w.keys.Next(w.rng))
+		}
+		seen[k], keys[i] = true, k
+	}
+	p.timedN(ctx, w, op, uint64(len(keys)), func(octx context.Context) (bool, error) {
+		if op == OpRead {
+			found, err := bs.GetMany(octx, keys)
+			return found == len(keys), err
+		}
+		return true, bs.PutMany(octx, keys, w.value)
+	})
+}
+
 // timed runs fn under the operation timeout and records its latency, or
 // its error. An operation cut short because ctx ended is not counted.
 func (p *phase) timed(ctx context.Context, w *worker, op Op, fn func(context.Context) (found bool, err error)) bool {
+	return p.timedN(ctx, w, op, 1, fn)
+}
+
+// timedN is timed for an operation that counts as n.
+func (p *phase) timedN(ctx context.Context, w *worker, op Op, n uint64, fn func(context.Context) (found bool, err error)) bool {
 	octx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	start := time.Now()
 	found, err := fn(octx)
@@ -303,7 +341,7 @@ func (p *phase) timed(ctx context.Context, w *worker, op Op, fn func(context.Con
 	if ctx.Err() != nil {
 		return false
 	}
-	p.ops.Add(1)
+	p.ops.Add(n)
 	if err != nil {
 		p.errs.Add(1)
 		w.fail(op, err)
@@ -339,17 +377,30 @@ func (p *phase) result(workload string, workers []*worker, elapsed time.Duration
 		if len(codes) == 0 {
 			codes = nil
 		}
-		r.Ops += h.Count() + errs
+		// A batch counts as its keys; its latency is the batch's.
+		k := p.weight(op)
+		count := h.Count() * k
+		errs *= k
+		r.Ops += count + errs
 		r.Errors += errs
 		r.PerOp = append(r.PerOp, OpResult{
-			Op: op.String(), Count: h.Count(), Errors: errs, ErrorCodes: codes, NotFound: notFound,
-			OpsPerSec: float64(h.Count()) / elapsed.Seconds(),
+			Op: op.String(), Count: count, Errors: errs, ErrorCodes: codes, NotFound: notFound,
+			OpsPerSec: float64(count) / elapsed.Seconds(),
 			MeanUs:    us(h.Mean()), P50Us: us(h.Quantile(0.5)), P95Us: us(h.Quantile(0.95)),
 			P99Us: us(h.Quantile(0.99)), P999Us: us(h.Quantile(0.999)), MaxUs: us(h.Max()),
 		})
 	}
 	r.OpsPerSec = float64(r.Ops-r.Errors) / elapsed.Seconds()
 	return r
+}
+
+// weight is how many keys one operation of kind op covers: cfg.Batch for
+// the reads and updates of a batch store, else 1.
+func (p *phase) weight(op Op) uint64 {
+	if _, ok := p.store.(BatchStore); ok && p.cfg.Batch > 1 && (op == OpRead || op == OpUpdate) {
+		return uint64(p.cfg.Batch)
+	}
+	return 1
 }
 
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }

@@ -148,3 +148,64 @@ func fnv64String(s string) uint64 {
 	}
 	return h
 }
+
+// BatchStore is a Store that also reads and writes many keys in one
+// request (PairDB's get_many and put_many).
+type BatchStore interface {
+	Store
+	// GetMany reads keys and returns how many were found.
+	GetMany(ctx context.Context, keys []string) (found int, err error)
+	// PutMany writes value under every key, each with the newest context
+	// seen for it.
+	PutMany(ctx context.Context, keys []string, value []byte) error
+}
+
+// GetMany reads keys with one get_many request; a key that failed fails
+// the batch.
+func (s *PairDB) GetMany(ctx context.Context, keys []string) (int, error) {
+	items, err := s.c.GetMany(ctx, keys, client.ReadConsistency(s.opts.Consistency))
+	if err != nil {
+		return 0, err
+	}
+	found := 0
+	for _, it := range items {
+		if err := status.FromProto(it.GetError()); err != nil {
+			return found, err
+		}
+		s.clocks.set(it.GetKey(), it.GetContext())
+		if it.GetFound() {
+			found++
+		}
+	}
+	return found, nil
+}
+
+// PutMany writes keys with one put_many request: through the Go client
+// (an idempotency key per item) with Idempotency, raw without; a key that
+// failed fails the batch.
+func (s *PairDB) PutMany(ctx context.Context, keys []string, value []byte) error {
+	items := make([]*pb.PutRequest, len(keys))
+	for i, k := range keys {
+		items[i] = &pb.PutRequest{Key: k, Value: value, Context: s.clocks.get(k)}
+	}
+	var answers []*pb.PutResponse
+	var err error
+	if s.opts.Idempotency {
+		answers, err = s.c.PutMany(ctx, items, client.Consistency(s.opts.Consistency))
+	} else {
+		resp := new(pb.PutManyResponse)
+		err = bus.Request(ctx, s.nc, s.opts.Subjects.KV(s.opts.Tenant, bus.OpPutMany),
+			&pb.PutManyRequest{Items: items, Consistency: s.opts.Consistency}, resp)
+		answers = resp.GetItems()
+	}
+	if err != nil {
+		return err
+	}
+	for _, a := range answers {
+		if err := status.FromProto(a.GetError()); err != nil {
+			return err
+		}
+		s.clocks.set(a.GetKey(), a.GetContext())
+	}
+	return nil
+}

@@ -137,3 +137,36 @@ func TestServeTransportPartRefusesBadRoles(t *testing.T) {
 	_, err = ServeTransportPart(nil, "b", RoleReplica, 3, 128, time.Second)
 	require.ErrorContains(t, err, "replica index 3 out of range")
 }
+
+// With --batch, reads and updates go as get_many and put_many, and each
+// counts as its keys.
+func TestSuiteBatches(t *testing.T) {
+	_, nc := startDev(t)
+	w, err := LookupWorkload("a")
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const records, ops, batch = 200, 400, 10
+	rep, err := RunSuite(ctx, nc, SuiteConfig{
+		Phase: PhaseConfig{
+			Workload: w, Distribution: DistUniform, Records: records, ValueSize: 64, Keys: KeyFormat{Size: 16},
+			Concurrency: 4, Duration: 30 * time.Second, Ops: ops, Timeout: 5 * time.Second, Seed: 7, Batch: batch,
+		},
+		PairDB: PairDBOptions{Tenant: "default", Consistency: "quorum", Idempotency: true},
+		Load:   true,
+	})
+	require.NoError(t, err)
+	run := rep.Phases[len(rep.Phases)-1]
+	require.Equal(t, PhasePairDB, run.Name)
+	require.Zero(t, run.Errors, run.FirstError)
+	require.GreaterOrEqual(t, run.Ops, uint64(ops))
+	for _, op := range []Op{OpRead, OpUpdate} {
+		o, ok := run.Op(op)
+		require.True(t, ok, op.String())
+		require.Zero(t, o.Count%batch, "%s counts keys, %d a batch", op, batch)
+		require.Zero(t, o.NotFound, "every loaded key is found")
+	}
+
+	bad := PhaseConfig{Workload: workloads[3], Records: 1, Concurrency: 1, Ops: 1, Timeout: time.Second, Batch: 10}
+	require.ErrorContains(t, bad.Validate(), "batches are for reads and updates only")
+}

@@ -25,6 +25,7 @@ type benchFlags struct {
 	workload, distribution, consistency string
 	records, ops, seed                  uint64
 	valueSize, keySize, concurrency     int
+	batch                               int
 	duration                            time.Duration
 	load, idempotency, baseline, asJSON bool
 	dev, noSync                         bool
@@ -72,6 +73,7 @@ context: use a fresh --tenant for repeated loads.`,
 	fl.Uint64Var(&f.records, "records", 1000, "records in the key space")
 	fl.IntVar(&f.valueSize, "value-size", 128, "value size in bytes")
 	fl.IntVar(&f.keySize, "key-size", 16, "key size in bytes")
+	fl.IntVar(&f.batch, "batch", 1, "keys per PairDB request: above 1, reads are get_many and updates put_many of that many keys (ops then count keys; the baselines stay one key a request)")
 	fl.IntVar(&f.concurrency, "concurrency", 16, "concurrent clients (each waits for its answer before the next request)")
 	fl.DurationVar(&f.duration, "duration", 10*time.Second, "length of each run phase")
 	fl.Uint64Var(&f.ops, "ops", 0, "stop each run phase after this many operations (0: --duration only)")
@@ -104,7 +106,7 @@ func runBench(ctx context.Context, cmd *cobra.Command, g *globals, f benchFlags)
 		Phase: bench.PhaseConfig{
 			Workload: w, Distribution: dist, Records: f.records, ValueSize: f.valueSize,
 			Keys: bench.KeyFormat{Size: f.keySize}, Concurrency: f.concurrency, Duration: f.duration,
-			Ops: f.ops, Timeout: g.timeout, Seed: f.seed, Progress: cmd.ErrOrStderr(),
+			Ops: f.ops, Timeout: g.timeout, Seed: f.seed, Progress: cmd.ErrOrStderr(), Batch: f.batch,
 		},
 		PairDB:        bench.PairDBOptions{Subjects: g.subjects(), Tenant: g.tenant, Consistency: f.consistency, Idempotency: f.idempotency},
 		Load:          f.load,
