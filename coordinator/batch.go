@@ -26,6 +26,16 @@ const MaxBatchItems = 1000
 // coordinator's capacity (its MaxConcurrent counts the batch as one).
 const batchParallel = 32
 
+// batchItemsInFlight bounds the batch items one coordinator runs at once,
+// across all batches; the rest wait for a slot within their batch's
+// deadline. Each item is a request to every replica of its key, and a
+// storage node sheds work past its own MaxConcurrent (256 by default) with
+// UNAVAILABLE: measured with 64 clients sending batches of 100 keys, a
+// pool of MaxConcurrent (4,096) items pushed the nodes past that and most
+// items failed, where queueing them here keeps every one within the nodes'
+// capacity. Single-key requests are bounded by the clients' concurrency.
+const batchItemsInFlight = 128
+
 // batchBudget is the share of the NATS max_payload a batch answer fills with
 // items; the rest is room for the JSON encoding (base64 grows values by a
 // third, and field names add more).
@@ -135,7 +145,7 @@ func checkWriteBatch(n int, keyOf func(int) string) error {
 
 // runBatch runs do for items 0..n-1, batchParallel at a time, each also
 // holding a slot of the coordinator's shared pool (so that many batches at
-// once do not multiply its work past MaxConcurrent items), and returns
+// once do not push the storage nodes past what they take), and returns
 // their answers and errors in order (blank makes the answer of an item that
 // failed without one). Items not started by the deadline are not started
 // at all, and say so.

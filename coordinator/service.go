@@ -33,8 +33,8 @@ type Service struct {
 	// share of each tenant's rate limits.
 	presence *presence
 	limits   *tenantLimiter
-	// batchItems is the pool of batch items in flight, MaxConcurrent
-	// slots shared by every batch (see runBatch).
+	// batchItems is the pool of batch items in flight, shared by every
+	// batch (see runBatch and batchItemsInFlight).
 	batchItems chan struct{}
 	// background owns goroutines that outlive a request (replica calls that
 	// finish after the quorum answered).
@@ -57,7 +57,7 @@ func Start(nc *nats.Conn, cfg Config) (*Service, error) {
 		m:       newServiceMetrics(cfg.Metrics),
 		limiter: bus.NewLimiter(cfg.MaxConcurrent),
 
-		batchItems: make(chan struct{}, cfg.MaxConcurrent),
+		batchItems: make(chan struct{}, min(batchItemsInFlight, cfg.MaxConcurrent)),
 	}
 	s.tenants = newTenantCache(cfg.Tenants, cfg.TenantCacheTTL, s.m)
 	s.liveness = newLiveness(cfg.HeartbeatTimeout, cfg.DownAfter, cfg.MaxClockSkew)

@@ -42,6 +42,7 @@ type config struct {
 	tenantPrefix        string
 	consistency         string
 	idempotency         bool
+	batch               int
 	transportBase       string
 	jskvServers         string
 	jskvReplicas        int
@@ -73,6 +74,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.tenantPrefix, "tenant-prefix", "bench-peers-", "PairDB tenant of repetition n: this prefix and n (N=3 tenants made beforehand)")
 	fs.StringVar(&cfg.consistency, "consistency", "quorum", "PairDB consistency of puts and gets")
 	fs.BoolVar(&cfg.idempotency, "idempotency", false, "PairDB puts with idempotency keys (the peers have none)")
+	fs.IntVar(&cfg.batch, "batch", 1, "above 1, store pairdb-batch also runs: PairDB's gets as get_many and puts as put_many of that many keys, counted as keys (every other store one key a request)")
 	fs.StringVar(&cfg.transportBase, "transport-base", "", "subject prefix of the transport served by 'pairdb bench transport' processes")
 	fs.StringVar(&cfg.jskvServers, "jskv-servers", "", "NATS URLs of the JetStream cluster, comma-separated")
 	fs.IntVar(&cfg.jskvReplicas, "jskv-replicas", 3, "replicas of the JetStream KV bucket")
@@ -147,6 +149,7 @@ func main() {
 // labels name the stores in the summary.
 var labels = map[string]string{
 	storePairDB:         "PairDB",
+	storePairDBBatch:    "PairDB batches (keys/s)",
 	storeTransport:      "transport (a)",
 	storeTransportProcs: "transport in processes",
 	storeJSKV:           "JetStream KV R3",
@@ -218,6 +221,9 @@ func runStore(ctx context.Context, cfg config, c *conns, store string, rep int, 
 		for _, n := range cfg.concurrency {
 			pc := cfg.phase(n)
 			pc.Workload = w
+			if store == storePairDBBatch {
+				pc.Batch = cfg.batch
+			}
 			s, err := cfg.quiet.runPhase(ctx, cfg, rep, store, o.store, pc, log)
 			if err != nil {
 				return out, err

@@ -18,13 +18,14 @@ import (
 // Store names, in the order a repetition runs them by default.
 const (
 	storePairDB         = "pairdb"
+	storePairDBBatch    = "pairdb-batch"
 	storeTransport      = "transport"
 	storeTransportProcs = "transport-procs"
 	storeJSKV           = "jskv"
 	storeEtcd           = "etcd"
 )
 
-var allStores = []string{storePairDB, storeTransport, storeTransportProcs, storeJSKV, storeEtcd}
+var allStores = []string{storePairDB, storePairDBBatch, storeTransport, storeTransportProcs, storeJSKV, storeEtcd}
 
 // readyWait bounds the wait for a peer cluster to elect its leaders.
 const readyWait = 60 * time.Second
@@ -35,6 +36,9 @@ type conns struct {
 	pairdb *nats.Conn       // PairDB's NATS server (also the transports')
 	js     *nats.Conn       // the three-server NATS cluster
 	etcd   *clientv3.Client // the three etcd members
+	// pdb is repetition n's PairDB store: pairdb-batch uses pairdb's, with
+	// its records and the contexts its puts saw.
+	pdb map[int]*bench.PairDB
 }
 
 func dialNATS(urls, name string) (*nats.Conn, error) {
@@ -81,6 +85,8 @@ func (c *conns) close() {
 // available says whether cfg lets the driver reach store.
 func available(cfg config, store string) bool {
 	switch store {
+	case storePairDBBatch:
+		return cfg.batch > 1
 	case storeTransportProcs:
 		return cfg.transportBase != ""
 	case storeJSKV:
@@ -105,11 +111,19 @@ func nothing(context.Context) error { return nil }
 // tenant, JetStream KV on a fresh bucket, etcd emptied.
 func (c *conns) open(ctx context.Context, cfg config, store string, rep int) (opened, error) {
 	switch store {
-	case storePairDB:
-		db := bench.NewPairDB(c.pairdb, bench.PairDBOptions{
-			Tenant: cfg.tenantPrefix + strconv.Itoa(rep), Consistency: cfg.consistency, Idempotency: cfg.idempotency,
-		})
-		return opened{store: db, load: true, done: nothing}, nil
+	case storePairDB, storePairDBBatch:
+		db := c.pdb[rep]
+		if db == nil {
+			db = bench.NewPairDB(c.pairdb, bench.PairDBOptions{
+				Tenant: cfg.tenantPrefix + strconv.Itoa(rep), Consistency: cfg.consistency, Idempotency: cfg.idempotency,
+			})
+			if c.pdb == nil {
+				c.pdb = map[int]*bench.PairDB{}
+			}
+			c.pdb[rep] = db
+			return opened{store: db, load: true, done: nothing}, nil
+		}
+		return opened{store: db, done: nothing}, nil
 	case storeTransport:
 		dialer := func(name string) (*nats.Conn, error) { return dialNATS(cfg.pairdbServer, name) }
 		t, err := bench.StartTransport(c.pairdb, dialer, cfg.valueSize, cfg.timeout)
