@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -195,4 +196,36 @@ func TestBatchJSONFromPlainNATS(t *testing.T) {
 	items = out["items"].([]any)
 	require.Equal(t, b64("one"), items[0].(map[string]any)["value"])
 	require.Equal(t, pb.ErrorCode_KEY_NOT_FOUND.String(), items[1].(map[string]any)["error"].(map[string]any)["code"])
+}
+
+// Garbage on the batch and list subjects is refused with INVALID_ARGUMENT,
+// from protobuf and JSON alike, and the coordinator goes on serving.
+func TestBatchAndListSubjectsRefuseGarbage(t *testing.T) {
+	h := startCluster(t, 3)
+	sameIdem := `{"items":[{"key":"a","value":"YQ==","idempotency_key":"x"},{"key":"b","value":"Yg==","idempotency_key":"x"}]}`
+	for _, op := range []string{"get_many", "put_many", "delete_many", "list"} {
+		subject := "pairdb.v1.kv.default." + op
+		reply, err := h.nc.Request(subject, []byte{0xff, 0xff, 0xff, 0x01}, 5*time.Second)
+		require.NoError(t, err, op)
+		require.Equal(t, "INVALID_ARGUMENT", reply.Header.Get("Nats-Service-Error-Code"), "%s: protobuf garbage", op)
+		for _, body := range []string{`{"items":`, `{"keys":[1,2]}`, `{"page_token":"` + strings.Repeat("A", 4000) + `"}`, `{"nope":true}`} {
+			out, _ := h.jsonRequest(subject, body)
+			if e, ok := out["error"].(map[string]any); ok {
+				require.Equal(t, "INVALID_ARGUMENT", e["code"], "%s %s", op, body)
+			}
+		}
+	}
+	// One idempotency key on two items of different payloads: one is
+	// written, the other refused as a conflict (or still in flight); never both.
+	out, _ := h.jsonRequest("pairdb.v1.kv.default.put_many", sameIdem)
+	items := out["items"].([]any)
+	failed := 0
+	for _, it := range items {
+		if it.(map[string]any)["error"] != nil {
+			failed++
+		}
+	}
+	require.GreaterOrEqual(t, failed, 1, "one idempotency key cannot write two payloads")
+	_, err := h.c.Put(ctxT(t), "still-serving", []byte("yes"))
+	require.NoError(t, err)
 }
