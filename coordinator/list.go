@@ -90,6 +90,9 @@ func checkList(req *pb.ListRequest) (int, *pb.ListPosition, error) {
 	return size, pos, err
 }
 
+// encodePosition cannot fail: the only thing that could make the marshal
+// fail is a key that is not UTF-8, and keys come from the nodes' validated
+// store.
 func encodePosition(p *pb.ListPosition) string {
 	p.Version = listPositionVersion
 	b, _ := proto.Marshal(p)
@@ -144,7 +147,7 @@ func (w *listWalk) run(ctx context.Context) error {
 		}
 		sp := spans[ring.SpanOf(spans, w.pos.GetHash())]
 		sp.Lo = w.pos.GetHash()
-		got, newer, err := w.s.scanSpan(ctx, w, st.Epoch, sp)
+		got, newer, err := w.s.scanSpan(ctx, w, st, sp)
 		if newer > 0 && stale < maxEpochRetries {
 			stale++
 			if err := w.s.catchUp(ctx, newer); err != nil {

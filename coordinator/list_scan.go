@@ -10,6 +10,7 @@ import (
 	"github.com/pairdb/pairdb/bus"
 	"github.com/pairdb/pairdb/dvv"
 	"github.com/pairdb/pairdb/dvv/dvvpb"
+	"github.com/pairdb/pairdb/membership"
 	"github.com/pairdb/pairdb/quorum"
 	"github.com/pairdb/pairdb/ring"
 	pb "github.com/pairdb/pairdb/schemas/pairdbpb"
@@ -46,8 +47,8 @@ type scanReply struct {
 // (healthy first; a replica that fails is replaced by the next) and merges
 // their keys up to the frontier. A replica on a newer ring refuses with
 // STALE_EPOCH, and stale is its epoch.
-func (s *Service) scanSpan(ctx context.Context, w *listWalk, epoch uint64, sp ring.Span) (_ spanScan, stale uint64, _ error) {
-	st := s.cfg.Membership.State()
+func (s *Service) scanSpan(ctx context.Context, w *listWalk, st *membership.State, sp ring.Span) (_ spanScan, stale uint64, _ error) {
+	epoch := st.Epoch
 	var serving []string
 	for _, n := range sp.Replicas {
 		if st.Serving(n) {
@@ -65,9 +66,14 @@ func (s *Service) scanSpan(ctx context.Context, w *listWalk, epoch uint64, sp ri
 		HasAfter: w.pos.GetAfter(), AfterHash: w.pos.GetHash(), AfterKey: w.pos.GetKey(),
 		Limit: uint32(w.size - len(w.items)), Epoch: epoch, TenantIncarnation: w.inc,
 	}
+	// Room for every reply: a scan still running when this returns (a
+	// stale refusal came first) finishes under its own replica timeout,
+	// owned by s.background, and is dropped.
 	replies := make(chan scanReply, len(candidates))
 	ask := func(node string) {
+		s.background.Add(1)
 		go func() {
+			defer s.background.Done()
 			resp := new(pb.ScanResponse)
 			err := s.callNode(ctx, node, bus.OpScan, req, resp)
 			s.m.replica("reads", node, err)
