@@ -45,6 +45,8 @@ func (v *seriesVec[T]) with(l labels) T {
 // serviceMetrics keeps the original PairDB metric names where they fit
 // (shared/upstream/coordinator.md §8.2). Tenant ids are deliberately not a
 // label: unbounded label values would grow the series count with tenants.
+// The one exception is the rate-limit pair, for tenants an operator gave a
+// limit (see Service.admit).
 type serviceMetrics struct {
 	set             *metrics.Set
 	tenantHits      *metrics.Counter

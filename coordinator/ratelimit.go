@@ -58,7 +58,7 @@ func newTenantLimiter(share func() int) *tenantLimiter {
 // admit spends one request of kind for tenant t, or refuses it with
 // RATE_LIMIT_EXCEEDED and how long until it would be admitted.
 func (l *tenantLimiter) admit(t *pb.Tenant, kind requestKind, now time.Time) error {
-	rates := [2]uint32{t.GetReadsPerSecond(), t.GetWritesPerSecond()}
+	rates := [2]uint32{limitOf(t, kindRead), limitOf(t, kindWrite)}
 	if rates[kind] == 0 {
 		return nil
 	}
@@ -91,8 +91,14 @@ func (l *tenantLimiter) bucket(tenant string, rates [2]uint32, kind requestKind)
 }
 
 // admit spends one request of kind for t on this coordinator's share of the
-// tenant's rate, and counts it.
+// tenant's rate, and counts it. Only tenants with a limit of that kind get
+// series of their own: the metrics keep tenant ids out of their labels
+// otherwise (see serviceMetrics), and a limit is something an operator
+// set, so these stay as few as the limits.
 func (s *Service) admit(t *pb.Tenant, kind requestKind) error {
+	if limitOf(t, kind) == 0 {
+		return nil
+	}
 	l := labels{t.GetTenantId(), kind.String()}
 	s.m.tenantRequests.with(l).Inc()
 	err := s.limits.admit(t, kind, time.Now())
@@ -100,4 +106,12 @@ func (s *Service) admit(t *pb.Tenant, kind requestKind) error {
 		s.m.tenantThrottled.with(l).Inc()
 	}
 	return err
+}
+
+// limitOf is t's rate limit of kind (0: none).
+func limitOf(t *pb.Tenant, kind requestKind) uint32 {
+	if kind == kindRead {
+		return t.GetReadsPerSecond()
+	}
+	return t.GetWritesPerSecond()
 }
