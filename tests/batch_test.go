@@ -210,9 +210,9 @@ func TestBatchAndListSubjectsRefuseGarbage(t *testing.T) {
 		require.Equal(t, "INVALID_ARGUMENT", reply.Header.Get("Nats-Service-Error-Code"), "%s: protobuf garbage", op)
 		for _, body := range []string{`{"items":`, `{"keys":[1,2]}`, `{"page_token":"` + strings.Repeat("A", 4000) + `"}`, `{"nope":true}`} {
 			out, _ := h.jsonRequest(subject, body)
-			if e, ok := out["error"].(map[string]any); ok {
-				require.Equal(t, "INVALID_ARGUMENT", e["code"], "%s %s", op, body)
-			}
+			e, ok := out["error"].(map[string]any)
+			require.True(t, ok, "%s %s: refused, not served: %v", op, body, out)
+			require.Equal(t, "INVALID_ARGUMENT", e["code"], "%s %s", op, body)
 		}
 	}
 	// One idempotency key on two items of different payloads: one is

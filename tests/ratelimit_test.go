@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pairdb/pairdb/bus"
@@ -36,7 +37,7 @@ func hammer(t *testing.T, clients int, d time.Duration, op func(ctx context.Cont
 				case err == nil:
 					okN.Add(1)
 				case status.Is(err, pb.ErrorCode_RATE_LIMIT_EXCEEDED):
-					require.Positive(t, status.RetryAfterOf(err), "a throttled request says when to retry")
+					assert.Positive(t, status.RetryAfterOf(err), "a throttled request says when to retry")
 					thrN.Add(1)
 				default:
 					otherN.Add(1)
@@ -79,8 +80,8 @@ func TestRateLimitsHoldAcrossCoordinatorsAndSpareNeighbours(t *testing.T) {
 			default:
 			}
 			_, err := neighbour.Put(ctxT(t), fmt.Sprintf("n-%d", i), []byte("v"))
-			if !status.Is(err, pb.ErrorCode_RATE_LIMIT_EXCEEDED) {
-				require.NoError(t, err)
+			if !assert.NoError(t, err, "the neighbour has no limit") {
+				return
 			}
 			quiet.Add(1)
 		}
