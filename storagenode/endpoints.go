@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pairdb/pairdb/bus"
@@ -84,15 +85,9 @@ func (n *Node) apply(ctx context.Context, _ string, req *pb.ApplyRequest) (*pb.A
 	if err := n.checkApplyTargets(req); err != nil {
 		return &pb.ApplyResponse{Epoch: epoch}, err
 	}
-	var (
-		forward func(dvv.Object, bool)
-		wire    *pb.Object // the forwarded object's wire form, reused in the answer
-	)
+	var forward func(dvv.Object, []byte, bool)
 	if len(req.GetForwards()) > 0 {
-		forward = func(obj dvv.Object, fresh bool) {
-			wire = dvvpb.ObjectToProto(obj)
-			n.forward(req, wire, fresh)
-		}
+		forward = func(obj dvv.Object, encoded []byte, fresh bool) { n.forward(req, obj, encoded, fresh) }
 	}
 	n.placeMu.RLock()
 	defer n.placeMu.RUnlock()
@@ -107,13 +102,35 @@ func (n *Node) apply(ctx context.Context, _ string, req *pb.ApplyRequest) (*pb.A
 	if err != nil {
 		return &pb.ApplyResponse{Epoch: epoch}, n.failed(bus.OpApply, err)
 	}
-	if wire == nil {
-		wire = dvvpb.ObjectToProto(m.Object)
-	}
-	return &pb.ApplyResponse{Object: wire, Epoch: epoch, Existing: m.Existing, Minted: m.Record}, nil
+	return &pb.ApplyResponse{Object: dvvpb.ObjectToProto(m.Object), Epoch: epoch, Existing: m.Existing, Minted: m.Record}, nil
 }
 
 const maxInt = int(^uint(0) >> 1)
+
+// mergeObjectField is MergeRequest.object's field number.
+var mergeObjectField = (&pb.MergeRequest{}).ProtoReflect().Descriptor().Fields().ByName("object").Number()
+
+// encodeForward encodes the merge a minter forwards. The object's bytes are
+// the ones its commit stores (encoded), appended as the object field, so
+// one encoding serves the store and the forward (protobuf takes a message
+// field wherever it stands); a stored object found again (encoded nil) is
+// encoded here.
+func encodeForward(req *pb.ApplyRequest, obj dvv.Object, encoded []byte, fresh bool) ([]byte, error) {
+	m := &pb.MergeRequest{
+		TenantId: req.GetTenantId(), Key: req.GetKey(), Policy: req.GetPolicy(), Epoch: req.GetEpoch(),
+		DeadlineUnixMs: req.GetDeadlineUnixMs(), Minted: fresh, TenantIncarnation: req.GetTenantIncarnation(),
+	}
+	if encoded == nil {
+		m.Object = dvvpb.ObjectToProto(obj)
+		return proto.Marshal(m)
+	}
+	data, err := proto.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	data = protowire.AppendTag(data, mergeObjectField, protowire.BytesType)
+	return protowire.AppendBytes(data, encoded), nil
+}
 
 // forward sends a freshly minted object to the replicas the apply names, as
 // merges answered straight to the coordinator. It only publishes (no
@@ -121,12 +138,8 @@ const maxInt = int(^uint(0) >> 1)
 // the coordinator's to notice (no answer by its deadline) and to hint. The
 // merges carry the apply's deadline, so a copy delayed past it is refused
 // rather than taken in after the coordinator gave up.
-func (n *Node) forward(req *pb.ApplyRequest, obj *pb.Object, fresh bool) {
-	data, err := proto.Marshal(&pb.MergeRequest{
-		TenantId: req.GetTenantId(), Key: req.GetKey(), Object: obj,
-		Policy: req.GetPolicy(), Epoch: req.GetEpoch(),
-		DeadlineUnixMs: req.GetDeadlineUnixMs(), Minted: fresh, TenantIncarnation: req.GetTenantIncarnation(),
-	})
+func (n *Node) forward(req *pb.ApplyRequest, obj dvv.Object, encoded []byte, fresh bool) {
+	data, err := encodeForward(req, obj, encoded, fresh)
 	if err != nil {
 		n.log.Error("encode forwarded merge", zap.Error(err))
 		return

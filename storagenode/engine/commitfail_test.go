@@ -44,7 +44,7 @@ func TestFailedCommitAfterForwardStopsTheNode(t *testing.T) {
 	walFails.On()
 	require.Panics(t, func() {
 		_, _ = e.Mint(engine.Write{Tenant: "t", Key: "k", Value: []byte("lost"), Policy: dvv.Siblings, NowMs: 1,
-			Deadline: time.Now().Add(time.Minute), Forward: func(o dvv.Object, _ bool) { forwarded = append(forwarded, o) }})
+			Deadline: time.Now().Add(time.Minute), Forward: func(o dvv.Object, _ []byte, _ bool) { forwarded = append(forwarded, o) }})
 	}, "a failed WAL sync under a mint must not be answered")
 	require.Len(t, forwarded, 1, "the version was forwarded before the commit failed")
 	// The broken instance is abandoned, as the process would be.

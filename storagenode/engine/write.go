@@ -51,8 +51,10 @@ type Write struct {
 	// another value. Forward must not block long and must not touch the
 	// engine. fresh is false when the origin was already minted here:
 	// Forward then gets the stored object (the other replicas may still
-	// lack it), which may be newer than that write.
-	Forward func(obj dvv.Object, fresh bool)
+	// lack it), which may be newer than that write. encoded is obj as a
+	// pb.Object in protobuf, the very bytes the commit stores, so the
+	// forward need not encode it again (nil for a stored object).
+	Forward func(obj dvv.Object, encoded []byte, fresh bool)
 }
 
 // Minted is what Mint did.
@@ -101,7 +103,7 @@ func (e *Engine) Mint(w Write) (Minted, error) {
 		}
 		if rec != nil || cur.HasOrigin(w.Origin) {
 			if w.Forward != nil && len(cur.Siblings) > 0 {
-				w.Forward(cur, false)
+				w.Forward(cur, nil, false)
 			}
 			return Minted{Object: cur, Existing: true, Record: rec}, nil
 		}
@@ -117,7 +119,7 @@ func (e *Engine) Mint(w Write) (Minted, error) {
 		return Minted{}, err
 	}
 	if w.Forward != nil {
-		w.Forward(next, true)
+		w.Forward(next, v, true)
 	}
 	if err := e.commit(k, v, records...); err != nil {
 		if w.Forward != nil {
