@@ -179,10 +179,16 @@ func runBatch[Resp proto.Message](ctx context.Context, pool chan struct{}, n int
 	return out, errs
 }
 
-// acquire takes a slot of sem, or reports false when ctx ends first.
+// acquire takes a slot of sem, or reports false when ctx has ended. A
+// slot that frees just as ctx ends may win the select; it is given back,
+// so nothing starts past the deadline.
 func acquire(ctx context.Context, sem chan struct{}) bool {
 	select {
 	case sem <- struct{}{}:
+		if ctx.Err() != nil {
+			<-sem
+			return false
+		}
 		return true
 	case <-ctx.Done():
 		return false
